@@ -1,0 +1,1 @@
+"""svc_api: the gRPC SurfaceService and the dashboard."""

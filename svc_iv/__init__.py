@@ -1,0 +1,1 @@
+"""svc_iv: vectorised Black-76 implied vols and greeks per expiry."""

@@ -1,0 +1,1 @@
+"""svc_surface: arbitrage-free SVI surfaces and the views a vol desk uses."""

@@ -1,0 +1,28 @@
+"""Shared fixtures. Tests never mock the bus: they start their own nats-server."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from volstream.bus.embedded import EmbeddedNats
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_FIXTURES = REPO.parent / "shared" / "fixtures" / "venues"
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[EmbeddedNats]:
+    """A fresh nats-server with JetStream on a free port and a temp store dir."""
+    with EmbeddedNats(data_dir=tmp_path / "nats") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def venue_fixtures() -> Path:
+    """../shared/fixtures/venues: real recorded venue messages, parsed exactly as they are."""
+    if not SHARED_FIXTURES.is_dir():
+        pytest.fail(f"recorded venue fixtures not found at {SHARED_FIXTURES}")
+    return SHARED_FIXTURES

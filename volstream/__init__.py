@@ -1,0 +1,1 @@
+"""volstream: real-time crypto options volatility surfaces (shared plumbing)."""

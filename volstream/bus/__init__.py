@@ -1,0 +1,2 @@
+"""NATS JetStream plumbing: connection, streams as code, publisher, pull consumer, batching,
+dead letters, embedded server."""
