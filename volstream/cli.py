@@ -1,0 +1,206 @@
+"""The `volstream` command.
+
+    volstream up [--sim]             every service on this machine (embedded NATS by default)
+    volstream svc NAME               one service (what a Kubernetes container runs)
+    volstream surface --venue V --currency C   term structure and smiles as a table
+    volstream watch                  follow the surface stream live
+
+Flags override VOLSTREAM_* environment variables, which override defaults. Any invalid flag
+or value exits with status 2 and a message naming it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from volstream.config import (
+    KNOWN_VENUES,
+    SERVICES,
+    Config,
+    ConfigError,
+    from_env,
+    parse_list,
+    parse_partitions,
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse's own exit status for usage errors
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not in 0..65535")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} must be positive")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} must be positive")
+    return value
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--nats", dest="nats_url", help="NATS URL (default: embedded nats-server)")
+    p.add_argument("--namespace", help="subject/stream namespace prefix, e.g. replay.run1")
+    p.add_argument("--data-dir", type=Path, help="state directory (default .volstream)")
+    p.add_argument("--venues", help=f"comma list of venues ({','.join(KNOWN_VENUES)})")
+    p.add_argument("--currencies", help="comma list of currencies (default BTC,ETH)")
+    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def _add_runtime(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--grpc-port", type=_port, help="gRPC port (default 50051)")
+    p.add_argument("--http-port", type=_port, help="HTTP port: metrics, dashboard (default 8080)")
+    p.add_argument("--sim-rate", type=_positive_float, help="simulator messages/s (default 2000)")
+    p.add_argument("--testnet", action="store_true", default=None, help="venue testnet URLs")
+    p.add_argument("--surface-interval-ms", type=_positive_int, help="surface refit cadence")
+    p.add_argument("--api-token", help="require 'authorization: Bearer TOKEN' on gRPC calls")
+    p.add_argument("--tls-cert", type=Path, help="gRPC TLS certificate (PEM)")
+    p.add_argument("--tls-key", type=Path, help="gRPC TLS private key (PEM)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="volstream", description="Real-time crypto options volatility surfaces.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    up = sub.add_parser("up", help="run the whole system on this machine")
+    up.add_argument("--sim", action="store_true", help="run offline against the simulator")
+    _add_common(up)
+    _add_runtime(up)
+
+    svc = sub.add_parser("svc", help="run one service")
+    svc.add_argument("name", choices=SERVICES)
+    svc.add_argument("--partitions", help="venue:CCY list this replica owns (default all)")
+    svc.add_argument("--metrics-port", type=_port, help="Prometheus port (0: none)")
+    svc.add_argument("--sim-url", help="simulator base URL (connectors) ")
+    svc.add_argument("--port", type=_port, default=None, help="listen port (sim)")
+    _add_common(svc)
+    _add_runtime(svc)
+
+    surface = sub.add_parser("surface", help="print a surface's term structure and smiles")
+    surface.add_argument("--venue", required=True)
+    surface.add_argument("--currency", required=True)
+    surface.add_argument("--server", default="127.0.0.1:50051")
+    surface.add_argument("--token")
+
+    watch = sub.add_parser("watch", help="follow surface updates live")
+    watch.add_argument("--venues", default="")
+    watch.add_argument("--currencies", default="")
+    watch.add_argument("--server", default="127.0.0.1:50051")
+    watch.add_argument("--min-interval-ms", type=int, default=1000)
+    watch.add_argument("--token")
+    return parser
+
+
+_FLAG_TO_FIELD: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "nats_url": ("nats_url", str),
+    "namespace": ("namespace", str),
+    "data_dir": ("data_dir", Path),
+    "venues": ("venues", lambda s: tuple(v.lower() for v in parse_list(s))),
+    "currencies": ("currencies", lambda s: tuple(c.upper() for c in parse_list(s))),
+    "log_level": ("log_level", str),
+    "grpc_port": ("grpc_port", int),
+    "http_port": ("http_port", int),
+    "metrics_port": ("metrics_port", int),
+    "sim_rate": ("sim_rate", float),
+    "testnet": ("testnet", bool),
+    "surface_interval_ms": ("surface_interval_ms", int),
+    "api_token": ("api_token", str),
+    "tls_cert": ("tls_cert", Path),
+    "tls_key": ("tls_key", Path),
+    "sim_url": ("sim_url", str),
+    "partitions": ("partitions", parse_partitions),
+}
+
+
+def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Config:
+    cfg = from_env(base=base)
+    changes: dict[str, Any] = {}
+    for flag, (name, conv) in _FLAG_TO_FIELD.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            changes[name] = conv(value)
+    return replace(cfg, **changes).validated()
+
+
+def setup_logging(level: str, prefix: str = "") -> None:
+    fmt = f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s"
+    logging.basicConfig(level=getattr(logging, level.upper()), format=fmt, stream=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command in ("up", "svc"):
+            cfg = config_from_args(args)
+        else:
+            cfg = from_env().validated()
+    except ConfigError as exc:
+        parser.exit(2, f"volstream: error: {exc}\n")
+
+    if args.command == "up":
+        from volstream.supervisor import run_up
+
+        setup_logging(cfg.log_level, "[up] ")
+        raise SystemExit(run_up(cfg, sim=args.sim))
+    if args.command == "svc":
+        setup_logging(cfg.log_level)
+        module = importlib.import_module(f"svc_{args.name}.service")
+        kwargs: dict[str, Any] = {}
+        if args.name == "sim" and args.port is not None:
+            kwargs["port"] = args.port
+        try:
+            asyncio.run(module.run(cfg, **kwargs))
+        except KeyboardInterrupt:
+            pass
+        return
+    if args.command == "surface":
+        from volstream.client import surface_command
+
+        raise SystemExit(surface_command(args.server, args.venue, args.currency, args.token))
+    if args.command == "watch":
+        from volstream.client import watch_command
+
+        raise SystemExit(
+            watch_command(
+                args.server,
+                parse_list(args.venues),
+                parse_list(args.currencies),
+                args.min_interval_ms,
+                args.token,
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()

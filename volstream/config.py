@@ -1,0 +1,181 @@
+"""Configuration: defaults, overridden by VOLSTREAM_* environment variables, overridden by flags.
+
+Every value is validated once, here; a bad value raises ConfigError naming the setting, and
+the CLI turns that into exit status 2 (the same as argparse for a bad flag).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+KNOWN_VENUES = ("deribit", "okx", "bybit", "binance")
+SERVICES = ("connector", "book", "iv", "surface", "api", "sim")
+ENV_PREFIX = "VOLSTREAM_"
+
+_CURRENCY = re.compile(r"^[A-Z0-9]{2,10}$")
+_NAMESPACE = re.compile(r"^([a-z0-9_-]+(\.[a-z0-9_-]+)*)?$")
+
+
+class ConfigError(ValueError):
+    """A setting has an invalid value; the message names the setting."""
+
+
+@dataclass(frozen=True)
+class Partition:
+    """A (venue, currency) partition: the unit of ordering and of scaling."""
+
+    venue: str
+    currency: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.venue}.{self.currency.lower()}"
+
+    def __str__(self) -> str:
+        return f"{self.venue}:{self.currency}"
+
+
+@dataclass(frozen=True)
+class Config:
+    # NATS server URL; None starts an embedded nats-server (volstream up) .
+    nats_url: str | None = None
+    # Subject/stream namespace prefix ('' for live data, e.g. 'replay.run1' for a replay).
+    namespace: str = ""
+    data_dir: Path = Path(".volstream")
+    grpc_port: int = 50051
+    http_port: int = 8080
+    # Per-service Prometheus port (0: none). `volstream up` gives each service its own.
+    metrics_port: int = 0
+    venues: tuple[str, ...] = KNOWN_VENUES
+    currencies: tuple[str, ...] = ("BTC", "ETH")
+    # Partitions this replica owns; empty = every venue x currency.
+    partitions: tuple[Partition, ...] = ()
+    # Connectors talk to the exchange simulator at this base URL instead of the venues.
+    sim_url: str | None = None
+    # Use venues' testnet URLs where they have them.
+    testnet: bool = False
+    # Simulator total message rate (messages/s across venues).
+    sim_rate: float = 2000.0
+    sim_seed: int = 7
+    # Surface refit cadence in event time.
+    surface_interval_ms: int = 500
+    # IV flush cadence in event time.
+    iv_interval_ms: int = 200
+    # Book staleness in event time.
+    book_stale_ms: int = 30_000
+    # API: surfaces older than this are NOT_SERVING in health.
+    api_stale_ms: int = 15_000
+    api_token: str | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    log_level: str = "INFO"
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    def owned_partitions(self) -> tuple[Partition, ...]:
+        if self.partitions:
+            return self.partitions
+        return tuple(Partition(v, c) for v in self.venues for c in self.currencies)
+
+    def validated(self) -> Config:
+        for v in self.venues:
+            if v not in KNOWN_VENUES:
+                raise ConfigError(f"venues: unknown venue {v!r} (known: {', '.join(KNOWN_VENUES)})")
+        if not self.venues:
+            raise ConfigError("venues: at least one venue is required")
+        for c in self.currencies:
+            if not _CURRENCY.match(c):
+                raise ConfigError(f"currencies: {c!r} is not a currency code like BTC")
+        for p in self.partitions:
+            if p.venue not in KNOWN_VENUES or not _CURRENCY.match(p.currency):
+                raise ConfigError(f"partitions: invalid partition {p}")
+        if not _NAMESPACE.match(self.namespace):
+            raise ConfigError(f"namespace: {self.namespace!r} must be dot-separated [a-z0-9_-] tokens")
+        for name in ("grpc_port", "http_port", "metrics_port"):
+            port = getattr(self, name)
+            if not 0 <= port <= 65535:
+                raise ConfigError(f"{name}: {port} is not a TCP port")
+        for name in ("surface_interval_ms", "iv_interval_ms", "book_stale_ms", "api_stale_ms"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name}: must be positive")
+        if not 0 < self.sim_rate <= 1_000_000:
+            raise ConfigError(f"sim_rate: {self.sim_rate} must be in (0, 1e6]")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("tls_cert/tls_key: give both or neither")
+        if self.nats_url is not None and not re.match(r"^(nats|tls|ws|wss)://", self.nats_url):
+            raise ConfigError(f"nats_url: {self.nats_url!r} must start with nats:// or tls://")
+        if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ConfigError(f"log_level: {self.log_level!r} is not DEBUG/INFO/WARNING/ERROR")
+        return self
+
+
+def parse_list(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def parse_partitions(text: str) -> tuple[Partition, ...]:
+    out = []
+    for item in parse_list(text):
+        venue, sep, ccy = item.partition(":")
+        if not sep:
+            raise ConfigError(f"partitions: {item!r} must look like venue:CCY")
+        out.append(Partition(venue.lower(), ccy.upper()))
+    return tuple(out)
+
+
+def _convert(name: str, raw: str, current: Any) -> Any:
+    try:
+        if name in ("venues",):
+            return tuple(v.lower() for v in parse_list(raw))
+        if name == "currencies":
+            return tuple(c.upper() for c in parse_list(raw))
+        if name == "partitions":
+            return parse_partitions(raw)
+        if name in ("data_dir", "tls_cert", "tls_key"):
+            return Path(raw) if raw else None
+        if name == "testnet":
+            if raw.lower() not in {"1", "0", "true", "false", "yes", "no"}:
+                raise ValueError(raw)
+            return raw.lower() in {"1", "true", "yes"}
+        if isinstance(current, bool):
+            return raw.lower() in {"1", "true", "yes"}
+        if isinstance(current, int):
+            return int(raw)
+        if isinstance(current, float):
+            return float(raw)
+        return raw or None if name in ("nats_url", "sim_url", "api_token") else raw
+    except ValueError as exc:
+        raise ConfigError(f"{ENV_PREFIX}{name.upper()}: invalid value {raw!r}") from exc
+
+
+def from_env(env: Mapping[str, str] | None = None, base: Config | None = None) -> Config:
+    """Apply VOLSTREAM_<SETTING> variables to base (or the defaults)."""
+    env = os.environ if env is None else env
+    cfg = base or Config()
+    changes: dict[str, Any] = {}
+    for f in fields(Config):
+        key = ENV_PREFIX + f.name.upper()
+        if key in env and f.name != "extra":
+            changes[f.name] = _convert(f.name, env[key], getattr(cfg, f.name))
+    return replace(cfg, **changes)
+
+
+def to_env(cfg: Config) -> dict[str, str]:
+    """The environment that reproduces cfg in a child process (volstream up)."""
+    out: dict[str, str] = {}
+    for f in fields(Config):
+        value = getattr(cfg, f.name)
+        if f.name == "extra" or value is None:
+            continue
+        if isinstance(value, tuple):
+            text = ",".join(str(v) for v in value)
+        elif isinstance(value, bool):
+            text = "1" if value else "0"
+        else:
+            text = str(value)
+        out[ENV_PREFIX + f.name.upper()] = text
+    return out

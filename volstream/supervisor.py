@@ -1,0 +1,215 @@
+"""`volstream up`: the whole system on one machine.
+
+Starts an embedded nats-server (unless a URL is given), provisions the streams, then runs
+every service as its own OS process (`volstream svc NAME`), restarting a crashed one with
+exponential backoff, prefixing each output line with the service name. Ctrl-C (or SIGTERM)
+stops the services, then NATS, within 5 s; children are also bound to this process with
+PR_SET_PDEATHSIG so that none outlives a killed supervisor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field, replace
+
+from volstream.bus.embedded import EmbeddedNats, free_port
+from volstream.config import Config, to_env
+
+log = logging.getLogger("volstream.up")
+
+STOP_GRACE_S = 3.0
+BACKOFF_START_S = 0.5
+BACKOFF_MAX_S = 30.0
+STABLE_AFTER_S = 60.0
+_COLOURS = ("36", "32", "33", "35", "34", "31", "96", "92", "93")
+
+
+@dataclass
+class ChildSpec:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+
+
+@dataclass
+class Child:
+    spec: ChildSpec
+    colour: str
+    proc: asyncio.subprocess.Process | None = None
+    started_at: float = 0.0
+    restarts: int = 0
+    backoff_s: float = BACKOFF_START_S
+    pump: asyncio.Task[None] | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+def _bind_to_parent() -> None:
+    """In the child before exec: die with the supervisor (Linux), own process group."""
+    os.setpgrp()
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def service_specs(cfg: Config, sim: bool, sim_port: int | None) -> list[ChildSpec]:
+    """One process per service; connectors one per venue."""
+    from svc_connector.venues.registry import available_venues
+
+    base_env = dict(os.environ)
+    cmd = [sys.executable, "-m", "volstream.cli", "svc"]
+    specs: list[ChildSpec] = []
+    metrics = iter(range(cfg.http_port + 1, cfg.http_port + 100)) if cfg.http_port else None
+
+    def env_for(c: Config) -> dict[str, str]:
+        env = dict(base_env)
+        env.update(to_env(c))
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def with_metrics(c: Config) -> Config:
+        return replace(c, metrics_port=next(metrics)) if metrics else c
+
+    if sim and sim_port is not None:
+        specs.append(ChildSpec("sim", [*cmd, "sim", "--port", str(sim_port)], env_for(cfg)))
+    venues = [v for v in cfg.venues if v in available_venues()]
+    for venue in venues:
+        c = with_metrics(replace(cfg, venues=(venue,)))
+        specs.append(ChildSpec(f"connector.{venue}", [*cmd, "connector"], env_for(c)))
+    for name in ("book", "iv", "surface"):
+        c = with_metrics(replace(cfg, venues=tuple(venues) or cfg.venues))
+        specs.append(ChildSpec(name, [*cmd, name], env_for(c)))
+    specs.append(ChildSpec("api", [*cmd, "api"], env_for(cfg)))
+    return specs
+
+
+class Supervisor:
+    def __init__(self, specs: list[ChildSpec]) -> None:
+        self.children = [
+            Child(spec, _COLOURS[i % len(_COLOURS)]) for i, spec in enumerate(specs)
+        ]
+        self.stopping = False
+        self.width = max(len(s.name) for s in specs)
+
+    async def _pump(self, child: Child) -> None:
+        assert child.proc and child.proc.stdout
+        tty = sys.stdout.isatty()
+        tag = child.spec.name.ljust(self.width)
+        prefix = f"\x1b[{child.colour}m{tag} |\x1b[0m " if tty else f"{tag} | "
+        while True:
+            line = await child.proc.stdout.readline()
+            if not line:
+                return
+            sys.stdout.write(prefix + line.decode(errors="replace"))
+            sys.stdout.flush()
+
+    async def _start(self, child: Child) -> None:
+        child.proc = await asyncio.create_subprocess_exec(
+            *child.spec.argv,
+            env=child.spec.env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            preexec_fn=_bind_to_parent,
+        )
+        child.started_at = time.monotonic()
+        child.pump = asyncio.create_task(self._pump(child))
+        log.info("started %s (pid %d)", child.spec.name, child.proc.pid)
+
+    async def _watch(self, child: Child) -> None:
+        """Keep one child running, restarting it with backoff when it exits."""
+        while not self.stopping:
+            await self._start(child)
+            assert child.proc is not None
+            code = await child.proc.wait()
+            if child.pump:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(child.pump, 1.0)
+            if self.stopping:
+                return
+            if time.monotonic() - child.started_at > STABLE_AFTER_S:
+                child.backoff_s = BACKOFF_START_S
+            child.restarts += 1
+            log.warning(
+                "%s exited with %s; restart %d in %.1fs",
+                child.spec.name,
+                code,
+                child.restarts,
+                child.backoff_s,
+            )
+            await asyncio.sleep(child.backoff_s)
+            child.backoff_s = min(child.backoff_s * 2, BACKOFF_MAX_S)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        watchers = [asyncio.create_task(self._watch(c)) for c in self.children]
+        await stop.wait()
+        self.stopping = True
+        await self.stop_children()
+        for w in watchers:
+            w.cancel()
+        await asyncio.gather(*watchers, return_exceptions=True)
+
+    async def stop_children(self) -> None:
+        running = [c for c in self.children if c.proc and c.proc.returncode is None]
+        for c in running:
+            assert c.proc is not None
+            with contextlib.suppress(ProcessLookupError):
+                c.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        for c in running:
+            assert c.proc is not None
+            try:
+                await asyncio.wait_for(c.proc.wait(), max(0.05, deadline - time.monotonic()))
+            except TimeoutError:
+                log.warning("%s did not stop in time: killing", c.spec.name)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(c.proc.pid, signal.SIGKILL)
+                await c.proc.wait()
+
+
+async def _provision(nats_url: str, cfg: Config, sim: bool) -> None:
+    from volstream.runtime import provision_streams
+
+    await provision_streams(nats_url, cfg)
+
+
+async def _main(cfg: Config, sim: bool) -> int:
+    nats: EmbeddedNats | None = None
+    if cfg.nats_url is None:
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        nats = EmbeddedNats(data_dir=cfg.data_dir / "nats").start()
+        cfg = replace(cfg, nats_url=nats.url)
+        log.info("embedded NATS at %s (store %s)", nats.url, nats.data_dir)
+    assert cfg.nats_url is not None
+    try:
+        await _provision(cfg.nats_url, cfg, sim)
+        sim_port = free_port() if sim else None
+        if sim_port is not None:
+            cfg = replace(cfg, sim_url=f"http://127.0.0.1:{sim_port}")
+        supervisor = Supervisor(service_specs(cfg, sim, sim_port))
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        log.info(
+            "volstream up: gRPC on :%d, HTTP on :%d, %s",
+            cfg.grpc_port,
+            cfg.http_port,
+            "simulator at " + str(cfg.sim_url) if sim else "live venues",
+        )
+        await supervisor.run(stop)
+        log.info("all services stopped")
+        return 0
+    finally:
+        if nats is not None:
+            nats.stop()
+
+
+def run_up(cfg: Config, sim: bool) -> int:
+    return asyncio.run(_main(cfg, sim))
