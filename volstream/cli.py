@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import logging
 import sys
@@ -30,6 +31,16 @@ from volstream.config import (
     parse_list,
     parse_partitions,
 )
+
+# Where each service's `run(cfg)` lives.
+SERVICE_MODULES = {
+    "connector": "svc_connector.service",
+    "book": "svc_book.service",
+    "iv": "svc_iv.service",
+    "surface": "svc_surface.service",
+    "api": "svc_api.service",
+    "sim": "svc_connector.sim.service",
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -161,10 +172,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if args.command in ("up", "svc"):
-            cfg = config_from_args(args)
-        else:
-            cfg = from_env().validated()
+        cfg = config_from_args(args) if args.command in ("up", "svc") else from_env().validated()
     except ConfigError as exc:
         parser.exit(2, f"volstream: error: {exc}\n")
 
@@ -175,14 +183,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(run_up(cfg, sim=args.sim))
     if args.command == "svc":
         setup_logging(cfg.log_level)
-        module = importlib.import_module(f"svc_{args.name}.service")
+        module = importlib.import_module(SERVICE_MODULES[args.name])
         kwargs: dict[str, Any] = {}
         if args.name == "sim" and args.port is not None:
             kwargs["port"] = args.port
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(module.run(cfg, **kwargs))
-        except KeyboardInterrupt:
-            pass
         return
     if args.command == "surface":
         from volstream.client import surface_command

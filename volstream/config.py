@@ -94,7 +94,9 @@ class Config:
             if p.venue not in KNOWN_VENUES or not _CURRENCY.match(p.currency):
                 raise ConfigError(f"partitions: invalid partition {p}")
         if not _NAMESPACE.match(self.namespace):
-            raise ConfigError(f"namespace: {self.namespace!r} must be dot-separated [a-z0-9_-] tokens")
+            raise ConfigError(
+                f"namespace: {self.namespace!r} must be dot-separated [a-z0-9_-] tokens"
+            )
         for name in ("grpc_port", "http_port", "metrics_port"):
             port = getattr(self, name)
             if not 0 <= port <= 65535:

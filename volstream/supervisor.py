@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import json
 import logging
 import os
 import signal
 import sys
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from volstream.bus.embedded import EmbeddedNats, free_port
 from volstream.config import Config, to_env
@@ -60,7 +62,7 @@ def _bind_to_parent() -> None:
 
 def service_specs(cfg: Config, sim: bool, sim_port: int | None) -> list[ChildSpec]:
     """One process per service; connectors one per venue."""
-    from svc_connector.venues.registry import available_venues
+    from svc_connector.venues.registry import names as available_venues
 
     base_env = dict(os.environ)
     cmd = [sys.executable, "-m", "volstream.cli", "svc"]
@@ -79,6 +81,8 @@ def service_specs(cfg: Config, sim: bool, sim_port: int | None) -> list[ChildSpe
     if sim and sim_port is not None:
         specs.append(ChildSpec("sim", [*cmd, "sim", "--port", str(sim_port)], env_for(cfg)))
     venues = [v for v in cfg.venues if v in available_venues()]
+    for missing in sorted(set(cfg.venues) - set(venues)):
+        log.warning("venue %s has no adapter yet: not started", missing)
     for venue in venues:
         c = with_metrics(replace(cfg, venues=(venue,)))
         specs.append(ChildSpec(f"connector.{venue}", [*cmd, "connector"], env_for(c)))
@@ -90,12 +94,34 @@ def service_specs(cfg: Config, sim: bool, sim_port: int | None) -> list[ChildSpe
 
 
 class Supervisor:
-    def __init__(self, specs: list[ChildSpec]) -> None:
-        self.children = [
-            Child(spec, _COLOURS[i % len(_COLOURS)]) for i, spec in enumerate(specs)
-        ]
+    def __init__(
+        self,
+        specs: list[ChildSpec],
+        state_file: Path | None = None,
+        info: dict[str, object] | None = None,
+    ) -> None:
+        self.children = [Child(spec, _COLOURS[i % len(_COLOURS)]) for i, spec in enumerate(specs)]
         self.stopping = False
         self.width = max(len(s.name) for s in specs)
+        self.state_file = state_file
+        self.info = info or {}
+
+    def write_state(self) -> None:
+        """<data-dir>/up.json: URLs, ports and the live pid of every service (for operators
+        and tests)."""
+        if self.state_file is None:
+            return
+        state = dict(self.info)
+        state["services"] = {
+            c.spec.name: {
+                "pid": c.proc.pid if c.proc and c.proc.returncode is None else None,
+                "restarts": c.restarts,
+            }
+            for c in self.children
+        }
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        tmp.replace(self.state_file)
 
     async def _pump(self, child: Child) -> None:
         assert child.proc and child.proc.stdout
@@ -120,6 +146,7 @@ class Supervisor:
         )
         child.started_at = time.monotonic()
         child.pump = asyncio.create_task(self._pump(child))
+        self.write_state()
         log.info("started %s (pid %d)", child.spec.name, child.proc.pid)
 
     async def _watch(self, child: Child) -> None:
@@ -181,8 +208,8 @@ async def _provision(nats_url: str, cfg: Config, sim: bool) -> None:
 
 async def _main(cfg: Config, sim: bool) -> int:
     nats: EmbeddedNats | None = None
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
     if cfg.nats_url is None:
-        cfg.data_dir.mkdir(parents=True, exist_ok=True)
         nats = EmbeddedNats(data_dir=cfg.data_dir / "nats").start()
         cfg = replace(cfg, nats_url=nats.url)
         log.info("embedded NATS at %s (store %s)", nats.url, nats.data_dir)
@@ -192,7 +219,14 @@ async def _main(cfg: Config, sim: bool) -> int:
         sim_port = free_port() if sim else None
         if sim_port is not None:
             cfg = replace(cfg, sim_url=f"http://127.0.0.1:{sim_port}")
-        supervisor = Supervisor(service_specs(cfg, sim, sim_port))
+        info: dict[str, object] = {
+            "nats_url": cfg.nats_url,
+            "grpc_port": cfg.grpc_port,
+            "http_port": cfg.http_port,
+            "sim_url": cfg.sim_url,
+            "supervisor_pid": os.getpid(),
+        }
+        supervisor = Supervisor(service_specs(cfg, sim, sim_port), cfg.data_dir / "up.json", info)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -1,0 +1,128 @@
+"""Connector runtime: runs the venue adapters of cfg.venues and publishes their normalised
+events to md.<venue>.<ccy>.<kind> as MarketDataBatch messages.
+
+Events are batched per subject (time or size, whichever first) so that one NATS message
+carries many venue ticks (architecture.md section 2). Batch msg-ids are
+``<source>.<run>.<subject>.<n>``: a retry of the same batch is deduplicated by JetStream,
+while a restarted process (a new run id) publishes the new data it receives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+
+from svc_connector.venues import registry
+from svc_connector.venues.base import ConnectorConfig, MdKind, VenueAdapter, VenueConnector
+from volstream.bus.batcher import Batcher
+from volstream.config import Config
+from volstream.runtime import ServiceContext, now_ns, service_context
+from volstream.v1 import common_pb2
+from volstream.v1 import market_data_pb2 as md_pb
+
+log = logging.getLogger("svc_connector")
+
+BATCH_MAX_EVENTS = 256
+BATCH_MAX_DELAY_S = 0.025
+_COUNTER_NAME = re.compile(r"[^a-z0-9_.]")
+
+
+class NatsSink:
+    """EventSink publishing batched events of one venue through the service context."""
+
+    def __init__(self, ctx: ServiceContext, venue: str) -> None:
+        self.ctx = ctx
+        self.venue = venue
+        self.source = f"connector.{venue}"
+        self.run_id = format(time.time_ns(), "x")
+        self._batch_seq: dict[str, int] = {}
+        self._subject_ccy: dict[str, str] = {}
+        self._batcher: Batcher[md_pb.MarketDataEvent] = Batcher(
+            self._flush, max_items=BATCH_MAX_EVENTS, max_delay_s=BATCH_MAX_DELAY_S
+        )
+        self._events = ctx.metrics.counter("connector_events", "normalised events by kind")
+        self._named = ctx.metrics.counter("connector_counts", "connector state and frame counters")
+        self.published_events = 0
+
+    async def emit(self, currency: str, kind: MdKind, event: md_pb.MarketDataEvent) -> None:
+        subject = self.ctx.subjects.md(self.venue, currency, kind)
+        self._subject_ccy[subject] = currency.upper()
+        await self._batcher.add(subject, event)
+
+    async def dead_letter(self, raw: bytes, reason: str) -> None:
+        await self.ctx.dead_letters.send(self.venue, raw, reason, f"ws.{self.venue}")
+
+    def count(self, name: str, value: int = 1) -> None:
+        label = _COUNTER_NAME.sub("_", name.lower())[:80]
+        self._named.add(value, {"venue": self.venue, "name": label})
+
+    async def _flush(self, subject: str, events: list[md_pb.MarketDataEvent]) -> None:
+        seq = self._batch_seq.get(subject, 0) + 1
+        self._batch_seq[subject] = seq
+        publish_ns = now_ns()
+        batch = md_pb.MarketDataBatch(
+            venue=self.venue, currency=self._subject_ccy[subject], events=events
+        )
+        batch.header.source = self.source
+        batch.header.sequence = seq
+        batch.header.publish_time_ns = publish_ns
+        batch.header.event_time_ns = max(
+            (_header(e).event_time_ns for e in batch.events), default=publish_ns
+        )
+        for e in batch.events:
+            _header(e).publish_time_ns = publish_ns
+        await self.ctx.publisher.publish(
+            subject, batch.SerializeToString(), f"{self.source}.{self.run_id}.{subject}.{seq}"
+        )
+        self.published_events += len(events)
+        self._events.add(len(events), {"venue": self.venue, "subject": subject})
+
+    async def close(self) -> None:
+        await self._batcher.close()
+
+
+def _header(event: md_pb.MarketDataEvent) -> common_pb2.EventHeader:
+    case = event.WhichOneof("event")
+    return getattr(event, case).header  # type: ignore[no-any-return, arg-type]
+
+
+def connector_config(cfg: Config, adapter: VenueAdapter) -> ConnectorConfig:
+    """Venue URLs: the simulator's when cfg.sim_url is set, else live or testnet."""
+    endpoints = None
+    if cfg.sim_url:
+        http_base = f"{cfg.sim_url.rstrip('/')}/{adapter.name}"
+        ws_base = re.sub(r"^http", "ws", http_base)
+        endpoints = adapter.simulator_endpoints(http_base, ws_base)
+    return ConnectorConfig(
+        currencies=cfg.currencies,
+        environment="testnet" if cfg.testnet else "live",
+        endpoints=endpoints,
+    )
+
+
+async def run(cfg: Config) -> None:
+    async with service_context(cfg, "connector") as ctx:
+        connectors: list[tuple[VenueConnector, NatsSink]] = []
+        for venue in cfg.venues:
+            try:
+                adapter = registry.get(venue)
+            except KeyError:
+                log.warning("no adapter for venue %s: skipped", venue)
+                continue
+            sink = NatsSink(ctx, venue)
+            connectors.append((adapter.make_connector(connector_config(cfg, adapter), sink), sink))
+        tasks = [asyncio.create_task(c.run(), name=f"connector.{c}") for c, _ in connectors]
+
+        async def stop() -> None:
+            for c, sink in connectors:
+                await c.stop()
+                await sink.close()
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        ctx.on_close(stop)
+        log.info("connector running for %s", ", ".join(cfg.venues))
+        await ctx.wait_stopped()

@@ -1,0 +1,34 @@
+"""`volstream svc sim`: the exchange simulator as a service (used by `volstream up --sim`)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from svc_connector.sim.server import SimConfig, run_simulator
+from volstream.config import Config
+
+log = logging.getLogger("svc_connector.sim")
+
+
+async def run(cfg: Config, port: int = 0) -> None:
+    handle = await run_simulator(
+        SimConfig(
+            host="127.0.0.1",
+            port=port,
+            venues=cfg.venues,
+            currencies=cfg.currencies,
+            seed=cfg.sim_seed,
+            messages_per_second=cfg.sim_rate,
+            nats_url=cfg.nats_url,
+            namespace=cfg.namespace,
+        )
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("simulator on port %s for %s", port, ", ".join(cfg.venues))
+    await stop.wait()
+    await handle.stop()

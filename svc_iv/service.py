@@ -1,0 +1,154 @@
+"""IV service runtime: instruments, tickers, index (md.*) and tops (book.*) -> IvCore per
+partition -> per-expiry smiles on iv.<venue>.<ccy>.
+
+Smiles are flushed on a cadence in event time (cfg.iv_interval_ms). At start-up the latest
+instrument set and book keyframe of each owned partition are read back from JetStream, so a
+restarted replica prices its chains as soon as tickers arrive.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from google.protobuf.message import DecodeError
+from nats.js.errors import NotFoundError
+
+from svc_iv.core import IvCore
+from volstream.bus.stage import InMessage, Output, StageInput, StageRunner
+from volstream.config import Config, Partition
+from volstream.runtime import ServiceContext, durable_name, service_context
+from volstream.subjects import parse_partition
+from volstream.v1 import book_pb2 as book_pb
+from volstream.v1 import iv_pb2 as iv_pb
+from volstream.v1 import market_data_pb2 as md_pb
+
+log = logging.getLogger("svc_iv")
+
+SERVICE = "iv"
+
+
+class IvStage:
+    def __init__(self, ctx: ServiceContext, partitions: tuple[Partition, ...]) -> None:
+        self.ctx = ctx
+        self.interval_ns = ctx.cfg.iv_interval_ms * 1_000_000
+        self.cores: dict[tuple[str, str], IvCore] = {
+            (p.venue, p.currency.upper()): IvCore(p.venue, p.currency.upper()) for p in partitions
+        }
+        self.now_ns: dict[tuple[str, str], int] = {}
+        self.last_flush_ns: dict[tuple[str, str], int] = {}
+
+    async def bootstrap(self) -> None:
+        """Latest instrument set and book keyframe per partition, before consuming."""
+        for venue, ccy in self.cores:
+            for subject, stream in (
+                (self.ctx.subjects.md(venue, ccy, "instrument"), "MD"),
+                (self.ctx.subjects.book(venue, ccy) + ".keyframe", "BOOK"),
+            ):
+                try:
+                    msg = await self.ctx.js.get_last_msg(
+                        self.ctx.subjects.stream_name(stream), subject
+                    )
+                except NotFoundError:
+                    continue
+                if msg.data:
+                    self._fold(subject, msg.data)
+        log.info("bootstrapped %d partitions", len(self.cores))
+
+    def _fold(self, subject: str, data: bytes) -> tuple[str, str] | None:
+        """Apply one input message to its core; the partition key, None if not ours."""
+        stage, venue, ccy_token, _rest = parse_partition(subject, self.ctx.subjects.namespace)
+        key = (venue, ccy_token.upper())
+        core = self.cores.get(key)
+        if core is None:
+            return None
+        latest = self.now_ns.get(key, 0)
+        if stage == "book":
+            tops = book_pb.TopOfBookBatch.FromString(data)
+            for top in tops.tops:
+                core.on_top(top)
+            latest = max(latest, tops.header.event_time_ns)
+        else:
+            md = md_pb.MarketDataBatch.FromString(data)
+            for event in md.events:
+                case = event.WhichOneof("event")
+                if case == "ticker":
+                    core.on_ticker(event.ticker)
+                    latest = max(latest, event.ticker.header.event_time_ns)
+                elif case == "index_price":
+                    core.on_index(event.index_price)
+                    latest = max(latest, event.index_price.header.event_time_ns)
+                elif case == "instrument_set":
+                    core.on_instruments(event.instrument_set)
+        self.now_ns[key] = latest
+        return key
+
+    async def handle(self, batch: list[InMessage]) -> list[Output]:
+        touched: dict[tuple[str, str], InMessage] = {}
+        for msg in batch:
+            try:
+                key = self._fold(msg.subject, msg.data)
+            except (DecodeError, ValueError) as exc:
+                await self.ctx.dead_letters.send_for(
+                    msg.subject,
+                    msg.data,
+                    f"undecodable input: {exc}",
+                    stream=msg.stream,
+                    stream_seq=msg.stream_seq,
+                )
+                continue
+            if key is None:
+                await self.ctx.dead_letters.send_for(
+                    msg.subject,
+                    msg.data,
+                    "partition not owned by this replica",
+                    stream=msg.stream,
+                    stream_seq=msg.stream_seq,
+                )
+                continue
+            touched[key] = msg
+        outputs: list[Output] = []
+        for key, last in touched.items():
+            now = self.now_ns.get(key, 0)
+            if now <= 0 or now - self.last_flush_ns.get(key, 0) < self.interval_ns:
+                continue
+            self.last_flush_ns[key] = now
+            smiles = self.cores[key].flush(now)
+            if not smiles:
+                continue
+            venue, ccy = key
+            out = iv_pb.SmileBatch(venue=venue, currency=ccy, smiles=smiles)
+            out.header.source = "svc_iv"
+            out.header.event_time_ns = now
+            out.header.sequence = last.stream_seq
+            subject = self.ctx.subjects.iv(venue, ccy)
+            msg_id = f"svc_iv.{subject}.{last.stream}.{last.stream_seq}"
+            outputs.append(Output(subject, out.SerializeToString(), msg_id))
+        return outputs
+
+
+def stage_inputs(ctx: ServiceContext, partitions: tuple[Partition, ...]) -> list[StageInput]:
+    md_filters = [
+        ctx.subjects.md(p.venue, p.currency, kind)
+        for p in partitions
+        for kind in ("instrument", "ticker", "index")
+    ]
+    book_filters = [ctx.subjects.book(p.venue, p.currency) for p in partitions]
+    name = durable_name(SERVICE, partitions)
+    return [
+        StageInput(ctx.subjects.stream_name("MD"), f"{name}-md", md_filters),
+        StageInput(ctx.subjects.stream_name("BOOK"), f"{name}-book", book_filters),
+    ]
+
+
+async def run(cfg: Config) -> None:
+    async with service_context(cfg, SERVICE) as ctx:
+        partitions = cfg.owned_partitions()
+        stage = IvStage(ctx, partitions)
+        await stage.bootstrap()
+        runner = StageRunner(
+            ctx.nc, SERVICE, ctx.subjects, stage_inputs(ctx, partitions), stage, ctx.metrics
+        )
+        await runner.start()
+        ctx.on_close(runner.stop)
+        log.info("iv service owns %s", ", ".join(str(p) for p in partitions))
+        await ctx.wait_stopped()

@@ -1,0 +1,151 @@
+"""What every service process shares: NATS connection, streams, publisher, dead letters,
+metrics and health HTTP, and a clean stop on SIGTERM/SIGINT.
+
+A service's `run(cfg)` opens a :class:`ServiceContext`, builds its pure cores and runners on
+it, and awaits :meth:`ServiceContext.wait_stopped`; closing the context drains in order:
+runners first (finish and ack the current batch), then the publisher (await acks), then NATS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from volstream.bus.connection import connect
+from volstream.bus.dlq import DeadLetters
+from volstream.bus.publisher import JetStreamPublisher
+from volstream.bus.streams import default_stream_specs, ensure_streams
+from volstream.config import Config, Partition
+from volstream.subjects import Subjects
+from volstream.telemetry import Metrics, setup_telemetry
+
+log = logging.getLogger("volstream.runtime")
+
+ReadyCheck = Callable[[], bool]
+
+
+async def provision_streams(nats_url: str, cfg: Config) -> None:
+    """Create or update every stream for cfg's namespace (idempotent)."""
+    nc = await connect(nats_url, "volstream-provision")
+    try:
+        await ensure_streams(nc.jetstream(), default_stream_specs(Subjects(cfg.namespace)))
+    finally:
+        await nc.drain()
+
+
+@dataclass
+class ServiceContext:
+    """The shared plumbing of one service process."""
+
+    cfg: Config
+    service: str
+    nc: Client
+    js: JetStreamContext
+    subjects: Subjects
+    metrics: Metrics
+    publisher: JetStreamPublisher
+    dead_letters: DeadLetters
+    stop_event: asyncio.Event = field(default_factory=asyncio.Event)
+    ready_checks: list[ReadyCheck] = field(default_factory=list)
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    started_at: float = field(default_factory=time.monotonic)
+
+    def on_close(self, closer: Callable[[], Awaitable[None]]) -> None:
+        """Run closer at shutdown (last registered runs first)."""
+        self.closers.append(closer)
+
+    def ready(self) -> bool:
+        return self.nc.is_connected and all(check() for check in self.ready_checks)
+
+    async def wait_stopped(self) -> None:
+        await self.stop_event.wait()
+
+
+async def _health_server(ctx: ServiceContext, port: int) -> web.AppRunner:
+    """/metrics (Prometheus), /healthz (the loop answers), /readyz (NATS up, runners ready)."""
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(body=ctx.metrics.render(), content_type="text/plain")
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(_: web.Request) -> web.Response:
+        ok = ctx.ready()
+        return web.Response(text="ready\n" if ok else "not ready\n", status=200 if ok else 503)
+
+    app = web.Application()
+    app.add_routes(
+        [web.get("/metrics", metrics), web.get("/healthz", healthz), web.get("/readyz", readyz)]
+    )
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "0.0.0.0", port).start()
+    log.info("%s: metrics and health on :%d", ctx.service, port)
+    return runner
+
+
+@contextlib.asynccontextmanager
+async def service_context(cfg: Config, service: str) -> AsyncIterator[ServiceContext]:
+    """Connect, provision streams, start health HTTP, install signal handlers; drain on exit."""
+    if cfg.nats_url is None:
+        raise ValueError("no NATS URL: pass --nats or set VOLSTREAM_NATS_URL")
+    metrics = setup_telemetry(service, None)
+    nc = await connect(cfg.nats_url, f"volstream-{service}", metrics=metrics)
+    subjects = Subjects(cfg.namespace)
+    js = nc.jetstream()
+    await ensure_streams(js, default_stream_specs(subjects))
+    publisher = JetStreamPublisher(nc, metrics=metrics)
+    ctx = ServiceContext(
+        cfg=cfg,
+        service=service,
+        nc=nc,
+        js=js,
+        subjects=subjects,
+        metrics=metrics,
+        publisher=publisher,
+        dead_letters=DeadLetters(publisher, subjects, service, metrics),
+    )
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, ctx.stop_event.set)
+    http = await _health_server(ctx, cfg.metrics_port) if cfg.metrics_port else None
+    try:
+        yield ctx
+    finally:
+        for closer in reversed(ctx.closers):
+            try:
+                await asyncio.wait_for(closer(), 5.0)
+            except Exception:
+                log.exception("%s: error while stopping", service)
+        with contextlib.suppress(Exception):
+            await publisher.close(timeout_s=3.0)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(nc.drain(), 3.0)
+        if http is not None:
+            await http.cleanup()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        log.info("%s: stopped", service)
+
+
+def now_ns() -> int:
+    """Wall-clock ns, for receive/publish stamps at the edges only (never inside a core)."""
+    return time.time_ns()
+
+
+def durable_name(service: str, partitions: tuple[Partition, ...]) -> str:
+    """The durable consumer of a replica: service + the partitions it owns, e.g.
+    ``book-deribit_btc-deribit_eth``. Two replicas own disjoint partitions, so they never
+    share a durable; KEDA's scaler must name exactly this consumer."""
+    keys = sorted(p.key.replace(".", "_") for p in partitions)
+    return f"{service}-" + "-".join(keys)
