@@ -1,1 +1,1 @@
-"""svc_connector: venue adapters that normalise venue market data to protobuf, and the exchange simulator."""
+"""svc_connector: venue adapters normalising market data to protobuf; the exchange simulator."""

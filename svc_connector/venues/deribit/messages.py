@@ -1,0 +1,179 @@
+"""Shapes of Deribit's JSON-RPC messages as ``TypedDict``s (documentation and typing).
+
+Only the fields volstream reads are listed; the venue adds fields over time and parse.py
+ignores the ones it does not know. ``NotRequired`` marks fields absent in some recordings.
+The parser validates every field it uses: these types describe, they do not guarantee.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NotRequired, TypedDict
+
+# ---- requests and responses ------------------------------------------------------------------
+
+
+class JsonRpcRequest(TypedDict):
+    jsonrpc: Literal["2.0"]
+    id: int
+    method: str
+    params: dict[str, object]
+
+
+class JsonRpcErrorBody(TypedDict):
+    code: int
+    message: str
+    data: NotRequired[object]
+
+
+class JsonRpcResponse(TypedDict):
+    """Answer to a request: ``result`` or ``error``; ``usIn``/``usOut`` in microseconds."""
+
+    jsonrpc: Literal["2.0"]
+    id: NotRequired[int | str | None]
+    result: NotRequired[object]
+    error: NotRequired[JsonRpcErrorBody]
+    usIn: NotRequired[int]
+    usOut: NotRequired[int]
+    usDiff: NotRequired[int]
+    testnet: NotRequired[bool]
+
+
+# ---- notifications ---------------------------------------------------------------------------
+
+
+class HeartbeatParams(TypedDict):
+    # "test_request": answer with public/test or be disconnected; "heartbeat": no answer.
+    type: Literal["test_request", "heartbeat"]
+
+
+class HeartbeatNotification(TypedDict):
+    jsonrpc: Literal["2.0"]
+    method: Literal["heartbeat"]
+    params: HeartbeatParams
+
+
+class SubscriptionParams(TypedDict):
+    channel: str
+    data: object
+
+
+class SubscriptionNotification(TypedDict):
+    jsonrpc: Literal["2.0"]
+    method: Literal["subscription"]
+    params: SubscriptionParams
+
+
+# ---- channel payloads ------------------------------------------------------------------------
+
+# book.{inst}.{interval}: [action, price, amount], action in new/change/delete.
+BookEntry = tuple[Literal["new", "change", "delete"], float, float]
+# book.{inst}.{group}.{depth}.{interval}: [price, amount].
+GroupedBookEntry = tuple[float, float]
+
+
+class BookData(TypedDict):
+    """``book.{inst}.{interval}``: a snapshot (first after subscribing) then changes."""
+
+    # Missing in old messages: the snapshot is then the message without prev_change_id.
+    type: NotRequired[Literal["snapshot", "change"]]
+    timestamp: int
+    instrument_name: str
+    change_id: int
+    # On changes; 0 for a just-listed option; ignored on snapshots.
+    prev_change_id: NotRequired[int]
+    bids: list[BookEntry]
+    asks: list[BookEntry]
+
+
+class GroupedBookData(TypedDict):
+    """``book.{inst}.{group}.{depth}.{interval}``: full top-N book on every push."""
+
+    timestamp: int
+    instrument_name: str
+    change_id: int
+    bids: list[GroupedBookEntry]
+    asks: list[GroupedBookEntry]
+
+
+class Greeks(TypedDict):
+    """Black-76 greeks of the USD price (vega per vol point, theta per calendar day)."""
+
+    delta: float
+    gamma: float
+    vega: float
+    theta: float
+    rho: float
+
+
+class TickerData(TypedDict):
+    """``ticker.{inst}.{interval}``. IVs in percent, 0 when that side is empty."""
+
+    timestamp: int
+    instrument_name: str
+    state: NotRequired[str]
+    underlying_price: NotRequired[float]
+    underlying_index: NotRequired[str]
+    index_price: NotRequired[float]
+    interest_rate: NotRequired[float]
+    mark_price: NotRequired[float]
+    mark_iv: NotRequired[float]
+    bid_iv: NotRequired[float]
+    ask_iv: NotRequired[float]
+    best_bid_price: NotRequired[float | None]
+    best_bid_amount: NotRequired[float]
+    best_ask_price: NotRequired[float | None]
+    best_ask_amount: NotRequired[float]
+    last_price: NotRequired[float | None]
+    open_interest: NotRequired[float]
+    greeks: NotRequired[Greeks]
+    stats: NotRequired[dict[str, float | None]]
+
+
+class PriceIndexData(TypedDict):
+    """``deribit_price_index.{index}``."""
+
+    timestamp: int
+    price: float
+    index_name: str
+
+
+class VolatilityIndexData(TypedDict):
+    """``deribit_volatility_index.{index}`` (DVOL, percent)."""
+
+    timestamp: int
+    volatility: float
+    index_name: str
+
+
+class InstrumentStateData(TypedDict):
+    """``instrument.state.{kind}.{currency}``."""
+
+    timestamp: int
+    instrument_name: str
+    state: Literal["created", "started", "settled", "closed", "deactivated", "terminated"]
+
+
+# ---- REST ------------------------------------------------------------------------------------
+
+
+class InstrumentInfo(TypedDict):
+    """One entry of ``public/get_instruments``."""
+
+    instrument_name: str
+    kind: Literal["option", "future", "spot", "future_combo", "option_combo"]
+    option_type: NotRequired[Literal["call", "put"]]
+    strike: NotRequired[float]
+    expiration_timestamp: int
+    tick_size: float
+    contract_size: float
+    min_trade_amount: float
+    base_currency: str
+    quote_currency: str
+    settlement_currency: NotRequired[str]
+    is_active: bool
+    settlement_period: NotRequired[str]
+    # Newer responses:
+    instrument_id: NotRequired[int]
+    counter_currency: NotRequired[str]
+    price_index: NotRequired[str]
+    instrument_type: NotRequired[Literal["reversed", "linear"]]

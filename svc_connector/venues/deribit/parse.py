@@ -1,0 +1,844 @@
+"""Pure Deribit decoding: raw frames and REST bodies -> normalised protobuf. No I/O, no clock.
+
+- :func:`parse_frame`: one websocket frame -> :class:`FrameResult` (stateless).
+- :func:`parse_instruments`: a ``public/get_instruments`` body -> :class:`InstrumentParseResult`.
+- :class:`DeribitSession`: per-connection state on top of ``parse_frame``: book sequencing
+  (``change_id``/``prev_change_id``), request/response matching, header sequence stamping.
+
+Nothing here raises on bad input: unknown messages and channels are counted and ignored,
+messages missing required fields are dead-lettered with a reason.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Final, TypeGuard
+
+import orjson
+
+from svc_connector.session import BookSequencer, DeltaVerdict
+from svc_connector.venues.base import (
+    DeadLetter,
+    FrameResult,
+    InstrumentParseResult,
+    InstrumentStateChange,
+    NormalisedEvent,
+    RequestAck,
+    ResubscribeRequest,
+    VenueError,
+    VenueRequest,
+)
+from svc_connector.venues.deribit import constants as c
+from svc_connector.venues.deribit.symbols import (
+    currency_of,
+    currency_of_index,
+    premium_unit_from_name,
+)
+from volstream.v1 import common_pb2 as common_pb
+from volstream.v1 import market_data_pb2 as md_pb
+
+MS_TO_NS: Final = 1_000_000
+US_TO_NS: Final = 1_000
+
+_USD_QUOTES: Final = frozenset({"USD", "USDC", "USDT"})
+
+
+class _Missing(Exception):
+    """A required field is absent or has the wrong type (internal; becomes a dead letter)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# field readers
+# ---------------------------------------------------------------------------------------------
+
+
+def _is_number(value: object) -> TypeGuard[int | float]:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(float(value))
+    )
+
+
+def _req_num(data: Mapping[str, Any], key: str, where: str) -> float:
+    value = data.get(key)
+    if not _is_number(value):
+        raise _Missing(f"{where}: missing or non-numeric '{key}'")
+    return float(value)
+
+
+def _req_int(data: Mapping[str, Any], key: str, where: str) -> int:
+    value = data.get(key)
+    if not _is_number(value):
+        raise _Missing(f"{where}: missing or non-numeric '{key}'")
+    return int(value)
+
+
+def _req_str(data: Mapping[str, Any], key: str, where: str) -> str:
+    value = data.get(key)
+    if not isinstance(value, str) or not value:
+        raise _Missing(f"{where}: missing or non-string '{key}'")
+    return value
+
+
+def _opt_num(data: Mapping[str, Any], key: str, counts: Counter[str], where: str) -> float | None:
+    """Optional number: absent/null -> None; a wrong type is counted and treated as absent."""
+    value = data.get(key)
+    if value is None:
+        return None
+    if not _is_number(value):
+        counts[f"{where}.bad_field.{key}"] += 1
+        return None
+    return float(value)
+
+
+def _positive(value: float | None) -> float | None:
+    return value if value is not None and value > 0 else None
+
+
+def _iv_fraction(value: float | None) -> float | None:
+    """Deribit IVs are percent; 0 (empty side) and negatives mean "no value"."""
+    return value / 100.0 if value is not None and value > 0 else None
+
+
+def _header(timestamp_ms: int, receive_time_ns: int) -> common_pb.EventHeader:
+    return common_pb.EventHeader(
+        event_time_ns=timestamp_ms * MS_TO_NS, receive_time_ns=receive_time_ns, source=c.SOURCE
+    )
+
+
+def _safe_token(text: str) -> str:
+    """A counter-name fragment from venue text (bounded, no spaces)."""
+    cleaned = "".join(ch if ch.isalnum() or ch in "_-/" else "_" for ch in text[:40])
+    return cleaned or "empty"
+
+
+def _raw_bytes(raw: bytes | str) -> bytes:
+    return raw.encode("utf-8", "replace") if isinstance(raw, str) else bytes(raw)
+
+
+# ---------------------------------------------------------------------------------------------
+# websocket frames
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_frame(
+    raw: bytes | str,
+    receive_time_ns: int,
+    premium_units: Mapping[str, md_pb.PremiumUnit] | None = None,
+) -> FrameResult:
+    """Decode one Deribit websocket frame. Stateless; never raises.
+
+    ``premium_units`` (symbol -> PremiumUnit, from discovery) decides how a ticker's native
+    prices convert to USD per coin; unknown symbols fall back to the name's convention.
+    Header ``sequence`` is left 0 (the session stamps it).
+    """
+    result = FrameResult()
+    result.counts["frames"] += 1
+    try:
+        message = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        result.dead_letters.append(DeadLetter(_raw_bytes(raw), f"malformed JSON: {exc}"))
+        return result
+    if not isinstance(message, dict):
+        result.dead_letters.append(
+            DeadLetter(_raw_bytes(raw), f"not a JSON object: {type(message).__name__}")
+        )
+        return result
+    try:
+        _dispatch(message, receive_time_ns, premium_units or {}, result)
+    except _Missing as exc:
+        result.dead_letters.append(DeadLetter(_raw_bytes(raw), str(exc)))
+    except Exception as exc:  # a parser bug must not stop the connector: dead-letter it
+        result.counts["parse_internal_error"] += 1
+        result.dead_letters.append(
+            DeadLetter(_raw_bytes(raw), f"internal parse error: {type(exc).__name__}: {exc}")
+        )
+    if result.dead_letters:
+        # A frame either yields its outputs or is dead-lettered whole.
+        result.events.clear()
+    return result
+
+
+def _dispatch(
+    message: dict[str, Any],
+    receive_time_ns: int,
+    premium_units: Mapping[str, md_pb.PremiumUnit],
+    result: FrameResult,
+) -> None:
+    method = message.get("method")
+    if method == "subscription":
+        params = message.get("params")
+        if not isinstance(params, dict):
+            raise _Missing("subscription: missing 'params'")
+        channel = _req_str(params, "channel", "subscription")
+        result.channel = channel
+        if "data" not in params:
+            raise _Missing(f"{channel}: missing 'data'")
+        _parse_notification(channel, params["data"], receive_time_ns, premium_units, result)
+    elif method == "heartbeat":
+        params = message.get("params")
+        kind = params.get("type") if isinstance(params, dict) else None
+        if kind == "test_request":
+            result.counts["heartbeat.test_request"] += 1
+            result.replies.append(VenueRequest(c.TEST, {}, "test_request reply"))
+        elif kind == "heartbeat":
+            result.counts["heartbeat.heartbeat"] += 1
+        else:
+            result.counts["heartbeat.unknown_type"] += 1
+    elif isinstance(method, str):
+        # Requests (e.g. our own frames in a recording) and notifications we do not follow.
+        result.counts[f"unknown_method.{_safe_token(method)}"] += 1
+    elif "error" in message:
+        error = message["error"]
+        if not isinstance(error, dict):
+            raise _Missing("error response: 'error' is not an object")
+        result.venue_errors.append(
+            VenueError(
+                code=str(error.get("code", "")),
+                message=str(error.get("message", "")),
+                request_id=_request_id(message.get("id")),
+            )
+        )
+        result.counts["venue_error"] += 1
+    elif "result" in message:
+        result.acks.append(RequestAck(_request_id(message.get("id")), "", message["result"]))
+        result.counts["response"] += 1
+    else:
+        result.counts["unknown_message"] += 1
+
+
+def _request_id(value: object) -> int | str | None:
+    if isinstance(value, bool):
+        return None
+    return value if isinstance(value, int | str) else None
+
+
+def _parse_notification(
+    channel: str,
+    data: object,
+    receive_time_ns: int,
+    premium_units: Mapping[str, md_pb.PremiumUnit],
+    result: FrameResult,
+) -> None:
+    parts = channel.split(".")
+    head = parts[0]
+    if head == "book":
+        if len(parts) == 3:
+            _parse_book(_as_dict(data, channel), receive_time_ns, result)
+        elif len(parts) == 5:
+            _parse_grouped_book(_as_dict(data, channel), receive_time_ns, result)
+        else:
+            result.counts["unknown_channel.book_shape"] += 1
+    elif head == "ticker" and len(parts) == 3:
+        _parse_ticker(_as_dict(data, channel), receive_time_ns, premium_units, result)
+    elif head == "deribit_price_index" and len(parts) == 2:
+        _parse_price_index(_as_dict(data, channel), receive_time_ns, result)
+    elif head == "deribit_volatility_index" and len(parts) == 2:
+        _parse_volatility_index(_as_dict(data, channel), receive_time_ns, result)
+    elif head == "instrument" and len(parts) >= 2 and parts[1] == "state":
+        body = _as_dict(data, channel)
+        result.instrument_states.append(
+            InstrumentStateChange(
+                _req_str(body, "instrument_name", channel), _req_str(body, "state", channel)
+            )
+        )
+        result.counts["instrument_state"] += 1
+    else:
+        result.counts[f"unknown_channel.{_safe_token(head)}"] += 1
+
+
+def _as_dict(data: object, channel: str) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise _Missing(f"{channel}: 'data' is not an object")
+    return data
+
+
+def _currency(symbol: str, where: str) -> str:
+    currency = currency_of(symbol)
+    if currency is None:
+        raise _Missing(f"{where}: cannot tell the currency of {symbol!r}")
+    return currency
+
+
+def _levels(
+    entries: object, where: str, side: str, with_action: bool, result: FrameResult
+) -> list[md_pb.BookLevel]:
+    """Book entries -> levels. ``with_action``: ``[action, price, amount]`` (delete -> size 0)."""
+    if not isinstance(entries, list):
+        raise _Missing(f"{where}: missing or non-list '{side}'")
+    levels: list[md_pb.BookLevel] = []
+    width = 3 if with_action else 2
+    for entry in entries:
+        if not isinstance(entry, list) or len(entry) != width:
+            raise _Missing(f"{where}: malformed {side} entry {entry!r}")
+        price, amount = entry[width - 2], entry[width - 1]
+        if not (_is_number(price) and _is_number(amount)):
+            raise _Missing(f"{where}: non-numeric {side} entry {entry!r}")
+        size = float(amount)
+        if with_action:
+            action = entry[0]
+            if action == "delete":
+                size = 0.0
+            elif action not in ("new", "change"):
+                raise _Missing(f"{where}: unknown book action {action!r}")
+        levels.append(md_pb.BookLevel(price_native=float(price), size_native=size))
+    return levels
+
+
+def _best_first(
+    bids: list[md_pb.BookLevel], asks: list[md_pb.BookLevel]
+) -> tuple[list[md_pb.BookLevel], list[md_pb.BookLevel]]:
+    return (
+        sorted(bids, key=lambda level: -level.price_native),
+        sorted(asks, key=lambda level: level.price_native),
+    )
+
+
+def _parse_book(data: dict[str, Any], receive_time_ns: int, result: FrameResult) -> None:
+    where = result.channel
+    symbol = _req_str(data, "instrument_name", where)
+    currency = _currency(symbol, where)
+    header = _header(_req_int(data, "timestamp", where), receive_time_ns)
+    change_id = _req_int(data, "change_id", where)
+    kind = data.get("type")
+    prev = data.get("prev_change_id")
+    # Old messages carry no type: the snapshot is the one without prev_change_id. A snapshot
+    # that carries prev_change_id ignores it.
+    is_snapshot = kind == "snapshot" or (kind is None and prev is None)
+    if not is_snapshot and kind not in (None, "change"):
+        raise _Missing(f"{where}: unknown book type {kind!r}")
+    bids = _levels(data.get("bids"), where, "bids", True, result)
+    asks = _levels(data.get("asks"), where, "asks", True, result)
+    if is_snapshot:
+        live_bids = [level for level in bids if level.size_native > 0]
+        live_asks = [level for level in asks if level.size_native > 0]
+        best_bids, best_asks = _best_first(live_bids, live_asks)
+        snapshot = md_pb.BookSnapshot(
+            header=header,
+            symbol=symbol,
+            bids=best_bids,
+            asks=best_asks,
+            venue_sequence=change_id,
+            is_periodic=False,
+        )
+        event = md_pb.MarketDataEvent(book_snapshot=snapshot)
+        result.counts["book.snapshot"] += 1
+    else:
+        if not _is_number(prev):
+            raise _Missing(f"{where}: change without numeric 'prev_change_id'")
+        delta = md_pb.BookDelta(
+            header=header,
+            symbol=symbol,
+            bids=bids,
+            asks=asks,
+            venue_sequence=change_id,
+            prev_venue_sequence=int(prev),
+        )
+        event = md_pb.MarketDataEvent(book_delta=delta)
+        result.counts["book.change"] += 1
+    result.events.append(NormalisedEvent(currency, "book", event))
+
+
+def _parse_grouped_book(data: dict[str, Any], receive_time_ns: int, result: FrameResult) -> None:
+    where = result.channel
+    symbol = _req_str(data, "instrument_name", where)
+    currency = _currency(symbol, where)
+    header = _header(_req_int(data, "timestamp", where), receive_time_ns)
+    change_id = data.get("change_id")
+    bids = _levels(data.get("bids"), where, "bids", False, result)
+    asks = _levels(data.get("asks"), where, "asks", False, result)
+    best_bids, best_asks = _best_first(bids, asks)
+    snapshot = md_pb.BookSnapshot(
+        header=header,
+        symbol=symbol,
+        bids=best_bids,
+        asks=best_asks,
+        venue_sequence=int(change_id) if _is_number(change_id) else 0,
+        is_periodic=True,
+    )
+    result.events.append(
+        NormalisedEvent(currency, "book", md_pb.MarketDataEvent(book_snapshot=snapshot))
+    )
+    result.counts["book.grouped_snapshot"] += 1
+
+
+def _parse_ticker(
+    data: dict[str, Any],
+    receive_time_ns: int,
+    premium_units: Mapping[str, md_pb.PremiumUnit],
+    result: FrameResult,
+) -> None:
+    where = result.channel
+    counts = result.counts
+    symbol = _req_str(data, "instrument_name", where)
+    currency = _currency(symbol, where)
+    ticker = md_pb.VenueTicker(
+        header=_header(_req_int(data, "timestamp", where), receive_time_ns), symbol=symbol
+    )
+    bid_price = _opt_num(data, "best_bid_price", counts, "ticker")
+    bid_size = _opt_num(data, "best_bid_amount", counts, "ticker")
+    ask_price = _opt_num(data, "best_ask_price", counts, "ticker")
+    ask_size = _opt_num(data, "best_ask_amount", counts, "ticker")
+    # An empty side comes as price 0 (or null) with amount 0.
+    if bid_price is not None and bid_size is not None and bid_size > 0:
+        ticker.best_bid_price_native = bid_price
+        ticker.best_bid_size_native = bid_size
+    if ask_price is not None and ask_size is not None and ask_size > 0:
+        ticker.best_ask_price_native = ask_price
+        ticker.best_ask_size_native = ask_size
+    # A closed instrument is sent with mark 0: no value, not a price.
+    mark = _positive(_opt_num(data, "mark_price", counts, "ticker"))
+    if mark is not None:
+        ticker.mark_price_native = mark
+    for field, key in (("bid_iv", "bid_iv"), ("ask_iv", "ask_iv"), ("mark_iv", "mark_iv")):
+        iv = _iv_fraction(_opt_num(data, key, counts, "ticker"))
+        if iv is not None:
+            setattr(ticker, field, iv)
+    forward = _positive(_opt_num(data, "underlying_price", counts, "ticker"))
+    if forward is not None:
+        ticker.forward_usd = forward
+    forward_name = data.get("underlying_index")
+    if isinstance(forward_name, str):
+        ticker.forward_name = forward_name
+    index_price = _positive(_opt_num(data, "index_price", counts, "ticker"))
+    if index_price is not None:
+        ticker.index_price_usd = index_price
+    rate = _opt_num(data, "interest_rate", counts, "ticker")
+    if rate is not None:
+        ticker.interest_rate = rate
+    open_interest = _opt_num(data, "open_interest", counts, "ticker")
+    if open_interest is not None:
+        ticker.open_interest = open_interest
+    greeks = data.get("greeks")
+    if isinstance(greeks, dict):
+        for name in ("delta", "gamma", "vega", "theta"):
+            value = _opt_num(greeks, name, counts, "ticker.greeks")
+            if value is not None:
+                setattr(ticker, name, value)
+    unit = premium_units.get(symbol) or premium_unit_from_name(symbol)
+    for native_field, usd_field in (
+        ("mark_price_native", "mark_price_usd_per_coin"),
+        ("best_bid_price_native", "best_bid_price_usd_per_coin"),
+        ("best_ask_price_native", "best_ask_price_usd_per_coin"),
+    ):
+        if not ticker.HasField(native_field):
+            continue
+        native = float(getattr(ticker, native_field))
+        if unit == md_pb.PREMIUM_UNIT_COIN_PER_COIN:
+            if forward is not None:
+                setattr(ticker, usd_field, native * forward)
+        elif unit == md_pb.PREMIUM_UNIT_USD_PER_COIN:
+            setattr(ticker, usd_field, native)
+    result.events.append(NormalisedEvent(currency, "ticker", md_pb.MarketDataEvent(ticker=ticker)))
+    result.counts["ticker"] += 1
+
+
+def _index_currency(index_name: str, where: str) -> str:
+    currency = currency_of_index(index_name)
+    if currency is None:
+        raise _Missing(f"{where}: cannot tell the currency of index {index_name!r}")
+    return currency
+
+
+def _parse_price_index(data: dict[str, Any], receive_time_ns: int, result: FrameResult) -> None:
+    where = result.channel
+    name = _req_str(data, "index_name", where)
+    event = md_pb.IndexPrice(
+        header=_header(_req_int(data, "timestamp", where), receive_time_ns),
+        index_name=name,
+        price_usd=_req_num(data, "price", where),
+    )
+    result.events.append(
+        NormalisedEvent(
+            _index_currency(name, where), "index", md_pb.MarketDataEvent(index_price=event)
+        )
+    )
+    result.counts["index_price"] += 1
+
+
+def _parse_volatility_index(
+    data: dict[str, Any], receive_time_ns: int, result: FrameResult
+) -> None:
+    where = result.channel
+    name = _req_str(data, "index_name", where)
+    event = md_pb.VolatilityIndex(
+        header=_header(_req_int(data, "timestamp", where), receive_time_ns),
+        index_name=name,
+        volatility=_req_num(data, "volatility", where) / 100.0,
+    )
+    result.events.append(
+        NormalisedEvent(
+            _index_currency(name, where), "index", md_pb.MarketDataEvent(volatility_index=event)
+        )
+    )
+    result.counts["volatility_index"] += 1
+
+
+# ---------------------------------------------------------------------------------------------
+# REST instruments
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_instruments(body: bytes | str, receive_time_ns: int) -> InstrumentParseResult:
+    """Decode a ``public/get_instruments`` body. Options, futures and perpetuals are kept;
+    other kinds (spot, combos) are counted and skipped; a bad entry is dead-lettered alone.
+
+    Every field is read by name: premium unit from ``quote_currency`` (the coin itself ->
+    coin per coin; USD/USDC/USDT -> USD per coin; ``instrument_type`` when the quote is
+    missing), settlement from ``settlement_currency`` (older responses lack it: inverse
+    instruments settle in the base coin, linear ones in their quote), underlying from
+    ``price_index`` (older responses: ``<base>_usd`` / ``<base>_<quote>``). Perpetuals get
+    expiry 0 (the venue states year 3000).
+    """
+    result = InstrumentParseResult()
+    try:
+        message = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        result.dead_letters.append(DeadLetter(_raw_bytes(body), f"malformed JSON: {exc}"))
+        return result
+    if not isinstance(message, dict):
+        result.dead_letters.append(DeadLetter(_raw_bytes(body), "not a JSON object"))
+        return result
+    us_out = message.get("usOut")
+    if _is_number(us_out):
+        result.venue_time_ns = int(us_out) * US_TO_NS
+    error = message.get("error")
+    if isinstance(error, dict):
+        result.venue_errors.append(
+            VenueError(
+                str(error.get("code", "")), str(error.get("message", "")), None, c.GET_INSTRUMENTS
+            )
+        )
+        return result
+    entries = message.get("result")
+    if not isinstance(entries, list):
+        result.dead_letters.append(DeadLetter(_raw_bytes(body), "get_instruments: no result list"))
+        return result
+    for entry in entries:
+        if not isinstance(entry, dict):
+            result.dead_letters.append(
+                DeadLetter(orjson.dumps(entry), "instrument is not an object")
+            )
+            continue
+        try:
+            instrument = _instrument(entry, result.counts)
+        except _Missing as exc:
+            result.dead_letters.append(DeadLetter(orjson.dumps(entry), str(exc)))
+            continue
+        except Exception as exc:  # a parser bug must not stop discovery
+            result.dead_letters.append(
+                DeadLetter(
+                    orjson.dumps(entry), f"internal parse error: {type(exc).__name__}: {exc}"
+                )
+            )
+            continue
+        if instrument is not None:
+            result.instruments.append(instrument)
+    return result
+
+
+def _premium(kind: str, base: str, quote: str, instrument_type: str) -> md_pb.PremiumUnit:
+    if quote:
+        if quote == base:
+            return md_pb.PREMIUM_UNIT_COIN_PER_COIN
+        if quote in _USD_QUOTES:
+            return md_pb.PREMIUM_UNIT_USD_PER_COIN
+        return md_pb.PREMIUM_UNIT_UNSPECIFIED
+    if instrument_type == "reversed":
+        return (
+            md_pb.PREMIUM_UNIT_COIN_PER_COIN
+            if kind == "option"
+            else md_pb.PREMIUM_UNIT_USD_PER_COIN
+        )
+    if instrument_type == "linear":
+        return md_pb.PREMIUM_UNIT_USD_PER_COIN
+    return md_pb.PREMIUM_UNIT_UNSPECIFIED
+
+
+def _instrument(entry: dict[str, Any], counts: Counter[str]) -> md_pb.Instrument | None:
+    name = _req_str(entry, "instrument_name", "instrument")
+    where = f"instrument {name}"
+    kind = _req_str(entry, "kind", where)
+    if kind not in ("option", "future"):
+        counts[f"instrument.skipped.{_safe_token(kind)}"] += 1
+        return None
+    base = _req_str(entry, "base_currency", where).upper()
+    quote_value = entry.get("quote_currency")
+    quote = quote_value.upper() if isinstance(quote_value, str) else ""
+    instrument_type_value = entry.get("instrument_type")
+    instrument_type = instrument_type_value if isinstance(instrument_type_value, str) else ""
+    if not quote and not instrument_type:
+        raise _Missing(f"{where}: neither 'quote_currency' nor 'instrument_type'")
+    premium_unit = _premium(kind, base, quote, instrument_type)
+    if premium_unit == md_pb.PREMIUM_UNIT_UNSPECIFIED:
+        counts["instrument.unknown_premium_unit"] += 1
+    is_inverse = instrument_type == "reversed" or quote in ("", "USD", base)
+    settlement_value = entry.get("settlement_currency")
+    if isinstance(settlement_value, str) and settlement_value:
+        settlement = settlement_value.upper()
+    else:
+        settlement = base if is_inverse else quote
+    price_index = entry.get("price_index")
+    if isinstance(price_index, str) and price_index:
+        underlying = price_index
+    else:
+        underlying = f"{base.lower()}_usd" if is_inverse else f"{base.lower()}_{quote.lower()}"
+    is_active = entry.get("is_active")
+    instrument = md_pb.Instrument(
+        venue=c.VENUE,
+        symbol=name,
+        currency=base,
+        premium_currency=quote
+        or (base if premium_unit == md_pb.PREMIUM_UNIT_COIN_PER_COIN else "USD"),
+        settlement_currency=settlement,
+        premium_unit=premium_unit,
+        contract_size_coin=_req_num(entry, "contract_size", where),
+        tick_size_native=_req_num(entry, "tick_size", where),
+        min_size_native=_opt_num(entry, "min_trade_amount", counts, "instrument") or 0.0,
+        underlying=underlying,
+        is_active=is_active if isinstance(is_active, bool) else True,
+    )
+    expiry_ms = _req_int(entry, "expiration_timestamp", where)
+    if kind == "option":
+        instrument.kind = md_pb.INSTRUMENT_KIND_OPTION
+        option_type = entry.get("option_type")
+        if option_type == "call":
+            instrument.option_kind = common_pb.OPTION_KIND_CALL
+        elif option_type == "put":
+            instrument.option_kind = common_pb.OPTION_KIND_PUT
+        else:
+            raise _Missing(f"{where}: missing or unknown 'option_type'")
+        instrument.strike_usd = _req_num(entry, "strike", where)
+        instrument.expiry_time_ns = expiry_ms * MS_TO_NS
+        counts["instrument.option"] += 1
+    elif entry.get("settlement_period") == "perpetual" or name.endswith("-PERPETUAL"):
+        instrument.kind = md_pb.INSTRUMENT_KIND_PERPETUAL
+        counts["instrument.perpetual"] += 1
+    else:
+        instrument.kind = md_pb.INSTRUMENT_KIND_FUTURE
+        instrument.expiry_time_ns = expiry_ms * MS_TO_NS
+        counts["instrument.future"] += 1
+    return instrument
+
+
+# ---------------------------------------------------------------------------------------------
+# per-connection session
+# ---------------------------------------------------------------------------------------------
+
+_MAX_PENDING: Final = 10_000
+
+
+class DeribitSession:
+    """Pure per-connection state: book sequencing, request matching, header sequences.
+
+    Book rules (``book.{inst}.{interval}``), on top of :class:`BookSequencer`:
+
+    - a snapshot (re)starts the book at its ``change_id`` and ends any resync;
+    - a change applies when ``prev_change_id`` equals the last ``change_id``;
+    - a change with ``change_id`` <= the last one is a duplicate or replayed old change:
+      dropped and counted (``book.stale_dropped``), never applied twice, not a gap;
+    - a change with ``prev_change_id`` 0 (a just-listed option) is relative to an empty
+      book: it is emitted as an empty snapshot at sequence 0 followed by the change, so
+      that consumers applying "prev == last" stay consistent;
+    - any other mismatch, or a change with no snapshot since subscribing, is a gap: the
+      change is dropped, a ``BookReset`` is emitted and the book channel is resubscribed
+      (the venue answers with a fresh snapshot); changes in between are dropped, and the
+      resubscribe is requested again if no snapshot came within ``resync_timeout_ns``.
+
+    ``header.sequence`` is stamped from a counter that runs for the session's lifetime
+    (across reconnects), or from ``sequence()`` when given (the connector shares one counter
+    between its connections so that (source, sequence) stays unique).
+    """
+
+    def __init__(
+        self,
+        *,
+        resync_timeout_ns: int = 10_000_000_000,
+        premium_units: Mapping[str, md_pb.PremiumUnit] | None = None,
+        first_request_id: int = 1,
+        first_sequence: int = 1,
+        sequence: Callable[[], int] | None = None,
+    ) -> None:
+        self._books = BookSequencer(resync_timeout_ns)
+        self._premium_units: dict[str, md_pb.PremiumUnit] = dict(premium_units or {})
+        self._next_request_id = first_request_id
+        self._next_sequence = first_sequence
+        # A shared counter (one per connector) keeps sequences unique across connections.
+        self._shared_sequence = sequence
+        self._pending: dict[int, tuple[str, tuple[str, ...]]] = {}
+
+    @property
+    def source(self) -> str:
+        return c.SOURCE
+
+    def _take_sequence(self) -> int:
+        if self._shared_sequence is not None:
+            return self._shared_sequence()
+        value = self._next_sequence
+        self._next_sequence += 1
+        return value
+
+    def set_instruments(self, instruments: Iterable[md_pb.Instrument]) -> None:
+        """Premium units of known instruments (for USD-per-coin conversion of tickers)."""
+        for instrument in instruments:
+            self._premium_units[instrument.symbol] = instrument.premium_unit
+
+    def on_connected(self) -> None:
+        self._books.reset()
+        self._pending.clear()
+
+    # ---- outgoing ----------------------------------------------------------------------------
+
+    def encode(self, request: VenueRequest) -> str:
+        request_id = self._next_request_id
+        self._next_request_id += 1
+        channels_value = request.params.get("channels")
+        channels = (
+            tuple(str(ch) for ch in channels_value) if isinstance(channels_value, list) else ()
+        )
+        if len(self._pending) >= _MAX_PENDING:
+            self._pending.pop(next(iter(self._pending)))
+        self._pending[request_id] = (request.method, channels)
+        body = {
+            "jsonrpc": "2.0",
+            "id": request_id,
+            "method": request.method,
+            "params": dict(request.params),
+        }
+        return orjson.dumps(body).decode()
+
+    def subscribe(self, channels: Iterable[str]) -> str:
+        return self.encode(VenueRequest(c.SUBSCRIBE, {"channels": list(channels)}, "subscribe"))
+
+    def unsubscribe(self, channels: Iterable[str]) -> str:
+        return self.encode(VenueRequest(c.UNSUBSCRIBE, {"channels": list(channels)}, "unsubscribe"))
+
+    def set_heartbeat(self, interval_s: float) -> str:
+        """``public/set_heartbeat`` (the venue refuses < 10 s; the settings enforce it)."""
+        interval: int | float = int(interval_s) if float(interval_s).is_integer() else interval_s
+        return self.encode(VenueRequest(c.SET_HEARTBEAT, {"interval": interval}, "heartbeat"))
+
+    # ---- incoming ----------------------------------------------------------------------------
+
+    def on_frame(self, raw: bytes | str, receive_time_ns: int) -> FrameResult:
+        try:
+            result = parse_frame(raw, receive_time_ns, self._premium_units)
+            self._match_responses(result)
+            if any(e.kind == "book" for e in result.events):
+                self._sequence_books(result, receive_time_ns)
+        except Exception as exc:  # belt and braces: the client must never see an exception
+            result = FrameResult()
+            result.counts["session_internal_error"] += 1
+            result.dead_letters.append(
+                DeadLetter(_raw_bytes(raw), f"internal session error: {type(exc).__name__}: {exc}")
+            )
+        for event in result.events:
+            case = event.event.WhichOneof("event")
+            if case is not None:
+                getattr(event.event, case).header.sequence = self._take_sequence()
+        return result
+
+    def _match_responses(self, result: FrameResult) -> None:
+        acks: list[RequestAck] = []
+        for ack in result.acks:
+            pending = (
+                self._pending.pop(ack.request_id, None) if isinstance(ack.request_id, int) else None
+            )
+            if pending is None:
+                result.counts["response.unmatched"] += 1
+                acks.append(ack)
+                continue
+            method, _ = pending
+            acks.append(RequestAck(ack.request_id, method, ack.result))
+            result.counts[f"response.{_safe_token(method)}"] += 1
+            if method in (c.SUBSCRIBE, c.UNSUBSCRIBE):
+                if not isinstance(ack.result, list):
+                    result.counts["response.bad_channel_list"] += 1
+                    continue
+                channels = [ch for ch in ack.result if isinstance(ch, str)]
+                if method == c.SUBSCRIBE:
+                    refused = len(set(pending[1]) - set(channels))
+                    if refused:
+                        result.counts["subscribe.unconfirmed_channels"] += refused
+                (result.subscribed if method == c.SUBSCRIBE else result.unsubscribed).extend(
+                    channels
+                )
+        result.acks = acks
+        errors: list[VenueError] = []
+        for error in result.venue_errors:
+            pending = (
+                self._pending.pop(error.request_id, None)
+                if isinstance(error.request_id, int)
+                else None
+            )
+            if pending is None:
+                errors.append(error)
+            else:
+                errors.append(
+                    VenueError(error.code, error.message, error.request_id, pending[0], pending[1])
+                )
+        result.venue_errors = errors
+
+    def _sequence_books(self, result: FrameResult, now_ns: int) -> None:
+        events: list[NormalisedEvent] = []
+        for item in result.events:
+            case = item.event.WhichOneof("event")
+            if case == "book_snapshot":
+                snapshot = item.event.book_snapshot
+                if not snapshot.is_periodic:
+                    self._books.snapshot(snapshot.symbol, snapshot.venue_sequence)
+                events.append(item)
+            elif case == "book_delta":
+                events.extend(self._on_delta(item, result, now_ns))
+            else:
+                events.append(item)
+        result.events = events
+
+    def _on_delta(
+        self, item: NormalisedEvent, result: FrameResult, now_ns: int
+    ) -> list[NormalisedEvent]:
+        delta = item.event.book_delta
+        symbol, prev, sequence = delta.symbol, delta.prev_venue_sequence, delta.venue_sequence
+        last = self._books.last_sequence(symbol)
+        if prev == 0 and last != 0 and not self._books.is_resyncing(symbol):
+            if last is not None and sequence <= last:
+                result.counts["book.stale_dropped"] += 1
+                return []
+            # Just-listed instrument: the change is relative to an empty book.
+            result.counts["book.restart_from_empty"] += 1
+            empty = md_pb.BookSnapshot(symbol=symbol, venue_sequence=0)
+            empty.header.CopyFrom(delta.header)
+            self._books.snapshot(symbol, sequence)
+            return [
+                NormalisedEvent(item.currency, "book", md_pb.MarketDataEvent(book_snapshot=empty)),
+                item,
+            ]
+        verdict = self._books.check_delta(symbol, prev, sequence, now_ns)
+        if verdict == DeltaVerdict.APPLY:
+            return [item]
+        if verdict == DeltaVerdict.STALE:
+            result.counts["book.stale_dropped"] += 1
+            return []
+        if verdict == DeltaVerdict.RESYNCING:
+            result.counts["book.dropped_while_resyncing"] += 1
+            return []
+        if verdict == DeltaVerdict.RESYNC_AGAIN:
+            result.counts["book.resync_again"] += 1
+            result.resubscribes.append(
+                ResubscribeRequest(symbol, result.channel, "no snapshot after resubscribing")
+            )
+            return []
+        if verdict == DeltaVerdict.NO_SNAPSHOT:
+            reason = f"change {sequence} without a snapshot since subscribing"
+            result.counts["book.no_snapshot"] += 1
+        else:
+            reason = f"gap: prev_change_id {prev} != last change_id {last} (change_id {sequence})"
+            result.counts["book.gap"] += 1
+        self._books.start_resync(symbol, now_ns)
+        reset = md_pb.BookReset(symbol=symbol, reason=reason)
+        reset.header.CopyFrom(delta.header)
+        result.resubscribes.append(ResubscribeRequest(symbol, result.channel, reason))
+        return [NormalisedEvent(item.currency, "book", md_pb.MarketDataEvent(book_reset=reset))]

@@ -1,0 +1,54 @@
+"""The command line: invalid flags and config values exit with status 2 naming them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from volstream.config import Config, ConfigError, from_env, to_env
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    import os
+
+    return subprocess.run(
+        [sys.executable, "-m", "volstream.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "named"),
+    [
+        (["up", "--grpc-port", "99999"], {}, "--grpc-port"),
+        (["up", "--venues", "ftx"], {}, "venues"),
+        (["up", "--currencies", "bitcoin!"], {}, "currencies"),
+        (["up", "--bogus"], {}, "--bogus"),
+        (["up", "--sim-rate", "-5"], {}, "--sim-rate"),
+        (["svc", "nosuch"], {}, "name"),
+        (["up"], {"VOLSTREAM_HTTP_PORT": "http"}, "VOLSTREAM_HTTP_PORT"),
+        (["up", "--nats", "localhost:4222"], {}, "nats_url"),
+        (["up", "--tls-cert", "/tmp/x.pem"], {}, "tls_cert"),
+    ],
+)
+def test_invalid_flag_or_value_exits_2_naming_it(
+    args: list[str], env: dict[str, str], named: str
+) -> None:
+    result = run_cli(*args, env=env)
+    assert result.returncode == 2, result
+    assert named in result.stderr, result.stderr
+
+
+def test_env_round_trip_reproduces_config() -> None:
+    cfg = Config(venues=("deribit",), currencies=("BTC",), grpc_port=1234, api_token="t")
+    assert from_env(to_env(cfg)).validated() == cfg
+
+
+def test_env_rejects_garbage() -> None:
+    with pytest.raises(ConfigError, match="VOLSTREAM_SURFACE_INTERVAL_MS"):
+        from_env({"VOLSTREAM_SURFACE_INTERVAL_MS": "soon"})
