@@ -15,9 +15,9 @@ import orjson
 from google.protobuf.message import DecodeError
 
 from svc_book.core import BookConfig, BookCore
-from volstream.bus.stage import InMessage, Output, StageInput, StageRunner
+from volstream.bus.stage import InMessage, Output, StageInput, StageRunner, dead_letter_output
 from volstream.config import Config, Partition
-from volstream.runtime import ServiceContext, durable_name, service_context
+from volstream.runtime import ServiceContext, durable_name, service_context, wall_ns
 from volstream.v1 import book_pb2 as book_pb
 from volstream.v1 import market_data_pb2 as md_pb
 
@@ -49,26 +49,26 @@ class BookStage:
 
     async def handle(self, batch: list[InMessage]) -> list[Output]:
         touched: dict[tuple[str, str], tuple[int, InMessage]] = {}
+        dead: list[Output] = []
         for msg in batch:
             try:
                 md = md_pb.MarketDataBatch.FromString(msg.data)
             except DecodeError as exc:
-                await self.ctx.dead_letters.send_for(
-                    msg.subject,
-                    msg.data,
-                    f"undecodable MarketDataBatch: {exc}",
-                    stream=msg.stream,
-                    stream_seq=msg.stream_seq,
+                dead.append(
+                    dead_letter_output(
+                        self.ctx.subjects, SERVICE, msg, f"undecodable MarketDataBatch: {exc}"
+                    )
                 )
                 continue
             key = (md.venue, md.currency.upper())
             if key not in self.owned:
-                await self.ctx.dead_letters.send_for(
-                    msg.subject,
-                    msg.data,
-                    f"partition {md.venue}:{md.currency} is not owned by this replica",
-                    stream=msg.stream,
-                    stream_seq=msg.stream_seq,
+                dead.append(
+                    dead_letter_output(
+                        self.ctx.subjects,
+                        SERVICE,
+                        msg,
+                        f"partition {md.venue}:{md.currency} is not owned by this replica",
+                    )
                 )
                 continue
             core = self.core(*key)
@@ -79,7 +79,7 @@ class BookStage:
                 if case is not None:
                     latest = max(latest, getattr(event, case).header.event_time_ns)
             touched[key] = (latest, msg)
-        outputs: list[Output] = []
+        outputs: list[Output] = dead
         for (venue, ccy), (now_ns, last) in touched.items():
             outputs.extend(self._emit(venue, ccy, now_ns, last))
             await self._request_resync(venue, ccy, now_ns)
@@ -111,11 +111,12 @@ class BookStage:
         keyframe: bool,
     ) -> Output:
         batch = book_pb.TopOfBookBatch(venue=venue, currency=ccy, tops=tops, is_keyframe=keyframe)
+        batch.header.publish_time_ns = wall_ns()
         batch.header.source = "svc_book"
         batch.header.event_time_ns = now_ns
         batch.header.sequence = last.stream_seq
         # Deterministic: the same input message always yields the same id (restart dedupe).
-        msg_id = f"svc_book.{subject}.{last.stream}.{last.stream_seq}"
+        msg_id = f"svc_book.{subject}.{last.metadata.stream}.{last.stream_seq}"
         return Output(subject, batch.SerializeToString(), msg_id)
 
     async def _request_resync(self, venue: str, ccy: str, now_ns: int) -> None:

@@ -14,12 +14,15 @@ import logging
 import re
 import time
 
+import orjson
+from nats.aio.msg import Msg
+
+from svc_connector.session import header_of
 from svc_connector.venues import registry
 from svc_connector.venues.base import ConnectorConfig, MdKind, VenueAdapter, VenueConnector
 from volstream.bus.batcher import Batcher
 from volstream.config import Config
-from volstream.runtime import ServiceContext, now_ns, service_context
-from volstream.v1 import common_pb2
+from volstream.runtime import ServiceContext, service_context, wall_ns
 from volstream.v1 import market_data_pb2 as md_pb
 
 log = logging.getLogger("svc_connector")
@@ -61,18 +64,20 @@ class NatsSink:
     async def _flush(self, subject: str, events: list[md_pb.MarketDataEvent]) -> None:
         seq = self._batch_seq.get(subject, 0) + 1
         self._batch_seq[subject] = seq
-        publish_ns = now_ns()
+        publish_ns = wall_ns()
         batch = md_pb.MarketDataBatch(
             venue=self.venue, currency=self._subject_ccy[subject], events=events
         )
         batch.header.source = self.source
         batch.header.sequence = seq
         batch.header.publish_time_ns = publish_ns
-        batch.header.event_time_ns = max(
-            (_header(e).event_time_ns for e in batch.events), default=publish_ns
-        )
+        event_ns = 0
         for e in batch.events:
-            _header(e).publish_time_ns = publish_ns
+            header = header_of(e)
+            if header is not None:
+                header.publish_time_ns = publish_ns
+                event_ns = max(event_ns, header.event_time_ns)
+        batch.header.event_time_ns = event_ns or publish_ns
         await self.ctx.publisher.publish(
             subject, batch.SerializeToString(), f"{self.source}.{self.run_id}.{subject}.{seq}"
         )
@@ -83,9 +88,20 @@ class NatsSink:
         await self._batcher.close()
 
 
-def _header(event: md_pb.MarketDataEvent) -> common_pb2.EventHeader:
-    case = event.WhichOneof("event")
-    return getattr(event, case).header  # type: ignore[no-any-return, arg-type]
+async def _listen_for_resync(ctx: ServiceContext, venue: str, connector: VenueConnector) -> None:
+    """ctl.connector.<venue>.resync {"symbols": [...]}: resubscribe books a consumer lost."""
+
+    async def on_request(msg: Msg) -> None:
+        try:
+            request = orjson.loads(msg.data)
+            symbols = [str(s) for s in request["symbols"]]
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            log.warning("%s: bad resync request %r: %s", venue, msg.data[:200], exc)
+            return
+        asked = connector.resync_books(symbols)
+        log.info("%s: resync of %d books requested, %d resubscribed", venue, len(symbols), asked)
+
+    await ctx.nc.subscribe(ctx.subjects.control("connector", venue, "resync"), cb=on_request)
 
 
 def connector_config(cfg: Config, adapter: VenueAdapter) -> ConnectorConfig:
@@ -114,6 +130,8 @@ async def run(cfg: Config) -> None:
             sink = NatsSink(ctx, venue)
             connectors.append((adapter.make_connector(connector_config(cfg, adapter), sink), sink))
         tasks = [asyncio.create_task(c.run(), name=f"connector.{c}") for c, _ in connectors]
+        for connector, sink in connectors:
+            await _listen_for_resync(ctx, sink.venue, connector)
 
         async def stop() -> None:
             for c, sink in connectors:

@@ -14,9 +14,9 @@ from google.protobuf.message import DecodeError
 from nats.js.errors import NotFoundError
 
 from svc_iv.core import IvCore
-from volstream.bus.stage import InMessage, Output, StageInput, StageRunner
+from volstream.bus.stage import InMessage, Output, StageInput, StageRunner, dead_letter_output
 from volstream.config import Config, Partition
-from volstream.runtime import ServiceContext, durable_name, service_context
+from volstream.runtime import ServiceContext, durable_name, service_context, wall_ns
 from volstream.subjects import parse_partition
 from volstream.v1 import book_pb2 as book_pb
 from volstream.v1 import iv_pb2 as iv_pb
@@ -84,29 +84,24 @@ class IvStage:
 
     async def handle(self, batch: list[InMessage]) -> list[Output]:
         touched: dict[tuple[str, str], InMessage] = {}
+        dead: list[Output] = []
         for msg in batch:
             try:
                 key = self._fold(msg.subject, msg.data)
             except (DecodeError, ValueError) as exc:
-                await self.ctx.dead_letters.send_for(
-                    msg.subject,
-                    msg.data,
-                    f"undecodable input: {exc}",
-                    stream=msg.stream,
-                    stream_seq=msg.stream_seq,
+                dead.append(
+                    dead_letter_output(self.ctx.subjects, SERVICE, msg, f"undecodable input: {exc}")
                 )
                 continue
             if key is None:
-                await self.ctx.dead_letters.send_for(
-                    msg.subject,
-                    msg.data,
-                    "partition not owned by this replica",
-                    stream=msg.stream,
-                    stream_seq=msg.stream_seq,
+                dead.append(
+                    dead_letter_output(
+                        self.ctx.subjects, SERVICE, msg, "partition not owned by this replica"
+                    )
                 )
                 continue
             touched[key] = msg
-        outputs: list[Output] = []
+        outputs: list[Output] = dead
         for key, last in touched.items():
             now = self.now_ns.get(key, 0)
             if now <= 0 or now - self.last_flush_ns.get(key, 0) < self.interval_ns:
@@ -117,11 +112,12 @@ class IvStage:
                 continue
             venue, ccy = key
             out = iv_pb.SmileBatch(venue=venue, currency=ccy, smiles=smiles)
+            out.header.publish_time_ns = wall_ns()
             out.header.source = "svc_iv"
             out.header.event_time_ns = now
             out.header.sequence = last.stream_seq
             subject = self.ctx.subjects.iv(venue, ccy)
-            msg_id = f"svc_iv.{subject}.{last.stream}.{last.stream_seq}"
+            msg_id = f"svc_iv.{subject}.{last.metadata.stream}.{last.stream_seq}"
             outputs.append(Output(subject, out.SerializeToString(), msg_id))
         return outputs
 

@@ -14,9 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 from google.protobuf.message import DecodeError
 
 from svc_surface.core import SurfaceCore
-from volstream.bus.stage import InMessage, Output, StageInput, StageRunner
+from volstream.bus.stage import InMessage, Output, StageInput, StageRunner, dead_letter_output
 from volstream.config import Config, Partition
-from volstream.runtime import ServiceContext, durable_name, service_context
+from volstream.runtime import ServiceContext, durable_name, service_context, wall_ns
 from volstream.v1 import iv_pb2 as iv_pb
 from volstream.v1 import surface_pb2 as surface_pb
 
@@ -41,34 +41,34 @@ class SurfaceStage:
 
     async def handle(self, batch: list[InMessage]) -> list[Output]:
         touched: dict[tuple[str, str], InMessage] = {}
+        dead: list[Output] = []
         for msg in batch:
             try:
                 smiles = iv_pb.SmileBatch.FromString(msg.data)
             except DecodeError as exc:
-                await self.ctx.dead_letters.send_for(
-                    msg.subject,
-                    msg.data,
-                    f"undecodable SmileBatch: {exc}",
-                    stream=msg.stream,
-                    stream_seq=msg.stream_seq,
+                dead.append(
+                    dead_letter_output(
+                        self.ctx.subjects, SERVICE, msg, f"undecodable SmileBatch: {exc}"
+                    )
                 )
                 continue
             key = (smiles.venue, smiles.currency.upper())
             core = self.cores.get(key)
             if core is None:
-                await self.ctx.dead_letters.send_for(
-                    msg.subject,
-                    msg.data,
-                    f"partition {smiles.venue}:{smiles.currency} not owned",
-                    stream=msg.stream,
-                    stream_seq=msg.stream_seq,
+                dead.append(
+                    dead_letter_output(
+                        self.ctx.subjects,
+                        SERVICE,
+                        msg,
+                        f"partition {smiles.venue}:{smiles.currency} not owned",
+                    )
                 )
                 continue
             for smile in smiles.smiles:
                 core.on_smile(smile)
             self.now_ns[key] = max(self.now_ns.get(key, 0), smiles.header.event_time_ns)
             touched[key] = msg
-        outputs: list[Output] = []
+        outputs: list[Output] = dead
         loop = asyncio.get_running_loop()
         for key, last in touched.items():
             now = self.now_ns[key]
@@ -83,11 +83,12 @@ class SurfaceStage:
             if surface is None:
                 continue
             venue, ccy = key
+            surface.header.publish_time_ns = wall_ns()
             surface.header.source = "svc_surface"
             surface.header.event_time_ns = now
             surface.header.sequence = last.stream_seq
             subject = self.ctx.subjects.surface(venue, ccy)
-            msg_id = f"svc_surface.{subject}.{last.stream}.{last.stream_seq}"
+            msg_id = f"svc_surface.{subject}.{last.metadata.stream}.{last.stream_seq}"
             outputs.append(Output(subject, surface.SerializeToString(), msg_id))
             self.fits.add(1, {"venue": venue, "currency": ccy})
         return outputs

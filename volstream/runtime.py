@@ -138,7 +138,7 @@ async def service_context(cfg: Config, service: str) -> AsyncIterator[ServiceCon
         log.info("%s: stopped", service)
 
 
-def now_ns() -> int:
+def wall_ns() -> int:
     """Wall-clock ns, for receive/publish stamps at the edges only (never inside a core)."""
     return time.time_ns()
 

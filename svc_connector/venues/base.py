@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -353,6 +353,12 @@ class VenueConnector(Protocol):
 
     def status(self) -> Mapping[str, Any]:
         """Health snapshot: connection states, channel counts, last receive times."""
+        ...
+
+    def resync_books(self, symbols: Iterable[str]) -> int:
+        """Ask the venue again for snapshots of these books (a downstream consumer such as a
+        restarted svc_book lost them); returns how many were requested. Called by the runtime
+        for requests on ``ctl.connector.<venue>.resync``."""
         ...
 
 

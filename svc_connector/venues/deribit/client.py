@@ -624,6 +624,20 @@ class DeribitConnector:
         self._refresh_now.set()
         await self._stop_connections()
 
+    def resync_books(self, symbols: Iterable[str]) -> int:
+        """Resubscribe these books so the venue sends fresh snapshots (a consumer such as a
+        restarted svc_book lost them). Returns how many book channels were asked again."""
+        wanted = {book_channel(s, self.settings.book_interval) for s in symbols}
+        asked = 0
+        for conn in self.connections:
+            mine = tuple(sorted(ch for ch in wanted if ch in conn.desired))
+            if mine:
+                conn._enqueue(_Command("resubscribe", mine))
+                asked += len(mine)
+        if asked:
+            self.sink.count("book.resync_requested", asked)
+        return asked
+
     def status(self) -> Mapping[str, Any]:
         return {
             "venue": c.VENUE,
