@@ -133,7 +133,7 @@ class BookStage:
 
 def stage_inputs(ctx: ServiceContext, partitions: tuple[Partition, ...]) -> list[StageInput]:
     filters = [ctx.subjects.md(p.venue, p.currency, "book") for p in partitions]
-    return [StageInput(ctx.subjects.stream_name("MD"), durable_name(SERVICE, partitions), filters)]
+    return [StageInput(ctx.subjects.stream_name("MD"), durable_name(SERVICE, ctx.cfg), filters)]
 
 
 async def run(cfg: Config) -> None:

@@ -129,10 +129,11 @@ def stage_inputs(ctx: ServiceContext, partitions: tuple[Partition, ...]) -> list
         for kind in ("instrument", "ticker", "index")
     ]
     book_filters = [ctx.subjects.book(p.venue, p.currency) for p in partitions]
-    name = durable_name(SERVICE, partitions)
+    # The BOOK durable carries the plain name: deploy/ scales a group on its lag.
+    name = durable_name(SERVICE, ctx.cfg)
     return [
+        StageInput(ctx.subjects.stream_name("BOOK"), name, book_filters),
         StageInput(ctx.subjects.stream_name("MD"), f"{name}-md", md_filters),
-        StageInput(ctx.subjects.stream_name("BOOK"), f"{name}-book", book_filters),
     ]
 
 

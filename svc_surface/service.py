@@ -101,7 +101,7 @@ async def run(cfg: Config) -> None:
         inputs = [
             StageInput(
                 ctx.subjects.stream_name("IV"),
-                durable_name(SERVICE, partitions),
+                durable_name(SERVICE, ctx.cfg),
                 [ctx.subjects.iv(p.venue, p.currency) for p in partitions],
             )
         ]

@@ -13,7 +13,8 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -143,9 +144,32 @@ def wall_ns() -> int:
     return time.time_ns()
 
 
-def durable_name(service: str, partitions: tuple[Partition, ...]) -> str:
-    """The durable consumer of a replica: service + the partitions it owns, e.g.
-    ``book-deribit_btc-deribit_eth``. Two replicas own disjoint partitions, so they never
-    share a durable; KEDA's scaler must name exactly this consumer."""
-    keys = sorted(p.key.replace(".", "_") for p in partitions)
-    return f"{service}-" + "-".join(keys)
+def partition_group(partitions: Sequence[Partition], currencies: Sequence[str]) -> str:
+    """The name of the partition group a replica owns (the second half of its durables).
+
+    No explicit partitions (the replica owns everything): "all". Otherwise the venues in
+    sorted order, each as "<venue>" when the replica owns every configured currency of it,
+    else "<venue>_<ccy>" per owned currency, joined by "-":
+    ``deribit:BTC,deribit:ETH`` -> "deribit"; ``okx:*,deribit:*`` -> "deribit-okx".
+    Two replicas own disjoint partitions, so they never share a durable; deploy/ names each
+    group's Deployments and KEDA consumers by this same rule (tests/deploy checks it).
+    """
+    if not partitions:
+        return "all"
+    by_venue: dict[str, set[str]] = defaultdict(set)
+    for p in partitions:
+        by_venue[p.venue].add(p.currency.upper())
+    wanted = {c.upper() for c in currencies}
+    tokens: list[str] = []
+    for venue in sorted(by_venue):
+        owned = by_venue[venue]
+        if owned == wanted:
+            tokens.append(venue)
+        else:
+            tokens.extend(f"{venue}_{ccy.lower()}" for ccy in sorted(owned))
+    return "-".join(tokens)
+
+
+def durable_name(service: str, cfg: Config) -> str:
+    """The durable consumer of this replica of ``service``: ``<service>-<partition group>``."""
+    return f"{service}-{partition_group(cfg.partitions, cfg.currencies)}"
