@@ -6,18 +6,21 @@ import asyncio
 import logging
 import signal
 
-from svc_connector.sim.server import SimConfig, run_simulator
+from svc_connector.sim.server import VENUE_FACTORIES, SimConfig, run_simulator
 from volstream.config import Config
 
 log = logging.getLogger("svc_connector.sim")
 
 
 async def run(cfg: Config, port: int = 0) -> None:
+    venues = tuple(v for v in cfg.venues if v in VENUE_FACTORIES)
+    for missing in sorted(set(cfg.venues) - set(venues)):
+        log.warning("the simulator does not speak %s yet: not simulated", missing)
     handle = await run_simulator(
         SimConfig(
             host="127.0.0.1",
             port=port,
-            venues=cfg.venues,
+            venues=venues or ("deribit",),
             currencies=cfg.currencies,
             seed=cfg.sim_seed,
             messages_per_second=cfg.sim_rate,
@@ -29,6 +32,6 @@ async def run(cfg: Config, port: int = 0) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    log.info("simulator on port %s for %s", port, ", ".join(cfg.venues))
+    log.info("simulator on port %s for %s", handle.port, ", ".join(venues))
     await stop.wait()
     await handle.stop()

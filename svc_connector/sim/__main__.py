@@ -1,0 +1,79 @@
+"""python -m svc_connector.sim --port 0 --nats URL --rate 2000 ...: run the simulator until
+interrupted; prints one JSON line with the bound port and the venue URLs."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+
+import orjson
+
+from svc_connector.sim.clock import CLOCK_MODES
+from svc_connector.sim.server import VENUE_FACTORIES, SimConfig, run_simulator
+
+
+def parse_args(argv: list[str] | None = None) -> SimConfig:
+    p = argparse.ArgumentParser(prog="python -m svc_connector.sim", description=__doc__)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0, help="0: a free port (printed)")
+    p.add_argument("--venues", default="deribit", help=f"comma list of {sorted(VENUE_FACTORIES)}")
+    p.add_argument("--currencies", default="BTC,ETH")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--rate", type=float, default=2000.0, help="messages per second per venue")
+    p.add_argument("--tick", type=float, default=0.1, help="tick interval in seconds")
+    p.add_argument("--clock", choices=CLOCK_MODES, default="realtime")
+    p.add_argument("--speed", type=float, default=10.0, help="fast clock: sim s per wall s")
+    p.add_argument("--nats", default=None, help="NATS URL for the truth (sim.truth.<venue>.<ccy>)")
+    p.add_argument("--namespace", default="")
+    p.add_argument("--truth-interval", type=float, default=1.0)
+    p.add_argument("--min-heartbeat", type=float, default=10.0)
+    p.add_argument("--max-expiries", type=int, default=None)
+    a = p.parse_args(argv)
+    return SimConfig(
+        host=a.host,
+        port=a.port,
+        venues=tuple(v.strip() for v in a.venues.split(",") if v.strip()),
+        currencies=tuple(c.strip().upper() for c in a.currencies.split(",") if c.strip()),
+        seed=a.seed,
+        messages_per_second=a.rate,
+        tick_interval_s=a.tick,
+        clock=a.clock,
+        speed=a.speed,
+        nats_url=a.nats,
+        namespace=a.namespace,
+        truth_interval_s=a.truth_interval,
+        min_heartbeat_interval_s=a.min_heartbeat,
+        max_expiries=a.max_expiries,
+    )
+
+
+async def main(config: SimConfig) -> None:
+    handle = await run_simulator(config)
+    info = {
+        "host": handle.host,
+        "port": handle.port,
+        "venues": {
+            name: {"rest_base": u.rest_base, "ws_url": u.ws_url} for name, u in handle.urls.items()
+        },
+        "control": f"{handle.base_url}/control",
+    }
+    sys.stdout.write(orjson.dumps(info).decode() + "\n")
+    sys.stdout.flush()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await handle.stop()
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    asyncio.run(main(parse_args()))

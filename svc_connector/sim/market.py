@@ -1,0 +1,779 @@
+"""Venue-neutral quoting from the ground truth: instruments, tick-rounded bid/ask, L2 books
+with churn and a per-book sequence, marks, IVs and greeks.
+
+A venue protocol module (deribit.py, ...) owns one `VenueMarket` per currency, gives it the
+venue's naming and `QuoteStyle`, and turns the `OptionUpdate`/`FutureUpdate` records of each
+tick into its own wire format. Books evolve only for instruments somebody subscribed to
+(`watchers` > 0); an unwatched book is rebuilt from the current quotes when watched again,
+its sequence jumping forward as on a venue that kept trading meanwhile.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy.special import ndtr
+
+from svc_connector.sim.truth import (
+    SECONDS_PER_YEAR,
+    CurrencyTruth,
+    ExpiryTruth,
+    SliceTruth,
+    TruthSnapshot,
+)
+from svc_iv import black76
+
+FloatArray = NDArray[np.float64]
+Kind = Literal["option", "future"]
+# Deribit's expiration_timestamp for perpetuals (year 3000), in ns.
+PERPETUAL_EXPIRY_NS = 32_503_708_800_000 * 1_000_000
+_SQRT_2PI = math.sqrt(2.0 * math.pi)
+# Tick gaps between deeper book levels, drawn uniformly.
+_GAPS = (1, 1, 1, 2, 2, 3, 4, 6)
+
+
+@dataclass(frozen=True)
+class QuoteStyle:
+    """How a venue quotes one currency."""
+
+    # Premium in coin per coin (inverse) rather than USD per coin.
+    inverse: bool = True
+    option_tick: float = 0.0005
+    option_amount_step: float = 0.1
+    future_tick: float = 0.5
+    future_amount_step: float = 10.0
+    # Decimals of the published forward/index.
+    usd_decimals: int = 2
+    # Half bid/ask spread in vol at the money of a liquid ~30-day option.
+    half_spread_vol: float = 0.012
+    future_half_spread_bps: float = 0.15
+    min_depth: int = 2
+    max_depth: int = 8
+    # The venue's book sequence jumps by 1..N per change (Deribit change_id jumps).
+    sequence_jump_max: int = 40
+    # Typical best-level size in amount steps (lognormal median).
+    option_median_steps: float = 30.0
+    future_median_steps: float = 2_000.0
+
+
+class Book:
+    """One L2 book in integer ticks and integer amount steps."""
+
+    __slots__ = ("_amount_div", "_price_div", "asks", "bids", "ready", "sequence", "step", "tick")
+
+    def __init__(self, tick: float, step: float, sequence: int) -> None:
+        self.tick = tick
+        self.step = step
+        self.sequence = sequence
+        self.bids: dict[int, int] = {}
+        self.asks: dict[int, int] = {}
+        # False until built from quotes (or after nobody watched it for a while).
+        self.ready = False
+        # Dividing by an exact integer gives the double nearest the decimal price (0.0015,
+        # not 0.0015000000000000002) without a round() per level.
+        self._price_div = _exact_inverse(tick)
+        self._amount_div = _exact_inverse(step)
+
+    def price(self, ticks: int) -> float:
+        if self._price_div:
+            return ticks / self._price_div
+        return round(ticks * self.tick, 10)
+
+    def amount(self, steps: int) -> float:
+        if self._amount_div:
+            return steps / self._amount_div
+        return round(steps * self.step, 8)
+
+    def side_levels(self, bids: bool, depth: int | None = None) -> list[tuple[float, float]]:
+        side = self.bids if bids else self.asks
+        keys = sorted(side, reverse=bids)
+        if depth is not None:
+            keys = keys[:depth]
+        return [(self.price(p), self.amount(side[p])) for p in keys]
+
+    def best(self, bids: bool) -> tuple[float, float] | None:
+        side = self.bids if bids else self.asks
+        if not side:
+            return None
+        p = max(side) if bids else min(side)
+        return self.price(p), self.amount(side[p])
+
+
+def _exact_inverse(unit: float) -> float:
+    """1/unit when that is a whole number (0.0005 -> 2000.0), else 0.0."""
+    inv = round(1.0 / unit)
+    if inv >= 1 and abs(inv * unit - 1.0) < 1e-12:
+        return float(inv)
+    return 0.0
+
+
+Change = tuple[str, float, float]
+
+
+@dataclass(slots=True, eq=False)
+class SimInstrument:
+    currency: str
+    kind: Kind
+    expiry_ns: int
+    strike: float
+    is_call: bool
+    symbol: str
+    tick: float
+    amount_step: float
+    created_ns: int
+    book: Book
+    # Name of the forward the venue prices on (Deribit underlying_index).
+    underlying_name: str = ""
+    # "day", "week", "month" or "perpetual" (the venue's settlement period).
+    period: str = "month"
+    state: str = "open"
+    listed: bool = True
+    # Static personality, drawn at listing.
+    liquidity: float = 1.0
+    depth: int = 4
+    unquoted_itm: bool = False
+    otm_ask_missing: bool = False
+    open_interest: float = 0.0
+    settlement_price: float = 0.0
+    volume: float = 0.0
+    last_price: float | None = None
+    # Number of channels (any venue connection) that need this instrument's updates.
+    watchers: int = 0
+    weight: float = 1.0
+
+    @property
+    def expiry_ms(self) -> int:
+        return self.expiry_ns // 1_000_000
+
+    @property
+    def is_perpetual(self) -> bool:
+        return self.kind == "future" and self.expiry_ns == PERPETUAL_EXPIRY_NS
+
+
+@dataclass(slots=True)
+class OptionUpdate:
+    inst: SimInstrument
+    timestamp_ms: int
+    forward: float
+    index_price: float
+    mark_price: float
+    # Percent, 2 decimals, as the venue publishes them; 0 for an empty side.
+    mark_iv: float
+    bid_iv: float
+    ask_iv: float
+    best_bid: tuple[float, float] | None
+    best_ask: tuple[float, float] | None
+    delta: float
+    gamma: float
+    vega: float
+    theta: float
+    rho: float
+    # Book sequence after this update and before it (equal when the book did not move).
+    sequence: int = 0
+    prev_sequence: int = 0
+    bid_changes: list[Change] = field(default_factory=list)
+    ask_changes: list[Change] = field(default_factory=list)
+
+    @property
+    def book_changed(self) -> bool:
+        return bool(self.bid_changes or self.ask_changes)
+
+
+@dataclass(slots=True)
+class FutureUpdate:
+    inst: SimInstrument
+    timestamp_ms: int
+    index_price: float
+    mark_price: float
+    best_bid: tuple[float, float] | None
+    best_ask: tuple[float, float] | None
+    funding: float
+    sequence: int = 0
+    prev_sequence: int = 0
+    bid_changes: list[Change] = field(default_factory=list)
+    ask_changes: list[Change] = field(default_factory=list)
+
+    @property
+    def book_changed(self) -> bool:
+        return bool(self.bid_changes or self.ask_changes)
+
+
+Update = OptionUpdate | FutureUpdate
+
+
+@dataclass
+class ListingChanges:
+    listed: list[SimInstrument] = field(default_factory=list)
+    expired: list[SimInstrument] = field(default_factory=list)
+
+
+class Naming:
+    """Venue naming of instruments (overridden per venue)."""
+
+    def option(self, currency: str, expiry_ns: int, strike: float, is_call: bool) -> str:
+        raise NotImplementedError
+
+    def future(self, currency: str, expiry_ns: int) -> str:
+        raise NotImplementedError
+
+    def synthetic_underlying(self, currency: str, expiry_ns: int) -> str:
+        raise NotImplementedError
+
+    def lists_future(self, expiry: ExpiryTruth) -> bool:
+        return expiry.spec.period != "day"
+
+    def lists_perpetual(self) -> bool:
+        return True
+
+
+# ---------------------------------------------------------------------------------------
+# vectorised helpers
+
+
+def implied_vol_from_coin(
+    price_coin: FloatArray,
+    forward: FloatArray,
+    strike: FloatArray,
+    t: FloatArray,
+    is_call: NDArray[np.bool_],
+    iterations: int = 34,
+) -> FloatArray:
+    """Bisection IV of inverse (coin) premiums; NaN where the price has no IV."""
+    usd = price_coin * forward
+    intrinsic = np.where(
+        is_call, np.maximum(forward - strike, 0.0), np.maximum(strike - forward, 0.0)
+    )
+    upper = np.where(is_call, forward, strike)
+    valid = (usd > intrinsic) & (usd < upper) & (t > 0) & (price_coin > 0)
+    lo = np.full(usd.shape, 1e-4)
+    hi = np.full(usd.shape, 12.0)
+    for _ in range(iterations):
+        mid = 0.5 * (lo + hi)
+        too_high = black76.price(forward, strike, t, mid, is_call) > usd
+        hi = np.where(too_high, mid, hi)
+        lo = np.where(too_high, lo, mid)
+    out = 0.5 * (lo + hi)
+    return np.asarray(np.where(valid, out, np.nan), dtype=np.float64)
+
+
+def black_greeks(
+    forward: FloatArray,
+    strike: FloatArray,
+    t: FloatArray,
+    sigma: FloatArray,
+    is_call: NDArray[np.bool_],
+) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray]:
+    """Deribit-convention greeks of the USD price: delta, gamma, vega per vol point,
+    theta per calendar day, rho per 1% rate."""
+    sqrt_t = np.sqrt(t)
+    sd = sigma * sqrt_t
+    d1 = (np.log(forward / strike) + 0.5 * sd * sd) / sd
+    d2 = d1 - sd
+    pdf = np.exp(-0.5 * d1 * d1) / _SQRT_2PI
+    nd1 = ndtr(d1)
+    delta = np.where(is_call, nd1, nd1 - 1.0)
+    gamma = pdf / (forward * sd)
+    vega = forward * pdf * sqrt_t / 100.0
+    theta = -forward * pdf * sigma / (2.0 * sqrt_t) / 365.0
+    rho = np.where(is_call, strike * t * ndtr(d2), -strike * t * ndtr(-d2)) / 100.0
+    return delta, gamma, vega, theta, rho
+
+
+# ---------------------------------------------------------------------------------------
+
+
+class VenueMarket:
+    """One venue's instruments, books and quotes for one currency."""
+
+    def __init__(
+        self,
+        venue: str,
+        truth: CurrencyTruth,
+        style: QuoteStyle,
+        naming: Naming,
+        seed: int,
+        now_ns: int,
+    ) -> None:
+        self.venue = venue
+        self.truth = truth
+        self.currency = truth.params.currency
+        self.style = style
+        self.naming = naming
+        self.rng = random.Random(seed)
+        self.np_rng = np.random.default_rng(seed)
+        self.instruments: list[SimInstrument] = []
+        self.by_symbol: dict[str, SimInstrument] = {}
+        self._listing_version = -1
+        self._weights: FloatArray = np.zeros(0)
+        self._open: list[SimInstrument] = []
+        # Book changes of the current update, by instrument id, until they are packed.
+        self._pending: dict[int, tuple[list[Change], list[Change], int]] = {}
+        # Level sizes in amount steps: lognormal draws, picked at random (cheaper per level).
+        draws = self.np_rng.lognormal(0.0, 1.0, 4096)
+        self._qty_option = [max(1, int(style.option_median_steps * d)) for d in draws]
+        self._qty_future = [max(1, int(style.future_median_steps * d)) for d in draws]
+        self.sync_listings(now_ns)
+
+    # -- listings -----------------------------------------------------------------
+    def open_instruments(self, kind: Kind | None = None) -> list[SimInstrument]:
+        return [i for i in self._open if kind is None or i.kind == kind]
+
+    def _new_instrument(
+        self, kind: Kind, expiry_ns: int, strike: float, is_call: bool, now_ns: int
+    ) -> SimInstrument:
+        st = self.style
+        if kind == "option":
+            symbol = self.naming.option(self.currency, expiry_ns, strike, is_call)
+            tick, step = st.option_tick, st.option_amount_step
+        else:
+            symbol = self.naming.future(self.currency, expiry_ns)
+            tick, step = st.future_tick, st.future_amount_step
+        r = self.rng
+        inst = SimInstrument(
+            currency=self.currency,
+            kind=kind,
+            expiry_ns=expiry_ns,
+            strike=strike,
+            is_call=is_call,
+            symbol=symbol,
+            tick=tick,
+            amount_step=step,
+            created_ns=now_ns,
+            book=Book(tick, step, r.randrange(10_000_000_000, 40_000_000_000)),
+            liquidity=math.exp(r.gauss(0.0, 0.3)),
+            depth=r.randint(max(1, st.min_depth), st.max_depth),
+            unquoted_itm=r.random() < 0.5,
+            otm_ask_missing=r.random() < 0.2,
+            open_interest=round(r.lognormvariate(4.0, 1.5), 1),
+            volume=round(r.lognormvariate(2.0, 1.5), 1),
+        )
+        return inst
+
+    def _underlying_name(self, expiry_ns: int) -> str:
+        fut = self.naming.future(self.currency, expiry_ns)
+        if fut in self.by_symbol and self.by_symbol[fut].state == "open":
+            return fut
+        return self.naming.synthetic_underlying(self.currency, expiry_ns)
+
+    def _add(self, inst: SimInstrument) -> None:
+        self.instruments.append(inst)
+        self.by_symbol[inst.symbol] = inst
+
+    def sync_listings(self, now_ns: int) -> ListingChanges:
+        """Follow the truth's expiry list: list new expiries, expire past ones."""
+        changes = ListingChanges()
+        if self._listing_version == self.truth.listing_version:
+            return changes
+        self._listing_version = self.truth.listing_version
+        live = {e.expiry_ns: e for e in self.truth.expiries}
+        for inst in self._open:
+            if not inst.is_perpetual and inst.expiry_ns not in live:
+                self._close(inst)
+                changes.expired.append(inst)
+        if self.naming.lists_perpetual():
+            perp_symbol = self.naming.future(self.currency, PERPETUAL_EXPIRY_NS)
+            if perp_symbol not in self.by_symbol:
+                perp = self._new_instrument("future", PERPETUAL_EXPIRY_NS, 0.0, False, now_ns)
+                perp.period = "perpetual"
+                self._add(perp)
+                changes.listed.append(perp)
+        for e in self.truth.expiries:
+            if self.naming.lists_future(e):
+                sym = self.naming.future(self.currency, e.expiry_ns)
+                if sym not in self.by_symbol:
+                    fut = self._new_instrument("future", e.expiry_ns, 0.0, False, now_ns)
+                    fut.period = e.spec.period
+                    self._add(fut)
+                    changes.listed.append(fut)
+            for strike in e.strikes:
+                for is_call in (True, False):
+                    sym = self.naming.option(self.currency, e.expiry_ns, strike, is_call)
+                    if sym in self.by_symbol:
+                        continue
+                    opt = self._new_instrument("option", e.expiry_ns, strike, is_call, now_ns)
+                    opt.period = e.spec.period
+                    self._add(opt)
+                    changes.listed.append(opt)
+        for inst in changes.listed:
+            if inst.kind == "option":
+                inst.underlying_name = self._underlying_name(inst.expiry_ns)
+        self._rebuild_open()
+        return changes
+
+    def list_strike(self, expiry_ns: int, strike: float, now_ns: int) -> list[SimInstrument]:
+        """List a new strike (call and put) on an existing expiry mid-session."""
+        live = {e.expiry_ns: e for e in self.truth.expiries}
+        if expiry_ns not in live:
+            raise ValueError(f"no live expiry at {expiry_ns}")
+        out: list[SimInstrument] = []
+        for is_call in (True, False):
+            sym = self.naming.option(self.currency, expiry_ns, strike, is_call)
+            existing = self.by_symbol.get(sym)
+            if existing is not None and existing.state == "open":
+                continue
+            inst = self._new_instrument("option", expiry_ns, strike, is_call, now_ns)
+            inst.period = live[expiry_ns].spec.period
+            inst.underlying_name = self._underlying_name(expiry_ns)
+            self._add(inst)
+            out.append(inst)
+        self._rebuild_open()
+        return out
+
+    def expire(self, inst: SimInstrument) -> None:
+        self._close(inst)
+        self._rebuild_open()
+
+    def _close(self, inst: SimInstrument) -> None:
+        inst.state = "closed"
+        inst.listed = False
+        inst.book.bids.clear()
+        inst.book.asks.clear()
+
+    def _rebuild_open(self) -> None:
+        self._open = [i for i in self.instruments if i.state == "open"]
+        snap = self.truth.snapshot()
+        weights = []
+        for inst in self._open:
+            if inst.kind == "future":
+                w = 3.0
+            else:
+                s = snap.slice_for(inst.expiry_ns)
+                if s is None:
+                    w = 0.5
+                else:
+                    z = math.log(inst.strike / s.forward) / (s.atm_vol * math.sqrt(s.t_years))
+                    days = s.t_years * 365.0
+                    w = (0.25 + math.exp(-0.5 * z * z)) * (1.0 + 1.0 / math.sqrt(days + 0.5))
+            inst.weight = w * inst.liquidity
+            weights.append(inst.weight)
+        arr = np.asarray(weights, dtype=np.float64)
+        self._weights = arr / arr.sum() if arr.size else arr
+
+    # -- selection ------------------------------------------------------------------
+    def select(self, expected_updates: float) -> list[SimInstrument]:
+        """Open instruments to update this tick: independent draws with activity weights,
+        about `expected_updates` of them (each at most once)."""
+        n = len(self._open)
+        if n == 0 or expected_updates <= 0:
+            return []
+        if expected_updates >= n:
+            return list(self._open)
+        p = self._weights * expected_updates
+        # Cap at 1 and hand the excess to the others (twice is plenty).
+        for _ in range(2):
+            over = p > 1.0
+            if not over.any():
+                break
+            excess = float((p[over] - 1.0).sum())
+            p[over] = 1.0
+            rest = ~over
+            total = float(p[rest].sum())
+            if total > 0:
+                p[rest] *= 1.0 + excess / total
+        hits = np.nonzero(self.np_rng.random(n) < p)[0]
+        return [self._open[i] for i in hits]
+
+    # -- quoting --------------------------------------------------------------------
+    def _slices(self, snap: TruthSnapshot) -> dict[int, SliceTruth]:
+        return {s.expiry_ns: s for s in snap.slices}
+
+    def forward_published(self, s: SliceTruth) -> float:
+        return round(s.forward, self.style.usd_decimals)
+
+    def index_published(self, snap: TruthSnapshot) -> float:
+        return round(snap.index, self.style.usd_decimals)
+
+    def update(
+        self, insts: Sequence[SimInstrument], now_ns: int, churn: bool = True
+    ) -> list[Update]:
+        """Quote `insts` at event time `now_ns`; with `churn`, move their books too."""
+        snap = self.truth.snapshot()
+        ts_ms = now_ns // 1_000_000
+        options = [i for i in insts if i.kind == "option" and i.state == "open"]
+        futures = [i for i in insts if i.kind == "future" and i.state == "open"]
+        out: list[Update] = []
+        if options:
+            out.extend(self._update_options(options, snap, ts_ms, churn))
+        if futures:
+            out.extend(self._update_futures(futures, snap, ts_ms, churn))
+        return out
+
+    def _update_options(
+        self, insts: list[SimInstrument], snap: TruthSnapshot, ts_ms: int, churn: bool
+    ) -> list[Update]:
+        st = self.style
+        slices = self._slices(snap)
+        keep = [i for i in insts if i.expiry_ns in slices and i.expiry_ms > ts_ms]
+        if not keep:
+            return []
+        n = len(keep)
+        sl = [slices[i.expiry_ns] for i in keep]
+        strike = np.array([i.strike for i in keep])
+        is_call = np.array([i.is_call for i in keep])
+        fwd_truth = np.array([s.forward for s in sl])
+        fwd = np.array([self.forward_published(s) for s in sl])
+        t = (
+            (np.array([i.expiry_ms for i in keep], dtype=np.float64) - ts_ms)
+            / 1000.0
+            / SECONDS_PER_YEAR
+        )
+        k = np.log(strike / fwd_truth)
+        a = np.array([s.raw.a for s in sl])
+        b = np.array([s.raw.b for s in sl])
+        rho = np.array([s.raw.rho for s in sl])
+        m = np.array([s.raw.m for s in sl])
+        sig = np.array([s.raw.sigma for s in sl])
+        x = k - m
+        w = a + b * (rho * x + np.sqrt(x * x + sig * sig))
+        t_truth = np.array([s.t_years for s in sl])
+        vol = np.sqrt(np.maximum(w, 1e-12) / t_truth)
+        mark_iv_pct = np.round(vol * 100.0, 2)
+        mark_vol = mark_iv_pct / 100.0
+        mark_usd = black76.price(fwd, strike, t, mark_vol, is_call)
+        mark_native = mark_usd / fwd if st.inverse else mark_usd
+        delta, gamma, vega, theta, rho_g = black_greeks(fwd, strike, t, mark_vol, is_call)
+
+        index_px = self.index_published(snap)
+        bid_px: FloatArray
+        ask_px: FloatArray
+        if churn:
+            atm = np.array([s.atm_vol for s in sl])
+            z = np.abs(k) / (atm * np.sqrt(t_truth))
+            days = np.maximum(t_truth * 365.0, 0.05)
+            liq = np.array([i.liquidity for i in keep])
+            noise = self.np_rng.standard_normal((2, n))
+            half = st.half_spread_vol * (1.0 + 0.8 * z) * (1.0 + 0.5 / np.sqrt(days)) / liq
+            half *= np.exp(0.25 * noise[0])
+            skew = np.clip(0.3 * noise[1], -0.7, 0.7) * half
+            bid_vol = vol + skew - half
+            ask_vol = vol + skew + half
+            scale = 1.0 / fwd if st.inverse else np.ones(n)
+            bid_raw = np.where(
+                bid_vol > 0.02,
+                black76.price(fwd, strike, t, np.maximum(bid_vol, 0.02), is_call) * scale,
+                0.0,
+            )
+            ask_raw = black76.price(fwd, strike, t, ask_vol, is_call) * scale
+            tick = st.option_tick
+            bid_ticks = np.floor(bid_raw / tick + 1e-9).astype(np.int64)
+            ask_ticks = np.ceil(ask_raw / tick - 1e-9).astype(np.int64)
+            ask_ticks = np.maximum(ask_ticks, np.maximum(bid_ticks + 1, 1))
+            deep_itm = (np.abs(delta) > 0.93).tolist()
+            deep_otm = (mark_native < 0.3 * tick).tolist()
+            bid_l = bid_ticks.tolist()
+            ask_l = ask_ticks.tolist()
+            for j, inst in enumerate(keep):
+                bt = bid_l[j]
+                at = ask_l[j]
+                if deep_itm[j] and inst.unquoted_itm:
+                    bt = at = 0
+                elif deep_otm[j] and inst.otm_ask_missing:
+                    at = 0
+                self._churn(inst, bt, at)
+        updates: list[Update] = []
+        best_bid = [i.book.best(True) for i in keep]
+        best_ask = [i.book.best(False) for i in keep]
+        bid_px = np.array([bb[0] if bb else 0.0 for bb in best_bid])
+        ask_px = np.array([ba[0] if ba else 0.0 for ba in best_ask])
+        both = np.concatenate([bid_px, ask_px])
+        ivs = implied_vol_from_coin(
+            both if st.inverse else both / np.concatenate([fwd, fwd]),
+            np.concatenate([fwd, fwd]),
+            np.concatenate([strike, strike]),
+            np.concatenate([t, t]),
+            np.concatenate([is_call, is_call]),
+        )
+        ivs_pct = np.where(np.isnan(ivs), 0.0, np.round(ivs * 100.0, 2))
+        fwd_l = fwd.tolist()
+        mark_l = mark_native.tolist()
+        mark_iv_l = mark_iv_pct.tolist()
+        ivs_l = ivs_pct.tolist()
+        greeks = np.round(np.stack([delta, gamma, vega, theta, rho_g]), 5).tolist()
+        for j, inst in enumerate(keep):
+            bid_ch, ask_ch, prev_seq = self._take_changes(inst)
+            updates.append(
+                OptionUpdate(
+                    inst,
+                    ts_ms,
+                    fwd_l[j],
+                    index_px,
+                    mark_l[j],
+                    mark_iv_l[j],
+                    ivs_l[j],
+                    ivs_l[n + j],
+                    best_bid[j],
+                    best_ask[j],
+                    greeks[0][j],
+                    greeks[1][j],
+                    greeks[2][j],
+                    greeks[3][j],
+                    greeks[4][j],
+                    inst.book.sequence,
+                    prev_seq,
+                    bid_ch,
+                    ask_ch,
+                )
+            )
+        return updates
+
+    def _update_futures(
+        self, insts: list[SimInstrument], snap: TruthSnapshot, ts_ms: int, churn: bool
+    ) -> list[Update]:
+        st = self.style
+        slices = self._slices(snap)
+        out: list[Update] = []
+        index_px = self.index_published(snap)
+        for inst in insts:
+            if inst.is_perpetual:
+                fair = snap.index * (1.0 + snap.perpetual_premium)
+            else:
+                s = slices.get(inst.expiry_ns)
+                if s is None:
+                    continue
+                fair = s.forward
+            mark = round(fair, st.usd_decimals)
+            if churn:
+                half = max(
+                    st.future_tick,
+                    fair * st.future_half_spread_bps * 1e-4 * math.exp(0.3 * self.rng.gauss(0, 1)),
+                )
+                skew = self.rng.uniform(-0.5, 0.5) * half
+                bt = math.floor((fair + skew - half) / st.future_tick)
+                at = max(math.ceil((fair + skew + half) / st.future_tick), bt + 1)
+                self._churn(inst, bt, at)
+            bid_ch, ask_ch, prev_seq = self._take_changes(inst)
+            out.append(
+                FutureUpdate(
+                    inst=inst,
+                    timestamp_ms=ts_ms,
+                    index_price=index_px,
+                    mark_price=mark,
+                    best_bid=inst.book.best(True),
+                    best_ask=inst.book.best(False),
+                    funding=snap.perpetual_premium if inst.is_perpetual else 0.0,
+                    sequence=inst.book.sequence,
+                    prev_sequence=prev_seq,
+                    bid_changes=bid_ch,
+                    ask_changes=ask_ch,
+                )
+            )
+        return out
+
+    # -- books ------------------------------------------------------------------------
+    def _take_changes(self, inst: SimInstrument) -> tuple[list[Change], list[Change], int]:
+        pending = self._pending.pop(id(inst), None)
+        if pending is None:
+            return [], [], inst.book.sequence
+        return pending
+
+    def _rand_qty(self, inst: SimInstrument) -> int:
+        table = self._qty_option if inst.kind == "option" else self._qty_future
+        return table[self.rng.getrandbits(12)]
+
+    def _target_side(
+        self, inst: SimInstrument, old: dict[int, int], best: int, bids: bool
+    ) -> dict[int, int]:
+        if best <= 0:
+            return {}
+        r = self.rng
+        if bids:
+            new = {p: q for p, q in old.items() if p < best}
+        else:
+            new = {p: q for p, q in old.items() if p > best}
+        new[best] = old.get(best) or self._rand_qty(inst)
+        if r.random() < 0.35:
+            p = r.choice(list(new))
+            new[p] = self._rand_qty(inst)
+        if len(new) > 1 and r.random() < 0.2:
+            deep = [p for p in new if p != best]
+            del new[r.choice(deep)]
+        far = min(new) if bids else max(new)
+        while len(new) < inst.depth:
+            gap = _GAPS[r.getrandbits(3)]
+            far = far - gap if bids else far + gap
+            if far < 1:
+                break
+            new[far] = self._rand_qty(inst)
+        if len(new) > self.style.max_depth:
+            ordered = sorted(new, reverse=bids)
+            new = {p: new[p] for p in ordered[: self.style.max_depth]}
+        return new
+
+    def _diff(self, book: Book, old: dict[int, int], new: dict[int, int]) -> list[Change]:
+        out: list[Change] = []
+        for p, q in new.items():
+            oq = old.get(p)
+            if oq is None:
+                out.append(("new", book.price(p), book.amount(q)))
+            elif oq != q:
+                out.append(("change", book.price(p), book.amount(q)))
+        for p in old:
+            if p not in new:
+                out.append(("delete", book.price(p), 0.0))
+        return out
+
+    def _churn(self, inst: SimInstrument, best_bid: int, best_ask: int) -> None:
+        book = inst.book
+        r = self.rng
+        if book.ready:
+            # A side whose best price holds is left alone half the time: most venue
+            # changes touch one side only.
+            cur_bid = max(book.bids) if book.bids else 0
+            cur_ask = min(book.asks) if book.asks else 0
+            touch_bids = cur_bid != best_bid or r.random() < 0.5
+            touch_asks = cur_ask != best_ask or r.random() < 0.5
+            if not touch_bids and not touch_asks:
+                touch_bids = r.random() < 0.5
+                touch_asks = not touch_bids
+        else:
+            touch_bids = touch_asks = True
+        new_bids = self._target_side(inst, book.bids, best_bid, True) if touch_bids else book.bids
+        new_asks = self._target_side(inst, book.asks, best_ask, False) if touch_asks else book.asks
+        bid_changes = self._diff(book, book.bids, new_bids) if touch_bids else []
+        ask_changes = self._diff(book, book.asks, new_asks) if touch_asks else []
+        if not bid_changes and not ask_changes and (new_bids or new_asks):
+            # A selected book always moves: resize the best level of a non-empty side.
+            if new_bids:
+                new_bids = dict(new_bids)
+                p = max(new_bids)
+                new_bids[p] += r.randint(1, 5)
+                bid_changes = [("change", book.price(p), book.amount(new_bids[p]))]
+            else:
+                new_asks = dict(new_asks)
+                p = min(new_asks)
+                new_asks[p] += r.randint(1, 5)
+                ask_changes = [("change", book.price(p), book.amount(new_asks[p]))]
+        prev_sequence = book.sequence
+        if bid_changes or ask_changes:
+            book.sequence += r.randint(1, self.style.sequence_jump_max)
+        if not book.ready:
+            # A (re)built book: its first state is a snapshot, not a change.
+            book.ready = True
+            bid_changes, ask_changes = [], []
+            book.sequence += r.randint(1_000, 100_000)
+            prev_sequence = book.sequence
+        book.bids = new_bids
+        book.asks = new_asks
+        self._pending[id(inst)] = (bid_changes, ask_changes, prev_sequence)
+
+    def ensure_book(self, inst: SimInstrument, now_ns: int) -> None:
+        """Build the book from current quotes if it is not live (before a snapshot)."""
+        self.ensure_books([inst], now_ns)
+
+    def ensure_books(self, insts: Sequence[SimInstrument], now_ns: int) -> None:
+        """`ensure_book` for many instruments at once (one vectorised quote)."""
+        stale = [i for i in insts if not i.book.ready and i.state == "open"]
+        if stale:
+            self.update(stale, now_ns, churn=True)
+
+    def set_watched(self, inst: SimInstrument, delta: int) -> None:
+        inst.watchers = max(0, inst.watchers + delta)
+        if inst.watchers == 0:
+            # Nobody sees it: stop moving it; it is rebuilt when watched again.
+            inst.book.ready = False

@@ -1,0 +1,61 @@
+"""What every venue protocol module provides to the simulator server."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from svc_connector.sim.clock import SimClock
+from svc_connector.sim.faults import FaultRequest
+from svc_connector.sim.truth import TruthMarket
+
+
+@dataclass(frozen=True)
+class VenueUrls:
+    """Where a connector points instead of the venue (only these differ from live)."""
+
+    # REST base, without a trailing slash: Deribit `{rest_base}/public/get_instruments`.
+    rest_base: str
+    ws_url: str
+
+
+@dataclass(frozen=True)
+class VenueContext:
+    truth: TruthMarket
+    clock: SimClock
+    seed: int
+    messages_per_second: float
+    tick_interval_s: float
+    index_interval_s: float
+    min_heartbeat_interval_s: float
+    max_send_queue: int
+
+
+class VenueSim(abc.ABC):
+    """One venue's protocol over the shared truth; mounted under `/{name}`."""
+
+    name: str
+
+    @abc.abstractmethod
+    def app(self) -> web.Application:
+        """The venue's sub-application (REST and websocket routes)."""
+
+    @abc.abstractmethod
+    def urls(self, host: str, port: int) -> VenueUrls: ...
+
+    @abc.abstractmethod
+    def on_tick(self, now_ns: int, dt_s: float) -> None:
+        """Move quotes and books of one tick and queue the resulting notifications."""
+
+    @abc.abstractmethod
+    async def apply_fault(self, request: FaultRequest) -> dict[str, object]:
+        """Inject a fault; returns what was done (raises ValueError if it cannot apply)."""
+
+    @abc.abstractmethod
+    def stats(self) -> dict[str, object]: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Close every connection."""

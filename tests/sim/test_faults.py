@@ -1,0 +1,242 @@
+"""Every fault kind observably happens to a real websocket client."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+import websockets
+
+from svc_connector.sim import FaultKind, FaultRequest, SimHandle
+from tests.sim.conftest import (
+    RpcClient,
+    control_fault,
+    get_instruments,
+    near_money,
+    option_names,
+)
+
+
+async def book_stream(
+    sim: SimHandle, client: RpcClient, n: int = 8
+) -> tuple[list[str], dict[str, int]]:
+    """Subscribe to n near-money books; return names and each book's snapshot change_id."""
+    names = near_money(sim, await option_names(sim), n)
+    await client.call("public/subscribe", {"channels": [f"book.{x}.100ms" for x in names]})
+    last: dict[str, int] = {}
+    while len(last) < n:
+        msg = await client.recv()
+        data = msg["params"]["data"]
+        last[data["instrument_name"]] = data["change_id"]
+    return names, last
+
+
+async def stats(sim: SimHandle) -> dict[str, Any]:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"{sim.base_url}/control/stats") as resp,
+    ):
+        body = orjson.loads(await resp.read())
+    assert isinstance(body, dict)
+    return body
+
+
+async def test_disconnect_all_and_one_connection(sim: SimHandle) -> None:
+    a = await RpcClient.connect(sim.urls["deribit"].ws_url)
+    b = await RpcClient.connect(sim.urls["deribit"].ws_url)
+    await a.call("public/test")
+    await b.call("public/test")
+    ids = [c["id"] for c in (await stats(sim))["venues"]["deribit"]["connections"]]
+    assert len(ids) == 2
+    status, body = await control_fault(
+        sim, {"venue": "deribit", "kind": "disconnect", "connection_id": ids[0]}
+    )
+    assert status == 200 and body["ok"] and body["connections"] == [ids[0]]
+    with pytest.raises(websockets.ConnectionClosed):
+        await a.recv(wait=3)
+    assert (await b.call("public/test"))["result"]
+    status, body = await control_fault(sim, {"venue": "deribit", "kind": "disconnect"})
+    assert status == 200 and body["connections"] == [ids[1]]
+    with pytest.raises(websockets.ConnectionClosed):
+        await b.recv(wait=3)
+
+
+async def test_heartbeat_stall_silences_the_connection(sim: SimHandle, client: RpcClient) -> None:
+    names = near_money(sim, await option_names(sim), 30)
+    await client.call(
+        "public/subscribe",
+        {"channels": [f"ticker.{x}.100ms" for x in names] + ["deribit_price_index.btc_usd"]},
+    )
+    assert await client.notifications(0.3), "data flows before the stall"
+    await sim.fault("heartbeat_stall", duration_s=1.2)
+    await asyncio.sleep(0.1)  # frames already on the wire may still land
+    req = await client.send("public/test")
+    quiet = await client.notifications(0.9)
+    assert quiet == []
+    resumed = await client.notifications(1.2)
+    assert resumed, "data flows again after the stall"
+    assert req not in [m.get("id") for m in resumed]
+
+
+async def test_sequence_gap_breaks_the_chain_of_one_book(sim: SimHandle, client: RpcClient) -> None:
+    names, last = await book_stream(sim, client)
+    target = names[0]
+    result = await sim.fault("sequence_gap", symbol=target)
+    assert result["connections"] and result["symbol"] == target
+    gap_seen = False
+    for _ in range(2000):
+        data = (await client.recv())["params"]["data"]
+        name = data["instrument_name"]
+        if name == target and data["prev_change_id"] != last[name]:
+            assert data["prev_change_id"] > last[name], "a change was skipped"
+            gap_seen = True
+            break
+        assert data["prev_change_id"] == last[name], "other books keep their chain"
+        last[name] = data["change_id"]
+    assert gap_seen
+
+
+async def test_duplicate_resends_the_last_notification(sim: SimHandle, client: RpcClient) -> None:
+    names, _ = await book_stream(sim, client)
+    await client.notifications(0.3)
+    before = len(client.raw_frames)
+    await sim.fault("duplicate")
+    await client.notifications(0.3)
+    frames = client.raw_frames[before - 1 :]
+    repeats = [f for i, f in enumerate(frames[1:]) if f == frames[i]]
+    assert repeats, "the same frame arrived twice in a row"
+    assert orjson.loads(repeats[0])["params"]["data"]["instrument_name"] in names
+
+
+async def test_out_of_order_swaps_two_changes(sim: SimHandle, client: RpcClient) -> None:
+    names, last = await book_stream(sim, client)
+    target = names[0]
+    await sim.fault("out_of_order", symbol=target)
+    seen: list[dict[str, Any]] = []
+    while len(seen) < 2:
+        data = (await client.recv())["params"]["data"]
+        if data["instrument_name"] == target:
+            seen.append(data)
+    first, second = seen
+    # The later change arrives first; the earlier one (continuing the chain) follows.
+    assert first["prev_change_id"] == second["change_id"]
+    assert second["prev_change_id"] == last[target]
+
+
+async def test_malformed_frame_is_not_json(sim: SimHandle, client: RpcClient) -> None:
+    await book_stream(sim, client, 3)
+    _, body = await control_fault(sim, {"kind": "malformed"})
+    assert body["ok"]
+    bad = 0
+    for _ in range(200):
+        raw = await asyncio.wait_for(client.ws.recv(), 3)
+        try:
+            orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            bad += 1
+            break
+    assert bad == 1
+
+
+async def test_unknown_and_missing_fields(sim: SimHandle, client: RpcClient) -> None:
+    names = near_money(sim, await option_names(sim), 30)
+    await client.call("public/subscribe", {"channels": [f"ticker.{x}.100ms" for x in names]})
+    await client.notifications(0.2)
+    await sim.fault("unknown_fields", count=3)
+    notes = await client.notifications(0.5)
+    extra = [m for m in notes if "x_sim_new_field" in m["params"]["data"]]
+    assert len(extra) == 3
+    assert all(m.get("sim_unannounced") is True for m in extra)
+    await sim.inject(FaultRequest(FaultKind.MISSING_FIELDS, count=2))
+    notes = await client.notifications(0.5)
+    slim = [m["params"]["data"] for m in notes if "greeks" not in m["params"]["data"]]
+    assert len(slim) == 2
+    for data in slim:
+        assert "stats" not in data and "open_interest" not in data
+        assert {"mark_price", "mark_iv", "instrument_name", "timestamp"} <= set(data)
+
+
+async def test_expire_delists_and_closes(sim: SimHandle, client: RpcClient) -> None:
+    target = near_money(sim, await option_names(sim), 1)[0]
+    await client.call(
+        "public/subscribe",
+        {"channels": [f"ticker.{target}.100ms", "instrument.state.option.BTC"]},
+    )
+    await client.notifications(0.2)
+    status, body = await control_fault(
+        sim, {"venue": "deribit", "kind": "expire", "symbol": target}
+    )
+    assert status == 200 and body["symbols"] == [target]
+    notes = await client.notifications(0.5)
+    states = [m["params"]["data"] for m in notes if m["params"]["channel"].startswith("instrument")]
+    assert {"instrument_name": target, "state": "closed"}.items() <= states[0].items()
+    tickers = [m["params"]["data"] for m in notes if m["params"]["channel"].startswith("ticker")]
+    assert tickers and tickers[0]["state"] == "closed"
+    assert all(t["state"] == "closed" for t in tickers)
+    _, live = await get_instruments(sim, "BTC", "option")
+    assert target not in {i["instrument_name"] for i in live["result"]}
+    _, gone = await get_instruments(sim, "BTC", "option", expired=True)
+    expired = {i["instrument_name"]: i for i in gone["result"]}
+    assert expired[target]["is_active"] is False
+
+
+async def test_whole_nearest_expiry_can_expire(sim: SimHandle) -> None:
+    _, before = await get_instruments(sim, "ETH", None)
+    result = await sim.fault("expire", currency="ETH")
+    symbols = result["symbols"]
+    assert isinstance(symbols, list) and len(symbols) > 10
+    _, after = await get_instruments(sim, "ETH", None)
+    assert len(after["result"]) == len(before["result"]) - len(symbols)
+
+
+async def test_listing_adds_a_strike_mid_session(sim: SimHandle, client: RpcClient) -> None:
+    await client.call("public/subscribe", {"channels": ["instrument.state.any.any"]})
+    _, before = await get_instruments(sim, "BTC", "option")
+    result = await sim.fault("list", currency="BTC")
+    new = result["symbols"]
+    assert isinstance(new, list) and len(new) == 2
+    _, after = await get_instruments(sim, "BTC", "option")
+    names_after = {i["instrument_name"] for i in after["result"]}
+    assert set(new) <= names_after
+    assert len(names_after) == len(before["result"]) + 2
+    notes = await client.notifications(0.3)
+    created = {
+        m["params"]["data"]["instrument_name"]
+        for m in notes
+        if m["params"]["data"]["state"] == "created"
+    }
+    assert created == set(new)
+    resp = await client.call("public/subscribe", {"channels": [f"book.{new[0]}.100ms"]})
+    assert resp["result"] == [f"book.{new[0]}.100ms"]
+    first = (await client.recv())["params"]["data"]
+    assert first["type"] == "snapshot" and first["instrument_name"] == new[0]
+
+
+async def test_stale_quotes_freeze_one_instrument(sim: SimHandle, client: RpcClient) -> None:
+    names = near_money(sim, await option_names(sim), 20)
+    await client.call("public/subscribe", {"channels": [f"ticker.{x}.100ms" for x in names]})
+    await client.notifications(0.3)
+    target = names[0]
+    await sim.fault("stale_quotes", symbol=target, duration_s=1.0)
+    during = await client.notifications(0.9)
+    got = {m["params"]["data"]["instrument_name"] for m in during}
+    assert target not in got
+    assert len(got) >= 5, "the others keep updating"
+    after = await client.notifications(2.5)
+    assert target in {m["params"]["data"]["instrument_name"] for m in after}
+
+
+async def test_control_rejects_bad_requests_and_counts_faults(sim: SimHandle) -> None:
+    status, body = await control_fault(sim, {"kind": "meteor_strike"})
+    assert status == 400 and "unknown fault kind" in body["error"]
+    status, body = await control_fault(sim, {"kind": "gap", "connection_id": 999})
+    assert status == 400 and body["ok"] is False
+    status, body = await control_fault(sim, {"kind": "gap", "venue": "okx"})
+    assert status == 400
+    await control_fault(sim, {"kind": "gap"})
+    await control_fault(sim, {"kind": "stale", "duration_s": 0.1})
+    counts = (await stats(sim))["venues"]["deribit"]["faults_applied"]
+    assert counts == {"sequence_gap": 1, "stale_quotes": 1}
