@@ -10,6 +10,7 @@ while a restarted process (a new run id) publishes the new data it receives.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -48,6 +49,7 @@ class NatsSink:
         self._events = ctx.metrics.counter("connector_events", "normalised events by kind")
         self._named = ctx.metrics.counter("connector_counts", "connector state and frame counters")
         self.published_events = 0
+        self._dead_seq = 0
 
     async def emit(self, currency: str, kind: MdKind, event: md_pb.MarketDataEvent) -> None:
         subject = self.ctx.subjects.md(self.venue, currency, kind)
@@ -55,7 +57,16 @@ class NatsSink:
         await self._batcher.add(subject, event)
 
     async def dead_letter(self, raw: bytes, reason: str) -> None:
-        await self.ctx.dead_letters.send(self.venue, raw, reason, f"ws.{self.venue}")
+        # A unique id per frame: two identical bad frames are two dead letters (counts must
+        # reconcile: every frame is either published or dead-lettered).
+        self._dead_seq += 1
+        await self.ctx.dead_letters.send(
+            self.venue,
+            raw,
+            reason,
+            f"ws.{self.venue}",
+            msg_id=f"{self.source}.{self.run_id}.dlq.{self._dead_seq}",
+        )
 
     def count(self, name: str, value: int = 1) -> None:
         label = _COUNTER_NAME.sub("_", name.lower())[:80]
@@ -104,6 +115,24 @@ async def _listen_for_resync(ctx: ServiceContext, venue: str, connector: VenueCo
     await ctx.nc.subscribe(ctx.subjects.control("connector", venue, "resync"), cb=on_request)
 
 
+async def _confirm_publishes(ctx: ServiceContext, every_s: float = 1.0) -> None:
+    """Await acks once a second so a publish that failed after its retries is logged loudly
+    (the publisher retries with the same msg-id by itself)."""
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            await ctx.publisher.flush(timeout_s=30.0)
+        except Exception as exc:
+            log.error("publishes not confirmed: %s", exc)
+            ctx.metrics.failures.add(1, {"stage": "publish"})
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 def connector_config(cfg: Config, adapter: VenueAdapter) -> ConnectorConfig:
     """Venue URLs: the simulator's when cfg.sim_url is set, else live or testnet."""
     endpoints = None
@@ -142,5 +171,7 @@ async def run(cfg: Config) -> None:
             await asyncio.gather(*tasks, return_exceptions=True)
 
         ctx.on_close(stop)
+        flusher = asyncio.create_task(_confirm_publishes(ctx))
+        ctx.on_close(lambda: _cancel(flusher))
         log.info("connector running for %s", ", ".join(cfg.venues))
         await ctx.wait_stopped()

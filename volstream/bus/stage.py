@@ -1,0 +1,257 @@
+"""The runtime of a derived stage (book, iv, surface): consume -> handle -> publish -> ack.
+
+For each consumed batch, in this order:
+
+1. ``outputs = await handler.handle(batch)`` (``batch``: ``list[InMessage]`` in stream order);
+2. every output is published with its ``Nats-Msg-Id``;
+3. the publisher is flushed: all outputs are stored by JetStream;
+4. only then the input batch is acknowledged.
+
+A crash anywhere before 4 redelivers the batch: delivery is at-least-once and the duplicate
+outputs of a re-handled batch are dropped by JetStream's duplicate window, *provided output
+msg-ids are deterministic*. That is the handler's job; the convention:
+
+    msg_id = f"{service}:{output_subject}:{last_input_stream}:{last_input_seq}"
+
+where ``last_input_seq`` is the stream sequence of the last input that contributed to the
+output (``InMessage.stream_seq``), or, for one output per input, ``f"{service}:{stream}:{seq}"``.
+Never use wall-clock time or counters kept in memory. A handler that conflates (latest wins
+per key) may cut batches differently after a restart and emit a state that was already
+superseded; every event header carries a sequence so downstream keeps the newest.
+
+Bad input: nothing is dropped silently. A handler returns a dead letter for a message it
+cannot decode or use as one more output, built with :func:`dead_letter_output`; it is
+published and stored with the other outputs before the batch is acked. If the handler
+*raises*, the batch is redelivered (with back-off) and a message that keeps failing is
+dead-lettered by the consumer with the exception text (see ``volstream.bus.consumer``).
+
+Handlers are called serially, across all inputs of the runner (one lock), so a stateful
+handler needs no locking of its own. CPU-heavy work must not run on the event loop (acks,
+heartbeats and reconnects keep their timing): ``await loop.run_in_executor(pool, fn, ...)``
+inside ``handle`` is fine, the runner never blocks the loop itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Protocol
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy
+from opentelemetry.trace import Tracer
+
+from volstream.bus.consumer import InMessage, PullConsumer, in_message
+from volstream.bus.dlq import (
+    DLQ_REASON,
+    DeadLetters,
+    dead_letter_headers,
+    dead_letter_msg_id,
+    dead_letter_subject,
+    venue_of,
+)
+from volstream.bus.publisher import JetStreamPublisher
+from volstream.bus.streams import ConsumerSpec, ensure_consumer
+from volstream.subjects import Subjects, token
+from volstream.telemetry import Metrics, batch_trace_context, inject_trace
+
+__all__ = [
+    "InMessage",
+    "Output",
+    "StageHandler",
+    "StageInput",
+    "StageRunner",
+    "dead_letter_output",
+]
+
+log = logging.getLogger("volstream.bus")
+
+
+@dataclass
+class StageInput:
+    """One durable pull consumer feeding the stage."""
+
+    stream: str
+    durable: str
+    filter_subjects: list[str]
+    ack_wait_s: float = 30.0
+    max_deliver: int = 5
+    max_ack_pending: int = 20_000
+    deliver_policy: DeliverPolicy = DeliverPolicy.ALL
+
+    def consumer_spec(self) -> ConsumerSpec:
+        return ConsumerSpec(
+            stream=self.stream,
+            durable=self.durable,
+            filter_subjects=list(self.filter_subjects),
+            ack_wait_s=self.ack_wait_s,
+            max_deliver=self.max_deliver,
+            max_ack_pending=self.max_ack_pending,
+            deliver_policy=self.deliver_policy,
+        )
+
+
+@dataclass
+class Output:
+    """A message to publish. ``msg_id`` must be deterministic (see the module docstring)."""
+
+    subject: str
+    payload: bytes
+    msg_id: str
+    headers: dict[str, str] | None = None
+
+
+class StageHandler(Protocol):
+    async def handle(self, batch: list[InMessage]) -> list[Output]: ...
+
+
+def dead_letter_output(subjects: Subjects, service: str, msg: InMessage, reason: str) -> Output:
+    """An output that dead-letters ``msg`` (original payload, reason in headers)."""
+    svc = token(service)
+    meta = msg.metadata
+    return Output(
+        subject=dead_letter_subject(subjects, svc, venue_of(msg.subject, subjects.namespace)),
+        payload=msg.data,
+        msg_id=dead_letter_msg_id(svc, msg.subject, msg.data, meta.stream, meta.stream_seq),
+        headers=dead_letter_headers(
+            svc, reason, msg.subject, meta.stream, meta.stream_seq, meta.num_delivered
+        ),
+    )
+
+
+@dataclass
+class _Options:
+    batch_size: int = 256
+    flush_timeout_s: float = 10.0
+    expires_s: float = 15.0
+    idle_heartbeat_s: float = 2.5
+    retry_backoff_s: float = 0.5
+    max_retry_backoff_s: float = 10.0
+
+
+class StageRunner:
+    """Runs ``handler`` over ``inputs``; see the module docstring for the guarantees."""
+
+    def __init__(
+        self,
+        nc: Client,
+        service: str,
+        subjects: Subjects,
+        inputs: list[StageInput],
+        handler: StageHandler,
+        metrics: Metrics,
+        *,
+        batch_size: int = 256,
+        flush_timeout_s: float = 10.0,
+        publisher: JetStreamPublisher | None = None,
+        ensure_consumers: bool = True,
+        tracer: Tracer | None = None,
+        expires_s: float = 15.0,
+        idle_heartbeat_s: float = 2.5,
+        retry_backoff_s: float = 0.5,
+        max_retry_backoff_s: float = 10.0,
+    ) -> None:
+        if not inputs:
+            raise ValueError("a stage needs at least one input")
+        self._nc = nc
+        self.service = token(service)
+        self.subjects = subjects
+        self.inputs = list(inputs)
+        self._handler = handler
+        self.metrics = metrics
+        self._options = _Options(
+            batch_size=batch_size,
+            flush_timeout_s=flush_timeout_s,
+            expires_s=expires_s,
+            idle_heartbeat_s=idle_heartbeat_s,
+            retry_backoff_s=retry_backoff_s,
+            max_retry_backoff_s=max_retry_backoff_s,
+        )
+        self._own_publisher = publisher is None
+        self.publisher = publisher or JetStreamPublisher(nc, metrics=metrics)
+        self.dead_letters = DeadLetters(self.publisher, subjects, self.service, metrics)
+        self._ensure_consumers = ensure_consumers
+        self._tracer = tracer
+        self._lock = asyncio.Lock()
+        self.consumers: list[PullConsumer] = []
+        self._started = False
+        self._stopped = asyncio.Event()
+        self.batches = 0
+        self.outputs = 0
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        js = self._nc.jetstream()
+        opts = self._options
+        for spec in self.inputs:
+            if self._ensure_consumers:
+                await ensure_consumer(js, spec.consumer_spec())
+            consumer = PullConsumer(
+                self._nc,
+                spec.stream,
+                spec.durable,
+                self._on_batch,
+                batch_size=opts.batch_size,
+                expires_s=opts.expires_s,
+                idle_heartbeat_s=opts.idle_heartbeat_s,
+                dead_letters=self.dead_letters,
+                metrics=self.metrics,
+                retry_backoff_s=opts.retry_backoff_s,
+                max_retry_backoff_s=opts.max_retry_backoff_s,
+            )
+            await consumer.start()
+            self.consumers.append(consumer)
+        log.info(
+            "stage %s running on %s",
+            self.service,
+            ", ".join(f"{i.stream}.{i.durable}" for i in self.inputs),
+        )
+
+    async def run(self) -> None:
+        """Start and run until :meth:`stop`."""
+        await self.start()
+        await self._stopped.wait()
+
+    async def stop(self, timeout_s: float = 10.0) -> None:
+        """Finish the batches in hand, ack them, stop consuming, flush and close publishing."""
+        try:
+            for consumer in self.consumers:
+                await consumer.stop(timeout_s)
+            if self._own_publisher:
+                await self.publisher.close(timeout_s)
+            else:
+                await self.publisher.flush(timeout_s)
+        finally:
+            self._stopped.set()
+
+    async def _on_batch(self, msgs: list[Msg]) -> None:
+        batch = [in_message(m) for m in msgs]
+        async with self._lock:
+            if self._tracer is None:
+                await self._handle(batch, None)
+                return
+            parent = batch_trace_context(m.headers for m in batch)
+            with self._tracer.start_as_current_span(
+                f"{self.service}.batch",
+                context=parent,
+                attributes={"messaging.batch.message_count": len(batch)},
+            ):
+                await self._handle(batch, inject_trace())
+
+    async def _handle(self, batch: list[InMessage], trace_headers: dict[str, str] | None) -> None:
+        outputs = await self._handler.handle(batch)
+        publisher = self.publisher
+        for out in outputs:
+            headers = out.headers
+            if trace_headers:
+                headers = {**trace_headers, **headers} if headers else trace_headers
+            await publisher.publish(out.subject, out.payload, out.msg_id, headers)
+            if headers and DLQ_REASON in headers:
+                self.metrics.dead_letter(headers[DLQ_REASON])
+        await publisher.flush(self._options.flush_timeout_s)
+        self.batches += 1
+        self.outputs += len(outputs)
