@@ -51,3 +51,34 @@ def premium_adjusted_delta(
         np.where(np.asarray(is_call, dtype=bool), ratio * ndtr(d2), -ratio * ndtr(-d2)),
         dtype=np.float64,
     )
+
+
+def _phi_d1(forward: Array, strike: Array, t: Array, sigma: Array) -> Array:
+    d1, _ = _d1_d2(forward, strike, t, sigma)
+    return np.asarray(np.exp(-0.5 * d1 * d1) / _SQRT_2PI, dtype=np.float64)
+
+
+_SQRT_2PI = float(np.sqrt(2.0 * np.pi))
+DAYS_PER_YEAR = 365.0
+
+
+def gamma(forward: ArrayLike, strike: ArrayLike, t: ArrayLike, sigma: ArrayLike) -> Array:
+    """d delta / dF per USD of forward: phi(d1) / (F sigma sqrt(T)); the same for calls and puts."""
+    f, k, tt, s = (np.asarray(x, dtype=np.float64) for x in (forward, strike, t, sigma))
+    return np.asarray(_phi_d1(f, k, tt, s) / (f * s * np.sqrt(tt)), dtype=np.float64)
+
+
+def vega(forward: ArrayLike, strike: ArrayLike, t: ArrayLike, sigma: ArrayLike) -> Array:
+    """dV/dsigma: F phi(d1) sqrt(T), in the forward's units per 1.00 of vol (calls and puts)."""
+    f, k, tt, s = (np.asarray(x, dtype=np.float64) for x in (forward, strike, t, sigma))
+    return np.asarray(f * _phi_d1(f, k, tt, s) * np.sqrt(tt), dtype=np.float64)
+
+
+def theta(forward: ArrayLike, strike: ArrayLike, t: ArrayLike, sigma: ArrayLike) -> Array:
+    """Value change per calendar day as time passes: -F phi(d1) sigma / (2 sqrt(T)) / 365.
+
+    With r = 0 and the forward held fixed, calls and puts share it.
+    """
+    f, k, tt, s = (np.asarray(x, dtype=np.float64) for x in (forward, strike, t, sigma))
+    per_year = -f * _phi_d1(f, k, tt, s) * s / (2.0 * np.sqrt(tt))
+    return np.asarray(per_year / DAYS_PER_YEAR, dtype=np.float64)

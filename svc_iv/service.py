@@ -8,18 +8,21 @@ restarted replica prices its chains as soon as tickers arrive.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 from google.protobuf.message import DecodeError
 from nats.js.errors import NotFoundError
 
+from svc_iv import wire
 from svc_iv.core import IvCore
 from volstream.bus.stage import InMessage, Output, StageInput, StageRunner, dead_letter_output
 from volstream.config import Config, Partition
 from volstream.runtime import ServiceContext, durable_name, service_context, wall_ns
 from volstream.subjects import parse_partition
 from volstream.v1 import book_pb2 as book_pb
-from volstream.v1 import iv_pb2 as iv_pb
+from volstream.v1 import common_pb2 as common_pb
 from volstream.v1 import market_data_pb2 as md_pb
 
 log = logging.getLogger("svc_iv")
@@ -36,6 +39,7 @@ class IvStage:
         }
         self.now_ns: dict[tuple[str, str], int] = {}
         self.last_flush_ns: dict[tuple[str, str], int] = {}
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="iv")
 
     async def bootstrap(self) -> None:
         """Latest instrument set and book keyframe per partition, before consuming."""
@@ -102,23 +106,27 @@ class IvStage:
                 continue
             touched[key] = msg
         outputs: list[Output] = dead
+        loop = asyncio.get_running_loop()
         for key, last in touched.items():
             now = self.now_ns.get(key, 0)
             if now <= 0 or now - self.last_flush_ns.get(key, 0) < self.interval_ns:
                 continue
             self.last_flush_ns[key] = now
-            smiles = self.cores[key].flush(now)
+            # Solving a whole chain is the heavy part: off the event loop (acks, heartbeats).
+            smiles = await loop.run_in_executor(self.pool, self.cores[key].flush_serialized, now)
             if not smiles:
                 continue
             venue, ccy = key
-            out = iv_pb.SmileBatch(venue=venue, currency=ccy, smiles=smiles)
-            out.header.publish_time_ns = wall_ns()
-            out.header.source = "svc_iv"
-            out.header.event_time_ns = now
-            out.header.sequence = last.stream_seq
+            header = common_pb.EventHeader(
+                event_time_ns=now,
+                publish_time_ns=wall_ns(),
+                source="svc_iv",
+                sequence=last.stream_seq,
+            )
             subject = self.ctx.subjects.iv(venue, ccy)
             msg_id = f"svc_iv.{subject}.{last.metadata.stream}.{last.stream_seq}"
-            outputs.append(Output(subject, out.SerializeToString(), msg_id))
+            payload = wire.smile_batch_bytes(header, venue, ccy, smiles)
+            outputs.append(Output(subject, payload, msg_id))
         return outputs
 
 

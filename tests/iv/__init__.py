@@ -1,0 +1,1 @@
+"""Tests of the implied-vol service (svc_iv)."""
