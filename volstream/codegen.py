@@ -22,7 +22,9 @@ from grpc_tools import protoc
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "proto"
 OUT_PACKAGE = ROOT / "volstream" / "v1"
-INIT_TEXT = '"""Generated from proto/volstream/v1 by `python -m volstream.codegen`; do not edit."""\n'
+INIT_TEXT = (
+    '"""Generated from proto/volstream/v1 by `python -m volstream.codegen`; do not edit."""\n'
+)
 
 
 def proto_files() -> list[Path]:
