@@ -13,13 +13,18 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 
 from google.protobuf.message import DecodeError
-from nats.js.errors import NotFoundError
 
 from svc_iv import wire
 from svc_iv.core import IvCore
 from volstream.bus.stage import InMessage, Output, StageInput, StageRunner, dead_letter_output
 from volstream.config import Config, Partition
-from volstream.runtime import ServiceContext, durable_name, service_context, wall_ns
+from volstream.runtime import (
+    ServiceContext,
+    durable_name,
+    last_message,
+    service_context,
+    wall_ns,
+)
 from volstream.subjects import parse_partition
 from volstream.v1 import book_pb2 as book_pb
 from volstream.v1 import common_pb2 as common_pb
@@ -44,18 +49,13 @@ class IvStage:
     async def bootstrap(self) -> None:
         """Latest instrument set and book keyframe per partition, before consuming."""
         for venue, ccy in self.cores:
-            for subject, stream in (
-                (self.ctx.subjects.md(venue, ccy, "instrument"), "MD"),
-                (self.ctx.subjects.book(venue, ccy) + ".keyframe", "BOOK"),
+            for stream, subject in (
+                ("MD", self.ctx.subjects.md(venue, ccy, "instrument")),
+                ("BOOK", self.ctx.subjects.book(venue, ccy) + ".keyframe"),
             ):
-                try:
-                    msg = await self.ctx.js.get_last_msg(
-                        self.ctx.subjects.stream_name(stream), subject
-                    )
-                except NotFoundError:
-                    continue
-                if msg.data:
-                    self._fold(subject, msg.data)
+                data = await last_message(self.ctx, stream, subject)
+                if data is not None:
+                    self._fold(subject, data)
         log.info("bootstrapped %d partitions", len(self.cores))
 
     def _fold(self, subject: str, data: bytes) -> tuple[str, str] | None:

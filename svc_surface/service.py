@@ -8,15 +8,22 @@ event loop keeps serving acks and heartbeats while numpy/scipy work.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 
 from google.protobuf.message import DecodeError
 
-from svc_surface.core import SurfaceCore
+from svc_surface.core import SurfaceCore, run_fit_job
 from volstream.bus.stage import InMessage, Output, StageInput, StageRunner, dead_letter_output
 from volstream.config import Config, Partition
-from volstream.runtime import ServiceContext, durable_name, service_context, wall_ns
+from volstream.runtime import (
+    ServiceContext,
+    durable_name,
+    last_message,
+    service_context,
+    wall_ns,
+)
 from volstream.v1 import iv_pb2 as iv_pb
 from volstream.v1 import surface_pb2 as surface_pb
 
@@ -35,9 +42,18 @@ class SurfaceStage:
         }
         self.now_ns: dict[tuple[str, str], int] = {}
         self.last_fit_ns: dict[tuple[str, str], int] = {}
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fit")
+        self.pool = ProcessPoolExecutor(max_workers=1)
         self.fits = ctx.metrics.counter("surface_fits", "surfaces fitted and published")
         self.fit_latency = ctx.metrics.histogram("surface_fit_latency", "time of one fit")
+
+    async def bootstrap(self) -> None:
+        """Continue revisions where the last published surface of each partition left off."""
+        for venue, ccy in self.cores:
+            data = await last_message(self.ctx, "SURFACE", self.ctx.subjects.surface(venue, ccy))
+            if data is None:
+                continue
+            with contextlib.suppress(DecodeError):
+                self.cores[(venue, ccy)].revision = surface_pb.Surface.FromString(data).revision
 
     async def handle(self, batch: list[InMessage]) -> list[Output]:
         touched: dict[tuple[str, str], InMessage] = {}
@@ -75,11 +91,15 @@ class SurfaceStage:
             if now - self.last_fit_ns.get(key, 0) < self.interval_ns:
                 continue
             self.last_fit_ns[key] = now
+            core = self.cores[key]
+            job = core.prepare(now)
+            if job is None:
+                continue
             started = loop.time()
-            surface: surface_pb.Surface | None = await loop.run_in_executor(
-                self.pool, self.cores[key].fit, now
-            )
+            # The fit runs in a worker process: the loop keeps acking and heartbeating.
+            result = await loop.run_in_executor(self.pool, run_fit_job, job)
             self.fit_latency.record(loop.time() - started)
+            surface = core.apply(result)
             if surface is None:
                 continue
             venue, ccy = key
@@ -98,6 +118,7 @@ async def run(cfg: Config) -> None:
     async with service_context(cfg, SERVICE) as ctx:
         partitions = cfg.owned_partitions()
         stage = SurfaceStage(ctx, partitions)
+        await stage.bootstrap()
         inputs = [
             StageInput(
                 ctx.subjects.stream_name("IV"),

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from nats.aio.client import Client
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from volstream.bus.connection import connect
 from volstream.bus.dlq import DeadLetters
@@ -173,3 +174,13 @@ def partition_group(partitions: Sequence[Partition], currencies: Sequence[str]) 
 def durable_name(service: str, cfg: Config) -> str:
     """The durable consumer of this replica of ``service``: ``<service>-<partition group>``."""
     return f"{service}-{partition_group(cfg.partitions, cfg.currencies)}"
+
+
+async def last_message(ctx: ServiceContext, stream_base: str, subject: str) -> bytes | None:
+    """The payload of the latest message on ``subject`` (direct get), None when there is none.
+    Services rebuild state from these at start-up (instrument sets, keyframes, revisions)."""
+    try:
+        msg = await ctx.js.get_last_msg(ctx.subjects.stream_name(stream_base), subject)
+    except NotFoundError:
+        return None
+    return msg.data or None

@@ -1,0 +1,729 @@
+"""The pure surface core for one (venue, currency) partition, and the consolidated variant.
+
+    core = SurfaceCore("deribit", "BTC")
+    core.on_smile(smile)              # latest smile per expiry wins
+    surface = core.fit(now_ns)        # None when there is nothing (new) to publish
+
+fit() = prepare() + run_fit_job() + apply(): the runtime may run the CPU-heavy middle step
+in a worker process (FitJob and FitJobResult are plain picklable data, run_fit_job is a
+top-level pure function), keeping the event loop free:
+
+    job = core.prepare(now_ns)
+    if job is not None:
+        result = await loop.run_in_executor(pool, run_fit_job, job)
+        surface = core.apply(result)
+
+Nothing here reads the wall clock except to measure fit time; "now" is the caller's.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from svc_surface import arbitrage, metrics
+from svc_surface.fit import FitConfig, SviFitResult, fit_svi_slices
+from svc_surface.quotes import (
+    QuoteConfig,
+    SelectedQuotes,
+    flag_outliers,
+    select_quotes_many,
+    suspect_fit,
+    trim_worst,
+)
+from svc_surface.ssvi import SsviParams, fit_ssvi_surface
+from svc_surface.svi import RawSvi, implied_vol, raw_to_jw
+from svc_surface.wire import encode_quote_fits
+from volstream.v1 import common_pb2 as common_pb
+from volstream.v1 import iv_pb2 as iv_pb
+from volstream.v1 import surface_pb2 as surface_pb
+
+NS_PER_YEAR = 365 * 86_400 * 1_000_000_000
+CONSOLIDATED_VENUE = "all"
+
+
+@dataclass(frozen=True)
+class SurfaceConfig:
+    """Fitter configuration (the publication cadence is the caller's)."""
+
+    # surface_pb.SURFACE_MODEL_SVI (independent slices + repair) or SURFACE_MODEL_SSVI.
+    model: int = surface_pb.SURFACE_MODEL_SVI
+    ssvi_phi: Literal["power_law", "heston"] = "power_law"
+    # Convention of every delta-based figure (slice and tenor metrics, nodes).
+    delta_convention: int = common_pb.DELTA_CONVENTION_FORWARD
+    # Slices with fewer usable quotes are skipped (not published).
+    min_quotes_per_slice: int = 6
+    tenor_days: tuple[int, ...] = metrics.DEFAULT_TENOR_DAYS
+    vol_index_days: float = 30.0
+    # Smiles older than this (event time) are ignored (a silent venue ages out); None: never.
+    max_smile_age_ns: int | None = 300 * 1_000_000_000
+    # fit() returns None when no smile changed since the last publication, unless True.
+    publish_unchanged: bool = False
+    # Drop outliers after a first fit and refit.
+    drop_outliers: bool = True
+    # Butterfly/calendar check range in log-moneyness.
+    check_k_range: tuple[float, float] = arbitrage.K_CHECK_RANGE
+    # Consolidated surface: weight multiplier per venue (default 1).
+    venue_weight_multipliers: tuple[tuple[str, float], ...] = ()
+    source: str = "svc_surface"
+    fit: FitConfig = field(default_factory=FitConfig)
+    quotes: QuoteConfig = field(default_factory=QuoteConfig)
+
+
+@dataclass(frozen=True)
+class QuoteMatrix:
+    """A slice's encoded through-fit matrix for given published params (reusable while
+    neither the quotes nor the params change)."""
+
+    params: RawSvi
+    blob: bytes
+    quotes_used: int
+    quotes_dropped: int
+    rmse_bp: float
+    max_abs_residual_bp: float
+    # (venue, normalised weight, quotes used) per venue.
+    venue_shares: tuple[tuple[str, float, int], ...]
+
+
+SmileKey = tuple[str, int, int]  # venue, event time, sequence
+
+
+@dataclass(frozen=True)
+class SliceCache:
+    """What a slice's last fit left behind: its inputs' identity and fingerprint, the
+    selection, the fit and the encoded quote matrix."""
+
+    fingerprint: bytes
+    selected: SelectedQuotes
+    fit: SviFitResult
+    smile_keys: tuple[SmileKey, ...] = ()
+    matrix: QuoteMatrix | None = None
+
+
+@dataclass(frozen=True)
+class SliceJob:
+    expiry_time_ns: int
+    expiry_label: str
+    t: float
+    forward: float
+    forward_source: int
+    smiles: tuple[iv_pb.Smile, ...]
+    cache: SliceCache | None
+
+
+@dataclass(frozen=True)
+class FitJob:
+    venue: str
+    currency: str
+    now_ns: int
+    config: SurfaceConfig
+    slices: tuple[SliceJob, ...]
+    index_price: float
+    ssvi_warm: SsviParams | None
+    # Identity of the input smiles: (venue, expiry, event time, sequence) per smile.
+    inputs: tuple[tuple[str, int, int, int], ...] = ()
+
+
+@dataclass(frozen=True)
+class SkippedSlice:
+    expiry_time_ns: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class FitJobResult:
+    now_ns: int
+    inputs: tuple[tuple[str, int, int, int], ...]
+    # None when no slice could be published.
+    surface: surface_pb.Surface | None
+    caches: Mapping[int, SliceCache]
+    ssvi: SsviParams | None
+    skipped: tuple[SkippedSlice, ...]
+    fit_time_ms: float
+
+
+def _slice_time(smile: iv_pb.Smile, now_ns: int) -> float:
+    """The smile's own T (its IVs were solved with it); from the expiry and the smile's
+    time, or failing that now, when the smile carries none."""
+    t = smile.time_to_expiry_years
+    if math.isfinite(t) and t > 0.0:
+        return float(t)
+    at = smile.header.event_time_ns if smile.header.event_time_ns > 0 else now_ns
+    return (smile.expiry_time_ns - at) / NS_PER_YEAR
+
+
+class SurfaceCore:
+    """Smile state per expiry for one (venue, currency); fits and publishes surfaces."""
+
+    def __init__(self, venue: str, currency: str, config: SurfaceConfig | None = None) -> None:
+        self.venue = venue
+        self.currency = currency
+        self.config = config or SurfaceConfig()
+        self.revision = 0
+        # (venue, expiry) -> latest smile.
+        self._smiles: dict[tuple[str, int], iv_pb.Smile] = {}
+        self._caches: dict[int, SliceCache] = {}
+        self._ssvi: SsviParams | None = None
+        # Inputs of the last applied job: publication is skipped while they are unchanged.
+        self._applied_inputs: tuple[tuple[str, int, int, int], ...] | None = None
+        self.rejected: dict[str, int] = {}
+        self.last_skipped: tuple[SkippedSlice, ...] = ()
+
+    # -- input ---------------------------------------------------------------------------
+    def _accepts_venue(self, venue: str) -> bool:
+        return venue == self.venue
+
+    def _reject(self, reason: str) -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+
+    def on_smile(self, smile: iv_pb.Smile) -> None:
+        """Keep the latest smile per expiry (by event time). Foreign or malformed smiles are
+        counted in `rejected` by reason, never raised."""
+        if smile.currency != self.currency:
+            self._reject("wrong currency")
+            return
+        if not self._accepts_venue(smile.venue):
+            self._reject("wrong venue")
+            return
+        if smile.expiry_time_ns <= 0:
+            self._reject("no expiry")
+            return
+        key = (smile.venue, smile.expiry_time_ns)
+        old = self._smiles.get(key)
+        if old is not None and old.header.event_time_ns > smile.header.event_time_ns:
+            self._reject("out of order")
+            return
+        self._smiles[key] = smile
+
+    # -- fit -----------------------------------------------------------------------------
+    def _live_smiles(self, now_ns: int) -> dict[int, list[iv_pb.Smile]]:
+        """Drop expired smiles (and aged-out ones from the fit); group by expiry."""
+        expired = [key for key in self._smiles if key[1] <= now_ns]
+        for key in expired:
+            del self._smiles[key]
+            self._caches.pop(key[1], None)
+        max_age = self.config.max_smile_age_ns
+        groups: dict[int, list[iv_pb.Smile]] = {}
+        for (_, expiry), smile in sorted(self._smiles.items()):
+            if max_age is not None and now_ns - smile.header.event_time_ns > max_age:
+                continue
+            groups.setdefault(expiry, []).append(smile)
+        return groups
+
+    def _slice_job(self, expiry: int, smiles: list[iv_pb.Smile], now_ns: int) -> SliceJob:
+        latest = max(smiles, key=lambda s: s.header.event_time_ns)
+        return SliceJob(
+            expiry_time_ns=expiry,
+            expiry_label=latest.expiry_label,
+            t=_slice_time(latest, now_ns),
+            forward=latest.forward_usd,
+            forward_source=int(latest.forward_source),
+            smiles=tuple(smiles),
+            cache=self._caches.get(expiry),
+        )
+
+    def prepare(self, now_ns: int) -> FitJob | None:
+        """The fit job for `now_ns`, or None when nothing changed since the last
+        publication (and publish_unchanged is off) or there is no smile."""
+        groups = self._live_smiles(now_ns)
+        if not groups:
+            return None
+        # A new smile, an expiry or a smile ageing out all change this key.
+        inputs = tuple(
+            (s.venue, expiry, s.header.event_time_ns, s.header.sequence)
+            for expiry, group in sorted(groups.items())
+            for s in group
+        )
+        if inputs == self._applied_inputs and not self.config.publish_unchanged:
+            return None
+        index_prices = [
+            s.index_price_usd
+            for group in groups.values()
+            for s in group
+            if math.isfinite(s.index_price_usd) and s.index_price_usd > 0.0
+        ]
+        latest_all = max(
+            (s for group in groups.values() for s in group), key=lambda s: s.header.event_time_ns
+        )
+        index_price = (
+            latest_all.index_price_usd
+            if math.isfinite(latest_all.index_price_usd) and latest_all.index_price_usd > 0.0
+            else (index_prices[-1] if index_prices else math.nan)
+        )
+        return FitJob(
+            venue=self.venue,
+            currency=self.currency,
+            now_ns=now_ns,
+            config=self.config,
+            slices=tuple(self._slice_job(e, g, now_ns) for e, g in sorted(groups.items())),
+            index_price=index_price,
+            ssvi_warm=self._ssvi,
+            inputs=inputs,
+        )
+
+    def apply(self, result: FitJobResult) -> surface_pb.Surface | None:
+        """Take a finished job's warm-start state; stamp and return the surface.
+
+        Jobs of one partition must be applied in the order they were prepared (one in
+        flight at a time is simplest); smiles that arrived meanwhile are picked up by
+        the next prepare().
+        """
+        self._caches.update(result.caches)
+        live = {expiry for _, expiry in self._smiles}
+        for expiry in [e for e in self._caches if e not in live]:
+            del self._caches[expiry]
+        if result.ssvi is not None:
+            self._ssvi = result.ssvi
+        self.last_skipped = result.skipped
+        self._applied_inputs = result.inputs
+        if result.surface is None:
+            return None
+        self.revision += 1
+        surface = result.surface
+        surface.revision = self.revision
+        surface.header.sequence = self.revision
+        return surface
+
+    def fit(self, now_ns: int) -> surface_pb.Surface | None:
+        """Refit the slices whose inputs changed (warm-started), repair arbitrage across
+        slices, compute the views; None if nothing to publish."""
+        job = self.prepare(now_ns)
+        if job is None:
+            return None
+        return self.apply(run_fit_job(job))
+
+
+class ConsolidatedSurfaceCore(SurfaceCore):
+    """Cross-venue surface (venue "all"): each expiry fits the quotes of every venue that
+    lists it, each quote's log-moneyness taken against its own venue's forward."""
+
+    def __init__(self, currency: str, config: SurfaceConfig | None = None) -> None:
+        super().__init__(CONSOLIDATED_VENUE, currency, config)
+
+    def _accepts_venue(self, venue: str) -> bool:
+        return bool(venue) and venue != CONSOLIDATED_VENUE
+
+    def _slice_job(self, expiry: int, smiles: list[iv_pb.Smile], now_ns: int) -> SliceJob:
+        job = super()._slice_job(expiry, smiles, now_ns)
+        # Forward of the combined slice: quote-count-weighted geometric mean of the venues'.
+        fwd = [(s.forward_usd, max(len(s.quotes), 1)) for s in smiles if s.forward_usd > 0.0]
+        if not fwd:
+            return job
+        total = sum(n for _, n in fwd)
+        forward = math.exp(sum(n * math.log(f) for f, n in fwd) / total)
+        return SliceJob(
+            expiry_time_ns=job.expiry_time_ns,
+            expiry_label=job.expiry_label,
+            t=job.t,
+            forward=forward,
+            forward_source=job.forward_source,
+            smiles=job.smiles,
+            cache=job.cache,
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# The pure fit job (runs anywhere, e.g. in a worker process).
+
+
+def _smile_keys(smiles: tuple[iv_pb.Smile, ...] | list[iv_pb.Smile]) -> tuple[SmileKey, ...]:
+    return tuple((s.venue, s.header.event_time_ns, s.header.sequence) for s in smiles)
+
+
+@dataclass
+class _Working:
+    job: SliceJob
+    selected: SelectedQuotes
+    fingerprint: bytes
+    fit: SviFitResult | None = None
+    reused: bool = False
+    smile_keys: tuple[SmileKey, ...] = ()
+
+
+def _select(job: FitJob) -> tuple[list[_Working], list[SkippedSlice]]:
+    cfg = job.config
+    skipped: list[SkippedSlice] = []
+    candidates: list[tuple[SliceJob, list[iv_pb.Smile]]] = []
+    work_reused: list[_Working] = []
+    for sj in job.slices:
+        if not (math.isfinite(sj.t) and sj.t > 0.0):
+            skipped.append(SkippedSlice(sj.expiry_time_ns, "no time to expiry"))
+            continue
+        if not (math.isfinite(sj.forward) and sj.forward > 0.0):
+            skipped.append(SkippedSlice(sj.expiry_time_ns, "no forward"))
+            continue
+        usable = [s for s in sj.smiles if math.isfinite(s.forward_usd) and s.forward_usd > 0.0]
+        keys = _smile_keys(usable)
+        if sj.cache is not None and sj.cache.smile_keys == keys:
+            # Same smiles as last time: their selection (outliers included) still holds.
+            work_reused.append(
+                _Working(sj, sj.cache.selected, sj.cache.fingerprint, None, False, keys)
+            )
+            continue
+        candidates.append((sj, usable))
+    selections = select_quotes_many(
+        [usable for _, usable in candidates],
+        [sj.t for sj, _ in candidates],
+        job.now_ns,
+        cfg.quotes,
+        dict(cfg.venue_weight_multipliers),
+    )
+    work: list[_Working] = work_reused
+    minimum = max(cfg.min_quotes_per_slice, 5)
+    for (sj, usable), selected in zip(candidates, selections, strict=True):
+        if selected.n_used < minimum:
+            skipped.append(
+                SkippedSlice(sj.expiry_time_ns, f"{selected.n_used} usable quotes < {minimum}")
+            )
+            continue
+        work.append(
+            _Working(sj, selected, selected.fingerprint(), None, False, _smile_keys(usable))
+        )
+    return work, skipped
+
+
+def _combine(prev: SviFitResult | None, f: SviFitResult) -> SviFitResult:
+    """Final fit with the first fit's warm flag and the time spent over all passes."""
+    if prev is None:
+        return f
+    return SviFitResult(
+        params=f.params,
+        t=f.t,
+        fitted_vol=f.fitted_vol,
+        residuals_bp=f.residuals_bp,
+        rmse_bp=f.rmse_bp,
+        max_abs_residual_bp=f.max_abs_residual_bp,
+        objective=f.objective,
+        fit_time_ms=f.fit_time_ms + prev.fit_time_ms,
+        warm_start=prev.warm_start,
+        iterations=f.iterations + prev.iterations,
+    )
+
+
+def _fit_svi(work: list[_Working], cfg: SurfaceConfig) -> None:
+    """Fit changed slices (warm), then drop outliers: slices whose first fit looks pulled
+    by bad quotes get a trimmed refit first, so outliers are judged against a fit they
+    did not distort; slices that lost quotes are refitted."""
+    todo: list[_Working] = []
+    for w in work:
+        cache = w.job.cache
+        if cache is not None and cache.fingerprint == w.fingerprint:
+            w.selected, w.fit, w.reused = cache.selected, cache.fit, True
+        else:
+            todo.append(w)
+    if not todo:
+        return
+    warm = [w.job.cache.fit.params if w.job.cache is not None else None for w in todo]
+    fits = fit_svi_slices([w.selected.slice_data() for w in todo], warm, cfg.fit)
+    for w, f in zip(todo, fits, strict=True):
+        w.fit = f
+    if not cfg.drop_outliers:
+        return
+    reference = {id(w): f.fitted_vol for w, f in zip(todo, fits, strict=True)}
+    suspects = [
+        w
+        for w, f in zip(todo, fits, strict=True)
+        if suspect_fit(w.selected, f.fitted_vol, cfg.quotes)
+    ]
+    if suspects:
+        trims = [
+            trim_worst(w.selected, w.fit.fitted_vol, cfg.min_quotes_per_slice, cfg.quotes)
+            for w in suspects
+            if w.fit is not None
+        ]
+        trimmed_data = [
+            w.selected.slice_data(exclude=t) for w, t in zip(suspects, trims, strict=True)
+        ]
+        trimmed = fit_svi_slices(
+            trimmed_data, [w.fit.params if w.fit is not None else None for w in suspects], cfg.fit
+        )
+        for w, f in zip(suspects, trimmed, strict=True):
+            k_used = w.selected.k[w.selected.used]
+            reference[id(w)] = implied_vol(f.params, k_used, w.selected.t)
+            w.fit = _combine(w.fit, f)
+    again: list[_Working] = []
+    for w in todo:
+        flags = flag_outliers(w.selected, reference[id(w)], cfg.min_quotes_per_slice, cfg.quotes)
+        if np.any(flags):
+            w.selected = w.selected.drop_outliers(flags)
+            again.append(w)
+        elif w in suspects:
+            again.append(w)  # its current fit saw the trimmed set only
+    if again:
+        refits = fit_svi_slices(
+            [w.selected.slice_data() for w in again],
+            [w.fit.params if w.fit is not None else None for w in again],
+            cfg.fit,
+        )
+        for w, f in zip(again, refits, strict=True):
+            w.fit = _combine(w.fit, f)
+
+
+def _fit_ssvi(work: list[_Working], job: FitJob) -> SsviParams | None:
+    cfg = job.config
+    if all(w.job.cache is not None and w.job.cache.fingerprint == w.fingerprint for w in work):
+        for w in work:
+            assert w.job.cache is not None
+            w.selected, w.fit, w.reused = w.job.cache.selected, w.job.cache.fit, True
+        return job.ssvi_warm
+    res = fit_ssvi_surface([w.selected.slice_data() for w in work], cfg.ssvi_phi, job.ssvi_warm)
+    if cfg.drop_outliers:
+        dropped = False
+        for w, f in zip(work, res.slices, strict=True):
+            flags = flag_outliers(w.selected, f.fitted_vol, cfg.min_quotes_per_slice, cfg.quotes)
+            if np.any(flags):
+                w.selected = w.selected.drop_outliers(flags)
+                dropped = True
+        if dropped:
+            res = fit_ssvi_surface(
+                [w.selected.slice_data() for w in work], cfg.ssvi_phi, res.params
+            )
+    for w, f in zip(work, res.slices, strict=True):
+        w.fit = f
+    return res.params
+
+
+def _refit_data(selected: SelectedQuotes) -> arbitrage.RefitData:
+    d = selected.slice_data()
+    t = selected.t
+    om = d.vol_weight / (2.0 * d.mid_vol * t) ** 2
+    return arbitrage.RefitData(
+        k=d.k, target_w=d.mid_vol * d.mid_vol * t, weight=om / max(float(om.sum()), 1e-300)
+    )
+
+
+def _set_metrics(
+    msg: surface_pb.SmileMetrics, values: metrics.SmileMetricsValues, convention: int
+) -> None:
+    msg.atm_vol = values.atm_vol
+    msg.rr25 = values.rr25
+    msg.bf25 = values.bf25
+    msg.rr10 = values.rr10
+    msg.bf10 = values.bf10
+    msg.delta_convention = convention  # type: ignore[assignment]
+
+
+def run_fit_job(job: FitJob) -> FitJobResult:
+    """Fit, repair and summarise one partition's surface. Pure: same job, same result
+    (apart from the measured fit times)."""
+    started = time.perf_counter()
+    cfg = job.config
+    work, skipped = _select(job)
+    ssvi_params: SsviParams | None = None
+    if work:
+        if cfg.model == surface_pb.SURFACE_MODEL_SSVI:
+            ssvi_params = _fit_ssvi(work, job)
+        else:
+            _fit_svi(work, cfg)
+    work.sort(key=lambda w: w.job.t)
+    fitted = [w for w in work if w.fit is not None]
+    outcomes = arbitrage.repair_surface(
+        [
+            arbitrage.SliceToRepair(
+                t=w.job.t,
+                params=w.fit.params,
+                data=_refit_data(w.selected),
+                label=w.job.expiry_label,
+            )
+            for w in fitted
+            if w.fit is not None
+        ],
+        cfg.check_k_range,
+        cfg.fit.wing_bound,
+    )
+    published: list[tuple[_Working, arbitrage.RepairOutcome, RawSvi]] = []
+    for w, outcome in zip(fitted, outcomes, strict=True):
+        if outcome.params is None:
+            skipped.append(SkippedSlice(w.job.expiry_time_ns, "could not be made arbitrage-free"))
+            continue
+        published.append((w, outcome, outcome.params))
+    surface, matrices = _build_surface(job, published) if published else (None, {})
+    caches = {
+        w.job.expiry_time_ns: SliceCache(
+            w.fingerprint, w.selected, w.fit, w.smile_keys, matrices.get(w.job.expiry_time_ns)
+        )
+        for w in fitted
+        if w.fit is not None
+    }
+    return FitJobResult(
+        now_ns=job.now_ns,
+        inputs=job.inputs,
+        surface=surface,
+        caches=caches,
+        ssvi=ssvi_params,
+        skipped=tuple(skipped),
+        fit_time_ms=(time.perf_counter() - started) * 1e3,
+    )
+
+
+def _quote_matrix(sel: SelectedQuotes, p: RawSvi, t: float) -> QuoteMatrix:
+    """The through-fit matrix of one slice: fitted vol vs bid/ask for every quote."""
+    fitted_iv = implied_vol(p, sel.k, t)
+    used_mask = sel.used
+    total_w = float(sel.weight[used_mask].sum()) if np.any(used_mask) else 0.0
+    resid_bp = (fitted_iv - sel.mid_iv) * 1e4
+    used_resid = resid_bp[used_mask]
+    norm_w = sel.weight / total_w if total_w > 0.0 else np.zeros(len(sel))
+    position = np.full(len(sel), surface_pb.FIT_POSITION_INSIDE, dtype=np.int64)
+    position[fitted_iv < sel.bid_iv] = surface_pb.FIT_POSITION_BELOW_BID
+    position[fitted_iv > sel.ask_iv] = surface_pb.FIT_POSITION_ABOVE_ASK
+    no_band = ~(np.isfinite(sel.bid_iv) & np.isfinite(sel.ask_iv) & np.isfinite(fitted_iv))
+    position[no_band] = surface_pb.FIT_POSITION_NO_BAND
+    blob = encode_quote_fits(
+        sel.symbol,
+        sel.venue,
+        {
+            "option_kind": sel.option_kind,
+            "strike_usd": sel.strike,
+            "log_moneyness": sel.k,
+            "bid_iv": sel.bid_iv,
+            "ask_iv": sel.ask_iv,
+            "mid_iv": sel.mid_iv,
+            "fitted_iv": fitted_iv,
+            "residual_bp": resid_bp,
+            "position": position,
+            "used": used_mask,
+            "drop_reason": sel.drop_reason,
+            "weight": np.where(used_mask, norm_w, 0.0),
+        },
+    )
+    shares: list[tuple[str, float, int]] = []
+    venues = set(sel.venue)
+    if len(venues) == 1:
+        shares.append((next(iter(venues)), float(norm_w[used_mask].sum()), int(used_mask.sum())))
+    else:
+        venue_arr = np.array(sel.venue)
+        for venue in sorted(venues):
+            in_venue = used_mask & (venue_arr == venue)
+            shares.append((venue, float(norm_w[in_venue].sum()), int(in_venue.sum())))
+    n_used = int(used_mask.sum())
+    return QuoteMatrix(
+        params=p,
+        blob=blob,
+        quotes_used=n_used,
+        quotes_dropped=len(sel) - n_used,
+        rmse_bp=float(np.sqrt(np.mean(used_resid**2))) if used_resid.size else math.nan,
+        max_abs_residual_bp=float(np.max(np.abs(used_resid))) if used_resid.size else math.nan,
+        venue_shares=tuple(shares),
+    )
+
+
+def _build_surface(
+    job: FitJob, published: list[tuple[_Working, arbitrage.RepairOutcome, RawSvi]]
+) -> tuple[surface_pb.Surface, dict[int, QuoteMatrix]]:
+    cfg = job.config
+    conv = cfg.delta_convention
+    surface = surface_pb.Surface(
+        venue=job.venue,
+        currency=job.currency,
+        model=surface_pb.SURFACE_MODEL_SSVI
+        if cfg.model == surface_pb.SURFACE_MODEL_SSVI
+        else surface_pb.SURFACE_MODEL_SVI,
+        index_price_usd=job.index_price,
+        delta_convention=conv,  # type: ignore[arg-type]
+    )
+    surface.header.event_time_ns = job.now_ns
+    surface.header.source = cfg.source
+    ts = [w.job.t for w, _, _ in published]
+    params = [p for _, _, p in published]
+    forwards = [w.job.forward for w, _, _ in published]
+    spot = job.index_price if math.isfinite(job.index_price) and job.index_price > 0 else None
+    tenors, tenor_smiles = metrics.interpolate_tenors(ts, params, forwards, cfg.tenor_days, spot)
+    # Slice metrics, tenor metrics and tenor nodes from one batched delta solve.
+    all_metrics, all_nodes = metrics.metrics_and_nodes(
+        metrics.concat([metrics.SmileSet.from_slices(params, ts), tenor_smiles]),
+        forwards + [tn.forward for tn in tenors if tn.available],
+        conv,
+    )
+    n_slices = len(published)
+    slice_metrics = all_metrics[:n_slices]
+    tenor_metrics = all_metrics[n_slices:]
+    matrices: dict[int, QuoteMatrix] = {}
+    venue_weight: dict[str, float] = {}
+    venue_count: dict[str, int] = {}
+    n_pub = len(published)
+    for idx, ((w, outcome, p), m) in enumerate(zip(published, slice_metrics, strict=True)):
+        sj, fit = w.job, w.fit
+        assert fit is not None
+        es = surface.slices.add()
+        es.expiry_time_ns = sj.expiry_time_ns
+        es.expiry_label = sj.expiry_label
+        es.time_to_expiry_years = sj.t
+        es.forward_usd = sj.forward
+        es.forward_source = sj.forward_source  # type: ignore[assignment]
+        es.raw.a, es.raw.b, es.raw.rho, es.raw.m, es.raw.sigma = p
+        jw = raw_to_jw(p, sj.t)
+        es.jw.atm_variance = jw.v
+        es.jw.atm_skew = jw.psi
+        es.jw.put_wing_slope = jw.p
+        es.jw.call_wing_slope = jw.c
+        es.jw.min_variance = jw.v_tilde
+        _set_metrics(es.metrics, m, conv)
+
+        cached = sj.cache.matrix if sj.cache is not None and w.reused else None
+        qm = cached if cached is not None and cached.params == p else None
+        if qm is None:
+            qm = _quote_matrix(w.selected, p, sj.t)
+        matrices[sj.expiry_time_ns] = qm
+
+        d = es.diagnostics
+        d.quotes_used = qm.quotes_used
+        d.quotes_dropped = qm.quotes_dropped
+        d.rmse_bp = qm.rmse_bp
+        d.max_abs_residual_bp = qm.max_abs_residual_bp
+        bf = outcome.butterfly
+        d.min_g = bf.min_g if bf is not None else math.nan
+        d.butterfly_arbitrage_free = bf is not None and bf.arbitrage_free
+        cal_prev = outcome.calendar
+        cal_next = published[idx + 1][1].calendar if idx + 1 < n_pub else None
+        d.calendar_arbitrage_free = all(c is None or c.arbitrage_free for c in (cal_prev, cal_next))
+        d.repaired = outcome.repaired
+        d.repair_method = "; ".join([outcome.method, *outcome.notes]) if outcome.repaired else ""
+        d.fit_time_ms = fit.fit_time_ms
+        d.warm_start = fit.warm_start
+        es.MergeFromString(qm.blob)  # appends the QuoteFit rows
+        for venue, share, count in qm.venue_shares:
+            venue_weight[venue] = venue_weight.get(venue, 0.0) + share / n_pub
+            venue_count[venue] = venue_count.get(venue, 0) + count
+
+    # Fixed tenors and their risk nodes.
+    row = 0
+    for tn in tenors:
+        tp = surface.tenors.add()
+        tp.tenor_days = tn.tenor_days
+        tp.available = tn.available
+        tp.time_to_expiry_years = tn.t
+        tp.forward_usd = tn.forward
+        if not tn.available:
+            continue
+        _set_metrics(tp.metrics, tenor_metrics[row], conv)
+        node_row = n_slices + row
+        for label, delta, vol, strike in zip(
+            all_nodes.labels,
+            all_nodes.deltas.tolist(),
+            all_nodes.vols[node_row].tolist(),
+            all_nodes.strikes[node_row].tolist(),
+            strict=True,
+        ):
+            tp.nodes.add(label=label, delta=delta, vol=vol, strike_usd=strike)
+        row += 1
+
+    k_ranges = []
+    for w, _, _ in published:
+        k_used = w.selected.k[w.selected.used]
+        k_ranges.append((float(k_used.min()), float(k_used.max())))
+    surface.vol_index_30d = metrics.vol_index(ts, params, k_ranges, cfg.vol_index_days)
+
+    if job.venue == CONSOLIDATED_VENUE:
+        total = sum(venue_weight.values())
+        for venue in sorted(venue_weight):
+            vw = surface.venue_weights.add()
+            vw.venue = venue
+            vw.weight = venue_weight[venue] / total if total > 0 else 0.0
+            vw.quotes_used = venue_count[venue]
+    return surface, matrices

@@ -1,0 +1,406 @@
+"""Quote selection for a smile fit (quant.md section 6).
+
+One side per strike: the out-of-the-money option (its in-the-money twin is dropped as
+DROP_REASON_ITM_DUPLICATE); one-sided, crossed, stale, zero-bid, one-tick and no-IV quotes
+are dropped with their reason; after a first fit, outliers (far outside their own bid/ask
+band relative to a robust residual scale) are dropped too. Weights on squared vol
+residuals are 1 / (bid-ask spread in vol) = vega / (price spread), floored so that one
+tight quote cannot dominate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from svc_surface.fit import SliceData
+from volstream.v1 import common_pb2 as common_pb
+from volstream.v1 import iv_pb2 as iv_pb
+from volstream.v1 import surface_pb2 as surface_pb
+
+Array = NDArray[np.float64]
+IntArray = NDArray[np.int64]
+BoolArray = NDArray[np.bool_]
+
+_OK_STATUSES = (iv_pb.IV_STATUS_OK, iv_pb.IV_STATUS_UNSPECIFIED)
+_KEEP = surface_pb.DROP_REASON_UNSPECIFIED
+
+
+@dataclass(frozen=True)
+class QuoteConfig:
+    # Quotes older than this (event time) count as stale; None: only the quote's flag.
+    stale_after_ns: int | None = None
+    # Spread floor in vol: absolute, and as a fraction of the slice's median spread.
+    min_spread_vol: float = 0.002
+    min_spread_median_fraction: float = 0.25
+    # Outliers: distance outside the band beyond this many robust residual scales.
+    outlier_threshold: float = 5.0
+    outlier_min_scale_vol: float = 0.0025
+    max_outlier_fraction: float = 0.2
+
+
+@dataclass(frozen=True)
+class SelectedQuotes:
+    """Every input quote of one expiry (all venues), used or not, as parallel arrays."""
+
+    t: float
+    venue: tuple[str, ...]
+    symbol: tuple[str, ...]
+    option_kind: IntArray
+    strike: Array
+    k: Array
+    bid_iv: Array
+    ask_iv: Array
+    mid_iv: Array
+    used: BoolArray
+    drop_reason: IntArray
+    # Weight on the squared vol residual (0 when dropped), not normalised.
+    weight: Array
+
+    def __len__(self) -> int:
+        return int(self.k.shape[0])
+
+    @property
+    def n_used(self) -> int:
+        return int(np.count_nonzero(self.used))
+
+    def slice_data(self, exclude: BoolArray | None = None) -> SliceData:
+        """Fit inputs of the used quotes (minus `exclude`, one flag per used quote)."""
+        u = self.used
+        if exclude is not None:
+            u = u.copy()
+            u[np.flatnonzero(u)[exclude]] = False
+        return SliceData(
+            t=self.t,
+            k=self.k[u],
+            mid_vol=self.mid_iv[u],
+            bid_vol=self.bid_iv[u],
+            ask_vol=self.ask_iv[u],
+            vol_weight=self.weight[u],
+        )
+
+    def fingerprint(self) -> bytes:
+        """Identity of the fit inputs: equal fingerprints give the same fit."""
+        h = hashlib.blake2b(digest_size=16)
+        h.update(np.float64(self.t).tobytes())
+        u = self.used
+        for arr in (self.k[u], self.mid_iv[u], self.bid_iv[u], self.ask_iv[u], self.weight[u]):
+            h.update(np.ascontiguousarray(arr).tobytes())
+        return h.digest()
+
+    def drop_outliers(self, used_flags: BoolArray) -> SelectedQuotes:
+        """used_flags: one flag per used quote (True: outlier)."""
+        idx = np.flatnonzero(self.used)[used_flags]
+        used = self.used.copy()
+        reason = self.drop_reason.copy()
+        weight = self.weight.copy()
+        used[idx] = False
+        reason[idx] = surface_pb.DROP_REASON_OUTLIER
+        weight[idx] = 0.0
+        return SelectedQuotes(
+            t=self.t,
+            venue=self.venue,
+            symbol=self.symbol,
+            option_kind=self.option_kind,
+            strike=self.strike,
+            k=self.k,
+            bid_iv=self.bid_iv,
+            ask_iv=self.ask_iv,
+            mid_iv=self.mid_iv,
+            used=used,
+            drop_reason=reason,
+            weight=weight,
+        )
+
+
+def _median(x: Array) -> float:
+    # statistics.median on a short list is ~5x faster than np.median's machinery.
+    return float(statistics.median(x.tolist())) if x.size else math.nan
+
+
+def _finite_pos(x: float) -> bool:
+    return math.isfinite(x) and x > 0.0
+
+
+def _columns(smile: iv_pb.Smile) -> tuple[list[str], list[tuple[object, ...]]]:
+    """Symbols and the numeric fields of every quote (one pass over the protobuf)."""
+    symbols = [q.symbol for q in smile.quotes]
+    numeric: list[tuple[object, ...]] = [
+        (
+            q.option_kind,
+            q.strike_usd,
+            q.log_moneyness,
+            q.bid_price_usd_per_coin,
+            q.ask_price_usd_per_coin,
+            q.bid_iv,
+            q.ask_iv,
+            q.mid_iv,
+            q.bid_iv_status,
+            q.ask_iv_status,
+            q.stale,
+            q.one_sided,
+            q.crossed,
+            q.at_min_tick,
+            q.quote_time_ns,
+        )
+        for q in smile.quotes
+    ]
+    return symbols, numeric
+
+
+_STATUS_OK = np.array(_OK_STATUSES)
+
+
+def _drop_reasons(cols: Array, now_ns: int | None, cfg: QuoteConfig) -> IntArray:
+    """Drop reason per quote, first matching rule wins (vectorised)."""
+    (
+        _,
+        strike,
+        log_m,
+        bid_p,
+        ask_p,
+        bid_iv,
+        ask_iv,
+        _,
+        bid_st,
+        ask_st,
+        stale,
+        one_sided,
+        crossed,
+        min_tick,
+        quote_time,
+    ) = cols
+    with np.errstate(invalid="ignore"):
+        is_stale = stale != 0.0
+        if cfg.stale_after_ns is not None and now_ns is not None:
+            is_stale |= (quote_time > 0) & (now_ns - quote_time > cfg.stale_after_ns)
+        zero_bid = np.isfinite(bid_p) & (bid_p <= 0.0)
+        one_side = (one_sided != 0.0) | ~np.isfinite(bid_p) | ~np.isfinite(ask_p)
+        is_crossed = (crossed != 0.0) | (bid_p > ask_p) | (bid_iv > ask_iv)
+        no_iv = ~(
+            np.isfinite(bid_iv)
+            & (bid_iv > 0.0)
+            & np.isfinite(ask_iv)
+            & (ask_iv > 0.0)
+            & np.isin(bid_st, _STATUS_OK)
+            & np.isin(ask_st, _STATUS_OK)
+            & ((np.isfinite(strike) & (strike > 0.0)) | np.isfinite(log_m))
+        )
+    return np.select(
+        [is_stale, zero_bid, one_side, is_crossed, min_tick != 0.0, no_iv],
+        [
+            surface_pb.DROP_REASON_STALE,
+            surface_pb.DROP_REASON_ZERO_BID,
+            surface_pb.DROP_REASON_ONE_SIDED,
+            surface_pb.DROP_REASON_CROSSED,
+            surface_pb.DROP_REASON_MIN_TICK,
+            surface_pb.DROP_REASON_NO_IV,
+        ],
+        default=_KEEP,
+    ).astype(np.int64)
+
+
+def select_quotes(
+    smiles: Sequence[iv_pb.Smile],
+    t: float,
+    now_ns: int | None = None,
+    config: QuoteConfig | None = None,
+    venue_multipliers: dict[str, float] | None = None,
+) -> SelectedQuotes:
+    """Select and weight the quotes of one expiry (one smile, or one per venue for the
+    consolidated surface: each quote's k is relative to its own venue's forward)."""
+    return select_quotes_many([smiles], [t], now_ns, config, venue_multipliers)[0]
+
+
+def select_quotes_many(
+    groups: Sequence[Sequence[iv_pb.Smile]],
+    ts: Sequence[float],
+    now_ns: int | None = None,
+    config: QuoteConfig | None = None,
+    venue_multipliers: dict[str, float] | None = None,
+) -> list[SelectedQuotes]:
+    """select_quotes for several expiries at once (one vectorised pass over all quotes)."""
+    cfg = config or QuoteConfig()
+    mults = venue_multipliers or {}
+    venues: list[str] = []
+    symbols: list[str] = []
+    blocks: list[Array] = []
+    fwd_parts: list[Array] = []
+    mult_parts: list[Array] = []
+    smile_parts: list[IntArray] = []
+    group_sizes: list[int] = []
+    smile_id = 0
+    for smiles in groups:
+        size = 0
+        for smile in smiles:
+            syms, numeric = _columns(smile)
+            n = len(syms)
+            smile_id += 1
+            if n == 0:
+                continue
+            size += n
+            symbols.extend(syms)
+            venues.extend([smile.venue] * n)
+            blocks.append(np.array(numeric, dtype=np.float64).reshape(n, 15))
+            fwd_parts.append(np.full(n, smile.forward_usd))
+            mult_parts.append(np.full(n, mults.get(smile.venue, 1.0)))
+            smile_parts.append(np.full(n, smile_id, dtype=np.int64))
+        group_sizes.append(size)
+    if blocks:
+        cols = np.concatenate(blocks).T
+        fwd = np.concatenate(fwd_parts)
+        mult = np.concatenate(mult_parts)
+        smile_of = np.concatenate(smile_parts)
+    else:
+        cols, fwd, mult, smile_of = (
+            np.zeros((15, 0)),
+            np.zeros(0),
+            np.zeros(0),
+            np.zeros(0, np.int64),
+        )
+    kinds = cols[0].astype(np.int64)
+    strikes, log_m, bid, ask, mid = cols[1], cols[2], cols[5], cols[6], cols[7]
+    reasons = _drop_reasons(cols, now_ns, cfg)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ks = np.where(
+            np.isfinite(fwd) & (fwd > 0.0) & np.isfinite(strikes) & (strikes > 0.0),
+            np.log(strikes / fwd),
+            log_m,
+        )
+        # The venue's mid IV when it lies in the band, else the band's centre.
+        mid_ok = np.isfinite(mid) & (mid > 0.0) & (bid <= mid) & (mid <= ask)
+        mid = np.where(mid_ok, mid, 0.5 * (bid + ask))
+    _drop_itm_duplicates(reasons, kinds, strikes, ks, smile_of)
+    used = reasons == _KEEP
+    spread = ask - bid
+    weight = np.zeros(kinds.size)
+    out: list[SelectedQuotes] = []
+    start = 0
+    for size, t in zip(group_sizes, ts, strict=True):
+        part = slice(start, start + size)
+        u = used[part]
+        if np.any(u):
+            sp = spread[part][u]
+            floor = max(cfg.min_spread_vol, cfg.min_spread_median_fraction * _median(sp))
+            w = np.zeros(size)
+            w[u] = mult[part][u] / np.maximum(sp, floor)
+            weight[part] = w
+        out.append(
+            SelectedQuotes(
+                t=t,
+                venue=tuple(venues[part]),
+                symbol=tuple(symbols[part]),
+                option_kind=kinds[part],
+                strike=strikes[part],
+                k=ks[part],
+                bid_iv=bid[part],
+                ask_iv=ask[part],
+                mid_iv=mid[part],
+                used=used[part],
+                drop_reason=reasons[part],
+                weight=weight[part],
+            )
+        )
+        start += size
+    return out
+
+
+def _drop_itm_duplicates(
+    reasons: IntArray, kinds: IntArray, strikes: Array, ks: Array, smile_of: IntArray
+) -> None:
+    """Per strike within one venue's smile, keep the OTM side when both are usable."""
+    usable = np.flatnonzero(reasons == _KEEP)
+    if usable.size < 2:
+        return
+    strike_key = np.round(strikes[usable], 8)
+    order = usable[np.lexsort((kinds[usable], strike_key, smile_of[usable]))]
+    first, second = order[:-1], order[1:]
+    pair = (
+        (smile_of[first] == smile_of[second])
+        & (np.round(strikes[first], 8) == np.round(strikes[second], 8))
+        & (kinds[first] != kinds[second])
+    )
+    a, b = first[pair], second[pair]
+    otm_call = ks[a] >= 0.0
+    a_is_call = kinds[a] == common_pb.OPTION_KIND_CALL
+    itm = np.where(a_is_call != otm_call, a, b)
+    reasons[itm] = surface_pb.DROP_REASON_ITM_DUPLICATE
+
+
+def flag_outliers(
+    selected: SelectedQuotes, fitted_vol: Array, min_keep: int, config: QuoteConfig | None = None
+) -> BoolArray:
+    """One flag per used quote: far outside its own band compared with a robust (MAD)
+    scale of the residuals. At most max_outlier_fraction of the quotes, worst first, and
+    never below min_keep quotes."""
+    cfg = config or QuoteConfig()
+    u = selected.used
+    mid, bid, ask = selected.mid_iv[u], selected.bid_iv[u], selected.ask_iv[u]
+    n = mid.size
+    flags = np.zeros(n, dtype=bool)
+    if n == 0 or fitted_vol.shape != mid.shape:
+        return flags
+    outside = _outside_band(fitted_vol, bid, ask)
+    # Nothing can be flagged unless some quote is beyond the smallest possible threshold.
+    if not np.any(outside > cfg.outlier_threshold * cfg.outlier_min_scale_vol):
+        return flags
+    resid = fitted_vol - mid
+    finite = np.isfinite(resid)
+    if not np.any(finite):
+        return flags
+    centre = _median(resid[finite])
+    scale = 1.4826 * _median(np.abs(resid[finite] - centre))
+    scale = max(scale, cfg.outlier_min_scale_vol)
+    candidate = outside > cfg.outlier_threshold * scale
+    budget = min(math.floor(cfg.max_outlier_fraction * n), max(n - min_keep, 0))
+    if budget <= 0 or not np.any(candidate):
+        return flags
+    order = np.argsort(-np.where(candidate, outside, -np.inf))[:budget]
+    flags[order[candidate[order]]] = True
+    return flags
+
+
+def _outside_band(fitted_vol: Array, bid: Array, ask: Array) -> Array:
+    out = np.where(
+        fitted_vol < bid, bid - fitted_vol, np.where(fitted_vol > ask, fitted_vol - ask, 0.0)
+    )
+    return np.asarray(np.where(np.isfinite(out), out, np.inf), dtype=np.float64)
+
+
+def suspect_fit(
+    selected: SelectedQuotes, fitted_vol: Array, config: QuoteConfig | None = None
+) -> bool:
+    """A fit possibly pulled by bad quotes: some quote lies far outside its band (beyond
+    outlier_threshold minimum scales and beyond the median spread)."""
+    cfg = config or QuoteConfig()
+    u = selected.used
+    bid, ask = selected.bid_iv[u], selected.ask_iv[u]
+    if fitted_vol.shape != bid.shape or bid.size == 0:
+        return False
+    outside = _outside_band(fitted_vol, bid, ask)
+    limit = max(cfg.outlier_threshold * cfg.outlier_min_scale_vol, _median(ask - bid))
+    return bool(np.max(outside) > limit)
+
+
+def trim_worst(
+    selected: SelectedQuotes, fitted_vol: Array, min_keep: int, config: QuoteConfig | None = None
+) -> BoolArray:
+    """The quotes (one flag per used quote) farthest outside their band, up to
+    max_outlier_fraction and never below min_keep: left out of a trimmed refit."""
+    cfg = config or QuoteConfig()
+    u = selected.used
+    outside = _outside_band(fitted_vol, selected.bid_iv[u], selected.ask_iv[u])
+    n = outside.size
+    flags = np.zeros(n, dtype=bool)
+    budget = min(math.floor(cfg.max_outlier_fraction * n), max(n - min_keep, 0))
+    if budget <= 0:
+        return flags
+    order = np.argsort(-outside)[:budget]
+    flags[order[outside[order] > 0.0]] = True
+    return flags
