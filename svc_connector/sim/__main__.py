@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import sys
@@ -24,6 +25,9 @@ def parse_args(argv: list[str] | None = None) -> SimConfig:
     p.add_argument("--currencies", default="BTC,ETH")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--rate", type=float, default=2000.0, help="messages per second per venue")
+    p.add_argument(
+        "--venue-rates", default="", help="per-venue overrides of --rate: okx=5000,bybit=3000"
+    )
     p.add_argument("--tick", type=float, default=0.1, help="tick interval in seconds")
     p.add_argument("--clock", choices=CLOCK_MODES, default="realtime")
     p.add_argument("--speed", type=float, default=10.0, help="fast clock: sim s per wall s")
@@ -48,11 +52,28 @@ def parse_args(argv: list[str] | None = None) -> SimConfig:
         truth_interval_s=a.truth_interval,
         min_heartbeat_interval_s=a.min_heartbeat,
         max_expiries=a.max_expiries,
+        venue_rates=parse_venue_rates(a.venue_rates),
     )
+
+
+def parse_venue_rates(text: str) -> dict[str, float]:
+    rates: dict[str, float] = {}
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        venue, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--venue-rates: expected venue=rate, got {item!r}")
+        rates[venue.strip()] = float(value)
+    return rates
 
 
 async def main(config: SimConfig) -> None:
     handle = await run_simulator(config)
+    # A process of its own: the instruments and books built at start live until exit, so
+    # take them out of the cyclic collector's way and collect young objects less often.
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 50)
     info = {
         "host": handle.host,
         "port": handle.port,

@@ -60,12 +60,34 @@ class QuoteStyle:
     # Typical best-level size in amount steps (lognormal median).
     option_median_steps: float = 30.0
     future_median_steps: float = 2_000.0
+    # Coins of underlying one native premium is quoted for: a linear per-contract venue
+    # (Binance `unit`) quotes USD per contract = USD per coin x this.
+    premium_coins: float = 1.0
+    # The venue's forward: the truth forward shifted by this many basis points, or the
+    # spot index itself (Binance prices options on the index).
+    forward_offset_bps: float = 0.0
+    forward_from_index: bool = False
+    # Decimals (as fractions) of the published mark IV and of the bid/ask IVs; the mark is
+    # priced from the rounded mark IV, so the two stay consistent.
+    mark_iv_decimals: int = 4
+    iv_decimals: int = 4
+    greek_decimals: int = 5
 
 
 class Book:
     """One L2 book in integer ticks and integer amount steps."""
 
-    __slots__ = ("_amount_div", "_price_div", "asks", "bids", "ready", "sequence", "step", "tick")
+    __slots__ = (
+        "_amount_div",
+        "_price_div",
+        "_price_mul",
+        "asks",
+        "bids",
+        "ready",
+        "sequence",
+        "step",
+        "tick",
+    )
 
     def __init__(self, tick: float, step: float, sequence: int) -> None:
         self.tick = tick
@@ -79,10 +101,14 @@ class Book:
         # not 0.0015000000000000002) without a round() per level.
         self._price_div = _exact_inverse(tick)
         self._amount_div = _exact_inverse(step)
+        # A whole-number tick (5 USDC) multiplies exactly.
+        self._price_mul = tick if float(tick).is_integer() and tick >= 1 else 0.0
 
     def price(self, ticks: int) -> float:
         if self._price_div:
             return ticks / self._price_div
+        if self._price_mul:
+            return ticks * self._price_mul
         return round(ticks * self.tick, 10)
 
     def amount(self, steps: int) -> float:
@@ -231,6 +257,10 @@ class Naming:
     def lists_perpetual(self) -> bool:
         return True
 
+    def lists_option(self, expiry: ExpiryTruth, strike: float) -> bool:
+        """Whether the venue lists this strike of the truth's grid (venues list subsets)."""
+        return True
+
 
 # ---------------------------------------------------------------------------------------
 # vectorised helpers
@@ -243,23 +273,50 @@ def implied_vol_from_coin(
     t: FloatArray,
     is_call: NDArray[np.bool_],
     iterations: int = 34,
+    initial: FloatArray | None = None,
 ) -> FloatArray:
-    """Bisection IV of inverse (coin) premiums; NaN where the price has no IV."""
+    """IV of inverse (coin) premiums; NaN where the price has no IV.
+
+    With `initial` (a nearby vol, e.g. the mark's), Newton steps from there settle almost
+    every price in a few evaluations; whatever they do not settle, and everything without
+    `initial`, is bisected with `iterations` halvings of [1e-4, 12]."""
     usd = price_coin * forward
     intrinsic = np.where(
         is_call, np.maximum(forward - strike, 0.0), np.maximum(strike - forward, 0.0)
     )
     upper = np.where(is_call, forward, strike)
     valid = (usd > intrinsic) & (usd < upper) & (t > 0) & (price_coin > 0)
-    lo = np.full(usd.shape, 1e-4)
-    hi = np.full(usd.shape, 12.0)
-    for _ in range(iterations):
-        mid = 0.5 * (lo + hi)
-        too_high = black76.price(forward, strike, t, mid, is_call) > usd
-        hi = np.where(too_high, mid, hi)
-        lo = np.where(too_high, lo, mid)
-    out = 0.5 * (lo + hi)
-    return np.asarray(np.where(valid, out, np.nan), dtype=np.float64)
+    out = np.full(usd.shape, np.nan)
+    todo = valid
+    if initial is not None and valid.any():
+        idx = np.nonzero(valid)[0]
+        f, k, tt, target, call = forward[idx], strike[idx], t[idx], usd[idx], is_call[idx]
+        sqrt_t = np.sqrt(tt)
+        sig = np.clip(initial[idx], 0.01, 5.0)
+        step = np.ones_like(sig)
+        for _ in range(8):
+            sd = sig * sqrt_t
+            d1 = (np.log(f / k) + 0.5 * sd * sd) / sd
+            vega = f * np.exp(-0.5 * d1 * d1) / _SQRT_2PI * sqrt_t
+            diff = black76.price(f, k, tt, sig, call) - target
+            step = diff / np.maximum(vega, 1e-300)
+            sig = np.clip(sig - step, 1e-4, 12.0)
+        settled = (np.abs(step) < 1e-11) & (sig > 1e-4) & (sig < 12.0)
+        out[idx[settled]] = sig[settled]
+        todo = valid.copy()
+        todo[idx[settled]] = False
+    if todo.any():
+        idx = np.nonzero(todo)[0]
+        f, k, tt, target, call = forward[idx], strike[idx], t[idx], usd[idx], is_call[idx]
+        lo = np.full(idx.shape, 1e-4)
+        hi = np.full(idx.shape, 12.0)
+        for _ in range(iterations):
+            mid = 0.5 * (lo + hi)
+            too_high = black76.price(f, k, tt, mid, call) > target
+            hi = np.where(too_high, mid, hi)
+            lo = np.where(too_high, lo, mid)
+        out[idx] = 0.5 * (lo + hi)
+    return np.asarray(out, dtype=np.float64)
 
 
 def black_greeks(
@@ -392,6 +449,8 @@ class VenueMarket:
                     self._add(fut)
                     changes.listed.append(fut)
             for strike in e.strikes:
+                if not self.naming.lists_option(e, strike):
+                    continue
                 for is_call in (True, False):
                     sym = self.naming.option(self.currency, e.expiry_ns, strike, is_call)
                     if sym in self.by_symbol:
@@ -483,29 +542,49 @@ class VenueMarket:
     def _slices(self, snap: TruthSnapshot) -> dict[int, SliceTruth]:
         return {s.expiry_ns: s for s in snap.slices}
 
+    def forward_raw(self, s: SliceTruth) -> float:
+        """The venue's forward of a slice before rounding (see QuoteStyle)."""
+        st = self.style
+        if st.forward_from_index:
+            return self.truth.snapshot().index
+        if st.forward_offset_bps:
+            return s.forward * (1.0 + st.forward_offset_bps * 1e-4)
+        return s.forward
+
     def forward_published(self, s: SliceTruth) -> float:
-        return round(s.forward, self.style.usd_decimals)
+        return round(self.forward_raw(s), self.style.usd_decimals)
 
     def index_published(self, snap: TruthSnapshot) -> float:
         return round(snap.index, self.style.usd_decimals)
 
     def update(
-        self, insts: Sequence[SimInstrument], now_ns: int, churn: bool = True
+        self,
+        insts: Sequence[SimInstrument],
+        now_ns: int,
+        churn: bool = True,
+        quotes: bool = True,
     ) -> list[Update]:
-        """Quote `insts` at event time `now_ns`; with `churn`, move their books too."""
+        """Quote `insts` at event time `now_ns`; with `churn`, move their books too. Without
+        `quotes` the options' bid/ask IVs and greeks are left 0 (for a venue whose channels
+        of this update carry only the book: solving IVs is most of an update's cost)."""
         snap = self.truth.snapshot()
         ts_ms = now_ns // 1_000_000
         options = [i for i in insts if i.kind == "option" and i.state == "open"]
         futures = [i for i in insts if i.kind == "future" and i.state == "open"]
         out: list[Update] = []
         if options:
-            out.extend(self._update_options(options, snap, ts_ms, churn))
+            out.extend(self._update_options(options, snap, ts_ms, churn, quotes))
         if futures:
             out.extend(self._update_futures(futures, snap, ts_ms, churn))
         return out
 
     def _update_options(
-        self, insts: list[SimInstrument], snap: TruthSnapshot, ts_ms: int, churn: bool
+        self,
+        insts: list[SimInstrument],
+        snap: TruthSnapshot,
+        ts_ms: int,
+        churn: bool,
+        quotes: bool = True,
     ) -> list[Update]:
         st = self.style
         slices = self._slices(snap)
@@ -516,7 +595,9 @@ class VenueMarket:
         sl = [slices[i.expiry_ns] for i in keep]
         strike = np.array([i.strike for i in keep])
         is_call = np.array([i.is_call for i in keep])
-        fwd_truth = np.array([s.forward for s in sl])
+        # The smile sits on the venue's own forward (the truth forward unless the venue
+        # shifts it or prices on the index).
+        fwd_truth = np.array([self.forward_raw(s) for s in sl])
         fwd = np.array([self.forward_published(s) for s in sl])
         t = (
             (np.array([i.expiry_ms for i in keep], dtype=np.float64) - ts_ms)
@@ -533,10 +614,12 @@ class VenueMarket:
         w = a + b * (rho * x + np.sqrt(x * x + sig * sig))
         t_truth = np.array([s.t_years for s in sl])
         vol = np.sqrt(np.maximum(w, 1e-12) / t_truth)
-        mark_iv_pct = np.round(vol * 100.0, 2)
+        mark_iv_pct = np.round(vol * 100.0, st.mark_iv_decimals - 2)
         mark_vol = mark_iv_pct / 100.0
         mark_usd = black76.price(fwd, strike, t, mark_vol, is_call)
-        mark_native = mark_usd / fwd if st.inverse else mark_usd
+        # Native premium per USD-per-coin premium.
+        native_scale = 1.0 / fwd if st.inverse else np.full(n, st.premium_coins)
+        mark_native = mark_usd / fwd if st.inverse else mark_usd * st.premium_coins
         delta, gamma, vega, theta, rho_g = black_greeks(fwd, strike, t, mark_vol, is_call)
 
         index_px = self.index_published(snap)
@@ -553,13 +636,12 @@ class VenueMarket:
             skew = np.clip(0.3 * noise[1], -0.7, 0.7) * half
             bid_vol = vol + skew - half
             ask_vol = vol + skew + half
-            scale = 1.0 / fwd if st.inverse else np.ones(n)
             bid_raw = np.where(
                 bid_vol > 0.02,
-                black76.price(fwd, strike, t, np.maximum(bid_vol, 0.02), is_call) * scale,
+                black76.price(fwd, strike, t, np.maximum(bid_vol, 0.02), is_call) * native_scale,
                 0.0,
             )
-            ask_raw = black76.price(fwd, strike, t, ask_vol, is_call) * scale
+            ask_raw = black76.price(fwd, strike, t, ask_vol, is_call) * native_scale
             tick = st.option_tick
             bid_ticks = np.floor(bid_raw / tick + 1e-9).astype(np.int64)
             ask_ticks = np.ceil(ask_raw / tick - 1e-9).astype(np.int64)
@@ -579,22 +661,33 @@ class VenueMarket:
         updates: list[Update] = []
         best_bid = [i.book.best(True) for i in keep]
         best_ask = [i.book.best(False) for i in keep]
-        bid_px = np.array([bb[0] if bb else 0.0 for bb in best_bid])
-        ask_px = np.array([ba[0] if ba else 0.0 for ba in best_ask])
-        both = np.concatenate([bid_px, ask_px])
-        ivs = implied_vol_from_coin(
-            both if st.inverse else both / np.concatenate([fwd, fwd]),
-            np.concatenate([fwd, fwd]),
-            np.concatenate([strike, strike]),
-            np.concatenate([t, t]),
-            np.concatenate([is_call, is_call]),
-        )
-        ivs_pct = np.where(np.isnan(ivs), 0.0, np.round(ivs * 100.0, 2))
+        ivs_l: list[float]
+        greeks: list[list[float]]
+        if quotes:
+            bid_px = np.array([bb[0] if bb else 0.0 for bb in best_bid])
+            ask_px = np.array([ba[0] if ba else 0.0 for ba in best_ask])
+            both = np.concatenate([bid_px, ask_px])
+            ivs = implied_vol_from_coin(
+                both if st.inverse else both / np.concatenate([fwd, fwd]) / st.premium_coins,
+                np.concatenate([fwd, fwd]),
+                np.concatenate([strike, strike]),
+                np.concatenate([t, t]),
+                np.concatenate([is_call, is_call]),
+                # Bisection halves a [0, 12] bracket: enough steps for the decimals published.
+                iterations=34 if st.iv_decimals <= 6 else 44,
+                initial=np.concatenate([vol, vol]),
+            )
+            ivs_pct = np.where(np.isnan(ivs), 0.0, np.round(ivs * 100.0, st.iv_decimals - 2))
+            ivs_l = ivs_pct.tolist()
+            greeks = np.round(
+                np.stack([delta, gamma, vega, theta, rho_g]), st.greek_decimals
+            ).tolist()
+        else:
+            ivs_l = [0.0] * (2 * n)
+            greeks = [[0.0] * n] * 5
         fwd_l = fwd.tolist()
         mark_l = mark_native.tolist()
         mark_iv_l = mark_iv_pct.tolist()
-        ivs_l = ivs_pct.tolist()
-        greeks = np.round(np.stack([delta, gamma, vega, theta, rho_g]), 5).tolist()
         for j, inst in enumerate(keep):
             bid_ch, ask_ch, prev_seq = self._take_changes(inst)
             updates.append(
@@ -636,7 +729,7 @@ class VenueMarket:
                 s = slices.get(inst.expiry_ns)
                 if s is None:
                     continue
-                fair = s.forward
+                fair = self.forward_raw(s)
             mark = round(fair, st.usd_decimals)
             if churn:
                 half = max(

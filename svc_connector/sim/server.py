@@ -1,11 +1,16 @@
 """The simulator process: one aiohttp server, one path prefix per venue, a tick loop that moves
 the shared truth and every venue's market, control endpoints, and the truth on NATS.
 
-    handle = await run_simulator(SimConfig(port=0))
+    handle = await run_simulator(SimConfig(port=0, venues=("deribit", "okx", "bybit", "binance")))
     handle.urls["deribit"].ws_url      # ws://127.0.0.1:PORT/deribit/ws/api/v2
     handle.urls["deribit"].rest_base   # http://127.0.0.1:PORT/deribit/api/v2
-    await handle.fault("sequence_gap", symbol="BTC-...")
+    handle.urls["okx"].rest_base       # http://127.0.0.1:PORT/okx  (+ /api/v5/public/...)
+    await handle.fault("sequence_gap", venue="okx", symbol="BTC-USD-...")
     await handle.stop()
+
+Every venue quotes the same truth per currency, each with its own naming, units, forward,
+spreads and ticks; the truth is published per venue on sim.truth.<venue>.<ccy> with that
+venue's forwards.
 
 Control: POST /control/fault {"venue","kind","symbol"?,...}; GET /control/stats;
 GET /control/truth?currency=BTC; GET /control/health.
@@ -17,16 +22,19 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
 from aiohttp import web
 
+from svc_connector.sim.binance import BinanceVenue
+from svc_connector.sim.bybit import BybitVenue
 from svc_connector.sim.clock import ClockMode, SimClock
 from svc_connector.sim.deribit import DeribitVenue
 from svc_connector.sim.faults import FaultRequest, parse_kind
+from svc_connector.sim.okx import OkxVenue
 from svc_connector.sim.truth import (
     TruthConfig,
     TruthMarket,
@@ -39,8 +47,16 @@ from volstream.v1 import surface_pb2
 
 log = logging.getLogger(__name__)
 
+# URL layout: one port, one path prefix per venue, the live path layout below it:
+#   deribit  {http}/deribit/api/v2/public/...            {ws}/deribit/ws/api/v2
+#   okx      {http}/okx/api/v5/public/instruments?...     {ws}/okx/ws/v5/public
+#   bybit    {http}/bybit/v5/market/instruments-info?...  {ws}/bybit/v5/public/option
+#   binance  {http}/binance/eapi/v1/exchangeInfo          {ws}/binance/ws, {ws}/binance/stream
 VENUE_FACTORIES: dict[str, Callable[[VenueContext], VenueSim]] = {
     "deribit": DeribitVenue,
+    "okx": OkxVenue,
+    "bybit": BybitVenue,
+    "binance": BinanceVenue,
 }
 
 
@@ -77,6 +93,13 @@ class SimConfig:
     # Expiries nearer than this at start are not listed (they would expire mid-run).
     min_time_to_expiry_s: float = 12 * 3600.0
     max_time_to_expiry_days: float = 230.0
+    # Per-venue message rates overriding `messages_per_second` ({"okx": 5000.0, ...}).
+    venue_rates: Mapping[str, float] = field(default_factory=dict)
+    # Per-venue settings, documented in each venue module ({"binance": {"units": {...}}}).
+    venue_options: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
+
+    def rate_for(self, venue: str) -> float:
+        return float(self.venue_rates.get(venue, self.messages_per_second))
 
     def truth_config(self) -> TruthConfig:
         return TruthConfig(
@@ -112,7 +135,16 @@ class SimHandle:
             min_heartbeat_interval_s=config.min_heartbeat_interval_s,
             max_send_queue=config.max_send_queue,
         )
-        self.venues: dict[str, VenueSim] = {v: VENUE_FACTORIES[v](ctx) for v in config.venues}
+        self.venues: dict[str, VenueSim] = {
+            v: VENUE_FACTORIES[v](
+                replace(
+                    ctx,
+                    messages_per_second=config.rate_for(v),
+                    options=dict(config.venue_options.get(v, {})),
+                )
+            )
+            for v in config.venues
+        }
         self.subjects = Subjects(config.namespace)
         self.host = config.host
         self.port = 0
@@ -141,11 +173,14 @@ class SimHandle:
         return self.venues[name]
 
     def truth_surface(self, currency: str, venue: str = "deribit") -> surface_pb2.Surface:
+        """The truth as `venue` quotes it: the same smile on the venue's own forwards."""
+        sim_venue = self.venues.get(venue)
         return surface_proto(
             self.truth.snapshot(currency),
             venue,
             revision=self.truth_revision,
             publish_time_ns=time.time_ns(),
+            forwards=sim_venue.truth_forwards(currency) if sim_venue is not None else None,
         )
 
     async def inject(self, request: FaultRequest) -> dict[str, object]:
@@ -247,10 +282,30 @@ class SimHandle:
             if self._nats is not None:
                 await self._publish_truth()
 
+    def venue_truth(self, base: surface_pb2.Surface, venue: str) -> surface_pb2.Surface:
+        """`base` (one currency's truth) re-labelled for `venue`, on the venue's forwards."""
+        surface = surface_pb2.Surface()
+        surface.CopyFrom(base)
+        surface.venue = venue
+        surface.header.source = f"sim.{venue}"
+        forwards = self.venues[venue].truth_forwards(base.currency)
+        for slice_msg in surface.slices:
+            fwd = forwards.get(slice_msg.expiry_time_ns)
+            if fwd is not None:
+                slice_msg.forward_usd = fwd
+        return surface
+
     async def _publish_truth(self) -> None:
         for ccy in self.truth.currencies:
+            # The smile is the same for every venue: build it once, change the forwards.
+            base = surface_proto(
+                self.truth.snapshot(ccy),
+                "",
+                revision=self.truth_revision,
+                publish_time_ns=time.time_ns(),
+            )
             for venue in self.venues:
-                surface = self.truth_surface(ccy, venue)
+                surface = self.venue_truth(base, venue)
                 try:
                     await self._nats.publish(
                         self.subjects.sim_truth(venue, ccy), surface.SerializeToString()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import calendar
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
@@ -531,8 +532,12 @@ def surface_proto(
     revision: int = 0,
     publish_time_ns: int = 0,
     with_metrics: bool = True,
+    forwards: Mapping[int, float] | None = None,
 ) -> surface_pb2.Surface:
-    """The truth as a Surface (model SURFACE_MODEL_TRUTH)."""
+    """The truth as a Surface (model SURFACE_MODEL_TRUTH).
+
+    `forwards` (expiry ns -> USD) replaces the slices' forwards with a venue's own: every
+    venue quotes the same smile in log-moneyness against its own forward."""
     grid = np.linspace(-3.0, 3.0, 241)
     surface = surface_pb2.Surface(
         header=common_pb2.EventHeader(
@@ -561,7 +566,7 @@ def surface_proto(
             expiry_time_ns=s.expiry_ns,
             expiry_label=s.label,
             time_to_expiry_years=s.t_years,
-            forward_usd=s.forward,
+            forward_usd=forwards.get(s.expiry_ns, s.forward) if forwards else s.forward,
             forward_source=common_pb2.FORWARD_SOURCE_TRUTH,
             raw=surface_pb2.SviRawParams(
                 a=s.raw.a, b=s.raw.b, rho=s.raw.rho, m=s.raw.m, sigma=s.raw.sigma

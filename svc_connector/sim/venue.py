@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
@@ -31,6 +32,8 @@ class VenueContext:
     index_interval_s: float
     min_heartbeat_interval_s: float
     max_send_queue: int
+    # Venue-specific settings (each venue module documents its keys); SimConfig.venue_options.
+    options: Mapping[str, object] = field(default_factory=dict)
 
 
 class VenueSim(abc.ABC):
@@ -55,6 +58,11 @@ class VenueSim(abc.ABC):
 
     @abc.abstractmethod
     def stats(self) -> dict[str, object]: ...
+
+    def truth_forwards(self, currency: str) -> dict[int, float]:
+        """The venue's forward per expiry (ns -> USD) for its truth surface; empty: the
+        truth forwards."""
+        return {}
 
     @abc.abstractmethod
     async def close(self) -> None:

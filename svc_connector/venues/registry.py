@@ -17,9 +17,9 @@ from svc_connector.venues.base import VenueAdapter
 
 _ADAPTER_MODULES: Final[dict[str, str]] = {
     "deribit": "svc_connector.venues.deribit",
-    # "okx": "svc_connector.venues.okx",
-    # "bybit": "svc_connector.venues.bybit",
-    # "binance": "svc_connector.venues.binance",
+    "okx": "svc_connector.venues.okx",
+    "bybit": "svc_connector.venues.bybit",
+    "binance": "svc_connector.venues.binance",
 }
 
 _loaded: dict[str, VenueAdapter] = {}

@@ -1,0 +1,724 @@
+"""Machinery shared by the push-style venue protocols (OKX, Bybit, Binance): subscriptions,
+websocket sessions with idle timeouts and server pings, the tick loop that quotes watched
+instruments within a message budget, the fault kinds and the listing faults.
+
+A venue module subclasses `PushVenue` and provides its naming and quote style, how a request
+is parsed into `Sub`s, and how an update becomes its own frames. Frames are built once per
+subscription key and shared by every session holding it (see session.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from enum import IntEnum
+from typing import Any
+
+import orjson
+from aiohttp import WSMsgType, web
+
+from svc_connector.sim.faults import FaultKind, FaultRequest
+from svc_connector.sim.market import (
+    Book,
+    Naming,
+    QuoteStyle,
+    SimInstrument,
+    Update,
+    VenueMarket,
+)
+from svc_connector.sim.session import FrameKind, FrameMutator, WsSession
+from svc_connector.sim.venue import VenueContext, VenueSim
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------
+# number text
+
+
+def decimals_of(step: float) -> int:
+    """Decimal places of a tick or step (0.0005 -> 4, 5.0 -> 0)."""
+    exponent = Decimal(repr(float(step))).normalize().as_tuple().exponent
+    return max(0, -exponent) if isinstance(exponent, int) else 0
+
+
+def fixed(value: float, decimals: int) -> str:
+    """`value` with exactly `decimals` places ("-0.000" becomes "0.000")."""
+    text = f"{value:.{decimals}f}"
+    if text[0] == "-" and not text.strip("-0."):
+        return text[1:]
+    return text
+
+
+def trimmed(value: float, decimals: int) -> str:
+    """`value` rounded to `decimals` places without trailing zeros ("0.018", "30316")."""
+    text = f"{value:.{decimals}f}"
+    if decimals:
+        text = text.rstrip("0").rstrip(".")
+    if text == "-0" or not text:
+        return "0"
+    return text
+
+
+class NumberText:
+    """Cached float -> venue string for book prices and sizes (the same few values recur)."""
+
+    __slots__ = ("_cache", "decimals", "trim")
+
+    def __init__(self, decimals: int, trim: bool) -> None:
+        self.decimals = decimals
+        self.trim = trim
+        self._cache: dict[float, str] = {}
+
+    def __call__(self, value: float) -> str:
+        text = self._cache.get(value)
+        if text is None:
+            text = (trimmed if self.trim else fixed)(value, self.decimals)
+            if len(self._cache) < 200_000:
+                self._cache[value] = text
+        return text
+
+
+class LevelText:
+    """Venue strings of book levels straight from a `Book`'s integer ticks and steps."""
+
+    __slots__ = ("_book_amount", "_book_price", "_px", "_sz", "price_text", "size_text")
+
+    def __init__(self, book: Book, price_text: NumberText, size_text: NumberText) -> None:
+        self._book_price = book.price
+        self._book_amount = book.amount
+        self.price_text = price_text
+        self.size_text = size_text
+        self._px: dict[int, str] = {}
+        self._sz: dict[int, str] = {}
+
+    def levels(self, side: dict[int, int], bids: bool, depth: int | None = None) -> list[list[str]]:
+        """[[price, size], ...] best first, at most `depth` levels."""
+        keys = sorted(side, reverse=bids)
+        if depth is not None:
+            keys = keys[:depth]
+        px, sz = self._px, self._sz
+        out = []
+        for k in keys:
+            p = px.get(k)
+            if p is None:
+                p = px[k] = self.price_text(self._book_price(k))
+            q = side[k]
+            s = sz.get(q)
+            if s is None:
+                s = sz[q] = self.size_text(self._book_amount(q))
+            out.append([p, s])
+        return out
+
+
+# ---------------------------------------------------------------------------------------
+# subscriptions
+
+
+class SubKind(IntEnum):
+    # Snapshot, then incremental changes with a sequence.
+    BOOK = 1
+    # The whole top of the book on every change.
+    BOOK_TOP = 2
+    # Per-instrument quote channel.
+    TICKER = 3
+    # Per-currency aggregate of every option's quote (OKX opt-summary, Binance mark prices).
+    FAMILY = 4
+    INDEX = 5
+    # Instrument listings.
+    LISTING = 6
+    # Periodic per-currency channel that watches nothing (Binance open interest).
+    PERIODIC = 7
+
+
+@dataclass(frozen=True, eq=False, slots=True)
+class Sub:
+    """One subscription as the venue understood it; `key` is unique per distinct channel."""
+
+    key: str
+    kind: SubKind
+    # The venue's channel word ("books", "orderbook", "depth20", "tickers", ...).
+    channel: str
+    symbol: str = ""
+    currency: str = ""
+    depth: int = 0
+    # The venue's own argument, echoed in acks and pushes (OKX arg object, stream name).
+    arg: Any = None
+
+
+def option_float(options: Mapping[str, object], key: str, default: float) -> float:
+    value = options.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"venue option {key!r} must be a number")
+    return float(value)
+
+
+class PushSession(WsSession):
+    """A websocket connection of a push venue: its subscriptions and request accounting."""
+
+    def __init__(
+        self, venue: PushVenue, session_id: int, ws: web.WebSocketResponse, mutator: FrameMutator
+    ) -> None:
+        super().__init__(
+            session_id, ws, mutator, venue.ctx.max_send_queue, on_counts=venue.count_frame
+        )
+        self.venue = venue
+        self.subs: dict[str, Sub] = {}
+        loop = asyncio.get_running_loop()
+        self.opened_at = loop.time()
+        self.last_received = self.opened_at
+        self.conn_id = os.urandom(8).hex()
+        # Receive times of recent requests (venues that limit incoming messages per second).
+        self.recent: deque[float] = deque()
+        # Whether pushes are wrapped in a stream envelope (Binance /stream vs /ws).
+        self.enveloped = True
+        self.pings_sent = 0
+
+    def over_rate(self, limit_per_s: float) -> bool:
+        """Record one incoming request; True when it is above `limit_per_s` in the last second."""
+        now = asyncio.get_running_loop().time()
+        window = self.recent
+        while window and now - window[0] >= 1.0:
+            window.popleft()
+        if len(window) >= limit_per_s:
+            return True
+        window.append(now)
+        return False
+
+
+# ---------------------------------------------------------------------------------------
+
+
+class PushVenue(VenueSim):
+    """Common behaviour of the OKX, Bybit and Binance simulations (see module docstring)."""
+
+    name: str
+    # Notifications one instrument update makes when every channel is subscribed; turns the
+    # configured message rate into instrument updates per second.
+    messages_per_update: float = 1.0
+    # Server side keep-alive policy (None: off); venues set these from their options.
+    idle_timeout_s: float | None = None
+    server_ping_s: float | None = None
+    max_connection_age_s: float | None = None
+
+    def __init__(
+        self,
+        ctx: VenueContext,
+        naming: Naming,
+        style_for: Callable[[str], QuoteStyle],
+        seed_salt: int,
+    ) -> None:
+        self.ctx = ctx
+        self.options: Mapping[str, object] = ctx.options
+        self.naming = naming
+        now = ctx.clock.now_ns()
+        self.markets: dict[str, VenueMarket] = {}
+        for n, (ccy, truth) in enumerate(ctx.truth.currencies.items()):
+            self.markets[ccy] = VenueMarket(
+                self.name, truth, style_for(ccy), naming, ctx.seed * 1000 + seed_salt + n, now
+            )
+        self.sessions: dict[int, PushSession] = {}
+        self._next_session_id = 1
+        self.subs: dict[str, dict[int, PushSession]] = {}
+        self.sub_specs: dict[str, Sub] = {}
+        # symbol -> {key: sub} for instrument channels somebody holds
+        self.inst_subs: dict[str, dict[str, Sub]] = {}
+        # currency -> {key: sub} for FAMILY / INDEX / PERIODIC channels
+        self.currency_subs: dict[str, dict[str, Sub]] = {}
+        self.listing_subs: dict[str, Sub] = {}
+        # Options a FAMILY subscription keeps moving, per currency.
+        self.family_holders: dict[str, int] = {}
+        self.family_watched: dict[str, list[SimInstrument]] = {}
+        self.stale_until: dict[str, float] = {}
+        self.counters: dict[str, int] = {
+            "connections_total": 0,
+            "rest_requests": 0,
+            "ws_requests": 0,
+            "request_errors": 0,
+            "rate_limited": 0,
+            "idle_disconnects": 0,
+            "age_disconnects": 0,
+            "pings_sent": 0,
+            "updates": 0,
+            "notifications_built": 0,
+            "frames_sent": 0,
+            "bytes_sent": 0,
+            "listed": 0,
+            "expired": 0,
+        }
+        self.frames_by_kind: dict[str, int] = {k.name.lower(): 0 for k in FrameKind}
+        self.faults_applied: dict[str, int] = {}
+        self._next_index_ns = 0
+        self._level_texts: dict[str, LevelText] = {}
+        # Subscriptions held, per kind (all sessions).
+        self.kind_counts: dict[SubKind, int] = {}
+
+    # -- hooks a venue provides ----------------------------------------------------------
+    def new_session(self, session_id: int, ws: web.WebSocketResponse) -> PushSession:
+        raise NotImplementedError
+
+    def on_open(self, session: PushSession, request: web.Request) -> None:
+        """A connection opened (subscriptions named in the URL, ...)."""
+
+    def on_text(self, session: PushSession, text: str) -> None:
+        raise NotImplementedError
+
+    def update_frame(
+        self, market: VenueMarket, u: Update, sub: Sub
+    ) -> tuple[bytes, FrameKind] | None:
+        """The frame an instrument update makes on one of its subscriptions (None: nothing)."""
+        raise NotImplementedError
+
+    def needs_quotes(self, market: VenueMarket) -> bool:
+        """Whether this tick's updates need bid/ask IVs and greeks (some channel shows them)."""
+        return True
+
+    def after_updates(self, market: VenueMarket, updates: list[Update], now_ns: int) -> None:
+        """Aggregated channels of this tick's updates (OKX opt-summary)."""
+
+    def on_periodic(self, now_ns: int) -> None:
+        """Index pushes, periodic aggregates and book keep-alives (once per index interval)."""
+
+    def announce_listing(
+        self, market: VenueMarket, listed: list[SimInstrument], expired: list[SimInstrument]
+    ) -> None:
+        """Push listing channels for instruments that appeared or expired."""
+
+    def price_text(self, inst: SimInstrument) -> NumberText:
+        """How the venue writes `inst`'s prices."""
+        raise NotImplementedError
+
+    def size_text(self, inst: SimInstrument) -> NumberText:
+        raise NotImplementedError
+
+    # -- plumbing -------------------------------------------------------------------------
+    def level_text(self, inst: SimInstrument) -> LevelText:
+        text = self._level_texts.get(inst.symbol)
+        if text is None:
+            text = LevelText(inst.book, self.price_text(inst), self.size_text(inst))
+            self._level_texts[inst.symbol] = text
+        return text
+
+    def count_frame(self, kind: FrameKind, size: int) -> None:
+        c = self.counters
+        c["frames_sent"] += 1
+        c["bytes_sent"] += size
+        self.frames_by_kind[kind.name.lower()] += 1
+
+    def now_ms(self) -> int:
+        return self.ctx.clock.now_ns() // 1_000_000
+
+    def find(self, symbol: str) -> tuple[VenueMarket, SimInstrument] | None:
+        for market in self.markets.values():
+            inst = market.by_symbol.get(symbol)
+            if inst is not None:
+                return market, inst
+        return None
+
+    def truth_forwards(self, currency: str) -> dict[int, float]:
+        market = self.markets.get(currency.upper())
+        if market is None:
+            return {}
+        snap = market.truth.snapshot()
+        return {s.expiry_ns: market.forward_published(s) for s in snap.slices}
+
+    @staticmethod
+    def json_response(body: object, status: int = 200) -> web.Response:
+        return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+    def push(self, key: str, frame: bytes, kind: FrameKind, symbol: str = "") -> int:
+        """Queue `frame` for every holder of `key`; returns how many got it (a venue with
+        per-connection framing overrides this)."""
+        holders = self.subs.get(key)
+        if not holders:
+            return 0
+        for session in holders.values():
+            session.enqueue(frame, kind, symbol, key)
+        return len(holders)
+
+    # -- websocket ------------------------------------------------------------------------
+    async def ws_handler(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(compress=False, max_msg_size=4 * 1024 * 1024)
+        await ws.prepare(request)
+        sid = self._next_session_id
+        self._next_session_id += 1
+        session = self.new_session(sid, ws)
+        self.sessions[sid] = session
+        self.counters["connections_total"] += 1
+        session.start()
+        house: asyncio.Task[None] | None = None
+        if self.idle_timeout_s or self.server_ping_s or self.max_connection_age_s:
+            house = asyncio.create_task(self._housekeeping(session), name=f"sim-house-{sid}")
+        loop = asyncio.get_running_loop()
+        try:
+            self.on_open(session, request)
+            async for msg in ws:
+                if msg.type == WSMsgType.TEXT:
+                    text = msg.data
+                elif msg.type == WSMsgType.BINARY:
+                    text = msg.data.decode("utf-8", "replace")
+                else:
+                    break
+                session.last_received = loop.time()
+                if session.stalled:
+                    continue
+                self.counters["ws_requests"] += 1
+                try:
+                    self.on_text(session, text)
+                except Exception:
+                    # A request the venue code did not foresee must not kill the connection.
+                    log.exception("%s: request handling failed", self.name)
+                    self.counters["request_errors"] += 1
+        finally:
+            if house is not None:
+                house.cancel()
+            self.drop_session(session)
+            await session.close()
+        return ws
+
+    async def _housekeeping(self, session: PushSession) -> None:
+        loop = asyncio.get_running_loop()
+        periods = [p for p in (self.idle_timeout_s, self.server_ping_s) if p]
+        step = min([0.5, *(p / 4.0 for p in periods)])
+        next_ping = loop.time() + (self.server_ping_s or 0.0)
+        while not session.closed:
+            await asyncio.sleep(step)
+            now = loop.time()
+            if self.idle_timeout_s and now - session.last_received > self.idle_timeout_s:
+                self.counters["idle_disconnects"] += 1
+                await session.close(4004, "no data received within the idle timeout")
+                return
+            age = self.max_connection_age_s
+            if age and now - session.opened_at > age:
+                self.counters["age_disconnects"] += 1
+                await session.close(1000, "connection lifetime reached")
+                return
+            if self.server_ping_s and now >= next_ping:
+                next_ping = now + self.server_ping_s
+                if not session.stalled and not session.closed:
+                    try:
+                        await session.ws.ping(b"sim")
+                    except (ConnectionError, RuntimeError):
+                        return
+                    session.pings_sent += 1
+                    self.counters["pings_sent"] += 1
+
+    # -- subscriptions --------------------------------------------------------------------
+    def add_sub(self, session: PushSession, sub: Sub) -> bool:
+        """Hold `sub` on `session`; False when the session already held it."""
+        if sub.key in session.subs:
+            return False
+        session.subs[sub.key] = sub
+        holders = self.subs.setdefault(sub.key, {})
+        if not holders:
+            self.sub_specs[sub.key] = sub
+            if sub.symbol:
+                self.inst_subs.setdefault(sub.symbol, {})[sub.key] = sub
+            elif sub.kind == SubKind.LISTING:
+                self.listing_subs[sub.key] = sub
+            elif sub.currency:
+                self.currency_subs.setdefault(sub.currency, {})[sub.key] = sub
+        holders[session.id] = session
+        self.kind_counts[sub.kind] = self.kind_counts.get(sub.kind, 0) + 1
+        if sub.symbol:
+            found = self.find(sub.symbol)
+            if found is not None:
+                found[0].set_watched(found[1], +1)
+        elif sub.kind == SubKind.FAMILY:
+            self._watch_family(sub.currency, +1)
+        return True
+
+    def remove_sub(self, session: PushSession, key: str) -> Sub | None:
+        sub = session.subs.pop(key, None)
+        if sub is None:
+            return None
+        holders = self.subs.get(key)
+        self.kind_counts[sub.kind] = self.kind_counts.get(sub.kind, 1) - 1
+        if holders is not None:
+            holders.pop(session.id, None)
+            if not holders:
+                del self.subs[key]
+                self.sub_specs.pop(key, None)
+                if sub.symbol:
+                    chans = self.inst_subs.get(sub.symbol)
+                    if chans is not None:
+                        chans.pop(key, None)
+                        if not chans:
+                            del self.inst_subs[sub.symbol]
+                elif sub.kind == SubKind.LISTING:
+                    self.listing_subs.pop(key, None)
+                elif sub.currency:
+                    chans = self.currency_subs.get(sub.currency)
+                    if chans is not None:
+                        chans.pop(key, None)
+        if sub.symbol:
+            found = self.find(sub.symbol)
+            if found is not None:
+                found[0].set_watched(found[1], -1)
+        elif sub.kind == SubKind.FAMILY:
+            self._watch_family(sub.currency, -1)
+        session.forget_channel(key)
+        return sub
+
+    def drop_session(self, session: PushSession) -> None:
+        for key in list(session.subs):
+            self.remove_sub(session, key)
+        self.sessions.pop(session.id, None)
+
+    def _watch_family(self, currency: str, delta: int) -> None:
+        market = self.markets.get(currency)
+        if market is None:
+            return
+        before = self.family_holders.get(currency, 0)
+        after = max(0, before + delta)
+        self.family_holders[currency] = after
+        if before == 0 and after > 0:
+            watched = market.open_instruments("option")
+            for inst in watched:
+                market.set_watched(inst, +1)
+            self.family_watched[currency] = watched
+        elif before > 0 and after == 0:
+            for inst in self.family_watched.pop(currency, []):
+                market.set_watched(inst, -1)
+
+    def quote_now(self, market: VenueMarket, insts: Sequence[SimInstrument]) -> list[Update]:
+        """Current quotes of `insts` (books built first where nobody kept them live)."""
+        now_ns = self.ctx.clock.now_ns()
+        live = [i for i in insts if i.state == "open"]
+        market.ensure_books(live, now_ns)
+        return market.update(live, now_ns, churn=False)
+
+    # -- tick ---------------------------------------------------------------------------
+    def _is_stale(self, symbol: str, now_wall: float) -> bool:
+        if not self.stale_until:
+            return False
+        for key in (symbol, ""):
+            until = self.stale_until.get(key)
+            if until is not None:
+                if now_wall < until:
+                    return True
+                del self.stale_until[key]
+        return False
+
+    def on_tick(self, now_ns: int, dt_s: float) -> None:
+        loop_time = asyncio.get_running_loop().time()
+        total_open = sum(len(m.open_instruments()) for m in self.markets.values()) or 1
+        budget = self.ctx.messages_per_second * dt_s / self.messages_per_update
+        for market in self.markets.values():
+            changes = market.sync_listings(now_ns)
+            if changes.listed or changes.expired:
+                self.on_listing(market, changes.listed, changes.expired)
+            share = len(market.open_instruments()) / total_open
+            selected = market.select(budget * share)
+            chosen = [
+                i for i in selected if i.watchers > 0 and not self._is_stale(i.symbol, loop_time)
+            ]
+            if not chosen:
+                continue
+            updates = market.update(chosen, now_ns, quotes=self.needs_quotes(market))
+            self.counters["updates"] += len(updates)
+            self.publish_updates(market, updates)
+            self.after_updates(market, updates, now_ns)
+        if now_ns >= self._next_index_ns:
+            self._next_index_ns = now_ns + int(self.ctx.index_interval_s * 1e9)
+            self.on_periodic(now_ns)
+
+    def publish_updates(self, market: VenueMarket, updates: Iterable[Update]) -> None:
+        built = 0
+        for u in updates:
+            sym = u.inst.symbol
+            chans = self.inst_subs.get(sym)
+            if not chans:
+                continue
+            for key, sub in chans.items():
+                holders = self.subs.get(key)
+                if not holders:
+                    continue
+                made = self.update_frame(market, u, sub)
+                if made is None:
+                    continue
+                built += 1
+                self.push(key, made[0], made[1], sym)
+        self.counters["notifications_built"] += built
+
+    def on_listing(
+        self, market: VenueMarket, listed: list[SimInstrument], expired: list[SimInstrument]
+    ) -> None:
+        self.counters["listed"] += len(listed)
+        self.counters["expired"] += len(expired)
+        if self.family_holders.get(market.currency, 0) > 0:
+            watched = self.family_watched.setdefault(market.currency, [])
+            for inst in listed:
+                if inst.kind == "option":
+                    market.set_watched(inst, +1)
+                    watched.append(inst)
+        self.announce_listing(market, listed, expired)
+
+    # -- faults ---------------------------------------------------------------------------
+    def _targets(self, request: FaultRequest) -> list[PushSession]:
+        if request.connection_id is None:
+            return [s for s in self.sessions.values() if not s.closed]
+        s = self.sessions.get(request.connection_id)
+        if s is None:
+            raise ValueError(f"no open connection {request.connection_id}")
+        return [s]
+
+    def _currency_for(self, request: FaultRequest) -> str:
+        if request.currency:
+            if request.currency not in self.markets:
+                raise ValueError(f"currency {request.currency} not simulated")
+            return request.currency
+        return next(iter(self.markets))
+
+    async def apply_fault(self, request: FaultRequest) -> dict[str, object]:
+        kind = request.kind
+        result: dict[str, object] = {"kind": kind.value, "venue": self.name}
+        if kind in (FaultKind.EXPIRE, FaultKind.LIST):
+            result.update(self._listing_fault(request))
+        elif kind == FaultKind.STALE_QUOTES:
+            until = asyncio.get_running_loop().time() + request.duration_s
+            self.stale_until[request.symbol or ""] = until
+            result["symbol"] = request.symbol
+            result["duration_s"] = request.duration_s
+        else:
+            done: list[int] = []
+            for s in self._targets(request):
+                if kind == FaultKind.DISCONNECT:
+                    await s.close(1001, "sim fault: disconnect")
+                elif kind == FaultKind.HEARTBEAT_STALL:
+                    s.stall(request.duration_s)
+                elif kind == FaultKind.SEQUENCE_GAP:
+                    s.add_gap(request.symbol, request.count)
+                elif kind == FaultKind.OUT_OF_ORDER:
+                    s.add_swap(request.symbol, request.count)
+                elif kind == FaultKind.DUPLICATE:
+                    for _ in range(request.count):
+                        if not s.duplicate_last(request.symbol):
+                            break
+                elif kind == FaultKind.MALFORMED:
+                    for _ in range(request.count):
+                        s.send_malformed()
+                elif kind == FaultKind.UNKNOWN_FIELDS:
+                    s.add_unknown_fields(request.count)
+                elif kind == FaultKind.MISSING_FIELDS:
+                    s.add_missing_fields(request.count)
+                done.append(s.id)
+            result["connections"] = done
+            result["symbol"] = request.symbol
+        self.faults_applied[kind.value] = self.faults_applied.get(kind.value, 0) + 1
+        return result
+
+    def _listing_fault(self, request: FaultRequest) -> dict[str, object]:
+        now_ns = self.ctx.clock.now_ns()
+        if request.symbol:
+            found = self.find(request.symbol)
+            if found is None:
+                raise ValueError(f"unknown instrument {request.symbol}")
+            market, ref = found
+        else:
+            market = self.markets[self._currency_for(request)]
+            options = market.open_instruments("option")
+            if not options:
+                raise ValueError("no open options")
+            ref = min(options, key=lambda i: i.expiry_ns)
+        if request.kind == FaultKind.EXPIRE:
+            if request.symbol:
+                victims = [ref] if ref.state == "open" else []
+            else:
+                victims = [i for i in market.open_instruments() if i.expiry_ns == ref.expiry_ns]
+            for inst in victims:
+                market.expire(inst)
+            self.on_listing(market, [], victims)
+            return {"symbols": [i.symbol for i in victims]}
+        strike = request.strike or free_strike(market, ref.expiry_ns)
+        listed = market.list_strike(ref.expiry_ns, strike, now_ns)
+        self.on_listing(market, listed, [])
+        return {"symbols": [i.symbol for i in listed], "strike": strike}
+
+    # -- stats / close ------------------------------------------------------------------
+    def stats(self) -> dict[str, object]:
+        return {
+            "connections_open": sum(1 for s in self.sessions.values() if not s.closed),
+            "connections": [
+                {
+                    "id": s.id,
+                    "conn_id": s.conn_id,
+                    "channels": len(s.subs),
+                    "frames_sent": s.stats.frames_sent,
+                    "bytes_sent": s.stats.bytes_sent,
+                    "queued": len(s.out),
+                    "dropped_by_fault": s.stats.frames_dropped_by_fault,
+                    "pings_sent": s.pings_sent,
+                }
+                for s in self.sessions.values()
+            ],
+            "channels_subscribed": len(self.subs),
+            "instruments_open": {ccy: len(m.open_instruments()) for ccy, m in self.markets.items()},
+            "messages_per_second": self.ctx.messages_per_second,
+            "counters": dict(self.counters),
+            "frames_by_kind": dict(self.frames_by_kind),
+            "faults_applied": dict(self.faults_applied),
+        }
+
+    async def close(self) -> None:
+        for s in list(self.sessions.values()):
+            await s.close(1001, "simulator stopping")
+
+
+def free_strike(market: VenueMarket, expiry_ns: int) -> float:
+    """A strike between two listed ones near the forward (for a mid-session listing)."""
+    strikes = sorted(
+        {i.strike for i in market.open_instruments("option") if i.expiry_ns == expiry_ns}
+    )
+    snap = market.truth.snapshot()
+    s = snap.slice_for(expiry_ns)
+    fwd = s.forward if s else snap.index
+    pairs = sorted(itertools.pairwise(strikes), key=lambda p: abs(p[0] - fwd))
+    taken = set(strikes)
+    for lo, hi in pairs:
+        mid = (lo + hi) / 2.0
+        mid = float(round(mid)) if mid >= 10 else round(mid, 2)
+        if lo < mid < hi and mid not in taken:
+            return mid
+    return (strikes[-1] * 2.0) if strikes else float(round(fwd))
+
+
+class JsonMutator(FrameMutator):
+    """Field faults on JSON frames: `payloads(obj)` yields the dicts that carry the data."""
+
+    def __init__(self, optional_fields: Iterable[str]) -> None:
+        self.optional_fields = tuple(optional_fields)
+
+    def payloads(self, obj: Any) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def add_unknown_fields(self, frame: bytes) -> bytes:
+        obj = orjson.loads(frame)
+        if isinstance(obj, dict):
+            obj["xSimUnannounced"] = True
+        for entry in self.payloads(obj):
+            entry["xSimNewField"] = {"nested": [1, 2.5, "three"], "flag": None}
+            entry["simVersion"] = "2"
+        return orjson.dumps(obj)
+
+    def drop_optional_fields(self, frame: bytes) -> bytes:
+        obj = orjson.loads(frame)
+        for entry in self.payloads(obj):
+            for key in self.optional_fields:
+                entry.pop(key, None)
+        return orjson.dumps(obj)
+
+
+def entries_of(value: object) -> list[dict[str, Any]]:
+    """The dict entries of a `data` value (a dict or a list of dicts)."""
+    if isinstance(value, dict):
+        return [value]
+    if isinstance(value, list):
+        return [e for e in value if isinstance(e, dict)]
+    return []

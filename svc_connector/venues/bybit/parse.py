@@ -1,0 +1,472 @@
+"""Pure Bybit v5 (option stream) decoding: frames and REST bodies -> protobuf. No I/O, no clock.
+
+- :func:`parse_frame`: one websocket frame -> :class:`FrameResult` (stateless).
+- :func:`parse_instruments` / :func:`parse_instruments_page`: an ``instruments-info`` body ->
+  instruments (+ the next page cursor).
+- :class:`BybitSession`: per-connection state on top of ``parse_frame``: book sequencing on
+  ``u``, matching both ack shapes to the requests it encoded, header sequence stamping.
+
+Normalisation: premiums are USDC (USDT for ``-USDT`` symbols) per coin, so USD per coin =
+native; IVs are fractions ("0" -> absent); ``underlyingPrice`` is the ticker's
+``forward_usd``, ``indexPrice`` its ``index_price_usd``; a book delta's
+``prev_venue_sequence`` is ``u - 1`` (a delta follows when its ``u`` is the last ``u`` + 1).
+
+Nothing here raises on bad input: unknown messages and topics are counted and ignored,
+messages missing required fields are dead-lettered with a reason.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import orjson
+
+from svc_connector.session import (
+    MS_TO_NS,
+    BookSequencer,
+    FieldError,
+    PendingRequests,
+    StampingSession,
+    as_number,
+    best_first,
+    book_levels,
+    book_reset_event,
+    collect_instruments,
+    decode_frame,
+    decode_rest_object,
+    fill_usd_per_coin,
+    guarded,
+    iv_fraction,
+    ms_header,
+    name_venue_errors,
+    opt_number,
+    positive,
+    raw_bytes,
+    req_integer,
+    req_number,
+    req_text,
+    request_id_of,
+    safe_token,
+    sequence_delta,
+    set_best_quotes,
+    text_levels,
+)
+from svc_connector.venues.base import (
+    DeadLetter,
+    FrameResult,
+    InstrumentParseResult,
+    NormalisedEvent,
+    RequestAck,
+    VenueError,
+    VenueRequest,
+)
+from svc_connector.venues.bybit import constants as c
+from svc_connector.venues.bybit.symbols import currency_of, parse_symbol
+from volstream.v1 import common_pb2 as common_pb
+from volstream.v1 import market_data_pb2 as md_pb
+
+# ---------------------------------------------------------------------------------------------
+# websocket frames
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_frame(raw: bytes | str, receive_time_ns: int) -> FrameResult:
+    """Decode one Bybit websocket frame. Stateless; never raises.
+
+    Acks come back as :class:`RequestAck` with ``result`` = the venue's success/fail topic
+    lists (``None`` for the plain ``success`` shape); the session resolves them against the
+    requests it sent.
+    """
+    result = FrameResult()
+    message = decode_frame(raw, result)
+    if message is None:
+        return result
+    guarded(raw, result, lambda: _dispatch(message, receive_time_ns, result))
+    return result
+
+
+def _dispatch(message: dict[str, Any], receive_time_ns: int, result: FrameResult) -> None:
+    topic = message.get("topic")
+    if isinstance(topic, str):
+        result.channel = topic
+        head = topic.split(".", 1)[0]
+        if head == c.ORDERBOOK:
+            _orderbook(message, receive_time_ns, result)
+        elif head == c.TICKERS:
+            _ticker(message, receive_time_ns, result)
+        else:
+            result.counts[f"unknown_channel.{safe_token(head)}"] += 1
+    elif message.get("type") == c.COMMAND_RESP or "op" in message or "success" in message:
+        _response(message, result)
+    else:
+        result.counts["unknown_message"] += 1
+
+
+def _response(message: dict[str, Any], result: FrameResult) -> None:
+    op = message.get("op")
+    op_name = op if isinstance(op, str) else ""
+    request_id = request_id_of(message.get("req_id"))
+    if op_name == c.PONG or (op_name == c.PING and message.get("success") is not False):
+        result.counts["heartbeat.pong"] += 1
+        return
+    data = message.get("data")
+    topics: dict[str, list[str]] | None = None
+    if isinstance(data, dict) and ("successTopics" in data or "failTopics" in data):
+        topics = {
+            "success": _topic_list(data.get("successTopics")),
+            "fail": _topic_list(data.get("failTopics")),
+        }
+    if message.get("success") is False and topics is None:
+        result.venue_errors.append(
+            VenueError(
+                str(message.get("ret_code", message.get("retCode", ""))),
+                str(message.get("ret_msg", "")),
+                request_id,
+            )
+        )
+        result.counts["venue_error"] += 1
+        return
+    result.acks.append(RequestAck(request_id, op_name, topics))
+    result.counts["response"] += 1
+
+
+def _topic_list(value: object) -> list[str]:
+    return [topic for topic in value if isinstance(topic, str)] if isinstance(value, list) else []
+
+
+def _data(message: Mapping[str, Any], where: str) -> dict[str, Any]:
+    data = message.get("data")
+    if not isinstance(data, dict):
+        raise FieldError(f"{where}: missing or non-object 'data'")
+    return data
+
+
+def _currency(symbol: str, where: str) -> str:
+    currency = currency_of(symbol)
+    if currency is None:
+        raise FieldError(f"{where}: cannot tell the currency of {symbol!r}")
+    return currency
+
+
+def _orderbook(message: dict[str, Any], receive_time_ns: int, result: FrameResult) -> None:
+    where = result.channel
+    data = _data(message, where)
+    symbol = req_text(data, "s", where)
+    currency = _currency(symbol, where)
+    header = ms_header(req_integer(message, "ts", where), receive_time_ns, c.SOURCE)
+    update_id = req_integer(data, "u", where)
+    bids = book_levels(text_levels(data.get("b"), where, "b"))
+    asks = book_levels(text_levels(data.get("a"), where, "a"))
+    kind = message.get("type")
+    if kind == "snapshot":
+        live_bids, live_asks = best_first(
+            [level for level in bids if level.size_native > 0],
+            [level for level in asks if level.size_native > 0],
+        )
+        snapshot = md_pb.BookSnapshot(
+            header=header,
+            symbol=symbol,
+            bids=live_bids,
+            asks=live_asks,
+            venue_sequence=update_id,
+            is_periodic=False,
+        )
+        event = md_pb.MarketDataEvent(book_snapshot=snapshot)
+        result.counts["book.snapshot"] += 1
+    elif kind == "delta":
+        delta = md_pb.BookDelta(
+            header=header,
+            symbol=symbol,
+            bids=bids,
+            asks=asks,
+            venue_sequence=update_id,
+            prev_venue_sequence=update_id - 1,
+        )
+        event = md_pb.MarketDataEvent(book_delta=delta)
+        result.counts["book.delta"] += 1
+    else:
+        raise FieldError(f"{where}: missing or unknown book 'type' {kind!r}")
+    result.events.append(NormalisedEvent(currency, "book", event))
+
+
+def _ticker(message: dict[str, Any], receive_time_ns: int, result: FrameResult) -> None:
+    where = result.channel
+    counts = result.counts
+    data = _data(message, where)
+    symbol = req_text(data, "symbol", where)
+    currency = _currency(symbol, where)
+    ticker = md_pb.VenueTicker(
+        header=ms_header(req_integer(message, "ts", where), receive_time_ns, c.SOURCE),
+        symbol=symbol,
+    )
+    # An empty side comes as price "0" and size "0".
+    set_best_quotes(
+        ticker,
+        opt_number(data, "bidPrice", counts, "ticker"),
+        opt_number(data, "bidSize", counts, "ticker"),
+        opt_number(data, "askPrice", counts, "ticker"),
+        opt_number(data, "askSize", counts, "ticker"),
+    )
+    mark = positive(opt_number(data, "markPrice", counts, "ticker"))
+    if mark is not None:
+        ticker.mark_price_native = mark
+    for target, key in (("bid_iv", "bidIv"), ("ask_iv", "askIv"), ("mark_iv", "markPriceIv")):
+        iv = iv_fraction(opt_number(data, key, counts, "ticker"))
+        if iv is not None:
+            setattr(ticker, target, iv)
+    forward = positive(opt_number(data, "underlyingPrice", counts, "ticker"))
+    if forward is not None:
+        ticker.forward_usd = forward
+    index = positive(opt_number(data, "indexPrice", counts, "ticker"))
+    if index is not None:
+        ticker.index_price_usd = index
+    for target, key in (
+        ("delta", "delta"),
+        ("gamma", "gamma"),
+        ("vega", "vega"),
+        ("theta", "theta"),
+        ("open_interest", "openInterest"),
+    ):
+        value = opt_number(data, key, counts, "ticker")
+        if value is not None:
+            setattr(ticker, target, value)
+    # Linear: the premium is already USD(C/T) per coin.
+    fill_usd_per_coin(ticker, md_pb.PREMIUM_UNIT_USD_PER_COIN, None)
+    result.events.append(NormalisedEvent(currency, "ticker", md_pb.MarketDataEvent(ticker=ticker)))
+    counts["ticker"] += 1
+
+
+# ---------------------------------------------------------------------------------------------
+# REST instruments
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_instruments(body: bytes | str, receive_time_ns: int) -> InstrumentParseResult:
+    """Decode one ``/v5/market/instruments-info?category=option`` page (see
+    :func:`parse_instruments_page`, which also returns the next page cursor)."""
+    return parse_instruments_page(body, receive_time_ns)[0]
+
+
+def parse_instruments_page(
+    body: bytes | str, receive_time_ns: int
+) -> tuple[InstrumentParseResult, str]:
+    """(instruments of one page, ``nextPageCursor`` or "" on the last page).
+
+    The strike comes from the symbol (the list has no strike field), the expiry from
+    ``deliveryTime``; premiums are in ``settleCoin`` per coin (USD per coin), one contract is
+    one coin; ``is_active`` is ``status == "Trading"``. A bad entry is dead-lettered alone.
+    """
+    result = InstrumentParseResult()
+    message = decode_rest_object(body, result)
+    if message is None:
+        return result, ""
+    venue_time = as_number(message.get("time"))
+    if venue_time is not None:
+        result.venue_time_ns = int(venue_time) * MS_TO_NS
+    code = message.get("retCode")
+    if code not in (0, "0", None):
+        result.venue_errors.append(
+            VenueError(str(code), str(message.get("retMsg", "")), None, c.INSTRUMENTS_PATH)
+        )
+        return result, ""
+    body_result = message.get("result")
+    entries = body_result.get("list") if isinstance(body_result, dict) else None
+    if not isinstance(body_result, dict) or not isinstance(entries, list):
+        result.dead_letters.append(DeadLetter(raw_bytes(body), "instruments-info: no result list"))
+        return result, ""
+    collect_instruments(entries, _instrument, result)
+    cursor = body_result.get("nextPageCursor")
+    return result, cursor if isinstance(cursor, str) else ""
+
+
+def _upper_text(value: object) -> str:
+    return value.upper() if isinstance(value, str) else ""
+
+
+def _instrument(entry: dict[str, Any], counts: Counter[str]) -> md_pb.Instrument:
+    name = req_text(entry, "symbol", "instrument")
+    where = f"instrument {name}"
+    symbol = parse_symbol(name)
+    if symbol is None:
+        raise FieldError(f"{where}: cannot parse strike/expiry from the symbol")
+    base_value = entry.get("baseCoin")
+    currency = base_value.upper() if isinstance(base_value, str) and base_value else symbol.currency
+    settle_value = entry.get("settleCoin")
+    settle = (
+        settle_value.upper() if isinstance(settle_value, str) and settle_value else symbol.settle
+    )
+    options_type = entry.get("optionsType")
+    if options_type == "Call":
+        option_kind = common_pb.OPTION_KIND_CALL
+    elif options_type == "Put":
+        option_kind = common_pb.OPTION_KIND_PUT
+    else:
+        option_kind = symbol.option_kind
+        counts["instrument.option_type_from_symbol"] += 1
+    if option_kind != symbol.option_kind:
+        raise FieldError(f"{where}: 'optionsType' {options_type!r} contradicts the symbol")
+    price_filter = entry.get("priceFilter")
+    lot_filter = entry.get("lotSizeFilter")
+    if not isinstance(price_filter, dict):
+        raise FieldError(f"{where}: missing 'priceFilter'")
+    delivery_ms = as_number(entry.get("deliveryTime"))
+    counts["instrument.option"] += 1
+    return md_pb.Instrument(
+        venue=c.VENUE,
+        symbol=name,
+        currency=currency,
+        kind=md_pb.INSTRUMENT_KIND_OPTION,
+        option_kind=option_kind,
+        strike_usd=symbol.strike,
+        expiry_time_ns=int(delivery_ms) * MS_TO_NS if delivery_ms else symbol.expiry_time_ns,
+        premium_currency=settle,
+        settlement_currency=settle,
+        premium_unit=md_pb.PREMIUM_UNIT_USD_PER_COIN,
+        # Bybit option quantities are in coins: one contract is one coin.
+        contract_size_coin=1.0,
+        tick_size_native=req_number(price_filter, "tickSize", where),
+        min_size_native=(
+            opt_number(lot_filter, "minOrderQty", counts, "instrument") or 0.0
+            if isinstance(lot_filter, dict)
+            else 0.0
+        ),
+        underlying=currency,
+        is_active=entry.get("status") == c.TRADING,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# per-connection session
+# ---------------------------------------------------------------------------------------------
+
+
+class BybitSession(StampingSession):
+    """Pure per-connection state: book sequencing on ``u``, ack matching, header sequences.
+
+    Book rules (``orderbook.{depth}.{symbol}``), on top of :class:`BookSequencer`:
+
+    - a snapshot always (re)starts the book at its ``u`` (0 for an empty book, 1 after a
+      venue restart) and ends any resync;
+    - a delta applies when its ``u`` is the last ``u`` + 1 (``prev_venue_sequence = u - 1``);
+    - a delta with ``u`` <= the last one is a duplicate: dropped and counted;
+    - a delta with ``u`` 1 on a book that had moved on means the venue restarted without a
+      snapshot: reset and resubscribe (counted ``book.venue_restart``);
+    - any other mismatch, or a delta without a snapshot since subscribing, is a gap: a
+      ``BookReset`` and a resubscribe of the topic (answered with a fresh snapshot); the
+      resubscribe is requested again if no snapshot came within ``resync_timeout_ns``.
+
+    Acks: ``{"success": true, "op": ..., "req_id": ...}`` confirms every topic of the
+    request; ``{"type": "COMMAND_RESP", "data": {"successTopics", "failTopics"}}`` confirms
+    the listed ones and reports the failed ones as a :class:`VenueError`.
+    """
+
+    subscribe_method = c.SUBSCRIBE
+    unsubscribe_method = c.UNSUBSCRIBE
+
+    def __init__(
+        self,
+        *,
+        resync_timeout_ns: int = 10_000_000_000,
+        first_request_id: int = 1,
+        first_sequence: int = 1,
+        sequence: Callable[[], int] | None = None,
+    ) -> None:
+        super().__init__(first_sequence=first_sequence, sequence=sequence)
+        self._books = BookSequencer(resync_timeout_ns)
+        self._next_request_id = first_request_id
+        self._pending = PendingRequests()
+
+    @property
+    def source(self) -> str:
+        return c.SOURCE
+
+    def set_instruments(self, instruments: Iterable[md_pb.Instrument]) -> None:
+        """Nothing to learn: every Bybit option premium is USD per coin."""
+
+    def on_connected(self) -> None:
+        self._books.reset()
+        self._pending.clear()
+
+    # ---- outgoing ----------------------------------------------------------------------------
+
+    def encode(self, request: VenueRequest) -> str:
+        request_id = str(self._next_request_id)
+        self._next_request_id += 1
+        body: dict[str, object] = {"req_id": request_id, "op": request.method}
+        channels_value = request.params.get("channels")
+        if isinstance(channels_value, list):
+            channels = [str(ch) for ch in channels_value]
+            body["args"] = channels
+            self._pending.add(request_id, request.method, channels)
+        return orjson.dumps(body).decode()
+
+    # ---- incoming ----------------------------------------------------------------------------
+
+    def _on_frame(self, raw: bytes | str, receive_time_ns: int) -> FrameResult:
+        result = parse_frame(raw, receive_time_ns)
+        if result.acks or result.venue_errors:
+            self._match_responses(result)
+        if any(e.event.WhichOneof("event") == "book_delta" for e in result.events):
+            self._sequence_deltas(result, receive_time_ns)
+        else:
+            for item in result.events:
+                if item.event.WhichOneof("event") == "book_snapshot":
+                    snapshot = item.event.book_snapshot
+                    self._books.snapshot(snapshot.symbol, snapshot.venue_sequence)
+        return result
+
+    def _match_responses(self, result: FrameResult) -> None:
+        acks: list[RequestAck] = []
+        for ack in result.acks:
+            pending = self._pending.pop(ack.request_id)
+            method = pending[0] if pending is not None else ack.method
+            requested = pending[1] if pending is not None else ()
+            topics = ack.result if isinstance(ack.result, dict) else None
+            confirmed = list(topics["success"]) if topics is not None else list(requested)
+            failed = list(topics["fail"]) if topics is not None else []
+            if pending is None:
+                result.counts["response.unmatched"] += 1
+            else:
+                result.counts[f"response.{safe_token(method)}"] += 1
+            if method == c.UNSUBSCRIBE:
+                result.unsubscribed.extend(confirmed)
+            elif method == c.SUBSCRIBE or topics is not None:
+                result.subscribed.extend(confirmed)
+            if failed:
+                # The request was answered (its ack counts); the failed topics stay
+                # unconfirmed and are asked again at the next reconcile.
+                result.venue_errors.append(
+                    VenueError("fail_topics", ", ".join(failed), ack.request_id, "", tuple(failed))
+                )
+                result.counts["subscribe.failed_topics"] += len(failed)
+            acks.append(RequestAck(ack.request_id, method, confirmed))
+        result.acks = acks
+        # A failed-topics error answers a request popped above: it stays as it is.
+        name_venue_errors(result, self._pending)
+
+    def _sequence_deltas(self, result: FrameResult, now_ns: int) -> None:
+        events: list[NormalisedEvent] = []
+        for item in result.events:
+            case = item.event.WhichOneof("event")
+            if case == "book_snapshot":
+                snapshot = item.event.book_snapshot
+                self._books.snapshot(snapshot.symbol, snapshot.venue_sequence)
+                events.append(item)
+            elif case == "book_delta":
+                delta = item.event.book_delta
+                last = self._books.last_sequence(delta.symbol)
+                if delta.venue_sequence == 1 and last not in (None, 0):
+                    result.counts["book.venue_restart"] += 1
+                    reason = f"venue restart: delta u 1 after u {last}"
+                    events.append(
+                        book_reset_event(
+                            self._books, item, delta.symbol, result.channel, reason, result, now_ns
+                        )
+                    )
+                else:
+                    events.extend(sequence_delta(self._books, item, result.channel, result, now_ns))
+            else:
+                events.append(item)
+        result.events = events

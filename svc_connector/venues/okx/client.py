@@ -1,0 +1,171 @@
+"""OKX I/O: REST instrument discovery and websocket connections.
+
+:class:`OkxConnector` is a :class:`~svc_connector.session.PooledConnector` (the shared
+runtime: pooled websockets, paced batched subscribes, reconnects with exponential backoff
+and jitter, resubscribes, watchdog, instrument refresh with listings/delistings). OKX
+specifics:
+
+- discovery: ``GET /api/v5/public/instruments?instType=OPTION&instFamily=BTC-USD`` per
+  currency (and ``instType=FUTURES`` for forwards);
+- channels: per currency ``opt-summary`` (IVs, forwards, greeks of the whole family) and
+  ``index-tickers``; per option a ``books`` channel (optionally ``tickers``/``mark-price``);
+  per future ``tickers``; ``instruments`` (type OPTION): a listing or state change of a
+  followed currency refreshes discovery early;
+- keep-alive: the text ``ping`` whenever nothing was sent for ``heartbeat_interval_s``
+  (20 s; the venue drops a connection silent for 30 s), answered by ``pong``; the watchdog
+  reconnects when not even the ``pong`` comes back;
+- limits: 480 subscribe requests per hour per connection (a burst, then a paced rate),
+  3 connection attempts per second per IP (a shared gate).
+
+Venue options (``constants.OPTION_*``): ``book_channel`` ("books"), ``option_tickers``
+("false"), ``mark_price`` ("false"), ``future_tickers`` ("true"), ``family_quote`` ("USD"),
+``verify_checksum`` ("true"), ``instrument_channel`` ("true"), ``early_refresh_spacing_s``
+("5", every PooledConnector).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import aiohttp
+
+from svc_connector.session import (
+    ConnectionPlan,
+    PooledConnector,
+    RuntimeSettings,
+    WireSession,
+    option_flag,
+)
+from svc_connector.venues.base import ConnectorConfig, EventSink, VenueRequest
+from svc_connector.venues.okx import constants as c
+from svc_connector.venues.okx.parse import OkxSession, parse_instruments
+from svc_connector.venues.okx.symbols import channel_name, currency_of, family_of
+from volstream.v1 import market_data_pb2 as md_pb
+
+_BOOK_CHANNELS = c.INCREMENTAL_BOOKS | c.PERIODIC_BOOKS
+
+
+@dataclass(frozen=True, slots=True)
+class OkxSettings:
+    """A :class:`ConnectorConfig` resolved against OKX's defaults."""
+
+    runtime: RuntimeSettings
+    book_channel: str
+    option_tickers: bool
+    mark_price: bool
+    future_tickers: bool
+    family_quote: str
+    verify_checksum: bool
+    instrument_channel: bool
+
+    @classmethod
+    def from_config(cls, config: ConnectorConfig) -> OkxSettings:
+        runtime = RuntimeSettings.resolve(
+            c.VENUE, config, c.LIMITS, c.ENDPOINTS, subscribe_burst=c.SUBSCRIBE_BURST
+        )
+        options = runtime.options
+        book_channel = options.get(c.OPTION_BOOK_CHANNEL, c.BOOKS)
+        if book_channel not in _BOOK_CHANNELS:
+            raise ValueError(f"okx: unknown book channel {book_channel!r}")
+        return cls(
+            runtime=runtime,
+            book_channel=book_channel,
+            option_tickers=option_flag(options, c.OPTION_OPTION_TICKERS, False),
+            mark_price=option_flag(options, c.OPTION_MARK_PRICE, False),
+            future_tickers=option_flag(options, c.OPTION_FUTURE_TICKERS, True),
+            family_quote=options.get(c.OPTION_FAMILY_QUOTE, "USD").upper(),
+            verify_checksum=option_flag(options, c.OPTION_VERIFY_CHECKSUM, True),
+            instrument_channel=option_flag(options, c.OPTION_INSTRUMENT_CHANNEL, True),
+        )
+
+    def family(self, currency: str) -> str:
+        return family_of(currency, self.family_quote)
+
+
+def plan_channel_groups(
+    instruments: Iterable[md_pb.Instrument], settings: OkxSettings
+) -> dict[str, tuple[str, ...]]:
+    """Channel groups to subscribe: group key -> channels that stay on one connection.
+
+    Per currency: ``opt-summary`` + ``index-tickers`` of its family; ``instruments:OPTION``
+    (when enabled); per active option: its book (+ ``tickers``/``mark-price`` when enabled);
+    per active future/swap: ``tickers`` (when enabled).
+    """
+    groups: dict[str, tuple[str, ...]] = {}
+    if settings.instrument_channel:
+        groups["listings"] = (channel_name(c.INSTRUMENTS, "OPTION"),)
+    for currency in settings.runtime.currencies:
+        family = settings.family(currency)
+        groups[f"family:{currency}"] = (
+            channel_name(c.OPT_SUMMARY, family),
+            channel_name(c.INDEX_TICKERS, family),
+        )
+    wanted = set(settings.runtime.currencies)
+    for instrument in instruments:
+        if not instrument.is_active or instrument.currency not in wanted:
+            continue
+        symbol = instrument.symbol
+        if instrument.kind == md_pb.INSTRUMENT_KIND_OPTION:
+            channels = [channel_name(settings.book_channel, symbol)]
+            if settings.option_tickers:
+                channels.append(channel_name(c.TICKERS, symbol))
+            if settings.mark_price:
+                channels.append(channel_name(c.MARK_PRICE, symbol))
+            groups[symbol] = tuple(channels)
+        elif settings.future_tickers and instrument.kind in (
+            md_pb.INSTRUMENT_KIND_FUTURE,
+            md_pb.INSTRUMENT_KIND_PERPETUAL,
+        ):
+            groups[symbol] = (channel_name(c.TICKERS, symbol),)
+    return groups
+
+
+class OkxConnector(PooledConnector):
+    """OKX :class:`~svc_connector.venues.base.VenueConnector` (see module docstring)."""
+
+    def __init__(self, config: ConnectorConfig, sink: EventSink) -> None:
+        self.okx = OkxSettings.from_config(config)
+        super().__init__(self.okx.runtime, sink, connects_per_second=c.CONNECTS_PER_SECOND)
+
+    def new_session(self) -> WireSession:
+        return OkxSession(
+            resync_timeout_ns=int(self.settings.resync_timeout_s * 1e9),
+            verify_checksums=self.okx.verify_checksum,
+            sequence=self.next_sequence,
+        )
+
+    def plan_groups(self, instruments: Sequence[md_pb.Instrument]) -> dict[str, tuple[str, ...]]:
+        return plan_channel_groups(instruments, self.okx)
+
+    def connection_plan(self, route: str) -> ConnectionPlan:
+        return ConnectionPlan(
+            url=self.settings.ws_url,
+            subscribe_method=c.SUBSCRIBE,
+            keepalive=VenueRequest(c.PING, {}, "keep-alive"),
+        )
+
+    def book_channels(self, symbols: Iterable[str]) -> set[str]:
+        return {channel_name(self.okx.book_channel, symbol) for symbol in symbols}
+
+    def currency_of(self, symbol: str) -> str | None:
+        return currency_of(symbol)
+
+    async def fetch_instruments(
+        self, http: aiohttp.ClientSession
+    ) -> tuple[list[md_pb.Instrument], int]:
+        """Options (and futures) of each configured currency's family; DiscoveryFailed."""
+        inst_types = ["OPTION", "FUTURES"] if self.okx.future_tickers else ["OPTION"]
+        url = f"{self.settings.rest_url}{c.INSTRUMENTS_PATH}"
+        found: dict[str, md_pb.Instrument] = {}
+        for currency in self.settings.currencies:
+            for inst_type in inst_types:
+                params = {"instType": inst_type, "instFamily": self.okx.family(currency)}
+                status, body, receive_ns = await self.get(http, url, params)
+                parsed = parse_instruments(body, receive_ns)
+                await self.absorb(parsed, status, f"GET {url} {params}")
+                for instrument in parsed.instruments:
+                    if instrument.currency in self.settings.currencies:
+                        found[instrument.symbol] = instrument
+        # The venue states no server time in this body: the receive time stands in.
+        return list(found.values()), 0

@@ -1,0 +1,790 @@
+"""Pure OKX v5 decoding: raw frames and REST bodies -> normalised protobuf. No I/O, no clock.
+
+- :func:`parse_frame`: one websocket frame -> :class:`FrameResult` (stateless).
+- :func:`parse_instruments`: a ``/api/v5/public/instruments`` body -> instruments.
+- :class:`OkxSession`: per-connection state on top of the stateless parse: book sequencing
+  (``seqId``/``prevSeqId``) and checksum verification on a string-level book, tickers
+  assembled from ``opt-summary`` + ``tickers`` + ``mark-price``, request/ack matching,
+  header sequence stamping.
+
+Normalisation: IVs are fractions already ("0"/"" -> absent); ``opt-summary`` ``fwdPx`` is
+the ticker's ``forward_usd``; ``deltaBS`` is ``delta`` and ``delta`` (premium-adjusted) is
+``delta_premium_adjusted``; gamma/vega/theta are the ``*BS`` (Black-Scholes, USD) greeks.
+Premiums of ``-USD`` families are inverse: USD per coin = native x ``fwdPx``.
+
+Nothing here raises on bad input: unknown events and channels are counted and ignored,
+messages missing required fields are dead-lettered with a reason.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import orjson
+
+from svc_book.checksum import OkxChecksumBook
+from svc_connector.session import (
+    MS_TO_NS,
+    BookSequencer,
+    FieldError,
+    PendingRequests,
+    StampingSession,
+    TextLevel,
+    TickerMerger,
+    as_number,
+    as_object,
+    book_levels,
+    book_reset_event,
+    collect_instruments,
+    decode_frame,
+    decode_rest_object,
+    each_entry,
+    fill_usd_per_coin,
+    guarded,
+    iv_fraction,
+    ms_header,
+    name_venue_errors,
+    opt_number,
+    positive,
+    raw_bytes,
+    req_integer,
+    req_number,
+    req_text,
+    request_id_of,
+    safe_token,
+    sequence_delta,
+    set_best_quotes,
+    text_levels,
+)
+from svc_connector.venues.base import (
+    DeadLetter,
+    FrameResult,
+    InstrumentParseResult,
+    InstrumentStateChange,
+    NormalisedEvent,
+    RequestAck,
+    VenueError,
+    VenueRequest,
+)
+from svc_connector.venues.okx import constants as c
+from svc_connector.venues.okx.symbols import (
+    USD_QUOTES,
+    channel_arg,
+    channel_of_arg,
+    currency_of,
+    parse_instrument_id,
+    premium_unit_from_id,
+)
+from volstream.v1 import common_pb2 as common_pb
+from volstream.v1 import market_data_pb2 as md_pb
+
+# The VenueTicker fields each channel owns (TickerMerger replaces exactly these).
+OPT_SUMMARY_FIELDS: Final = (
+    "bid_iv",
+    "ask_iv",
+    "mark_iv",
+    "forward_usd",
+    "delta",
+    "delta_premium_adjusted",
+    "gamma",
+    "vega",
+    "theta",
+)
+TICKER_FIELDS: Final = (
+    "best_bid_price_native",
+    "best_bid_size_native",
+    "best_ask_price_native",
+    "best_ask_size_native",
+    "best_bid_price_usd_per_coin",
+    "best_ask_price_usd_per_coin",
+)
+MARK_FIELDS: Final = ("mark_price_native", "mark_price_usd_per_coin")
+OWNED_FIELDS: Final[Mapping[str, tuple[str, ...]]] = {
+    c.OPT_SUMMARY: OPT_SUMMARY_FIELDS,
+    c.TICKERS: TICKER_FIELDS,
+    c.MARK_PRICE: MARK_FIELDS,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class BookText:
+    """The venue's own strings of one incremental book message (checksums hash them)."""
+
+    symbol: str
+    bids: list[TextLevel]
+    asks: list[TextLevel]
+    # 0 when the venue sent none (or 0: nothing to verify).
+    checksum: int
+    # False for older messages without seqId/prevSeqId.
+    has_sequence: bool
+
+
+@dataclass(slots=True)
+class ParsedFrame:
+    """A :class:`FrameResult` plus what the session needs beyond it."""
+
+    result: FrameResult
+    # Incremental book events with their wire strings, in event order.
+    books: list[tuple[NormalisedEvent, BookText]] = field(default_factory=list)
+    # (un)subscribe acks: (request id if echoed, "subscribe"/"unsubscribe", channel name).
+    replies: list[tuple[int | str | None, str, str]] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------
+# websocket frames
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_frame(
+    raw: bytes | str,
+    receive_time_ns: int,
+    premium_units: Mapping[str, md_pb.PremiumUnit] | None = None,
+) -> FrameResult:
+    """Decode one OKX websocket frame. Stateless; never raises.
+
+    Books without ``seqId`` (older messages) carry sequence 0 here; the session numbers
+    them. Inverse option prices get their USD-per-coin equivalents only in the session,
+    which knows the family's forward from ``opt-summary``.
+    """
+    return parse_frame_detailed(raw, receive_time_ns, premium_units).result
+
+
+def parse_frame_detailed(
+    raw: bytes | str,
+    receive_time_ns: int,
+    premium_units: Mapping[str, md_pb.PremiumUnit] | None = None,
+) -> ParsedFrame:
+    parsed = ParsedFrame(FrameResult())
+    result = parsed.result
+    if raw in (c.PONG, c.PONG.encode()):
+        result.counts["frames"] += 1
+        result.counts["heartbeat.pong"] += 1
+        return parsed
+    message = decode_frame(raw, result)
+    if message is None:
+        return parsed
+    units = premium_units or {}
+    guarded(raw, result, lambda: _dispatch(message, receive_time_ns, units, parsed))
+    return parsed
+
+
+def _dispatch(
+    message: dict[str, Any],
+    receive_time_ns: int,
+    units: Mapping[str, md_pb.PremiumUnit],
+    parsed: ParsedFrame,
+) -> None:
+    result = parsed.result
+    event = message.get("event")
+    if isinstance(event, str):
+        _on_event(event, message, parsed)
+    elif "arg" in message:
+        _on_push(message, receive_time_ns, units, parsed)
+    else:
+        result.counts["unknown_message"] += 1
+
+
+def _on_event(event: str, message: dict[str, Any], parsed: ParsedFrame) -> None:
+    result = parsed.result
+    request_id = request_id_of(message.get("id"))
+    if event in (c.SUBSCRIBE, c.UNSUBSCRIBE):
+        channel = channel_of_arg(message.get("arg"))
+        if channel is None:
+            result.counts[f"event.{event}.bad_arg"] += 1
+            return
+        parsed.replies.append((request_id, event, channel))
+        (result.subscribed if event == c.SUBSCRIBE else result.unsubscribed).append(channel)
+        result.counts[f"event.{event}"] += 1
+    elif event == "error":
+        result.venue_errors.append(
+            VenueError(str(message.get("code", "")), str(message.get("msg", "")), request_id)
+        )
+        result.counts["venue_error"] += 1
+    elif event == "notice":
+        # e.g. 64008: the connection will be closed soon for a service upgrade.
+        result.venue_errors.append(
+            VenueError(
+                str(message.get("code", "")), str(message.get("msg", "")), request_id, "notice"
+            )
+        )
+        result.counts["event.notice"] += 1
+    else:
+        result.counts[f"unknown_event.{safe_token(event)}"] += 1
+
+
+def _on_push(
+    message: dict[str, Any],
+    receive_time_ns: int,
+    units: Mapping[str, md_pb.PremiumUnit],
+    parsed: ParsedFrame,
+) -> None:
+    result = parsed.result
+    arg = message.get("arg")
+    if not isinstance(arg, dict):
+        raise FieldError("push: 'arg' is not an object")
+    channel = req_text(arg, "channel", "push arg")
+    result.channel = channel_of_arg(arg) or channel
+    where = result.channel
+    data = message.get("data")
+    if not isinstance(data, list):
+        raise FieldError(f"{where}: missing or non-list 'data'")
+    if channel in c.INCREMENTAL_BOOKS:
+        action = message.get("action")
+        for entry in data:
+            _incremental_book(arg, action, as_object(entry, where), receive_time_ns, parsed)
+    elif channel in c.PERIODIC_BOOKS:
+        for entry in data:
+            _periodic_book(arg, as_object(entry, where), receive_time_ns, result)
+    elif channel == c.OPT_SUMMARY:
+        each_entry(data, where, result, lambda e: _opt_summary(e, receive_time_ns, result))
+    elif channel == c.TICKERS:
+        each_entry(data, where, result, lambda e: _ticker(e, receive_time_ns, units, result))
+    elif channel == c.INDEX_TICKERS:
+        each_entry(data, where, result, lambda e: _index_ticker(e, receive_time_ns, result))
+    elif channel == c.MARK_PRICE:
+        each_entry(data, where, result, lambda e: _mark_price(e, receive_time_ns, units, result))
+    elif channel == c.INSTRUMENTS:
+        each_entry(data, where, result, lambda e: _instrument_state(e, result))
+    else:
+        result.counts[f"unknown_channel.{safe_token(channel)}"] += 1
+
+
+def _currency(symbol: str, where: str) -> str:
+    currency = currency_of(symbol)
+    if currency is None:
+        raise FieldError(f"{where}: cannot tell the currency of {symbol!r}")
+    return currency
+
+
+def _optional_int(entry: Mapping[str, Any], key: str, where: str) -> int | None:
+    value = entry.get(key)
+    if value is None:
+        return None
+    number = as_number(value)
+    if number is None or not number.is_integer():
+        raise FieldError(f"{where}: non-integer '{key}'")
+    return int(number)
+
+
+def _incremental_book(
+    arg: Mapping[str, Any],
+    action: object,
+    entry: dict[str, Any],
+    receive_time_ns: int,
+    parsed: ParsedFrame,
+) -> None:
+    result = parsed.result
+    where = result.channel
+    symbol = req_text(arg, "instId", where)
+    currency = _currency(symbol, where)
+    header = ms_header(req_integer(entry, "ts", where), receive_time_ns, c.SOURCE)
+    bids = text_levels(entry.get("bids"), where, "bids")
+    asks = text_levels(entry.get("asks"), where, "asks")
+    checksum = _optional_int(entry, "checksum", where) or 0
+    sequence = _optional_int(entry, "seqId", where)
+    prev = _optional_int(entry, "prevSeqId", where)
+    has_sequence = sequence is not None
+    if action == "snapshot":
+        live_bids = [level for level in bids if float(level[1]) > 0]
+        live_asks = [level for level in asks if float(level[1]) > 0]
+        snapshot = md_pb.BookSnapshot(
+            header=header,
+            symbol=symbol,
+            bids=book_levels(live_bids),
+            asks=book_levels(live_asks),
+            venue_sequence=sequence or 0,
+            is_periodic=False,
+        )
+        event = md_pb.MarketDataEvent(book_snapshot=snapshot)
+        result.counts["book.snapshot"] += 1
+    elif action == "update":
+        if has_sequence and prev is None:
+            raise FieldError(f"{where}: update with 'seqId' but no 'prevSeqId'")
+        delta = md_pb.BookDelta(
+            header=header,
+            symbol=symbol,
+            bids=book_levels(bids),
+            asks=book_levels(asks),
+            venue_sequence=sequence or 0,
+            prev_venue_sequence=prev or 0,
+            checksum=checksum,
+        )
+        event = md_pb.MarketDataEvent(book_delta=delta)
+        is_keepalive = not bids and not asks and has_sequence and prev == sequence
+        result.counts["book.keepalive" if is_keepalive else "book.update"] += 1
+    else:
+        raise FieldError(f"{where}: missing or unknown book 'action' {action!r}")
+    item = NormalisedEvent(currency, "book", event)
+    result.events.append(item)
+    parsed.books.append((item, BookText(symbol, bids, asks, checksum, has_sequence)))
+
+
+def _periodic_book(
+    arg: Mapping[str, Any], entry: dict[str, Any], receive_time_ns: int, result: FrameResult
+) -> None:
+    where = result.channel
+    symbol = str(entry.get("instId") or req_text(arg, "instId", where))
+    currency = _currency(symbol, where)
+    header = ms_header(req_integer(entry, "ts", where), receive_time_ns, c.SOURCE)
+    bids = book_levels(text_levels(entry.get("bids"), where, "bids"))
+    asks = book_levels(text_levels(entry.get("asks"), where, "asks"))
+    sequence = _optional_int(entry, "seqId", where)
+    snapshot = md_pb.BookSnapshot(
+        header=header,
+        symbol=symbol,
+        bids=[level for level in bids if level.size_native > 0],
+        asks=[level for level in asks if level.size_native > 0],
+        venue_sequence=sequence or 0,
+        is_periodic=True,
+    )
+    result.events.append(
+        NormalisedEvent(currency, "book", md_pb.MarketDataEvent(book_snapshot=snapshot))
+    )
+    result.counts["book.periodic_snapshot"] += 1
+
+
+def _ticker_base(entry: Mapping[str, Any], receive_time_ns: int, where: str) -> md_pb.VenueTicker:
+    symbol = req_text(entry, "instId", where)
+    _currency(symbol, where)
+    return md_pb.VenueTicker(
+        header=ms_header(req_integer(entry, "ts", where), receive_time_ns, c.SOURCE),
+        symbol=symbol,
+    )
+
+
+def _emit_ticker(ticker: md_pb.VenueTicker, result: FrameResult, name: str) -> None:
+    currency = currency_of(ticker.symbol) or ""
+    result.events.append(NormalisedEvent(currency, "ticker", md_pb.MarketDataEvent(ticker=ticker)))
+    result.counts[name] += 1
+
+
+def _opt_summary(entry: dict[str, Any], receive_time_ns: int, result: FrameResult) -> None:
+    where = c.OPT_SUMMARY
+    counts = result.counts
+    ticker = _ticker_base(entry, receive_time_ns, where)
+    for target, key in (("bid_iv", "bidVol"), ("ask_iv", "askVol"), ("mark_iv", "markVol")):
+        iv = iv_fraction(opt_number(entry, key, counts, where))
+        if iv is not None:
+            setattr(ticker, target, iv)
+    forward = positive(opt_number(entry, "fwdPx", counts, where))
+    if forward is not None:
+        ticker.forward_usd = forward
+    for target, key in (
+        ("delta", "deltaBS"),
+        ("delta_premium_adjusted", "delta"),
+        ("gamma", "gammaBS"),
+        ("vega", "vegaBS"),
+        ("theta", "thetaBS"),
+    ):
+        value = opt_number(entry, key, counts, where)
+        if value is not None:
+            setattr(ticker, target, value)
+    _emit_ticker(ticker, result, "ticker.opt_summary")
+
+
+def _unit(symbol: str, units: Mapping[str, md_pb.PremiumUnit]) -> md_pb.PremiumUnit:
+    return units.get(symbol) or premium_unit_from_id(symbol)
+
+
+def _ticker(
+    entry: dict[str, Any],
+    receive_time_ns: int,
+    units: Mapping[str, md_pb.PremiumUnit],
+    result: FrameResult,
+) -> None:
+    where = c.TICKERS
+    counts = result.counts
+    ticker = _ticker_base(entry, receive_time_ns, where)
+    # An empty side comes as "" price and size.
+    set_best_quotes(
+        ticker,
+        opt_number(entry, "bidPx", counts, where),
+        opt_number(entry, "bidSz", counts, where),
+        opt_number(entry, "askPx", counts, where),
+        opt_number(entry, "askSz", counts, where),
+    )
+    fill_usd_per_coin(ticker, _unit(ticker.symbol, units), None)
+    _emit_ticker(ticker, result, "ticker.tickers")
+
+
+def _mark_price(
+    entry: dict[str, Any],
+    receive_time_ns: int,
+    units: Mapping[str, md_pb.PremiumUnit],
+    result: FrameResult,
+) -> None:
+    where = c.MARK_PRICE
+    ticker = _ticker_base(entry, receive_time_ns, where)
+    mark = req_number(entry, "markPx", where)
+    if entry.get("instType") == "OPTION":
+        # The option mark here looks like USD per coin, not the coin premium (unconfirmed:
+        # 3.80 for an ETH option whose ask was 0.0005 ETH); no native price is derived.
+        ticker.mark_price_usd_per_coin = mark
+        result.counts["mark_price.option_usd_unconfirmed"] += 1
+    else:
+        ticker.mark_price_native = mark
+        fill_usd_per_coin(ticker, _unit(ticker.symbol, units), None)
+    _emit_ticker(ticker, result, "ticker.mark_price")
+
+
+def _instrument_state(entry: dict[str, Any], result: FrameResult) -> None:
+    """``instruments``: the venue's list of an instrument type (listings, state changes)."""
+    result.instrument_states.append(
+        InstrumentStateChange(
+            req_text(entry, "instId", c.INSTRUMENTS), req_text(entry, "state", c.INSTRUMENTS)
+        )
+    )
+    result.counts["instrument_state"] += 1
+
+
+def _index_ticker(entry: dict[str, Any], receive_time_ns: int, result: FrameResult) -> None:
+    where = c.INDEX_TICKERS
+    name = req_text(entry, "instId", where)
+    index = md_pb.IndexPrice(
+        header=ms_header(req_integer(entry, "ts", where), receive_time_ns, c.SOURCE),
+        index_name=name,
+        price_usd=req_number(entry, "idxPx", where),
+    )
+    result.events.append(
+        NormalisedEvent(_currency(name, where), "index", md_pb.MarketDataEvent(index_price=index))
+    )
+    result.counts["index_price"] += 1
+
+
+# ---------------------------------------------------------------------------------------------
+# REST instruments
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_instruments(body: bytes | str, receive_time_ns: int) -> InstrumentParseResult:
+    """Decode a ``/api/v5/public/instruments`` body (options, futures, swaps).
+
+    Contract size in coins = ``ctVal`` x ``ctMult`` when ``ctValCcy`` is the coin (inverse
+    futures state a USD face value instead: contract size 0). Options settling in their coin
+    are inverse (coin per coin), in USDT/USDC linear (USD per coin, unconfirmed); futures and
+    swaps are quoted in USD per coin. ``is_active`` is ``state == "live"``. The family comes
+    from ``instFamily`` or, in older bodies, ``uly``. A bad entry is dead-lettered alone.
+    """
+    result = InstrumentParseResult()
+    message = decode_rest_object(body, result)
+    if message is None:
+        return result
+    code = message.get("code")
+    if code not in ("0", 0, None):
+        result.venue_errors.append(
+            VenueError(str(code), str(message.get("msg", "")), None, c.INSTRUMENTS_PATH)
+        )
+        return result
+    entries = message.get("data")
+    if not isinstance(entries, list):
+        result.dead_letters.append(DeadLetter(raw_bytes(body), "instruments: no data list"))
+        return result
+    collect_instruments(entries, _instrument, result)
+    return result
+
+
+def _instrument(entry: dict[str, Any], counts: Counter[str]) -> md_pb.Instrument | None:
+    name = req_text(entry, "instId", "instrument")
+    where = f"instrument {name}"
+    inst_type = req_text(entry, "instType", where)
+    if inst_type not in ("OPTION", "FUTURES", "SWAP"):
+        counts[f"instrument.skipped.{safe_token(inst_type)}"] += 1
+        return None
+    symbol = parse_instrument_id(name)
+    family_value = entry.get("instFamily") or entry.get("uly")
+    family = family_value if isinstance(family_value, str) and family_value else None
+    if family is None:
+        if symbol is None:
+            raise FieldError(f"{where}: neither 'instFamily' nor 'uly'")
+        family = symbol.family
+    currency, _, quote = family.upper().partition("-")
+    settle = req_text(entry, "settleCcy", where).upper()
+    size_currency = str(entry.get("ctValCcy", "")).upper()
+    contract_value = req_number(entry, "ctVal", where)
+    multiplier = opt_number(entry, "ctMult", counts, "instrument") or 1.0
+    if size_currency == currency:
+        contract_size = contract_value * multiplier
+    else:
+        contract_size = 0.0  # a USD face value (inverse futures): no size in coins
+        counts["instrument.face_not_in_coin"] += 1
+    state = entry.get("state")
+    instrument = md_pb.Instrument(
+        venue=c.VENUE,
+        symbol=name,
+        currency=currency,
+        settlement_currency=settle,
+        contract_size_coin=contract_size,
+        tick_size_native=req_number(entry, "tickSz", where),
+        min_size_native=opt_number(entry, "minSz", counts, "instrument")
+        or opt_number(entry, "lotSz", counts, "instrument")
+        or 0.0,
+        underlying=family,
+        is_active=state == "live",
+    )
+    expiry_ms = entry.get("expTime")
+    if inst_type == "OPTION":
+        instrument.kind = md_pb.INSTRUMENT_KIND_OPTION
+        if settle == currency:
+            instrument.premium_unit = md_pb.PREMIUM_UNIT_COIN_PER_COIN
+        elif settle in USD_QUOTES:
+            instrument.premium_unit = md_pb.PREMIUM_UNIT_USD_PER_COIN
+            counts["instrument.linear_option_unconfirmed"] += 1
+        else:
+            counts["instrument.unknown_premium_unit"] += 1
+        instrument.premium_currency = settle
+        option_type = entry.get("optType")
+        if option_type == "C":
+            instrument.option_kind = common_pb.OPTION_KIND_CALL
+        elif option_type == "P":
+            instrument.option_kind = common_pb.OPTION_KIND_PUT
+        else:
+            raise FieldError(f"{where}: missing or unknown 'optType'")
+        strike = as_number(entry.get("stk"))
+        if strike is None and symbol is not None:
+            strike = symbol.strike
+        if strike is None or strike <= 0:
+            raise FieldError(f"{where}: missing or non-numeric 'stk'")
+        instrument.strike_usd = strike
+        instrument.expiry_time_ns = _expiry_ns(expiry_ms, symbol, where)
+        counts["instrument.option"] += 1
+    else:
+        instrument.premium_unit = md_pb.PREMIUM_UNIT_USD_PER_COIN
+        instrument.premium_currency = quote or "USD"
+        if inst_type == "SWAP":
+            instrument.kind = md_pb.INSTRUMENT_KIND_PERPETUAL
+            counts["instrument.perpetual"] += 1
+        else:
+            instrument.kind = md_pb.INSTRUMENT_KIND_FUTURE
+            instrument.expiry_time_ns = _expiry_ns(expiry_ms, symbol, where)
+            counts["instrument.future"] += 1
+    return instrument
+
+
+def _expiry_ns(value: object, symbol: Any, where: str) -> int:
+    milliseconds = as_number(value)
+    if milliseconds is not None and milliseconds > 0:
+        return int(milliseconds) * MS_TO_NS
+    if symbol is not None and symbol.expiry_time_ns is not None:
+        return int(symbol.expiry_time_ns)
+    raise FieldError(f"{where}: missing or non-numeric 'expTime'")
+
+
+# ---------------------------------------------------------------------------------------------
+# per-connection session
+# ---------------------------------------------------------------------------------------------
+
+_MAX_PENDING: Final = 10_000
+
+
+class OkxSession(StampingSession):
+    """Pure per-connection state: book sequencing + checksums, merged tickers, acks.
+
+    Books of incremental channels (``books``, ``books-l2-tbt``, ``books50-l2-tbt``):
+
+    - a snapshot (re)starts the book at its ``seqId`` and ends any resync;
+    - an update applies when ``prevSeqId`` equals the last ``seqId``; this also accepts the
+      keep-alive (empty, ``prevSeqId == seqId``) and the ``seqId`` going backwards after
+      maintenance (its ``prevSeqId`` still equals the last ``seqId``);
+    - an update with ``seqId`` <= the last one (otherwise not contiguous) is a duplicate:
+      dropped and counted, never applied twice;
+    - older messages without ``seqId`` are numbered here: the snapshot is 1 and each update
+      continues from the last number (only the checksum can then detect a loss);
+    - after applying, the top 25 levels of a string-level book (the venue's own strings)
+      are hashed and compared with the message's ``checksum`` when it is non-zero;
+    - a gap, an update without a snapshot, or a checksum mismatch: the message is dropped,
+      a ``BookReset`` is emitted and the book channel is resubscribed (the venue answers
+      with a fresh snapshot); updates in between are dropped, the resubscribe is requested
+      again if no snapshot came within ``resync_timeout_ns``.
+
+    Tickers: ``opt-summary`` (IVs, forward, greeks), ``tickers`` (best bid/ask) and
+    ``mark-price`` each own some VenueTicker fields; the session emits the merged ticker of
+    the instrument each time (see :class:`TickerMerger`) with USD-per-coin prices from the
+    latest forward.
+    """
+
+    subscribe_method = c.SUBSCRIBE
+    unsubscribe_method = c.UNSUBSCRIBE
+
+    def __init__(
+        self,
+        *,
+        resync_timeout_ns: int = 10_000_000_000,
+        premium_units: Mapping[str, md_pb.PremiumUnit] | None = None,
+        verify_checksums: bool = True,
+        first_request_id: int = 1,
+        first_sequence: int = 1,
+        sequence: Callable[[], int] | None = None,
+    ) -> None:
+        super().__init__(first_sequence=first_sequence, sequence=sequence)
+        self._books = BookSequencer(resync_timeout_ns)
+        self._strings: dict[str, OkxChecksumBook] = {}
+        self._verify_checksums = verify_checksums
+        self._premium_units: dict[str, md_pb.PremiumUnit] = dict(premium_units or {})
+        self._contract_sizes: dict[str, float] = {}
+        self._tickers = TickerMerger()
+        self._next_request_id = first_request_id
+        self._pending = PendingRequests(_MAX_PENDING)
+        # request id -> channels whose ack has not arrived yet (OKX acks one per argument).
+        self._unacked: dict[str, set[str]] = {}
+
+    @property
+    def source(self) -> str:
+        return c.SOURCE
+
+    def set_instruments(self, instruments: Iterable[md_pb.Instrument]) -> None:
+        """Premium units and contract sizes of known instruments (USD-per-coin conversion)."""
+        for instrument in instruments:
+            self._premium_units[instrument.symbol] = instrument.premium_unit
+            self._contract_sizes[instrument.symbol] = instrument.contract_size_coin
+
+    def on_connected(self) -> None:
+        self._books.reset()
+        self._strings.clear()
+        self._pending.clear()
+        self._unacked.clear()
+
+    # ---- outgoing ----------------------------------------------------------------------------
+
+    def encode(self, request: VenueRequest) -> str:
+        """``ping`` -> the text ``ping``; (un)subscribe ``{"channels": [...]}`` -> op + args."""
+        if request.method == c.PING:
+            return c.PING
+        request_id = str(self._next_request_id)
+        self._next_request_id += 1
+        channels_value = request.params.get("channels")
+        channels = [str(ch) for ch in channels_value] if isinstance(channels_value, list) else []
+        args = [arg for arg in (channel_arg(ch) for ch in channels) if arg is not None]
+        self._pending.add(request_id, request.method, channels)
+        if request.method in (c.SUBSCRIBE, c.UNSUBSCRIBE):
+            if len(self._unacked) >= _MAX_PENDING:
+                self._unacked.pop(next(iter(self._unacked)))
+            self._unacked[request_id] = set(channels)
+        body = {"id": request_id, "op": request.method, "args": args}
+        return orjson.dumps(body).decode()
+
+    # ---- incoming ----------------------------------------------------------------------------
+
+    def _on_frame(self, raw: bytes | str, receive_time_ns: int) -> FrameResult:
+        parsed = parse_frame_detailed(raw, receive_time_ns, self._premium_units)
+        result = parsed.result
+        self._match_replies(parsed)
+        if parsed.books:
+            self._sequence_books(parsed, receive_time_ns)
+        if any(e.kind == "ticker" for e in result.events):
+            self._merge_tickers(result)
+        return result
+
+    def _match_replies(self, parsed: ParsedFrame) -> None:
+        result = parsed.result
+        for request_id, op, channel in parsed.replies:
+            key = self._request_of(request_id, op, channel)
+            if key is None:
+                result.counts["response.unmatched"] += 1
+                continue
+            unacked = self._unacked[key]
+            unacked.discard(channel)
+            if not unacked:
+                del self._unacked[key]
+                request = self._pending.pop(key)
+                channels = list(request[1]) if request is not None else []
+                result.acks.append(RequestAck(key, op, channels))
+                result.counts[f"response.{op}"] += 1
+        name_venue_errors(result, self._pending)
+        for error in result.venue_errors:
+            if error.method in (c.SUBSCRIBE, c.UNSUBSCRIBE):
+                self._unacked.pop(str(error.request_id), None)
+
+    def _request_of(self, request_id: int | str | None, op: str, channel: str) -> str | None:
+        if isinstance(request_id, str) and request_id in self._unacked:
+            return request_id
+        # Older venue versions do not echo the id: the oldest request awaiting this channel.
+        for key, unacked in self._unacked.items():
+            pending = self._pending.get(key)
+            if pending is not None and pending[0] == op and channel in unacked:
+                return key
+        return None
+
+    def _sequence_books(self, parsed: ParsedFrame, now_ns: int) -> None:
+        result = parsed.result
+        texts = {id(item): text for item, text in parsed.books}
+        events: list[NormalisedEvent] = []
+        for item in result.events:
+            text = texts.get(id(item))
+            if text is None:
+                events.append(item)
+            elif item.event.WhichOneof("event") == "book_snapshot":
+                events.extend(self._on_snapshot(item, text, result, now_ns))
+            else:
+                events.extend(self._on_update(item, text, result, now_ns))
+        result.events = events
+
+    def _on_snapshot(
+        self, item: NormalisedEvent, text: BookText, result: FrameResult, now_ns: int
+    ) -> list[NormalisedEvent]:
+        snapshot = item.event.book_snapshot
+        if not text.has_sequence:
+            snapshot.venue_sequence = 1
+        self._books.snapshot(text.symbol, snapshot.venue_sequence)
+        strings = OkxChecksumBook()
+        strings.apply_snapshot(text.bids, text.asks)
+        self._strings[text.symbol] = strings
+        return self._checked(item, text, result, now_ns)
+
+    def _on_update(
+        self, item: NormalisedEvent, text: BookText, result: FrameResult, now_ns: int
+    ) -> list[NormalisedEvent]:
+        delta = item.event.book_delta
+        if not text.has_sequence:
+            last = self._books.last_sequence(text.symbol)
+            if last is not None:
+                delta.prev_venue_sequence = last
+                delta.venue_sequence = last + 1
+        events = sequence_delta(self._books, item, result.channel, result, now_ns)
+        strings = self._strings.get(text.symbol)
+        if events != [item] or strings is None:
+            return events
+        strings.apply_update(text.bids, text.asks)
+        return self._checked(item, text, result, now_ns)
+
+    def _checked(
+        self, item: NormalisedEvent, text: BookText, result: FrameResult, now_ns: int
+    ) -> list[NormalisedEvent]:
+        """The event if the book's top 25 levels hash to the venue's checksum, else a reset."""
+        if text.checksum == 0:
+            result.counts["book.checksum_absent"] += 1
+            return [item]
+        if not self._verify_checksums:
+            result.counts["book.checksum_not_verified"] += 1
+            return [item]
+        actual = self._strings[text.symbol].checksum()
+        if actual == text.checksum:
+            result.counts["book.checksum_ok"] += 1
+            return [item]
+        result.counts["book.checksum_mismatch"] += 1
+        del self._strings[text.symbol]
+        reason = f"checksum mismatch: venue {text.checksum}, book {actual}"
+        return [
+            book_reset_event(self._books, item, text.symbol, result.channel, reason, result, now_ns)
+        ]
+
+    def _merge_tickers(self, result: FrameResult) -> None:
+        owned = OWNED_FIELDS.get(result.channel.partition(":")[0], ())
+        events: list[NormalisedEvent] = []
+        for item in result.events:
+            if item.kind != "ticker":
+                events.append(item)
+                continue
+            merged = self._tickers.merge(item.event.ticker, owned)
+            symbol = merged.symbol
+            fill_usd_per_coin(
+                merged,
+                self._premium_units.get(symbol) or premium_unit_from_id(symbol),
+                self._contract_sizes.get(symbol),
+            )
+            events.append(
+                NormalisedEvent(item.currency, "ticker", md_pb.MarketDataEvent(ticker=merged))
+            )
+        result.events = events
