@@ -89,32 +89,29 @@ class BookStage:
         core = self.cores[(venue, ccy)]
         subject = self.ctx.subjects.book(venue, ccy)
         out: list[Output] = []
-        tops = core.tops(now_ns)
-        if tops:
-            out.append(self._output(subject, venue, ccy, tops, now_ns, last, keyframe=False))
+        changed = self._batch(venue, ccy, now_ns, last, keyframe=False)
+        if core.tops_into(changed, now_ns):
+            out.append(self._output(subject, changed, last))
         if now_ns - self.last_keyframe_ns.get((venue, ccy), 0) >= KEYFRAME_INTERVAL_NS:
             self.last_keyframe_ns[(venue, ccy)] = now_ns
-            every = core.tops(now_ns, keyframe=True)
-            out.append(
-                self._output(f"{subject}.keyframe", venue, ccy, every, now_ns, last, keyframe=True)
-            )
+            every = self._batch(venue, ccy, now_ns, last, keyframe=True)
+            core.tops_into(every, now_ns, keyframe=True)
+            out.append(self._output(f"{subject}.keyframe", every, last))
         return out
 
-    def _output(
-        self,
-        subject: str,
-        venue: str,
-        ccy: str,
-        tops: list[book_pb.TopOfBook],
-        now_ns: int,
-        last: InMessage,
-        keyframe: bool,
-    ) -> Output:
-        batch = book_pb.TopOfBookBatch(venue=venue, currency=ccy, tops=tops, is_keyframe=keyframe)
-        batch.header.publish_time_ns = wall_ns()
+    @staticmethod
+    def _batch(
+        venue: str, ccy: str, now_ns: int, last: InMessage, keyframe: bool
+    ) -> book_pb.TopOfBookBatch:
+        batch = book_pb.TopOfBookBatch(venue=venue, currency=ccy, is_keyframe=keyframe)
         batch.header.source = "svc_book"
         batch.header.event_time_ns = now_ns
         batch.header.sequence = last.stream_seq
+        return batch
+
+    @staticmethod
+    def _output(subject: str, batch: book_pb.TopOfBookBatch, last: InMessage) -> Output:
+        batch.header.publish_time_ns = wall_ns()
         # Deterministic: the same input message always yields the same id (restart dedupe).
         msg_id = f"svc_book.{subject}.{last.metadata.stream}.{last.stream_seq}"
         return Output(subject, batch.SerializeToString(), msg_id)
