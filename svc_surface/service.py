@@ -19,6 +19,7 @@ from volstream.bus.stage import InMessage, Output, StageInput, StageRunner, dead
 from volstream.config import Config, Partition
 from volstream.runtime import (
     ServiceContext,
+    die_with_parent,
     durable_name,
     last_message,
     service_context,
@@ -42,7 +43,7 @@ class SurfaceStage:
         }
         self.now_ns: dict[tuple[str, str], int] = {}
         self.last_fit_ns: dict[tuple[str, str], int] = {}
-        self.pool = ProcessPoolExecutor(max_workers=1)
+        self.pool = ProcessPoolExecutor(max_workers=1, initializer=die_with_parent)
         self.fits = ctx.metrics.counter("surface_fits", "surfaces fitted and published")
         self.fit_latency = ctx.metrics.histogram("surface_fit_latency", "time of one fit")
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import logging
 import os
@@ -23,6 +22,7 @@ from pathlib import Path
 
 from volstream.bus.embedded import EmbeddedNats, free_port
 from volstream.config import Config, to_env
+from volstream.runtime import die_with_parent
 
 log = logging.getLogger("volstream.up")
 
@@ -53,11 +53,9 @@ class Child:
 
 
 def _bind_to_parent() -> None:
-    """In the child before exec: die with the supervisor (Linux), own process group."""
+    """In the child before exec: its own process group, and death with the supervisor."""
     os.setpgrp()
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    die_with_parent()
 
 
 def service_specs(cfg: Config, sim: bool, sim_port: int | None) -> list[ChildSpec]:
@@ -154,7 +152,7 @@ class Supervisor:
         while not self.stopping:
             await self._start(child)
             assert child.proc is not None
-            code = await child.proc.wait()
+            code = await self._exited(child.proc)
             if child.pump:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(child.pump, 1.0)
@@ -172,6 +170,20 @@ class Supervisor:
             )
             await asyncio.sleep(child.backoff_s)
             child.backoff_s = min(child.backoff_s * 2, BACKOFF_MAX_S)
+
+    @staticmethod
+    async def _exited(proc: asyncio.subprocess.Process) -> int:
+        """The exit code, as soon as the process is gone.
+
+        Process.wait() would also wait for its pipes to close, which an orphaned grandchild
+        (a worker of the dead service) can hold open; so poll the return code, then kill
+        whatever is left of the child's process group.
+        """
+        while proc.returncode is None:  # noqa: ASYNC110 (no event fires before pipes close)
+            await asyncio.sleep(0.1)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        return proc.returncode
 
     async def run(self, stop: asyncio.Event) -> None:
         watchers = [asyncio.create_task(self._watch(c)) for c in self.children]
