@@ -1,15 +1,50 @@
 """Book service runtime: md.<venue>.<ccy>.book -> BookCore per partition -> book.<venue>.<ccy>.
 
-Tops are published per consumed batch, only for books that changed. Every
-KEYFRAME_INTERVAL_NS of event time a keyframe with every book of the partition goes to
-book.<venue>.<ccy>.keyframe, from which a restarted consumer (svc_iv) rebuilds. Books that
-need a snapshot (restart, gap) are named on ctl.connector.<venue>.resync so the connector
-resubscribes them.
+Output, per consumed input message (one connector MarketDataBatch, itself <= 25 ms or 256
+events of one partition):
+
+- book.<venue>.<ccy>: a TopOfBookBatch with the tops whose price, size, status or flags
+  changed while folding that message in (nothing when none changed);
+- book.<venue>.<ccy>.keyframe: every book of the partition, whenever the partition's event
+  time has moved KEYFRAME_INTERVAL_NS past the previous keyframe (and on the first message
+  after a start). Consumers (svc_iv) rebuild their view of the books from it.
+
+Outputs are cut per input message, not per consumed batch, so what is published depends
+only on the partition's input sequence: a replay from the start, or a different split of
+partitions over replicas, publishes exactly the same messages (the
+TopOfBookBatch header names the input message's stream sequence, the msg-id is derived from
+it, and the per-partition TopOfBook sequence counter runs over the partition's input only).
+
+Time: "now" for a partition is the highest event time seen in its input (the batch
+header's ``event_time_ns``, which the connector stamps with its latest event time; the
+events' own times when it is absent). Staleness, keyframes and resync spacing all run on it.
+
+Gaps: a venue gap normally reaches this service as a BookReset from the connector (which
+detects it first and resubscribes the book): the book publishes AWAITING_SNAPSHOT, no
+prices, until the fresh snapshot; a gap the connector missed is caught here (status GAP).
+Either way the book is also named in a resync request (below).
+
+Restart: the replica resumes from its durable (``book-<partition group>``) with empty
+books. Keyframes carry tops only (no depth), so a book cannot be rebuilt from them; the
+last keyframe only gives the partition's symbols, each of which starts AWAITING_SNAPSHOT.
+Every book the replica lacks a snapshot for (from the keyframe, first seen via a delta,
+reset, or invalidated by a gap) is named on ``ctl.connector.<venue>.resync`` and the connector
+resubscribes it, which makes the venue send a fresh snapshot. Until its snapshot arrives a
+book publishes only its status (AWAITING_SNAPSHOT, or GAP), never prices. A symbol is asked
+again at most every RESYNC_INTERVAL_NS of event time while it stays invalid. The TopOfBook
+sequence counter continues from the last one published (read back from the BOOK stream at
+start), so "keep the highest sequence" stays true across restarts. A book that is missing
+from the last keyframe (first seen after it) is rebuilt once it sees a delta again.
+
+The handler yields to the event loop every YIELD_EVERY input messages, so acks, heartbeats
+and pings keep flowing during a full batch (~0.1 s of CPU at 256 messages).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from dataclasses import dataclass, field
 
 import orjson
 from google.protobuf.message import DecodeError
@@ -17,7 +52,13 @@ from google.protobuf.message import DecodeError
 from svc_book.core import BookConfig, BookCore
 from volstream.bus.stage import InMessage, Output, StageInput, StageRunner, dead_letter_output
 from volstream.config import Config, Partition
-from volstream.runtime import ServiceContext, durable_name, service_context, wall_ns
+from volstream.runtime import (
+    ServiceContext,
+    durable_name,
+    last_message,
+    service_context,
+    wall_ns,
+)
 from volstream.v1 import book_pb2 as book_pb
 from volstream.v1 import market_data_pb2 as md_pb
 
@@ -26,6 +67,36 @@ log = logging.getLogger("svc_book")
 SERVICE = "book"
 KEYFRAME_INTERVAL_NS = 5_000_000_000
 RESYNC_INTERVAL_NS = 5_000_000_000
+# Input messages handled between two yields to the event loop.
+YIELD_EVERY = 32
+
+_decode_batch = md_pb.MarketDataBatch.FromString
+
+
+@dataclass
+class PartitionState:
+    """Runtime state of one owned (venue, currency) partition around its pure core."""
+
+    venue: str
+    currency: str
+    core: BookCore
+    subject: str
+    keyframe_subject: str
+    # Highest event time seen in this partition's input: the partition's "now".
+    now_ns: int = 0
+    last_keyframe_ns: int | None = None
+    # symbol -> event time it was last named in a resync request.
+    resync_asked_ns: dict[str, int] = field(default_factory=dict)
+
+
+def _latest_event_ns(md: md_pb.MarketDataBatch) -> int:
+    """The batch's latest event time (slow path, for batches without a header time)."""
+    latest = 0
+    for event in md.events:
+        case = event.WhichOneof("event")
+        if case is not None:
+            latest = max(latest, getattr(event, case).header.event_time_ns)
+    return latest
 
 
 class BookStage:
@@ -34,98 +105,153 @@ class BookStage:
     def __init__(self, ctx: ServiceContext, partitions: tuple[Partition, ...]) -> None:
         self.ctx = ctx
         self.owned = {(p.venue, p.currency.upper()) for p in partitions}
-        self.cores: dict[tuple[str, str], BookCore] = {}
-        self.last_keyframe_ns: dict[tuple[str, str], int] = {}
-        self.last_resync_ns: dict[tuple[str, str], int] = {}
-        stale_ns = ctx.cfg.book_stale_ms * 1_000_000
-        self.config = BookConfig(stale_after_ns=stale_ns)
+        self.partitions: dict[tuple[str, str], PartitionState] = {}
+        self.config = BookConfig(stale_after_ns=ctx.cfg.book_stale_ms * 1_000_000)
+        self.resync_requests = 0
 
-    def core(self, venue: str, currency: str) -> BookCore:
+    def partition(self, venue: str, currency: str) -> PartitionState:
         key = (venue, currency)
-        core = self.cores.get(key)
-        if core is None:
-            core = self.cores[key] = BookCore(venue, currency, self.config)
-        return core
+        state = self.partitions.get(key)
+        if state is None:
+            subject = self.ctx.subjects.book(venue, currency)
+            state = self.partitions[key] = PartitionState(
+                venue,
+                currency,
+                BookCore(venue, currency, self.config),
+                subject,
+                f"{subject}.keyframe",
+            )
+        return state
+
+    async def restore(self) -> None:
+        """Start-up: continue each owned partition's TopOfBook sequence from the BOOK stream,
+        and take the partition's symbols from its last keyframe: each is marked as awaiting
+        a snapshot (published as such with the first output) and the connector is asked to
+        resync them all, so books that see no delta soon are rebuilt too."""
+        for venue, ccy in sorted(self.owned):
+            state = self.partition(venue, ccy)
+            highest = 0
+            keyframe: book_pb.TopOfBookBatch | None = None
+            for subject in (state.subject, state.keyframe_subject):
+                payload = await last_message(self.ctx, "BOOK", subject)
+                if payload is None:
+                    continue
+                try:
+                    batch = book_pb.TopOfBookBatch.FromString(payload)
+                except DecodeError:
+                    continue
+                if subject == state.keyframe_subject:
+                    keyframe = batch
+                for top in batch.tops:
+                    highest = max(highest, top.header.sequence)
+            state.core.output_sequence = highest
+            if keyframe is None:
+                continue
+            known_ns = keyframe.header.event_time_ns
+            for top in keyframe.tops:
+                reset = md_pb.MarketDataEvent()
+                reset.book_reset.symbol = top.symbol
+                reset.book_reset.reason = "svc_book restarted: no snapshot yet"
+                reset.book_reset.header.event_time_ns = known_ns
+                state.core.apply(reset)
+            state.now_ns = known_ns
+            await self._request_resync(state)
 
     async def handle(self, batch: list[InMessage]) -> list[Output]:
-        touched: dict[tuple[str, str], tuple[int, InMessage]] = {}
-        dead: list[Output] = []
-        for msg in batch:
+        outputs: list[Output] = []
+        touched: dict[tuple[str, str], PartitionState] = {}
+        owned = self.owned
+        for n, msg in enumerate(batch, 1):
+            if n % YIELD_EVERY == 0:
+                # A full batch is ~0.1 s of CPU: let acks, heartbeats and pings through.
+                await asyncio.sleep(0)
             try:
-                md = md_pb.MarketDataBatch.FromString(msg.data)
+                md = _decode_batch(msg.data)
             except DecodeError as exc:
-                dead.append(
-                    dead_letter_output(
-                        self.ctx.subjects, SERVICE, msg, f"undecodable MarketDataBatch: {exc}"
-                    )
-                )
+                reason = f"undecodable MarketDataBatch: {exc}"
+                outputs.append(dead_letter_output(self.ctx.subjects, SERVICE, msg, reason))
                 continue
             key = (md.venue, md.currency.upper())
-            if key not in self.owned:
-                dead.append(
-                    dead_letter_output(
-                        self.ctx.subjects,
-                        SERVICE,
-                        msg,
-                        f"partition {md.venue}:{md.currency} is not owned by this replica",
-                    )
-                )
+            if key not in owned:
+                reason = f"partition {md.venue}:{md.currency} is not owned by this replica"
+                outputs.append(dead_letter_output(self.ctx.subjects, SERVICE, msg, reason))
                 continue
-            core = self.core(*key)
-            latest = touched.get(key, (0, msg))[0]
+            state = touched.get(key)
+            if state is None:
+                state = touched[key] = self.partition(*key)
+            apply = state.core.apply
             for event in md.events:
-                core.apply(event)
-                case = event.WhichOneof("event")
-                if case is not None:
-                    latest = max(latest, getattr(event, case).header.event_time_ns)
-            touched[key] = (latest, msg)
-        outputs: list[Output] = dead
-        for (venue, ccy), (now_ns, last) in touched.items():
-            outputs.extend(self._emit(venue, ccy, now_ns, last))
-            await self._request_resync(venue, ccy, now_ns)
+                apply(event)
+            event_ns = md.header.event_time_ns or _latest_event_ns(md)
+            if event_ns > state.now_ns:
+                state.now_ns = event_ns
+            self._emit(state, msg, outputs)
+        for state in touched.values():
+            await self._request_resync(state)
         return outputs
 
-    def _emit(self, venue: str, ccy: str, now_ns: int, last: InMessage) -> list[Output]:
-        core = self.cores[(venue, ccy)]
-        subject = self.ctx.subjects.book(venue, ccy)
-        out: list[Output] = []
-        changed = self._batch(venue, ccy, now_ns, last, keyframe=False)
+    def _emit(self, state: PartitionState, msg: InMessage, outputs: list[Output]) -> None:
+        core = state.core
+        now_ns = state.now_ns
+        changed = self._batch(state, now_ns, msg, keyframe=False)
         if core.tops_into(changed, now_ns):
-            out.append(self._output(subject, changed, last))
-        if now_ns - self.last_keyframe_ns.get((venue, ccy), 0) >= KEYFRAME_INTERVAL_NS:
-            self.last_keyframe_ns[(venue, ccy)] = now_ns
-            every = self._batch(venue, ccy, now_ns, last, keyframe=True)
+            outputs.append(self._output(state.subject, changed, msg))
+        last = state.last_keyframe_ns
+        if last is None or now_ns - last >= KEYFRAME_INTERVAL_NS:
+            state.last_keyframe_ns = now_ns
+            every = self._batch(state, now_ns, msg, keyframe=True)
             core.tops_into(every, now_ns, keyframe=True)
-            out.append(self._output(f"{subject}.keyframe", every, last))
-        return out
+            outputs.append(self._output(state.keyframe_subject, every, msg))
 
     @staticmethod
     def _batch(
-        venue: str, ccy: str, now_ns: int, last: InMessage, keyframe: bool
+        state: PartitionState, now_ns: int, msg: InMessage, keyframe: bool
     ) -> book_pb.TopOfBookBatch:
-        batch = book_pb.TopOfBookBatch(venue=venue, currency=ccy, is_keyframe=keyframe)
-        batch.header.source = "svc_book"
-        batch.header.event_time_ns = now_ns
-        batch.header.sequence = last.stream_seq
+        batch = book_pb.TopOfBookBatch()
+        batch.venue = state.venue
+        batch.currency = state.currency
+        if keyframe:
+            batch.is_keyframe = True
+        header = batch.header
+        header.source = "svc_book"
+        header.event_time_ns = now_ns
+        header.sequence = msg.stream_seq
         return batch
 
     @staticmethod
-    def _output(subject: str, batch: book_pb.TopOfBookBatch, last: InMessage) -> Output:
+    def _output(subject: str, batch: book_pb.TopOfBookBatch, msg: InMessage) -> Output:
         batch.header.publish_time_ns = wall_ns()
         # Deterministic: the same input message always yields the same id (restart dedupe).
-        msg_id = f"svc_book.{subject}.{last.metadata.stream}.{last.stream_seq}"
+        msg_id = f"svc_book.{subject}.{msg.metadata.stream}.{msg.stream_seq}"
         return Output(subject, batch.SerializeToString(), msg_id)
 
-    async def _request_resync(self, venue: str, ccy: str, now_ns: int) -> None:
-        if now_ns - self.last_resync_ns.get((venue, ccy), 0) < RESYNC_INTERVAL_NS:
+    async def _request_resync(self, state: PartitionState) -> None:
+        invalid = state.core.needs_resync()
+        asked = state.resync_asked_ns
+        if not invalid:
+            asked.clear()
             return
-        symbols = self.cores[(venue, ccy)].needs_resync()
-        if not symbols:
+        now_ns = state.now_ns
+        due = [
+            s
+            for s in invalid
+            if now_ns - asked.get(s, now_ns - RESYNC_INTERVAL_NS) >= RESYNC_INTERVAL_NS
+        ]
+        if not due:
             return
-        self.last_resync_ns[(venue, ccy)] = now_ns
-        subject = self.ctx.subjects.control("connector", venue, "resync")
-        await self.ctx.nc.publish(subject, orjson.dumps({"currency": ccy, "symbols": symbols}))
-        log.info("%s:%s: asked the connector to resync %d books", venue, ccy, len(symbols))
+        for symbol in due:
+            asked[symbol] = now_ns
+        if len(asked) > 2 * len(invalid):
+            # Forget symbols that became valid again (or were delisted).
+            keep = set(invalid)
+            state.resync_asked_ns = {s: t for s, t in asked.items() if s in keep}
+        subject = self.ctx.subjects.control("connector", state.venue, "resync")
+        payload = orjson.dumps({"currency": state.currency, "symbols": due})
+        await self.ctx.nc.publish(subject, payload)
+        self.resync_requests += 1
+        log.info(
+            "%s:%s: asked the connector to resync %d books", state.venue, state.currency, len(due)
+        )
 
 
 def stage_inputs(ctx: ServiceContext, partitions: tuple[Partition, ...]) -> list[StageInput]:
@@ -137,6 +263,7 @@ async def run(cfg: Config) -> None:
     async with service_context(cfg, SERVICE) as ctx:
         partitions = cfg.owned_partitions()
         stage = BookStage(ctx, partitions)
+        await stage.restore()
         runner = StageRunner(
             ctx.nc, SERVICE, ctx.subjects, stage_inputs(ctx, partitions), stage, ctx.metrics
         )

@@ -66,6 +66,10 @@ class Config:
     surface_interval_ms: int = 500
     # IV flush cadence in event time.
     iv_interval_ms: int = 200
+    # Consolidated cross-venue surface (surface.all.<ccy>): "auto" = produced by a surface
+    # replica that owns every configured venue of the currency; "only" = a replica that
+    # produces nothing else (its own Deployment when venues are split across groups); "off".
+    consolidate: str = "auto"
     # Book staleness in event time.
     book_stale_ms: int = 30_000
     # API: surfaces older than this are NOT_SERVING in health.
@@ -104,6 +108,8 @@ class Config:
         for name in ("surface_interval_ms", "iv_interval_ms", "book_stale_ms", "api_stale_ms"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: must be positive")
+        if self.consolidate not in ("auto", "only", "off"):
+            raise ConfigError(f"consolidate: {self.consolidate!r} must be auto, only or off")
         if not 0 < self.sim_rate <= 1_000_000:
             raise ConfigError(f"sim_rate: {self.sim_rate} must be in (0, 1e6]")
         if (self.tls_cert is None) != (self.tls_key is None):

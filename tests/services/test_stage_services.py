@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
 
 import nats
 import pytest
 from nats.js import JetStreamContext
+from nats.js.api import RawStreamMsg
 
 from svc_book import service as book_service
 from svc_iv import service as iv_service
@@ -27,7 +29,7 @@ T0 = 1_700_000_000 * NS
 
 @contextlib.asynccontextmanager
 async def running(
-    run: Callable[[Config], Awaitable[None]], cfg: Config
+    run: Callable[[Config], Coroutine[Any, Any, None]], cfg: Config
 ) -> AsyncIterator[asyncio.Task[None]]:
     task = asyncio.create_task(run(cfg))
     try:
@@ -40,13 +42,13 @@ async def running(
 
 async def next_message(
     js: JetStreamContext, stream: str, subject: str, after: int, timeout_s: float = 20.0
-):
+) -> RawStreamMsg:
     """The first message on subject with stream sequence > after."""
     deadline = asyncio.get_running_loop().time() + timeout_s
     while asyncio.get_running_loop().time() < deadline:
         with contextlib.suppress(Exception):
             msg = await js.get_last_msg(stream, subject)
-            if msg.seq > after:
+            if (msg.seq or 0) > after:
                 return msg
         await asyncio.sleep(0.1)
     raise AssertionError(f"nothing new on {subject}")
