@@ -6,12 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import Any
+from typing import Any, NamedTuple
 
 import nats
 import pytest
 from nats.js import JetStreamContext
-from nats.js.api import RawStreamMsg
 
 from svc_book import service as book_service
 from svc_iv import service as iv_service
@@ -40,16 +39,22 @@ async def running(
             await asyncio.wait_for(task, 10)
 
 
+class Stored(NamedTuple):
+    seq: int
+    data: bytes
+    headers: dict[str, str]
+
+
 async def next_message(
     js: JetStreamContext, stream: str, subject: str, after: int, timeout_s: float = 20.0
-) -> RawStreamMsg:
+) -> Stored:
     """The first message on subject with stream sequence > after."""
     deadline = asyncio.get_running_loop().time() + timeout_s
     while asyncio.get_running_loop().time() < deadline:
         with contextlib.suppress(Exception):
             msg = await js.get_last_msg(stream, subject)
             if (msg.seq or 0) > after:
-                return msg
+                return Stored(msg.seq or 0, msg.data or b"", msg.headers or {})
         await asyncio.sleep(0.1)
     raise AssertionError(f"nothing new on {subject}")
 
