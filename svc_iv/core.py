@@ -2,8 +2,9 @@
 
 Inputs coalesce (the latest value wins per instrument) and are written straight into
 per-expiry numpy arrays; `flush(now_ns)` solves what changed and returns one `Smile` per
-expiry whose inputs changed since the previous flush. Every price side of an expiry that
-needs solving (bids, asks, marks) goes through one vectorised `implied_vol` call.
+expiry whose inputs changed since the previous flush. Every price side that needs solving
+(bids, asks, marks), across all the expiries of a flush, goes through one vectorised
+`implied_vol` call (its cost is mostly per call: one call per expiry cost twice as much).
 
 Less work when only the forward (and time) moved: each quote remembers the forward, T and
 s = sigma sqrt(T) of its last solve and ds/dF at fixed native price. For the quotes whose own
@@ -19,6 +20,8 @@ Conventions and choices:
 - best bid/ask come from the book service (TopOfBook); a ticker's bid/ask is used only for a
   symbol that has never had a TopOfBook (venues or replays with tickers only);
 - a ticker replaces the mark and the venue IVs of its symbol (an absent field: none);
+- a venue forward equal to the same ticker's index price (Binance prices on the spot index)
+  is reported as FORWARD_SOURCE_INDEX;
 - a book that is not VALID has no prices (MISSING_PRICE) and is flagged stale;
 - mid IV = mean of the bid and ask IVs when both exist; greeks at the mid IV, else the mark IV;
 - a future's TopOfBook / ticker mid is taken as USD per coin;
@@ -94,11 +97,13 @@ class IvConfig:
     # False: every flush re-solves every quote of a changed expiry.
     incremental: bool = True
     # Forward/time-only moves predicted below this (bp of vol) keep the previous IVs.
-    skip_iv_bp: float = 1.0
+    # With the limits below every kept or first-order IV stays within 0.5 bp of a full
+    # re-solve on a realistic stream (bench/bench_iv_work.py).
+    skip_iv_bp: float = 0.5
     # The prediction is first order: require it below skip_iv_bp / safety_factor.
     skip_safety_factor: float = 2.0
     # First-order updates only while every predicted IV move and the forward move stay small.
-    first_order_max_iv_bp: float = 25.0
+    first_order_max_iv_bp: float = 10.0
     first_order_max_forward_move: float = 0.002
     # Bound on remembered events for symbols not (yet) in the InstrumentSet.
     max_pending_symbols: int = 10_000
@@ -209,6 +214,8 @@ class _Expiry:
         self.quote_time = np.zeros(n, dtype=np.int64)
         self.venue_forward = math.nan
         self.venue_forward_time = -1
+        # The venue prices on its spot index (Binance): the forward is labelled INDEX.
+        self.venue_forward_is_index = False
         # Change tracking.
         self.price_changed = np.ones(n, dtype=bool)
         self.dirty = True
@@ -253,6 +260,7 @@ class _Expiry:
             getattr(self, name)[a] = getattr(old, name)[b]
         self.venue_forward = old.venue_forward
         self.venue_forward_time = old.venue_forward_time
+        self.venue_forward_is_index = old.venue_forward_is_index
         self.forward_source = old.forward_source
 
 
@@ -265,6 +273,20 @@ def _static_key(i: md_pb.Instrument) -> tuple[object, ...]:
         i.tick_size_native,
         i.expiry_time_ns,
     )
+
+
+@dataclass(slots=True)
+class _Plan:
+    """One dirty expiry in a flush: its forward, T, USD prices and what to do per quote."""
+
+    expiry: _Expiry
+    forward: ForwardEstimate
+    t: float
+    usd: Array
+    solve_idx: NDArray[np.intp]
+    first_order: Mask
+    skipped: Mask
+    estimate: Array
 
 
 class IvCore:
@@ -397,6 +419,7 @@ class IvCore:
         if math.isfinite(forward) and forward > 0.0 and event_ns >= e.venue_forward_time:
             e.venue_forward = forward
             e.venue_forward_time = event_ns
+            e.venue_forward_is_index = forward == index
         e.quote_time[j] = max(int(e.quote_time[j]), event_ns)
         e.dirty = True
 
@@ -431,13 +454,16 @@ class IvCore:
             for sym in e.symbols:
                 self._option_expiry.pop(sym, None)
             self.stats.expiries_dropped += 1
-        smiles = []
         # Hostile inputs (inf, 1e308, zero forwards) must not leak RuntimeWarnings either.
         with np.errstate(all="ignore"):
-            for expiry_ns in sorted(self._expiries):
-                e = self._expiries[expiry_ns]
-                if e.dirty:
-                    smiles.append(self._solve_expiry(e, now_ns))
+            plans = [
+                self._plan(self._expiries[x], now_ns)
+                for x in sorted(self._expiries)
+                if self._expiries[x].dirty
+            ]
+            # One solver call for every expiry: its cost is mostly per call, not per price.
+            self._solve(plans)
+            smiles = [self._finish(plan, now_ns) for plan in plans]
         self.stats.smiles_emitted += len(smiles)
         return smiles
 
@@ -518,10 +544,13 @@ class IvCore:
     def _forward(self, e: _Expiry) -> ForwardEstimate:
         chosen = choose_forward(venue=e.venue_forward, future_mid=self._future_mid(e.expiry_ns))
         if chosen.is_valid:
+            if chosen.source == common_pb.FORWARD_SOURCE_VENUE and e.venue_forward_is_index:
+                return ForwardEstimate(chosen.value_usd, common_pb.FORWARD_SOURCE_INDEX)
             return chosen
         return choose_forward(parity=self._parity_forward(e), index=self._index_usd)
 
-    def _solve_expiry(self, e: _Expiry, now_ns: int) -> bytes:
+    def _plan(self, e: _Expiry, now_ns: int) -> _Plan:
+        """What a flush does to each quote of `e`: re-solve, first-order update or keep."""
         cfg = self.config
         fwd = self._forward(e)
         forward = fwd.value_usd
@@ -572,18 +601,19 @@ class IvCore:
             solve[rest[~(skip | linear)]] = True
             estimate[:, rest] = predicted
 
-        solve_idx = np.flatnonzero(solve)
-        if solve_idx.size:
-            self._solve(e, solve_idx, usd, forward, t)
+        return _Plan(e, fwd, t, usd, np.flatnonzero(solve), first_order, skipped, estimate)
+
+    def _finish(self, plan: _Plan, now_ns: int) -> bytes:
+        e, first_order = plan.expiry, plan.first_order
         if first_order.any():
             e.iv[:, first_order] = np.where(
-                e.status[:, first_order] == OK, estimate[:, first_order], np.nan
+                e.status[:, first_order] == OK, plan.estimate[:, first_order], np.nan
             )
         e.price_changed[:] = False
         e.dirty = False
-        e.forward_source = fwd.source
-        self._count(n, solve_idx.size, int(first_order.sum()), int(skipped.sum()))
-        return self._smile(e, now_ns, t, fwd, usd)
+        e.forward_source = plan.forward.source
+        self._count(e.n, plan.solve_idx.size, int(first_order.sum()), int(plan.skipped.sum()))
+        return self._smile(e, now_ns, plan.t, plan.forward, plan.usd)
 
     def _count(self, n: int, solved: int, first_order: int, skipped: int) -> None:
         st = self.stats
@@ -600,28 +630,47 @@ class IvCore:
         else:
             st.skipped_solves += 1
 
-    def _solve(
-        self, e: _Expiry, idx: NDArray[np.intp], usd: Array, forward: float, t: float
-    ) -> None:
-        m = idx.size
-        k = np.tile(e.strike[idx], _SIDES)
-        call = np.tile(e.is_call[idx], _SIDES)
-        iv, status = implied_vol(
-            usd[:, idx].ravel(), forward, k, t, call, halley_steps=self.config.halley_steps
+    def _solve(self, plans: list[_Plan]) -> None:
+        """Solve the chosen quotes of every plan in one `implied_vol` call, then store each
+        quote's IVs, statuses and first-order anchor (forward, T, s, ds/dF)."""
+        todo = [p for p in plans if p.solve_idx.size]
+        if not todo:
+            return
+        prices = np.concatenate([p.usd[:, p.solve_idx].ravel() for p in todo])
+        sizes = [_SIDES * p.solve_idx.size for p in todo]
+        forward = np.repeat([p.forward.value_usd for p in todo], sizes)
+        t = np.repeat([p.t for p in todo], sizes)
+        strike = np.concatenate([np.tile(p.expiry.strike[p.solve_idx], _SIDES) for p in todo])
+        call = np.concatenate([np.tile(p.expiry.is_call[p.solve_idx], _SIDES) for p in todo])
+        iv_all, status_all = implied_vol(
+            prices, forward, strike, t, call, halley_steps=self.config.halley_steps
         )
-        iv = iv.reshape(_SIDES, m)
+        start = 0
+        for p, size in zip(todo, sizes, strict=True):
+            part = slice(start, start + size)
+            start += size
+            self._store(p, iv_all[part], status_all[part], strike[part], call[part])
+
+    @staticmethod
+    def _store(
+        p: _Plan, iv_flat: Array, status_flat: StatusArray, k_flat: Array, call_flat: Mask
+    ) -> None:
+        e, idx, usd = p.expiry, p.solve_idx, p.usd
+        forward, t = p.forward.value_usd, p.t
+        m = idx.size
+        iv = iv_flat.reshape(_SIDES, m)
         e.iv[:, idx] = iv
         e.status[:, idx] = _unconvertible_is_bad(
-            status.reshape(_SIDES, m), e.price[:, idx], usd[:, idx]
+            status_flat.reshape(_SIDES, m), e.price[:, idx], usd[:, idx]
         )
         e.anchor_forward[idx] = forward
         e.anchor_t[idx] = t
         # ds/dF at a fixed native price: (dP/dF - delta) / (dV/ds), dV/ds = F phi(d1).
         with np.errstate(all="ignore"):
             s = iv * math.sqrt(t)
-            kk = k.reshape(_SIDES, m)
+            kk = k_flat.reshape(_SIDES, m)
             d1 = np.log(forward / kk) / s + 0.5 * s
-            delta = ndtr(d1) - np.where(call.reshape(_SIDES, m), 0.0, 1.0)
+            delta = ndtr(d1) - np.where(call_flat.reshape(_SIDES, m), 0.0, 1.0)
             dv_ds = forward * np.exp(-0.5 * d1 * d1) / _SQRT_2PI
             dp_df = d_usd_per_coin_d_forward(e.price[:, idx], e.unit[idx])
             e.anchor_s[:, idx] = s

@@ -46,6 +46,9 @@ class IvStage:
         self.last_flush_ns: dict[tuple[str, str], int] = {}
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="iv")
 
+    async def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
     async def bootstrap(self) -> None:
         """Latest instrument set and book keyframe per partition, before consuming."""
         for venue, ccy in self.cores:
@@ -55,7 +58,9 @@ class IvStage:
             ):
                 data = await last_message(self.ctx, stream, subject)
                 if data is not None:
-                    self._fold(subject, data)
+                    await asyncio.get_running_loop().run_in_executor(
+                        self.pool, self._fold, subject, data
+                    )
         log.info("bootstrapped %d partitions", len(self.cores))
 
     def _fold(self, subject: str, data: bytes) -> tuple[str, str] | None:
@@ -87,6 +92,15 @@ class IvStage:
         return key
 
     async def handle(self, batch: list[InMessage]) -> list[Output]:
+        # Decoding and folding a keyframe of thousands of tops and solving whole chains are
+        # the heavy parts: all of it runs on the one worker thread, so the event loop keeps
+        # acking, heartbeating and reconnecting on time. Handlers are called one at a time
+        # (StageRunner), so the cores are only ever touched by that thread.
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.pool, self.handle_sync, batch)
+
+    def handle_sync(self, batch: list[InMessage]) -> list[Output]:
+        """Fold a batch into the cores and flush the partitions due: the outputs to publish."""
         touched: dict[tuple[str, str], InMessage] = {}
         dead: list[Output] = []
         for msg in batch:
@@ -106,14 +120,12 @@ class IvStage:
                 continue
             touched[key] = msg
         outputs: list[Output] = dead
-        loop = asyncio.get_running_loop()
         for key, last in touched.items():
             now = self.now_ns.get(key, 0)
             if now <= 0 or now - self.last_flush_ns.get(key, 0) < self.interval_ns:
                 continue
             self.last_flush_ns[key] = now
-            # Solving a whole chain is the heavy part: off the event loop (acks, heartbeats).
-            smiles = await loop.run_in_executor(self.pool, self.cores[key].flush_serialized, now)
+            smiles = self.cores[key].flush_serialized(now)
             if not smiles:
                 continue
             venue, ccy = key
@@ -154,6 +166,8 @@ async def run(cfg: Config) -> None:
             ctx.nc, SERVICE, ctx.subjects, stage_inputs(ctx, partitions), stage, ctx.metrics
         )
         await runner.start()
+        # Closers run last-registered first: the runner finishes its batch, then the pool goes.
+        ctx.on_close(stage.close)
         ctx.on_close(runner.stop)
         log.info("iv service owns %s", ", ".join(str(p) for p in partitions))
         await ctx.wait_stopped()

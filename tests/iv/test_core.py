@@ -385,8 +385,8 @@ def _ivs(smile: iv_pb.Smile) -> np.ndarray:
 @pytest.mark.parametrize(
     ("move", "outcome", "tolerance_bp"),
     [
-        (1e-7, "skipped_solves", 1.0),  # no IV can move by 1 bp: nothing solved
-        (3e-4, "partial_solves", 0.1),  # first order; the min-tick wings are re-solved
+        (2e-8, "skipped_solves", 0.5),  # no IV can move by 0.5 bp: nothing solved
+        (1e-4, "partial_solves", 0.1),  # first order; the min-tick wings are re-solved
         (2e-2, "full_solves", 1e-8),  # beyond the first-order limits: everything re-solved
     ],
 )
