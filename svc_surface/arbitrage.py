@@ -6,9 +6,9 @@ minimum refined by two zooms, w > 0, and Lee's wing-slope bound b (1 + |rho|) <=
 analytic far-wing condition no finite grid can see).
 Calendar: w(k, T2) >= w(k, T1) for consecutive expiries on the union of both grids.
 
-Repairs, in order of preference: Gatheral-Jacquier jump-wings repair for butterfly; a
-minimal lift of a for calendar; a constrained refit (SLSQP, g and calendar constraints on a
-grid) when those fail; a shift of the previous slice as last resort before dropping.
+Repair primitives: the Gatheral-Jacquier jump-wings butterfly repair and the minimal
+parallel lift for a calendar crossing. Constrained refits live in svc_surface.refit and
+the surface-level repair policy (what to change, in which order) in svc_surface.repair.
 """
 
 from __future__ import annotations
@@ -16,11 +16,10 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.optimize import minimize
 
 from svc_surface.svi import (
     LEE_WING_BOUND,
@@ -242,7 +241,8 @@ def _negative_intervals(grid: Array, values: Array) -> tuple[tuple[float, float]
     return tuple(out)
 
 
-def _valid_params(p: RawSvi) -> bool:
+def valid_params(p: RawSvi) -> bool:
+    """Finite, b >= 0, |rho| < 1, sigma > 0 (the shape is a raw SVI slice at all)."""
     return all(math.isfinite(x) for x in p) and p.sigma > 0.0 and p.b >= 0.0 and abs(p.rho) < 1
 
 
@@ -268,7 +268,7 @@ def butterfly_check(
     k_range: tuple[float, float] = K_CHECK_RANGE,
     wing_bound: float = LEE_WING_BOUND,
 ) -> ButterflyReport:
-    if not _valid_params(p):
+    if not valid_params(p):
         return ButterflyReport(float("nan"), float("nan"), False, False, ())
     g, k = butterfly_min_batch([p], k_range)
     return _butterfly_report(p, float(g[0]), float(k[0]), k_range, wing_bound)
@@ -319,10 +319,45 @@ def calendar_check_surface(
     slices: Sequence[tuple[float, RawSvi]], k_range: tuple[float, float] = K_CHECK_RANGE
 ) -> list[CalendarReport]:
     """One report per consecutive pair of (T, params), sorted by T."""
-    ordered = sorted(slices, key=lambda s: s[0])
+    return calendar_reports(sorted(slices, key=lambda s: s[0]), k_range)
+
+
+def calendar_reports(
+    slices: Sequence[tuple[float, RawSvi]], k_range: tuple[float, float] = K_CHECK_RANGE
+) -> list[CalendarReport]:
+    """calendar_check for each consecutive pair in the order given, in one batched pass."""
+    if len(slices) < 2:
+        return []
+    gap, gap_k = calendar_gap_batch(
+        [p for _, p in slices[:-1]], [p for _, p in slices[1:]], k_range
+    )
     return [
-        calendar_check(t0, p0, t1, p1, k_range)
-        for (t0, p0), (t1, p1) in itertools.pairwise(ordered)
+        _calendar_report(t0, p0, t1, p1, float(g), float(k))
+        for ((t0, p0), (t1, p1)), g, k in zip(
+            itertools.pairwise(slices), gap.tolist(), gap_k.tolist(), strict=True
+        )
+    ]
+
+
+def butterfly_reports(
+    params: Sequence[RawSvi],
+    k_range: tuple[float, float] = K_CHECK_RANGE,
+    wing_bound: float = LEE_WING_BOUND,
+) -> list[ButterflyReport]:
+    """butterfly_check for many slices in one batched pass (an invalid slice gets a
+    report with NaN minimum that is not arbitrage-free)."""
+    if not params:
+        return []
+    valid = [valid_params(p) for p in params]
+    safe = [
+        p if ok else RawSvi(0.0, 0.0, 0.0, 0.0, 1.0) for p, ok in zip(params, valid, strict=True)
+    ]
+    g, k = butterfly_min_batch(safe, k_range)
+    return [
+        _butterfly_report(p, float(gv), float(kv), k_range, wing_bound)
+        if ok
+        else ButterflyReport(float("nan"), float("nan"), False, False, ())
+        for p, gv, kv, ok in zip(safe, g.tolist(), k.tolist(), valid, strict=True)
     ]
 
 
@@ -352,295 +387,3 @@ def lift_for_calendar(
         return long
     lift = -gap + CALENDAR_MARGIN + 1e-9 * max(float(total_variance(long, 0.0)), 0.0)
     return long._replace(a=long.a + lift)
-
-
-@dataclass(frozen=True)
-class RefitData:
-    """Quotes for a constrained refit: log-moneyness, target total variance, weights."""
-
-    k: Array
-    target_w: Array
-    weight: Array
-
-
-def constrained_refit(
-    start: RawSvi,
-    data: RefitData,
-    previous: RawSvi | None = None,
-    k_range: tuple[float, float] = K_CHECK_RANGE,
-    wing_bound: float = LEE_WING_BOUND,
-    max_iter: int = 100,
-    rounds: int = 6,
-) -> RawSvi | None:
-    """Weighted least squares on total variance subject to g(k) >= margin and (with a
-    previous slice) w(k) >= w_previous(k) + margin, Lee's bound and w > 0.
-
-    SLSQP on a sparse constraint grid; after each solve the dense checks run and the
-    point where they fail joins the constraint grid (cutting planes), up to `rounds`
-    times. Returns None when no arbitrage-free slice was found.
-    """
-    lo, hi = k_range
-    # Few constraints keep SLSQP fast (its cost grows quickly with their number).
-    con_k = [np.linspace(lo, hi, 41)]
-    for p in [start] + ([previous] if previous is not None else []):
-        con_k.append(np.clip(p.m + p.sigma * np.linspace(-3.0, 3.0, 13), lo, hi))
-    grid = np.unique(np.concatenate(con_k))
-    weight = data.weight / max(float(np.sum(data.weight)), 1e-300)
-    # Objective unit: a 1% relative error on every quote's total variance.
-    f0 = max(float(np.sum(weight * (0.01 * data.target_w) ** 2)), 1e-300)
-
-    def objective(x: Array) -> float:
-        r = _w_rows(x[None, :], data.k[None, :])[0] - data.target_w
-        return float(np.sum(weight * r * r) / f0)
-
-    x0 = np.array(tuple(start), dtype=np.float64)
-    bounds = [(None, None), (0.0, wing_bound), (-0.999, 0.999), (lo, hi), (1e-4, 10.0)]
-    for _ in range(rounds):
-        con_grid = grid
-        prev_w = total_variance(previous, con_grid) if previous is not None else None
-
-        def constraints(
-            x: Array, con_grid: Array = con_grid, prev_w: Array | None = prev_w
-        ) -> Array:
-            p = x[None, :]
-            kk = con_grid[None, :]
-            b, rho = x[1], x[2]
-            min_w = x[0] + b * x[4] * math.sqrt(max(1.0 - rho * rho, 0.0))
-            parts = [
-                np.nan_to_num(_g_rows(p, kk)[0], nan=-1.0) - 100.0 * G_MARGIN,
-                np.array(
-                    [wing_bound - b * (1.0 + rho), wing_bound - b * (1.0 - rho), min_w - 1e-9]
-                ),
-            ]
-            if prev_w is not None:
-                parts.append(_w_rows(p, kk)[0] - prev_w - 1e-7)
-            return np.concatenate(parts)
-
-        try:
-            with np.errstate(all="ignore"):
-                # Each round restarts from the start point: SLSQP's line search tends to
-                # stall when started where the newly added constraints are violated.
-                res = minimize(
-                    objective,
-                    x0,
-                    method="SLSQP",
-                    bounds=bounds,
-                    constraints=[{"type": "ineq", "fun": constraints}],
-                    options={"maxiter": max_iter, "ftol": 1e-6},
-                )
-        except (ValueError, ArithmeticError):
-            return None
-        if not np.all(np.isfinite(res.x)):
-            return None
-        p = RawSvi(*(float(v) for v in res.x))
-        if not _valid_params(p):
-            return None
-        if previous is not None:
-            # The calendar constraint holds on the grid; a curve touching the previous
-            # slice there can dip below it in between: a minimal lift closes that gap.
-            p = lift_for_calendar(previous, p, k_range)
-        bf = butterfly_check(p, k_range, wing_bound)
-        cal = calendar_check(0.0, previous, 1.0, p, k_range) if previous is not None else None
-        if bf.arbitrage_free and (cal is None or cal.arbitrage_free):
-            return p
-        if bf.min_g >= 0.0 or not math.isfinite(bf.k_at_min_g):
-            return None
-        extra = bf.k_at_min_g + p.sigma * np.linspace(-0.5, 0.5, 5)
-        grid = np.unique(np.concatenate([grid, np.clip(extra, lo, hi)]))
-    return None
-
-
-@dataclass(frozen=True)
-class SliceToRepair:
-    t: float
-    params: RawSvi
-    data: RefitData | None = None
-    label: str = ""
-
-
-@dataclass(frozen=True)
-class RepairOutcome:
-    """The publishable slice (None: could not be made arbitrage-free, not published)."""
-
-    t: float
-    params: RawSvi | None
-    repaired: bool
-    methods: tuple[str, ...]
-    butterfly: ButterflyReport | None
-    # Against the previous published slice (None for the first).
-    calendar: CalendarReport | None
-    raw_min_g: float
-    raw_calendar_gap: float = float("nan")
-    notes: tuple[str, ...] = field(default_factory=tuple)
-
-    @property
-    def method(self) -> str:
-        return "+".join(self.methods)
-
-
-def _butterfly_ok(p: RawSvi, k_range: tuple[float, float], wing_bound: float) -> bool:
-    return butterfly_check(p, k_range, wing_bound).arbitrage_free
-
-
-def repair_surface(
-    slices: Sequence[SliceToRepair],
-    k_range: tuple[float, float] = K_CHECK_RANGE,
-    wing_bound: float = LEE_WING_BOUND,
-) -> list[RepairOutcome]:
-    """Make a set of slices free of butterfly and calendar arbitrage on k_range.
-
-    Forward pass in T: each slice is first made butterfly-free, then checked against the
-    previous *published* slice, so consecutive published pairs (hence all pairs, on the
-    grid) are calendar-free. Outcomes are in input order. The common case (nothing to
-    repair) costs one batched butterfly pass and one batched calendar pass.
-    """
-    if not slices:
-        return []
-    order = sorted(range(len(slices)), key=lambda i: slices[i].t)
-    ordered = [slices[i] for i in order]
-    valid = [_valid_params(s.params) for s in ordered]
-    safe = [
-        s.params if ok else RawSvi(0.0, 0.0, 0.0, 0.0, 1.0)
-        for s, ok in zip(ordered, valid, strict=True)
-    ]
-    g_min, g_k = butterfly_min_batch(safe, k_range)
-    first_bf = [
-        _butterfly_report(p, float(g), float(k), k_range, wing_bound)
-        if ok
-        else ButterflyReport(float("nan"), float("nan"), False, False, ())
-        for p, g, k, ok in zip(safe, g_min, g_k, valid, strict=True)
-    ]
-    if len(ordered) > 1:
-        gaps, gap_k = calendar_gap_batch(safe[:-1], safe[1:], k_range)
-    else:
-        gaps, gap_k = np.zeros(0), np.zeros(0)
-    if all(r.arbitrage_free for r in first_bf) and bool(np.all(gaps >= 0.0)):
-        fast: list[RepairOutcome] = []
-        for j, s in enumerate(ordered):
-            cal = (
-                _calendar_report(
-                    ordered[j - 1].t,
-                    safe[j - 1],
-                    s.t,
-                    s.params,
-                    float(gaps[j - 1]),
-                    float(gap_k[j - 1]),
-                )
-                if j > 0
-                else None
-            )
-            fast.append(
-                RepairOutcome(
-                    t=s.t,
-                    params=s.params,
-                    repaired=False,
-                    methods=(),
-                    butterfly=first_bf[j],
-                    calendar=cal,
-                    raw_min_g=first_bf[j].min_g,
-                    raw_calendar_gap=float(gaps[j - 1]) if j > 0 else float("nan"),
-                )
-            )
-        by_input = dict(zip(order, fast, strict=True))
-        return [by_input[i] for i in range(len(slices))]
-
-    outcomes: dict[int, RepairOutcome] = {}
-    prev: tuple[float, RawSvi] | None = None
-    for pos, i in enumerate(order):
-        s = slices[i]
-        methods: list[str] = []
-        notes: list[str] = []
-        p: RawSvi | None = s.params
-        first = first_bf[pos]
-        raw_min_g = first.min_g
-        if not first.arbitrage_free:
-            notes.append(f"raw min g {first.min_g:.3g} at k={first.k_at_min_g:.3f}")
-            fixed = gj_butterfly_repair(s.params, s.t) if valid[pos] else None
-            if fixed is not None and _butterfly_ok(fixed, k_range, wing_bound):
-                p, methods = fixed, ["butterfly_jw"]
-            else:
-                p = None
-                if s.data is not None:
-                    for start in [x for x in (fixed, s.params if valid[pos] else None) if x]:
-                        p = constrained_refit(start, s.data, None, k_range, wing_bound)
-                        if p is not None:
-                            methods = ["butterfly_refit"]
-                            break
-        raw_gap = float("nan")
-        if p is not None and prev is not None:
-            cal = calendar_check(prev[0], prev[1], s.t, p, k_range)
-            raw_gap = cal.min_gap
-            if not cal.arbitrage_free:
-                notes.append(f"calendar gap {cal.min_gap:.3g} at k={cal.k_at_min_gap:.3f}")
-                p = _calendar_repair(prev[1], p, s, k_range, wing_bound, methods)
-        if p is None:
-            outcomes[i] = RepairOutcome(
-                t=s.t,
-                params=None,
-                repaired=True,
-                methods=(*methods, "dropped"),
-                butterfly=None,
-                calendar=None,
-                raw_min_g=raw_min_g,
-                raw_calendar_gap=raw_gap,
-                notes=tuple(notes),
-            )
-            continue
-        final_bf = butterfly_check(p, k_range, wing_bound) if methods else first
-        final_cal = calendar_check(prev[0], prev[1], s.t, p, k_range) if prev is not None else None
-        outcomes[i] = RepairOutcome(
-            t=s.t,
-            params=p,
-            repaired=bool(methods),
-            methods=tuple(methods),
-            butterfly=final_bf,
-            calendar=final_cal,
-            raw_min_g=raw_min_g,
-            raw_calendar_gap=raw_gap,
-            notes=tuple(notes),
-        )
-        prev = (s.t, p)
-    return [outcomes[i] for i in range(len(slices))]
-
-
-def _calendar_repair(
-    short: RawSvi,
-    long: RawSvi,
-    s: SliceToRepair,
-    k_range: tuple[float, float],
-    wing_bound: float,
-    methods: list[str],
-) -> RawSvi | None:
-    """Lift, else constrained refit, else a shifted copy of the previous slice."""
-    lifted = lift_for_calendar(short, long, k_range)
-    if _butterfly_ok(lifted, k_range, wing_bound) and (
-        calendar_check(0.0, short, 1.0, lifted, k_range).arbitrage_free
-    ):
-        candidate: RawSvi | None = lifted
-        method = "calendar_lift"
-        if s.data is not None:
-            # A lift repairs the crossing but moves the whole smile; a constrained refit
-            # usually fits the quotes better. Keep whichever fits better.
-            refit = constrained_refit(lifted, s.data, short, k_range, wing_bound)
-            if refit is not None and _fit_error(refit, s.data) < _fit_error(lifted, s.data):
-                candidate, method = refit, "calendar_refit"
-        methods.append(method)
-        return candidate
-    if s.data is not None:
-        for start in (lifted, long):
-            refit = constrained_refit(start, s.data, short, k_range, wing_bound)
-            if refit is not None:
-                methods.append("calendar_refit")
-                return refit
-    shifted = short._replace(a=short.a + 2.0 * CALENDAR_MARGIN)
-    if _butterfly_ok(shifted, k_range, wing_bound) and (
-        calendar_check(0.0, short, 1.0, shifted, k_range).arbitrage_free
-    ):
-        methods.append("calendar_copy_previous")
-        return shifted
-    return None
-
-
-def _fit_error(p: RawSvi, data: RefitData) -> float:
-    r = total_variance(p, data.k) - data.target_w
-    return float(np.sum(data.weight * r * r))

@@ -26,7 +26,7 @@ from typing import Literal
 
 import numpy as np
 
-from svc_surface import arbitrage, metrics
+from svc_surface import arbitrage, metrics, refit, repair
 from svc_surface.fit import FitConfig, SviFitResult, fit_svi_slices
 from svc_surface.quotes import (
     QuoteConfig,
@@ -103,6 +103,12 @@ class SliceCache:
     fit: SviFitResult
     smile_keys: tuple[SmileKey, ...] = ()
     matrix: QuoteMatrix | None = None
+    # The published params when an arbitrage repair changed the fit: the next repair of
+    # this slice starts from them.
+    repaired: RawSvi | None = None
+    # (venue, symbol) of quotes no arbitrage-free slice reached (dropped after the repair): while
+    # they stay that far from the published slice, the next fit leaves them out at once.
+    repair_outliers: frozenset[tuple[str, str]] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -343,6 +349,7 @@ class _Working:
     fit: SviFitResult | None = None
     reused: bool = False
     smile_keys: tuple[SmileKey, ...] = ()
+    repair_outliers: frozenset[tuple[str, str]] = frozenset()
 
 
 def _select(job: FitJob) -> tuple[list[_Working], list[SkippedSlice]]:
@@ -362,7 +369,15 @@ def _select(job: FitJob) -> tuple[list[_Working], list[SkippedSlice]]:
         if sj.cache is not None and sj.cache.smile_keys == keys:
             # Same smiles as last time: their selection (outliers included) still holds.
             work_reused.append(
-                _Working(sj, sj.cache.selected, sj.cache.fingerprint, None, False, keys)
+                _Working(
+                    sj,
+                    sj.cache.selected,
+                    sj.cache.fingerprint,
+                    None,
+                    False,
+                    keys,
+                    sj.cache.repair_outliers,
+                )
             )
             continue
         candidates.append((sj, usable))
@@ -414,10 +429,14 @@ def _fit_svi(work: list[_Working], cfg: SurfaceConfig) -> None:
         cache = w.job.cache
         if cache is not None and cache.fingerprint == w.fingerprint:
             w.selected, w.fit, w.reused = cache.selected, cache.fit, True
+            w.repair_outliers = cache.repair_outliers
         else:
             todo.append(w)
     if not todo:
         return
+    if cfg.drop_outliers:
+        for w in todo:
+            _drop_known_repair_outliers(w, cfg)
     warm = [w.job.cache.fit.params if w.job.cache is not None else None for w in todo]
     fits = fit_svi_slices([w.selected.slice_data() for w in todo], warm, cfg.fit)
     for w, f in zip(todo, fits, strict=True):
@@ -464,6 +483,32 @@ def _fit_svi(work: list[_Working], cfg: SurfaceConfig) -> None:
             w.fit = _combine(w.fit, f)
 
 
+def _drop_known_repair_outliers(w: _Working, cfg: SurfaceConfig) -> None:
+    """Quotes the last repair found out of reach of any arbitrage-free slice are dropped
+    before fitting while they still miss the last published slice's vol by more than the
+    outlier threshold (otherwise each fit would be pulled by them, repaired, and refitted
+    without them again)."""
+    cache = w.job.cache
+    if cache is None or cache.repaired is None or not cache.repair_outliers:
+        return
+    sel = w.selected
+    used = np.flatnonzero(sel.used)
+    known = np.array(
+        [(sel.venue[i], sel.symbol[i]) in cache.repair_outliers for i in used], dtype=bool
+    )
+    if not np.any(known):
+        return
+    published_vol = implied_vol(cache.repaired, sel.k[used], sel.t)
+    miss = np.maximum(sel.bid_iv[used] - published_vol, 0.0) + np.maximum(
+        published_vol - sel.ask_iv[used], 0.0
+    )
+    limit = cfg.quotes.outlier_threshold * cfg.quotes.outlier_min_scale_vol
+    flags = known & (np.nan_to_num(miss, nan=np.inf) > limit)
+    if np.any(flags) and sel.n_used - int(np.count_nonzero(flags)) >= cfg.min_quotes_per_slice:
+        w.selected = sel.drop_outliers(flags)
+        w.repair_outliers = frozenset((sel.venue[i], sel.symbol[i]) for i in used[flags])
+
+
 def _fit_ssvi(work: list[_Working], job: FitJob) -> SsviParams | None:
     cfg = job.config
     if all(w.job.cache is not None and w.job.cache.fingerprint == w.fingerprint for w in work):
@@ -488,12 +533,43 @@ def _fit_ssvi(work: list[_Working], job: FitJob) -> SsviParams | None:
     return res.params
 
 
-def _refit_data(selected: SelectedQuotes) -> arbitrage.RefitData:
+def _refit_data(selected: SelectedQuotes, band_epsilon: float) -> refit.RefitData:
+    """The used quotes as repair input: mid and bid/ask band in total variance, weights
+    on total variance (the fit's own objective)."""
     d = selected.slice_data()
     t = selected.t
     om = d.vol_weight / (2.0 * d.mid_vol * t) ** 2
-    return arbitrage.RefitData(
-        k=d.k, target_w=d.mid_vol * d.mid_vol * t, weight=om / max(float(om.sum()), 1e-300)
+    with np.errstate(invalid="ignore"):
+        bid = np.where(np.isfinite(d.bid_vol), np.minimum(d.bid_vol, d.mid_vol), d.mid_vol)
+        ask = np.where(np.isfinite(d.ask_vol), np.maximum(d.ask_vol, d.mid_vol), d.mid_vol)
+    return refit.RefitData(
+        k=d.k,
+        target_w=d.mid_vol * d.mid_vol * t,
+        weight=om / max(float(om.sum()), 1e-300),
+        lo_w=np.maximum(bid, 0.0) ** 2 * t,
+        hi_w=ask * ask * t,
+        band_epsilon=band_epsilon,
+    )
+
+
+def _repair(
+    fitted: list[_Working], cfg: SurfaceConfig, memo: refit.RefitMemo
+) -> list[repair.RepairOutcome]:
+    return repair.repair_surface(
+        [
+            repair.SliceToRepair(
+                t=w.job.t,
+                params=w.fit.params,
+                data=_refit_data(w.selected, cfg.fit.band_epsilon),
+                label=w.job.expiry_label,
+                warm=w.job.cache.repaired if w.job.cache is not None else None,
+            )
+            for w in fitted
+            if w.fit is not None
+        ],
+        cfg.check_k_range,
+        cfg.fit.wing_bound,
+        memo,
     )
 
 
@@ -522,30 +598,56 @@ def run_fit_job(job: FitJob) -> FitJobResult:
             _fit_svi(work, cfg)
     work.sort(key=lambda w: w.job.t)
     fitted = [w for w in work if w.fit is not None]
-    outcomes = arbitrage.repair_surface(
-        [
-            arbitrage.SliceToRepair(
-                t=w.job.t,
-                params=w.fit.params,
-                data=_refit_data(w.selected),
-                label=w.job.expiry_label,
+    memo = refit.RefitMemo()
+    outcomes = _repair(fitted, cfg, memo)
+    if cfg.drop_outliers and cfg.model != surface_pb.SURFACE_MODEL_SSVI:
+        # A quote the unconstrained fit went through (a lone wing quote has that
+        # leverage) can be one that no arbitrage-free surface reaches: judged against
+        # the repaired slice it is an outlier, and the slice is refitted and repaired
+        # without it.
+        again: list[_Working] = []
+        for w, outcome in zip(fitted, outcomes, strict=True):
+            if not outcome.repaired or outcome.params is None:
+                continue
+            sel = w.selected
+            used = np.flatnonzero(sel.used)
+            repaired_vol = implied_vol(outcome.params, sel.k[used], sel.t)
+            flags = flag_outliers(sel, repaired_vol, cfg.min_quotes_per_slice, cfg.quotes)
+            if np.any(flags):
+                w.selected = sel.drop_outliers(flags)
+                w.repair_outliers |= {(sel.venue[i], sel.symbol[i]) for i in used[flags]}
+                again.append(w)
+        if again:
+            refits = fit_svi_slices(
+                [w.selected.slice_data() for w in again],
+                [w.fit.params if w.fit is not None else None for w in again],
+                cfg.fit,
             )
-            for w in fitted
-            if w.fit is not None
-        ],
-        cfg.check_k_range,
-        cfg.fit.wing_bound,
-    )
-    published: list[tuple[_Working, arbitrage.RepairOutcome, RawSvi]] = []
+            for w, f in zip(again, refits, strict=True):
+                w.fit = _combine(w.fit, f)
+            outcomes = _repair(fitted, cfg, memo)
+    published: list[tuple[_Working, repair.RepairOutcome, RawSvi]] = []
     for w, outcome in zip(fitted, outcomes, strict=True):
         if outcome.params is None:
-            skipped.append(SkippedSlice(w.job.expiry_time_ns, "could not be made arbitrage-free"))
+            reason = outcome.reason or "could not be made arbitrage-free"
+            skipped.append(SkippedSlice(w.job.expiry_time_ns, reason))
             continue
         published.append((w, outcome, outcome.params))
     surface, matrices = _build_surface(job, published) if published else (None, {})
+    repaired = {
+        w.job.expiry_time_ns: o.params
+        for w, o in zip(fitted, outcomes, strict=True)
+        if o.repaired and o.params is not None
+    }
     caches = {
         w.job.expiry_time_ns: SliceCache(
-            w.fingerprint, w.selected, w.fit, w.smile_keys, matrices.get(w.job.expiry_time_ns)
+            w.fingerprint,
+            w.selected,
+            w.fit,
+            w.smile_keys,
+            matrices.get(w.job.expiry_time_ns),
+            repaired.get(w.job.expiry_time_ns),
+            w.repair_outliers,
         )
         for w in fitted
         if w.fit is not None
@@ -614,7 +716,7 @@ def _quote_matrix(sel: SelectedQuotes, p: RawSvi, t: float) -> QuoteMatrix:
 
 
 def _build_surface(
-    job: FitJob, published: list[tuple[_Working, arbitrage.RepairOutcome, RawSvi]]
+    job: FitJob, published: list[tuple[_Working, repair.RepairOutcome, RawSvi]]
 ) -> tuple[surface_pb.Surface, dict[int, QuoteMatrix]]:
     cfg = job.config
     conv = cfg.delta_convention

@@ -277,6 +277,7 @@ def select_quotes_many(
         mid_ok = np.isfinite(mid) & (mid > 0.0) & (bid <= mid) & (mid <= ask)
         mid = np.where(mid_ok, mid, 0.5 * (bid + ask))
     _drop_itm_duplicates(reasons, kinds, strikes, ks, smile_of)
+    _drop_parity_inconsistent(reasons, kinds, strikes, ks, smile_of, cols)
     used = reasons == _KEEP
     spread = ask - bid
     weight = np.zeros(kinds.size)
@@ -331,6 +332,62 @@ def _drop_itm_duplicates(
     a_is_call = kinds[a] == common_pb.OPTION_KIND_CALL
     itm = np.where(a_is_call != otm_call, a, b)
     reasons[itm] = surface_pb.DROP_REASON_ITM_DUPLICATE
+
+
+# A twin dropped for one of these reasons still quotes prices that bound the strike's vol
+# (a one-sided ask, a one-tick bid or a zero bid are real orders); crossed, stale or
+# unsolvable twins say nothing.
+_BOUNDING_TWIN = np.array(
+    [
+        _KEEP,
+        surface_pb.DROP_REASON_ONE_SIDED,
+        surface_pb.DROP_REASON_ZERO_BID,
+        surface_pb.DROP_REASON_MIN_TICK,
+    ]
+)
+
+
+def _drop_parity_inconsistent(
+    reasons: IntArray,
+    kinds: IntArray,
+    strikes: Array,
+    ks: Array,
+    smile_of: IntArray,
+    cols: Array,
+) -> None:
+    """An in-the-money quote kept because its out-of-the-money twin is unusable must
+    still agree with that twin's orders: by put-call parity both share one vol, so an ITM
+    bid IV above the twin's ask IV (or an ITM ask IV below its bid IV) is contradicted by
+    the market. The ITM side is the one dropped (DROP_REASON_CROSSED, crossed against its
+    twin): its vol hangs on the forward and on a premium that is mostly intrinsic value."""
+    usable = np.flatnonzero(reasons == _KEEP)
+    if usable.size == 0:
+        return
+    bid_iv, ask_iv, bid_st, ask_st = cols[5], cols[6], cols[8], cols[9]
+    n = kinds.size
+    order = np.lexsort((kinds, np.round(strikes, 8), smile_of))
+    first, second = order[:-1], order[1:]
+    pair = (
+        (smile_of[first] == smile_of[second])
+        & (np.round(strikes[first], 8) == np.round(strikes[second], 8))
+        & (kinds[first] != kinds[second])
+    )
+    a, b = first[pair], second[pair]
+    twin = np.full(n, -1, dtype=np.int64)
+    twin[a], twin[b] = b, a
+    is_call = kinds == common_pb.OPTION_KIND_CALL
+    itm = (reasons == _KEEP) & (twin >= 0) & (is_call == (ks < 0.0))
+    idx = np.flatnonzero(itm)
+    if idx.size == 0:
+        return
+    tw = twin[idx]
+    bounding = np.isin(reasons[tw], _BOUNDING_TWIN)
+    with np.errstate(invalid="ignore"):
+        twin_ask_ok = bounding & np.isin(ask_st[tw], _STATUS_OK) & (ask_iv[tw] > 0.0)
+        twin_bid_ok = bounding & np.isin(bid_st[tw], _STATUS_OK) & (bid_iv[tw] > 0.0)
+        above = twin_ask_ok & (bid_iv[idx] > ask_iv[tw])
+        below = twin_bid_ok & (ask_iv[idx] < bid_iv[tw])
+    reasons[idx[above | below]] = surface_pb.DROP_REASON_CROSSED
 
 
 def flag_outliers(

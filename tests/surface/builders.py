@@ -54,3 +54,13 @@ def truth_smiles(
         )
         for d, p in truths.items()
     ]
+
+
+def g_independent(p: RawSvi, k: np.ndarray) -> np.ndarray:
+    """Durrleman's g written out again, not through svc_surface.svi."""
+    x = k - p.m
+    r = np.sqrt(x * x + p.sigma**2)
+    w = p.a + p.b * (p.rho * x + r)
+    w1 = p.b * (p.rho + x / r)
+    w2 = p.b * p.sigma**2 / r**3
+    return (1 - k * w1 / (2 * w)) ** 2 - w1**2 / 4 * (1 / w + 0.25) + w2 / 2

@@ -1,36 +1,23 @@
-"""Butterfly and calendar checks and repairs."""
+"""Butterfly and calendar checks, the repair primitives and the constrained refit."""
 
 from __future__ import annotations
 
-import itertools
+import math
 
 import numpy as np
 import pytest
 
 from svc_surface.arbitrage import (
-    RefitData,
-    SliceToRepair,
     butterfly_check,
-    calendar_check,
     calendar_check_surface,
-    constrained_refit,
     gj_butterfly_repair,
     lift_for_calendar,
-    repair_surface,
 )
+from svc_surface.refit import RefitData, constrained_refit
 from svc_surface.svi import RawSvi, raw_to_jw, total_variance
+from tests.surface.builders import g_independent
 
 VOGT = RawSvi(a=-0.0410, b=0.1331, rho=0.3060, m=0.3586, sigma=0.4153)
-
-
-def g_independent(p: RawSvi, k: np.ndarray) -> np.ndarray:
-    """Durrleman's g written out again, not through svc_surface.svi."""
-    x = k - p.m
-    r = np.sqrt(x * x + p.sigma**2)
-    w = p.a + p.b * (p.rho * x + r)
-    w1 = p.b * (p.rho + x / r)
-    w2 = p.b * p.sigma**2 / r**3
-    return (1 - k * w1 / (2 * w)) ** 2 - w1**2 / 4 * (1 / w + 0.25) + w2 / 2
 
 
 def test_detects_vogt_butterfly() -> None:
@@ -111,41 +98,20 @@ def test_constrained_refit_fixes_vogt_and_stays_close() -> None:
     assert rmse(fixed) < 3e-3
 
 
-def test_repair_surface_publishes_only_arbitrage_free_slices() -> None:
-    short = RawSvi(0.02, 0.1, -0.3, 0.0, 0.1)
-    crossing = RawSvi(0.015, 0.12, -0.3, 0.0, 0.12)
-    k = np.linspace(-0.5, 0.5, 21)
-    data = RefitData(k=k, target_w=total_variance(crossing, k), weight=np.ones_like(k))
-    outcomes = repair_surface(
-        [
-            SliceToRepair(t=1.0, params=VOGT),
-            SliceToRepair(t=0.1, params=short),
-            SliceToRepair(t=0.2, params=crossing, data=data),
-        ]
+def test_atm_band_interpolates_the_quotes_around_the_money() -> None:
+    t = 0.1
+    k = np.array([-0.2, -0.05, 0.05, 0.2])
+    vol = np.array([0.7, 0.6, 0.58, 0.65])
+    half = np.array([0.02, 0.01, 0.03, 0.02])
+    data = RefitData(
+        k=k,
+        target_w=vol**2 * t,
+        weight=np.ones(4),
+        lo_w=(vol - half) ** 2 * t,
+        hi_w=(vol + half) ** 2 * t,
     )
-    # Input order is kept; the Vogt slice (T = 1) gets the jump-wings repair.
-    assert outcomes[0].repaired and outcomes[0].methods[0] == "butterfly_jw"
-    assert not outcomes[1].repaired
-    assert outcomes[2].repaired and outcomes[2].methods[0].startswith("calendar_")
-    published = sorted(
-        ((o.t, o.params) for o in outcomes if o.params is not None), key=lambda x: x[0]
-    )
-    assert len(published) == 3
-    grid = np.linspace(-3, 3, 20_001)
-    for _, p in published:
-        assert g_independent(p, grid).min() >= 0.0
-    for (_, p0), (_, p1) in itertools.pairwise(published):
-        assert (total_variance(p1, grid) - total_variance(p0, grid)).min() >= 0.0
-
-
-def test_clean_surface_is_not_touched() -> None:
-    slices = [
-        SliceToRepair(t=0.1, params=RawSvi(0.02, 0.1, -0.3, 0.0, 0.1)),
-        SliceToRepair(t=0.2, params=RawSvi(0.04, 0.12, -0.3, 0.0, 0.12)),
-    ]
-    outcomes = repair_surface(slices)
-    assert [o.repaired for o in outcomes] == [False, False]
-    assert [o.params for o in outcomes] == [s.params for s in slices]
-    assert outcomes[1].calendar is not None and outcomes[1].calendar.arbitrage_free
-    direct = calendar_check(0.1, slices[0].params, 0.2, slices[1].params)
-    assert outcomes[1].calendar.min_gap == pytest.approx(direct.min_gap, abs=1e-15)
+    lo, hi = data.atm_band(t) or (math.nan, math.nan)
+    assert lo == pytest.approx(0.5 * (0.59 + 0.55))
+    assert hi == pytest.approx(0.5 * (0.61 + 0.61))
+    assert data.quoted_range() == (-0.2, 0.2)
+    assert RefitData(k=k, target_w=vol**2 * t, weight=np.ones(4)).atm_band(t) is None

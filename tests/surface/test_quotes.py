@@ -158,3 +158,35 @@ def test_outliers_are_flagged_against_a_robust_scale() -> None:
     assert dropped.n_used == sel.n_used - 1
     # Never below min_keep.
     assert not np.any(flag_outliers(sel, fitted, min_keep=21))
+
+
+def test_itm_quote_contradicted_by_its_twin_is_dropped() -> None:
+    # Put-call parity gives both sides of a strike one vol: an in-the-money quote kept
+    # because its out-of-the-money twin is unusable must still agree with the twin's
+    # orders (a one-sided ask is still an offer; a one-tick bid is still a bid).
+    nan = math.nan
+    sel = select_quotes(
+        [
+            smile(
+                quote(110, CALL, bid_iv=nan, ask_iv=0.50, one_sided=True),
+                quote(110, PUT, bid_iv=0.60, ask_iv=0.62),  # bid above the call's offer
+                quote(120, CALL, bid_iv=nan, ask_iv=0.55, one_sided=True),
+                quote(120, PUT, bid_iv=0.50, ask_iv=0.53),  # consistent: kept
+                quote(90, PUT, bid_iv=0.40, ask_iv=0.45, at_min_tick=True),
+                quote(90, CALL, bid_iv=0.30, ask_iv=0.35),  # offer below the put's bid
+                quote(80, PUT, crossed=True, bid_iv=0.40, ask_iv=0.30),
+                quote(80, CALL, bid_iv=0.32, ask_iv=0.35),  # a crossed twin bounds nothing
+            )
+        ],
+        t=0.1,
+    )
+    assert reasons(sel) == {
+        "X-110-C": surface_pb.DROP_REASON_ONE_SIDED,
+        "X-110-P": surface_pb.DROP_REASON_CROSSED,
+        "X-120-C": surface_pb.DROP_REASON_ONE_SIDED,
+        "X-120-P": surface_pb.DROP_REASON_UNSPECIFIED,
+        "X-90-P": surface_pb.DROP_REASON_MIN_TICK,
+        "X-90-C": surface_pb.DROP_REASON_CROSSED,
+        "X-80-P": surface_pb.DROP_REASON_CROSSED,
+        "X-80-C": surface_pb.DROP_REASON_UNSPECIFIED,
+    }
