@@ -10,25 +10,21 @@ giving NaN with the right IvStatus per side while the service keeps running.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import Any
 
 import nats
 import numpy as np
 import pytest
 from nats.aio.msg import Msg
 
-from svc_book import service as book_service
-from svc_connector import service as connector_service
-from svc_connector.sim import SimConfig, run_simulator
+from svc_connector.sim import SimConfig
 from svc_connector.sim.server import SimHandle
 from svc_iv import black76
 from svc_iv import service as iv_service
 from svc_iv.core import IvCore
 from svc_surface.svi import RawSvi, implied_vol
+from tests.pipeline import CURRENCIES, VENUES, listed_expiries, pipeline, running, wait_until
 from volstream.bus.embedded import EmbeddedNats
 from volstream.config import Config, Partition
 from volstream.runtime import provision_streams
@@ -37,8 +33,6 @@ from volstream.v1 import common_pb2 as common_pb
 from volstream.v1 import iv_pb2 as iv_pb
 from volstream.v1 import market_data_pb2 as md_pb
 
-VENUES = ("deribit", "okx", "bybit", "binance")
-CURRENCIES = ("BTC", "ETH")
 EXPECTED_FORWARD = {
     "deribit": common_pb.FORWARD_SOURCE_VENUE,
     "okx": common_pb.FORWARD_SOURCE_VENUE,
@@ -57,33 +51,6 @@ BAD = Partition("deribit", "XBAD")
 NS = 1_000_000_000
 
 Key = tuple[str, str, int]
-
-
-@contextlib.asynccontextmanager
-async def running(
-    run: Callable[[Config], Coroutine[Any, Any, None]], cfg: Config
-) -> AsyncIterator[asyncio.Task[None]]:
-    task = asyncio.create_task(run(cfg))
-    try:
-        yield task
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await asyncio.wait_for(task, 10)
-
-
-async def wait_until(done: Callable[[], bool], timeout_s: float, step_s: float = 0.1) -> bool:
-    """Poll done() until it holds or timeout_s passes; its last value."""
-    for _ in range(int(timeout_s / step_s)):
-        if done():
-            return True
-        await asyncio.sleep(step_s)
-    return done()
-
-
-def listed_expiries(handle: SimHandle, venue: str, ccy: str) -> set[int]:
-    market = handle.venue(venue).markets[ccy]  # type: ignore[attr-defined]
-    return {i.expiry_ns for i in market.open_instruments("option")}
 
 
 def truth_vols(handle: SimHandle, smile: iv_pb.Smile) -> np.ndarray:
@@ -153,33 +120,15 @@ def bad_chain(expiry_ns: int, now_ns: int) -> tuple[bytes, bytes]:
 
 
 async def test_sim_to_smiles_over_nats(nats_server: EmbeddedNats) -> None:
-    handle = await run_simulator(
-        SimConfig(
-            venues=VENUES,
-            currencies=CURRENCIES,
-            max_expiries=2,
-            messages_per_second=250.0,
-            surface_drift=0.0,
-            index_interval_s=0.5,
-            min_time_to_expiry_s=6 * 86_400.0,
-        )
-    )
-    owned = tuple(Partition(v, c) for v in VENUES for c in CURRENCIES)
-    cfg = Config(
-        nats_url=nats_server.url,
+    sim = SimConfig(
         venues=VENUES,
         currencies=CURRENCIES,
-        sim_url=handle.base_url,
-        iv_interval_ms=200,
+        max_expiries=2,
+        messages_per_second=250.0,
+        surface_drift=0.0,
+        index_interval_s=0.5,
+        min_time_to_expiry_s=6 * 86_400.0,
     )
-    iv_cfg = Config(
-        nats_url=nats_server.url,
-        venues=VENUES,
-        currencies=CURRENCIES,
-        partitions=(*owned, BAD),
-        iv_interval_ms=200,
-    )
-    await provision_streams(nats_server.url, cfg)
     nc = await nats.connect(nats_server.url)
     latest: dict[Key, iv_pb.Smile] = {}
     arrivals: dict[Key, int] = {}
@@ -193,11 +142,8 @@ async def test_sim_to_smiles_over_nats(nats_server: EmbeddedNats) -> None:
 
     await nc.subscribe("iv.>", cb=on_smiles)
     try:
-        async with (
-            running(connector_service.run, cfg),
-            running(book_service.run, cfg),
-            running(iv_service.run, iv_cfg) as iv_task,
-        ):
+        async with pipeline(nats_server.url, sim, iv_partitions=(BAD,), iv_interval_ms=200) as pipe:
+            handle, iv_task = pipe.handle, pipe.tasks["iv"]
             wanted = {
                 (v, c, x) for v in VENUES for c in CURRENCIES for x in listed_expiries(handle, v, c)
             }
@@ -338,7 +284,6 @@ async def test_sim_to_smiles_over_nats(nats_server: EmbeddedNats) -> None:
             assert not iv_task.done()
     finally:
         await nc.close()
-        await handle.stop()
 
 
 LAG_EXPIRIES = 8
