@@ -410,7 +410,10 @@ async def test_event_loop_stays_responsive_while_solving_large_chains(
         f"loop lag max {1e3 * worst:.1f} ms, p99 {1e3 * float(np.percentile(lags, 99)):.1f} ms "
         f"over {len(lags)} probes"
     )
-    # The work is real (it would stall the loop for longer than this), the loop never is.
+    # The work is real (it would stall the loop for longer than this), the loop is not: solving
+    # on the loop stalls it once per round (LAG_ROUNDS times); one scheduler hiccup on a
+    # loaded 2-core machine is tolerated, a stall per round is not.
     assert work_per_round_s > 0.06
-    assert worst < 0.05
-    assert worst < work_per_round_s / 2
+    stalls = sum(lag > work_per_round_s / 2 for lag in lags)
+    assert stalls <= 1, f"{stalls} probes stalled longer than half a round's work"
+    assert float(np.percentile(lags, 99)) < 0.05

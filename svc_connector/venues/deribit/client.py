@@ -42,6 +42,7 @@ from svc_connector.session import (
     TokenBucket,
     batched,
     diff_symbols,
+    frame_outcome,
 )
 from svc_connector.venues.base import (
     ConnectionState,
@@ -403,6 +404,7 @@ class DeribitConnection:
         self.last_receive_ns = receive_ns
         self._last_receive_monotonic = time.monotonic()
         result = self.session.on_frame(frame, receive_ns)
+        result.counts[frame_outcome(result)] += 1
         for reply in result.replies:
             # Keep-alive answers go out at once, never behind paced subscribes.
             await ws.send(self.session.encode(reply))
@@ -519,25 +521,34 @@ class DeribitConnection:
 
         def flush() -> None:
             size = self.settings.channels_per_request
-            for batch in batched(unsubscribe, size):
+            for batch in batched(list(dict.fromkeys(unsubscribe)), size):
                 out.append((self.session.unsubscribe(batch), False))
-            for batch in batched(subscribe, size):
+            for batch in batched(list(dict.fromkeys(subscribe)), size):
                 out.append((self.session.subscribe(batch), True))
             subscribe.clear()
             unsubscribe.clear()
 
+        resubscribing = False
         for command in commands:
+            if command.action == "resubscribe":
+                # Queued resyncs share one unsubscribe and one subscribe request: books lost
+                # together (a stall, a burst of gaps) must not cost two paced requests each
+                # (OKX allows 480 an hour per connection: 130 books took half an hour).
+                if not resubscribing:
+                    flush()
+                    resubscribing = True
+                unsubscribe.extend(command.channels)
+                subscribe.extend(command.channels)
+                continue
+            if resubscribing:
+                flush()
+                resubscribing = False
             if command.action == "subscribe":
                 subscribe.extend(ch for ch in command.channels if ch in self.desired)
             elif command.action == "unsubscribe":
                 # An unsubscribe must not overtake an earlier queued subscribe of the channel.
                 flush()
                 unsubscribe.extend(ch for ch in command.channels if ch not in self.desired)
-            else:
-                flush()
-                unsubscribe.extend(command.channels)
-                subscribe.extend(command.channels)
-                flush()
         flush()
         return out
 

@@ -1,0 +1,342 @@
+"""Connector throughput: venue frames parsed, normalised and published per second, per venue,
+side by side with a null client that only receives the same frames (the ceiling).
+
+    .venv/bin/python -m bench.bench_connector [--venues deribit,okx,bybit,binance]
+                                              [--frames 30000] [--profile VENUE|worst|none]
+
+Workload: real simulator frames. The simulator runs once per venue (in this process) with a
+real connector on a MemorySink, and every notification frame the connector receives is
+recorded (subscribe answers are left out: the replay has no requests to match them to).
+A replay server in a separate process then sends the recorded frames at full speed over a
+local websocket, once per client:
+
+- ``null``:      a websocket client that receives every frame and does nothing else;
+- ``connector``: the connector's own per-frame path (the venue connection's frame handler:
+                 session parse + sequencing + normalisation, counters, ``NatsSink``
+                 batching into MarketDataBatch, JetStream publish to a real nats-server
+                 in its own process), timed until every batch is acknowledged.
+
+Frames/s is wall time of this process from first to last frame (plus the final flush for
+the connector); frames/s per core divides by this process's CPU time (the replay server
+and nats-server run in other processes). Targets: connector >= 50 % of the null client and
+>= 30,000 frames/s per core. A cProfile of the worst venue (or ``--profile``) shows where
+the time goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import cProfile
+import io
+import multiprocessing as mp
+import pickle
+import pstats
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.server import ServerConnection, serve
+
+from svc_connector.service import NatsSink, connector_config
+from svc_connector.session import PooledConnector, WsConnection
+from svc_connector.sim import SimConfig, run_simulator
+from svc_connector.venues import registry
+from svc_connector.venues.base import ConnectorConfig, MemorySink
+from svc_connector.venues.deribit.client import DeribitConnection, DeribitConnector
+from svc_connector.venues.deribit.parse import DeribitSession
+from volstream.bus.embedded import EmbeddedNats
+from volstream.config import Config
+from volstream.runtime import service_context
+from volstream.v1 import market_data_pb2 as md_pb
+
+VENUES = ("deribit", "okx", "bybit", "binance")
+TARGET_RATIO = 0.5
+TARGET_PER_CORE = 30_000.0
+MAX_WS_FRAME = 16 * 2**20
+
+Frame = str | bytes
+
+
+# ---- capture --------------------------------------------------------------------------------
+
+
+@dataclass
+class Capture:
+    venue: str
+    frames: list[Frame]
+    instruments: list[md_pb.Instrument]
+
+
+def _is_notification(venue: str, frame: Frame, instruments: list[md_pb.Instrument]) -> bool:
+    """False for subscribe answers and venue errors (a fresh session cannot match them)."""
+    session = _new_session(venue, instruments)
+    result = session.on_frame(frame, time.time_ns())
+    return not (result.acks or result.subscribed or result.unsubscribed or result.venue_errors)
+
+
+async def capture(venue: str, frames_wanted: int, timeout_s: float = 60.0) -> Capture:
+    """Run the simulator and a real connector; record what its connections receive."""
+    sim = await run_simulator(
+        SimConfig(
+            port=0,
+            venues=(venue,),
+            currencies=("BTC", "ETH"),
+            max_expiries=4,
+            messages_per_second=20_000.0,
+        )
+    )
+    recorded: list[Frame] = []
+    enough = asyncio.Event()
+    # Record at the connections' frame handler (class level, restored below).
+    handlers: list[tuple[type[Any], Callable[..., Awaitable[None]]]] = [
+        (WsConnection, WsConnection._handle),
+        (DeribitConnection, DeribitConnection._handle),
+    ]
+
+    def recording(original: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+        async def handle(self: Any, ws: ClientConnection, frame: Frame) -> None:
+            recorded.append(frame)
+            if len(recorded) >= frames_wanted:
+                enough.set()
+            await original(self, ws, frame)
+
+        return handle
+
+    for cls, original in handlers:
+        setattr(cls, "_handle", recording(original))  # noqa: B010
+    sink = MemorySink()
+    adapter = registry.get(venue)
+    cfg = Config(venues=(venue,), sim_url=sim.base_url)
+    connector = adapter.make_connector(connector_config(cfg, adapter), sink)
+    task = asyncio.create_task(connector.run())
+    try:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(enough.wait(), timeout_s)
+    finally:
+        for cls, original in handlers:
+            setattr(cls, "_handle", original)  # noqa: B010
+        await connector.stop()
+        await asyncio.gather(task, return_exceptions=True)
+        await sim.stop()
+    sets = [e.instrument_set for e in sink.of_case("instrument_set")]
+    instruments = {i.symbol: i for s in sets for i in s.instruments}
+    listed = list(instruments.values())
+    frames = [f for f in recorded[:frames_wanted] if _is_notification(venue, f, listed)]
+    return Capture(venue, frames, listed)
+
+
+# ---- replay server (own process) ------------------------------------------------------------
+
+
+def _serve(path: str, port_queue: Any) -> None:
+    frames: list[Frame] = pickle.loads(Path(path).read_bytes())
+    asyncio.run(_serve_async(frames, port_queue))
+
+
+async def _serve_async(frames: list[Frame], port_queue: Any) -> None:
+
+    async def handler(ws: ServerConnection) -> None:
+        async def drain() -> None:
+            with contextlib.suppress(Exception):
+                async for _ in ws:
+                    pass
+
+        reader = asyncio.create_task(drain())
+        await ws.recv()  # the client says it is ready
+        for frame in frames:
+            await ws.send(frame)
+        await ws.close()
+        reader.cancel()
+
+    async with serve(handler, "127.0.0.1", 0, max_size=MAX_WS_FRAME, compression=None) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        port_queue.put(port)
+        await asyncio.Future()
+
+
+# ---- clients ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Timing:
+    frames: int
+    wall_s: float
+    cpu_s: float
+    events: int = 0
+
+    @property
+    def rate(self) -> float:
+        return self.frames / self.wall_s if self.wall_s else 0.0
+
+    @property
+    def per_core(self) -> float:
+        return self.frames / self.cpu_s if self.cpu_s else 0.0
+
+
+async def null_client(url: str) -> Timing:
+    async with connect(url, max_size=MAX_WS_FRAME, compression=None) as ws:
+        await ws.send("ready")
+        frames = 0
+        wall = cpu = 0.0
+        async for _ in ws:
+            if frames == 0:
+                wall, cpu = time.perf_counter(), time.process_time()
+            frames += 1
+        return Timing(frames, time.perf_counter() - wall, time.process_time() - cpu)
+
+
+def _new_session(venue: str, instruments: list[md_pb.Instrument]) -> Any:
+    adapter = registry.get(venue)
+    config = ConnectorConfig(currencies=("BTC", "ETH"))
+    connector = adapter.make_connector(config, MemorySink())
+    if isinstance(connector, DeribitConnector):
+        session: Any = DeribitSession(sequence=connector._next_sequence)
+    else:
+        assert isinstance(connector, PooledConnector)
+        session = connector.new_session()
+    session.set_instruments(instruments)
+    return session
+
+
+def _connection(venue: str, sink: NatsSink, instruments: list[md_pb.Instrument]) -> Any:
+    """The venue's real connection object with a fresh session (its frame handler is timed)."""
+    adapter = registry.get(venue)
+    config = ConnectorConfig(currencies=("BTC", "ETH"))
+    connector = adapter.make_connector(config, sink)
+    session = _new_session(venue, instruments)
+    if isinstance(connector, DeribitConnector):
+        return DeribitConnection(0, connector.settings, sink, session)
+    assert isinstance(connector, PooledConnector)
+    return WsConnection(
+        "bench",
+        connector.settings,
+        connector.connection_plan(connector.route_of("")),
+        sink,
+        session,
+    )
+
+
+async def connector_client(
+    url: str, venue: str, nats_url: str, instruments: list[md_pb.Instrument]
+) -> Timing:
+    cfg = Config(nats_url=nats_url, venues=(venue,))
+    async with service_context(cfg, "connector") as ctx:
+        sink = NatsSink(ctx, venue)
+        conn = _connection(venue, sink, instruments)
+        handle = conn._handle
+        async with connect(url, max_size=MAX_WS_FRAME, compression=None) as ws:
+            await ws.send("ready")
+            frames = 0
+            wall = cpu = 0.0
+            async for frame in ws:
+                if frames == 0:
+                    wall, cpu = time.perf_counter(), time.process_time()
+                frames += 1
+                await handle(ws, frame)
+        await sink.close()
+        await ctx.publisher.flush(timeout_s=60.0)
+        timing = Timing(frames, time.perf_counter() - wall, time.process_time() - cpu)
+        timing.events = sink.published_events
+        return timing
+
+
+# ---- main -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    venue: str
+    frames: int
+    null: Timing
+    conn: Timing
+
+
+async def bench_venue(
+    venue: str, frames_wanted: int, nats_url: str, workdir: Path, profile: bool
+) -> tuple[Row, str]:
+    cap = await capture(venue, frames_wanted)
+    path = workdir / f"{venue}.frames"
+    path.write_bytes(pickle.dumps(cap.frames))
+    ctx = mp.get_context("spawn")
+    ports = ctx.Queue()
+    server = ctx.Process(target=_serve, args=(str(path), ports), daemon=True)
+    server.start()
+    try:
+        port = await asyncio.get_running_loop().run_in_executor(None, ports.get, True, 30)
+        url = f"ws://127.0.0.1:{port}/"
+        null = await null_client(url)
+        conn = await connector_client(url, venue, nats_url, cap.instruments)
+        text = ""
+        if profile:
+            profiler = cProfile.Profile()
+            profiler.enable()
+            await connector_client(url, venue, nats_url, cap.instruments)
+            profiler.disable()
+            out = io.StringIO()
+            pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(18)
+            text = out.getvalue()
+        return Row(venue, len(cap.frames), null, conn), text
+    finally:
+        server.terminate()
+        server.join(5)
+
+
+def print_table(rows: list[Row]) -> None:
+    print(
+        f"{'venue':<8} {'frames':>7} {'null f/s':>10} {'conn f/s':>10} {'ratio':>6} "
+        f"{'conn f/s/core':>13} {'events/s':>10} {'ev/frame':>8}  targets"
+    )
+    for r in rows:
+        ratio = r.conn.rate / r.null.rate if r.null.rate else 0.0
+        ok_ratio = "ok" if ratio >= TARGET_RATIO else "MISS"
+        ok_core = "ok" if r.conn.per_core >= TARGET_PER_CORE else "MISS"
+        events_rate = r.conn.events / r.conn.wall_s if r.conn.wall_s else 0.0
+        print(
+            f"{r.venue:<8} {r.frames:>7} {r.null.rate:>10,.0f} {r.conn.rate:>10,.0f} "
+            f"{ratio:>6.0%} {r.conn.per_core:>13,.0f} {events_rate:>10,.0f} "
+            f"{r.conn.events / max(r.frames, 1):>8.2f}  ratio {ok_ratio}, per-core {ok_core}"
+        )
+
+
+async def main(args: argparse.Namespace) -> None:
+    venues = [v.strip() for v in args.venues.split(",") if v.strip()]
+    rows: list[Row] = []
+    profiles: dict[str, str] = {}
+    with tempfile.TemporaryDirectory() as tmp, EmbeddedNats(data_dir=Path(tmp) / "nats") as nats:
+        for venue in venues:
+            want_profile = args.profile == venue
+            row, text = await bench_venue(venue, args.frames, nats.url, Path(tmp), want_profile)
+            rows.append(row)
+            print_table([row])
+            if text:
+                profiles[venue] = text
+        if args.profile == "worst" and rows:
+            worst = min(rows, key=lambda r: r.conn.per_core)
+            _, profiles[worst.venue] = await bench_venue(
+                worst.venue, args.frames, nats.url, Path(tmp), True
+            )
+    print(
+        "\nConnector frames/s against pre-recorded simulator frames replayed at full speed "
+        "(null = receive only)"
+    )
+    print_table(rows)
+    for venue, text in profiles.items():
+        print(f"\nprofile of the {venue} connector run (tottime):\n{text}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.bench_connector", description=__doc__)
+    p.add_argument("--venues", default=",".join(VENUES))
+    p.add_argument("--frames", type=int, default=30_000)
+    p.add_argument("--profile", default="worst", help="venue, 'worst' or 'none'")
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    asyncio.run(main(parse_args()))
