@@ -307,7 +307,7 @@ async def publish_loop(
 
 async def run_variant(variant: str, args: argparse.Namespace, nats_url: str) -> RunResult:
     import nats
-    import psutil  # type: ignore[import-untyped]
+    import psutil
 
     result = RunResult(variant)
     tmp = Path(tempfile.mkdtemp(prefix="bench-api-"))

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from google.protobuf.message import Message
+
 from volstream import codegen
 from volstream.v1 import book_pb2, iv_pb2, market_data_pb2, surface_pb2
 
@@ -24,7 +26,7 @@ def test_buf_lint_is_clean() -> None:
 
 
 def test_every_event_and_batch_carries_the_header() -> None:
-    events = [
+    events: list[type[Message]] = [
         market_data_pb2.InstrumentSet,
         market_data_pb2.BookSnapshot,
         market_data_pb2.BookDelta,
@@ -42,6 +44,7 @@ def test_every_event_and_batch_carries_the_header() -> None:
     for cls in events:
         field = cls.DESCRIPTOR.fields_by_name.get("header")
         assert field is not None, cls.__name__
+        assert field.message_type is not None, cls.__name__
         assert field.message_type.full_name == "volstream.v1.EventHeader"
     header = {f.name: f.type for f in market_data_pb2.BookDelta().header.DESCRIPTOR.fields}
     int64 = 3

@@ -57,7 +57,7 @@ class UpSystem:
                     timeout=2,
                 )
                 if len(resp.surface.slices) >= min_expiries:
-                    return resp
+                    return resp  # type: ignore[no-any-return]  # grpc stubs are untyped
                 last_error = f"{len(resp.surface.slices)} expiries"
             except grpc.RpcError as exc:
                 last_error = f"{exc.code()}: {exc.details()}"
@@ -75,9 +75,17 @@ def start_up(tmp: Path, *extra: str, env: dict[str, str] | None = None) -> UpSys
     data_dir = tmp / "data"
     log_path = tmp / "up.log"
     cmd = [
-        sys.executable, "-m", "volstream.cli", "up",
-        "--grpc-port", str(grpc_port), "--http-port", str(http_port),
-        "--data-dir", str(data_dir), *extra,
+        sys.executable,
+        "-m",
+        "volstream.cli",
+        "up",
+        "--grpc-port",
+        str(grpc_port),
+        "--http-port",
+        str(http_port),
+        "--data-dir",
+        str(data_dir),
+        *extra,
     ]
     log_file = log_path.open("wb")
     proc = subprocess.Popen(

@@ -45,7 +45,9 @@ def test_up_without_internet_retries_and_reports_not_serving(tmp_path: Path) -> 
         assert state["connector.deribit"]["restarts"] == 0, "connector crashed instead of retrying"
         log = system.log()
         connector_lines = [ln for ln in log.splitlines() if ln.startswith("connector.deribit")]
-        assert any("deribit" in ln.lower() and ("error" in ln.lower() or "fail" in ln.lower())
-                   for ln in connector_lines), "\n".join(connector_lines[-30:])
+        assert any(
+            "deribit" in ln.lower() and ("error" in ln.lower() or "fail" in ln.lower())
+            for ln in connector_lines
+        ), "\n".join(connector_lines[-30:])
     finally:
         assert stop_up(system) < 5.0

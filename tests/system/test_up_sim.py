@@ -5,6 +5,7 @@ Deribit-protocol traffic, close to the simulator's ground truth."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import threading
@@ -29,7 +30,7 @@ def truth_surface(system: UpSystem, currency: str) -> surface_pb.Surface:
         nc = await nats.connect(system.state()["nats_url"])
         try:
             msg = await nc.jetstream().get_last_msg("SIM", f"sim.truth.deribit.{currency.lower()}")
-            return surface_pb.Surface.FromString(msg.data)
+            return surface_pb.Surface.FromString(msg.data or b"")
         finally:
             await nc.close()
 
@@ -48,7 +49,9 @@ def test_surface_within_30s_and_close_to_truth(up_sim: UpSystem, currency: str) 
         t = truth.get(s.expiry_time_ns)
         assert t is not None, f"fitted expiry {s.expiry_label} is not a simulator expiry"
         diff = s.metrics.atm_vol - t.metrics.atm_vol
-        report.append(f"{s.expiry_label}: fit {s.metrics.atm_vol:.4f} truth {t.metrics.atm_vol:.4f}")
+        report.append(
+            f"{s.expiry_label}: fit {s.metrics.atm_vol:.4f} truth {t.metrics.atm_vol:.4f}"
+        )
         if abs(diff) <= ATM_TOLERANCE:
             close.append(s.expiry_label)
     assert len(close) >= 5, "\n".join(report)
@@ -93,9 +96,8 @@ class SurfaceWatcher(threading.Thread):
                 )
                 for msg in call:
                     for s in msg.surfaces:
-                        self.seen.append(
-                            (s.currency, s.header.sequence, s.header.event_time_ns, time.monotonic())
-                        )
+                        seen = (s.currency, s.header.sequence, s.header.event_time_ns)
+                        self.seen.append((*seen, time.monotonic()))
                     if self.stop_flag.is_set():
                         call.cancel()
                         return
@@ -135,7 +137,7 @@ def test_sigkill_of_a_service_is_survived(up_sim: UpSystem, service: str) -> Non
     # surface was computed from only moves forward.
     for ccy in ("BTC", "ETH"):
         seqs = [seq for c, seq, _, _ in watcher.seen if c == ccy]
-        forward = [b > a for a, b in zip(seqs, seqs[1:], strict=False)]
+        forward = [b > a for a, b in itertools.pairwise(seqs)]
         assert all(forward), f"{ccy}: sequences {seqs} repeat or go back after killing {service}"
 
 

@@ -82,8 +82,9 @@ class EmbeddedNats:
                 raise RuntimeError(
                     f"nats-server exited with {self.proc.returncode}; see {self.log_file}"
                 )
-            with contextlib.suppress(OSError), socket.create_connection(
-                ("127.0.0.1", self.port), timeout=0.2
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2),
             ):
                 log.info("embedded nats-server on %s (data %s)", self.url, self.data_dir)
                 return self
