@@ -43,8 +43,11 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import ServerConnection, serve
 
+from svc_connector.runtime import (
+    PooledConnector,
+    WsConnection,
+)
 from svc_connector.service import NatsSink, connector_config
-from svc_connector.session import PooledConnector, WsConnection
 from svc_connector.sim import SimConfig, run_simulator
 from svc_connector.venues import registry
 from svc_connector.venues.base import ConnectorConfig, MemorySink

@@ -14,7 +14,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
-from svc_connector.session import PooledConnector
+from svc_connector.runtime import (
+    PooledConnector,
+)
 from svc_connector.sim import SimConfig, SimHandle, run_simulator
 from svc_connector.venues import registry
 from svc_connector.venues.base import ConnectionState, ConnectorConfig, MemorySink

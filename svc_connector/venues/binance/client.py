@@ -33,16 +33,18 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from svc_connector.session import (
+from svc_connector.runtime import (
     ConnectionPlan,
     DiscoveryFailed,
     PooledConnector,
     RuntimeSettings,
-    TokenBucket,
     WireSession,
     WsConnection,
     option_flag,
     option_float,
+)
+from svc_connector.session import (
+    TokenBucket,
 )
 from svc_connector.venues.base import ConnectorConfig, EventSink, FrameResult, ResubscribeRequest
 from svc_connector.venues.binance import constants as c

@@ -36,13 +36,15 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wai
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from svc_connector.runtime import (
+    frame_outcome,
+)
 from svc_connector.session import (
     ChannelAllocator,
     ConnectionStateMachine,
     TokenBucket,
     batched,
     diff_symbols,
-    frame_outcome,
 )
 from svc_connector.venues.base import (
     ConnectionState,

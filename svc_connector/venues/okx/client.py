@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from svc_connector.session import (
+from svc_connector.runtime import (
     ConnectionPlan,
     PooledConnector,
     RuntimeSettings,
