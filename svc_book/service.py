@@ -265,7 +265,13 @@ async def run(cfg: Config) -> None:
         stage = BookStage(ctx, partitions)
         await stage.restore()
         runner = StageRunner(
-            ctx.nc, SERVICE, ctx.subjects, stage_inputs(ctx, partitions), stage, ctx.metrics
+            ctx.nc,
+            SERVICE,
+            ctx.subjects,
+            stage_inputs(ctx, partitions),
+            stage,
+            ctx.metrics,
+            publisher=ctx.publisher,  # one publisher per process; the context closes it
         )
         await runner.start()
         ctx.on_close(runner.stop)

@@ -163,7 +163,13 @@ async def run(cfg: Config) -> None:
         stage = IvStage(ctx, partitions)
         await stage.bootstrap()
         runner = StageRunner(
-            ctx.nc, SERVICE, ctx.subjects, stage_inputs(ctx, partitions), stage, ctx.metrics
+            ctx.nc,
+            SERVICE,
+            ctx.subjects,
+            stage_inputs(ctx, partitions),
+            stage,
+            ctx.metrics,
+            publisher=ctx.publisher,  # one publisher per process; the context closes it
         )
         await runner.start()
         # Closers run last-registered first: the runner finishes its batch, then the pool goes.

@@ -156,7 +156,13 @@ async def run(cfg: Config) -> None:
         stage = SurfaceStage(ctx, partitions)
         await stage.bootstrap()
         runner = StageRunner(
-            ctx.nc, SERVICE, ctx.subjects, stage_inputs(ctx, partitions), stage, ctx.metrics
+            ctx.nc,
+            SERVICE,
+            ctx.subjects,
+            stage_inputs(ctx, partitions),
+            stage,
+            ctx.metrics,
+            publisher=ctx.publisher,  # one publisher per process; the context closes it
         )
         await runner.start()
         ctx.on_close(runner.stop)
