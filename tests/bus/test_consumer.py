@@ -49,6 +49,21 @@ class Recorder:
         self.seen.extend(values)
 
 
+class StallingRecorder(Recorder):
+    """Records until `after` values, then holds the next batch unacked (a hung instance)."""
+
+    def __init__(self, after: int) -> None:
+        super().__init__()
+        self.after = after
+        self.stalled = asyncio.Event()
+
+    async def __call__(self, msgs: list[Msg]) -> None:
+        if len(self.seen) >= self.after:
+            self.stalled.set()
+            await asyncio.Event().wait()  # never returns: this batch is never acked
+        await super().__call__(msgs)
+
+
 def test_parse_ack_metadata_both_layouts() -> None:
     v1 = parse_ack_metadata("$JS.ACK.MD.svc.3.1042.77.1795241354302951940.12")
     assert v1 is not None
@@ -110,12 +125,12 @@ async def test_crashed_instance_is_resumed_from_the_ack_floor(nats_server: Embed
     await ensure_consumer(setup.jetstream(), ConsumerSpec("C", "crash", ["c.>"], ack_wait_s=30))
 
     doomed = await connect(nats_server.url, "doomed")
-    recorder = Recorder()
+    recorder = StallingRecorder(after=500)
     first = PullConsumer(doomed, "C", "crash", recorder, batch_size=100)
     await first.start()
-    await wait_until(lambda: len(recorder.seen) >= 500)
+    await asyncio.wait_for(recorder.stalled.wait(), 20)  # a batch is in hand, unacked
     await doomed.close()  # no graceful stop: unacked deliveries stay pending for 30 s
-    await first.stop()  # only tidies up the tasks: the connection is gone
+    await first.stop(timeout_s=1.0)  # only tidies up the tasks: the connection is gone
     handled = list(recorder.seen)
 
     info = await setup.jetstream().consumer_info("C", "crash")
