@@ -51,8 +51,6 @@ from svc_connector.service import NatsSink, connector_config
 from svc_connector.sim import SimConfig, run_simulator
 from svc_connector.venues import registry
 from svc_connector.venues.base import ConnectorConfig, MemorySink
-from svc_connector.venues.deribit.client import DeribitConnection, DeribitConnector
-from svc_connector.venues.deribit.parse import DeribitSession
 from volstream.bus.embedded import EmbeddedNats
 from volstream.config import Config
 from volstream.runtime import service_context
@@ -99,7 +97,6 @@ async def capture(venue: str, frames_wanted: int, timeout_s: float = 60.0) -> Ca
     # Record at the connections' frame handler (class level, restored below).
     handlers: list[tuple[type[Any], Callable[..., Awaitable[None]]]] = [
         (WsConnection, WsConnection._handle),
-        (DeribitConnection, DeribitConnection._handle),
     ]
 
     def recording(original: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
@@ -198,11 +195,8 @@ def _new_session(venue: str, instruments: list[md_pb.Instrument]) -> Any:
     adapter = registry.get(venue)
     config = ConnectorConfig(currencies=("BTC", "ETH"))
     connector = adapter.make_connector(config, MemorySink())
-    if isinstance(connector, DeribitConnector):
-        session: Any = DeribitSession(sequence=connector._next_sequence)
-    else:
-        assert isinstance(connector, PooledConnector)
-        session = connector.new_session()
+    assert isinstance(connector, PooledConnector)
+    session: Any = connector.new_session()
     session.set_instruments(instruments)
     return session
 
@@ -213,8 +207,6 @@ def _connection(venue: str, sink: NatsSink, instruments: list[md_pb.Instrument])
     config = ConnectorConfig(currencies=("BTC", "ETH"))
     connector = adapter.make_connector(config, sink)
     session = _new_session(venue, instruments)
-    if isinstance(connector, DeribitConnector):
-        return DeribitConnection(0, connector.settings, sink, session)
     assert isinstance(connector, PooledConnector)
     return WsConnection(
         "bench",

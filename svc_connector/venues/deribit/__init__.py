@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from svc_connector.venues.base import ConnectorConfig, EventSink, VenueAdapter, VenueConnector
 from svc_connector.venues.deribit import constants
-from svc_connector.venues.deribit.client import DeribitConnection, DeribitConnector, DeribitSettings
+from svc_connector.venues.deribit.client import DeribitConnector, DeribitSettings
 from svc_connector.venues.deribit.parse import DeribitSession, parse_frame, parse_instruments
 
 
@@ -24,7 +24,6 @@ ADAPTER = VenueAdapter(
 
 __all__ = [
     "ADAPTER",
-    "DeribitConnection",
     "DeribitConnector",
     "DeribitSession",
     "DeribitSettings",

@@ -32,7 +32,6 @@ from svc_connector.runtime import (
     PooledConnector,
     RuntimeSettings,
     WireSession,
-    WsConnection,
     option_flag,
     option_float,
 )
@@ -158,16 +157,6 @@ def connection_plan(settings: RuntimeSettings) -> ConnectionPlan:
     )
 
 
-class DeribitConnection(WsConnection):
-    """One websocket on Deribit's :func:`connection_plan`, for callers that drive a single
-    connection themselves (the connector's own connections are plain WsConnections)."""
-
-    def __init__(
-        self, index: int, settings: RuntimeSettings, sink: EventSink, session: WireSession
-    ) -> None:
-        super().__init__(str(index), settings, connection_plan(settings), sink, session)
-
-
 # ---------------------------------------------------------------------------------------------
 # the connector
 # ---------------------------------------------------------------------------------------------
@@ -181,9 +170,6 @@ class DeribitConnector(PooledConnector):
         super().__init__(self.deribit.runtime, sink)
 
     # Older name of next_sequence (bench/bench_connector.py builds sessions with it).
-    def _next_sequence(self) -> int:
-        return self.next_sequence()
-
     def new_session(self) -> WireSession:
         return DeribitSession(
             resync_timeout_ns=int(self.settings.resync_timeout_s * 1e9),

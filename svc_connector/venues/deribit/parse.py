@@ -18,7 +18,12 @@ from typing import Any, Final, TypeGuard
 
 import orjson
 
-from svc_connector.session import BookSequencer, DeltaVerdict
+from svc_connector.session import (
+    BookSequencer,
+    DeltaVerdict,
+    FieldError,
+    collect_instruments,
+)
 from svc_connector.venues.base import (
     DeadLetter,
     FrameResult,
@@ -45,8 +50,8 @@ US_TO_NS: Final = 1_000
 _USD_QUOTES: Final = frozenset({"USD", "USDC", "USDT"})
 
 
-class _Missing(Exception):
-    """A required field is absent or has the wrong type (internal; becomes a dead letter)."""
+# A required field is absent or has the wrong type: the frame becomes a dead letter.
+_Missing = FieldError
 
 
 # ---------------------------------------------------------------------------------------------
@@ -517,26 +522,7 @@ def parse_instruments(body: bytes | str, receive_time_ns: int) -> InstrumentPars
     if not isinstance(entries, list):
         result.dead_letters.append(DeadLetter(_raw_bytes(body), "get_instruments: no result list"))
         return result
-    for entry in entries:
-        if not isinstance(entry, dict):
-            result.dead_letters.append(
-                DeadLetter(orjson.dumps(entry), "instrument is not an object")
-            )
-            continue
-        try:
-            instrument = _instrument(entry, result.counts)
-        except _Missing as exc:
-            result.dead_letters.append(DeadLetter(orjson.dumps(entry), str(exc)))
-            continue
-        except Exception as exc:  # a parser bug must not stop discovery
-            result.dead_letters.append(
-                DeadLetter(
-                    orjson.dumps(entry), f"internal parse error: {type(exc).__name__}: {exc}"
-                )
-            )
-            continue
-        if instrument is not None:
-            result.instruments.append(instrument)
+    collect_instruments(entries, _instrument, result)
     return result
 
 
@@ -715,11 +701,6 @@ class DeribitSession:
 
     def unsubscribe(self, channels: Iterable[str]) -> str:
         return self.encode(VenueRequest(c.UNSUBSCRIBE, {"channels": list(channels)}, "unsubscribe"))
-
-    def set_heartbeat(self, interval_s: float) -> str:
-        """``public/set_heartbeat`` (the venue refuses < 10 s; the settings enforce it)."""
-        interval: int | float = int(interval_s) if float(interval_s).is_integer() else interval_s
-        return self.encode(VenueRequest(c.SET_HEARTBEAT, {"interval": interval}, "heartbeat"))
 
     # ---- incoming ----------------------------------------------------------------------------
 
