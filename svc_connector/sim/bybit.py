@@ -44,7 +44,6 @@ from svc_connector.sim.streaming import (
     PushVenue,
     Sub,
     SubKind,
-    decimals_of,
     entries_of,
     option_float,
     trimmed,
@@ -140,7 +139,6 @@ class BybitVenue(PushVenue):
             raise ValueError("bybit ack_style must be 'op' or 'command_resp'")
         self.ack_style = str(style)
         self.idle_timeout_s = option_float(self.options, "idle_timeout_s", 0.0) or None
-        self._texts: dict[float, NumberText] = {}
         self._static: dict[str, dict[str, str]] = {}
         self._usd_text = NumberText(2, trim=True)
         self._cross_seq = 4_000_000_000
@@ -162,12 +160,6 @@ class BybitVenue(PushVenue):
 
     def new_session(self, session_id: int, ws: web.WebSocketResponse) -> PushSession:
         return PushSession(self, session_id, ws, BybitMutator(OPTIONAL_TICKER_FIELDS))
-
-    def text(self, step: float) -> NumberText:
-        fmt = self._texts.get(step)
-        if fmt is None:
-            fmt = self._texts[step] = NumberText(decimals_of(step), trim=True)
-        return fmt
 
     def _next_ids(self) -> tuple[int, int]:
         """(cross sequence, message id) of the next frame; `seq` moves on by small jumps, as

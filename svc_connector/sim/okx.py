@@ -45,7 +45,6 @@ from svc_connector.sim.streaming import (
     PushVenue,
     Sub,
     SubKind,
-    decimals_of,
     entries_of,
     option_float,
     trimmed,
@@ -172,7 +171,6 @@ class OkxVenue(PushVenue):
         self.book_keepalive_ns = int(option_float(self.options, "book_keepalive_s", 60.0) * 1e9)
         # symbol -> sim time of the last books push (snapshot, update or keep-alive)
         self.book_pushed_ns: dict[str, int] = {}
-        self._texts: dict[float, NumberText] = {}
         self._usd_text = NumberText(2, trim=True)
 
     # -- plumbing -------------------------------------------------------------------------
@@ -191,12 +189,6 @@ class OkxVenue(PushVenue):
 
     def new_session(self, session_id: int, ws: web.WebSocketResponse) -> PushSession:
         return OkxSession(self, session_id, ws, OkxMutator(OPTIONAL_SUMMARY_FIELDS))
-
-    def text(self, step: float) -> NumberText:
-        fmt = self._texts.get(step)
-        if fmt is None:
-            fmt = self._texts[step] = NumberText(decimals_of(step), trim=True)
-        return fmt
 
     def market_of_family(self, name: object) -> VenueMarket | None:
         if not isinstance(name, str) or not name.endswith("-USD"):

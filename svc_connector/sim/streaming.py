@@ -256,8 +256,16 @@ class PushVenue(VenueSim):
         self.faults_applied: dict[str, int] = {}
         self._next_index_ns = 0
         self._level_texts: dict[str, LevelText] = {}
+        self._texts: dict[float, NumberText] = {}
         # Subscriptions held, per kind (all sessions).
         self.kind_counts: dict[SubKind, int] = {}
+
+    def text(self, step: float) -> NumberText:
+        """The venue's number formatting for a price/size step (cached per step)."""
+        fmt = self._texts.get(step)
+        if fmt is None:
+            fmt = self._texts[step] = NumberText(decimals_of(step), trim=True)
+        return fmt
 
     # -- hooks a venue provides ----------------------------------------------------------
     def new_session(self, session_id: int, ws: web.WebSocketResponse) -> PushSession:
