@@ -27,8 +27,10 @@ from typing import Literal
 import numpy as np
 
 from svc_surface import arbitrage, metrics, refit, repair
-from svc_surface.fit import FitConfig, SviFitResult, fit_svi_slices
+from svc_surface.fit import FitConfig, SliceData, SviFitResult, fit_svi_slices
 from svc_surface.quotes import (
+    BoolArray,
+    Prior,
     QuoteConfig,
     SelectedQuotes,
     flag_outliers,
@@ -66,6 +68,10 @@ class SurfaceConfig:
     publish_unchanged: bool = False
     # Drop outliers after a first fit and refit.
     drop_outliers: bool = True
+    # Temporal smoothing (SVI model): each refit is pulled toward the slice's last fit
+    # (kept inside every quote's band), so the fit is an exponentially weighted average of
+    # snapshot fits with this half life (quotes.Prior). 0 turns it off.
+    smoothing_half_life_s: float = 20.0
     # Butterfly/calendar check range in log-moneyness.
     check_k_range: tuple[float, float] = arbitrage.K_CHECK_RANGE
     # Consolidated surface: weight multiplier per venue (default 1).
@@ -109,6 +115,13 @@ class SliceCache:
     # (venue, symbol) of quotes no arbitrage-free slice reached (dropped after the repair): while
     # they stay that far from the published slice, the next fit leaves them out at once.
     repair_outliers: frozenset[tuple[str, str]] = frozenset()
+    # The prior of the next fit (temporal smoothing): the fit (before repair), its T,
+    # when it was last refitted and the information (sum of quote weights, prior
+    # included) behind it.
+    prior: RawSvi | None = None
+    prior_t: float = math.nan
+    prior_ns: int = 0
+    prior_info: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -350,6 +363,42 @@ class _Working:
     reused: bool = False
     smile_keys: tuple[SmileKey, ...] = ()
     repair_outliers: frozenset[tuple[str, str]] = frozenset()
+    prior: Prior | None = None
+
+    def data(self, exclude: BoolArray | None = None) -> SliceData:
+        return self.selected.slice_data(exclude, self.prior)
+
+    def information(self) -> float:
+        """Sum of the used quotes' weights (inverse variances)."""
+        return float(self.selected.weight[self.selected.used].sum())
+
+    def posterior_information(self) -> float:
+        """Information behind this fit: its quotes plus the prior's share."""
+        weight = self.prior.weight if self.prior is not None else 0.0
+        return self.information() * (1.0 + weight)
+
+
+def _prior(w: _Working, now_ns: int, half_life_s: float) -> Prior | None:
+    """The last fit as a prior, weighted by its age and by the information behind it
+    against the current quotes' (None: no smoothing)."""
+    cache = w.job.cache
+    if half_life_s <= 0.0 or cache is None or cache.prior is None:
+        return None
+    info_now = w.information()
+    decay = Prior.decay((now_ns - cache.prior_ns) / 1e9, half_life_s)
+    if decay <= 0.0 or info_now <= 0.0:
+        return None
+    weight = min(decay * cache.prior_info / info_now, Prior.MAX_WEIGHT)
+    if weight <= 0.0:
+        return None
+    prior = Prior(cache.prior, cache.prior_t, weight)
+    sel = w.selected
+    u = sel.used
+    if prior.outside_share(sel.k[u], sel.bid_iv[u], sel.ask_iv[u], sel.weight[u]) > (
+        Prior.RESET_OUTSIDE_SHARE
+    ):
+        return None
+    return prior
 
 
 def _select(job: FitJob) -> tuple[list[_Working], list[SkippedSlice]]:
@@ -420,7 +469,7 @@ def _combine(prev: SviFitResult | None, f: SviFitResult) -> SviFitResult:
     )
 
 
-def _fit_svi(work: list[_Working], cfg: SurfaceConfig) -> None:
+def _fit_svi(work: list[_Working], cfg: SurfaceConfig, now_ns: int) -> None:
     """Fit changed slices (warm), then drop outliers: slices whose first fit looks pulled
     by bad quotes get a trimmed refit first, so outliers are judged against a fit they
     did not distort; slices that lost quotes are refitted."""
@@ -437,8 +486,10 @@ def _fit_svi(work: list[_Working], cfg: SurfaceConfig) -> None:
     if cfg.drop_outliers:
         for w in todo:
             _drop_known_repair_outliers(w, cfg)
+    for w in todo:
+        w.prior = _prior(w, now_ns, cfg.smoothing_half_life_s)
     warm = [w.job.cache.fit.params if w.job.cache is not None else None for w in todo]
-    fits = fit_svi_slices([w.selected.slice_data() for w in todo], warm, cfg.fit)
+    fits = fit_svi_slices([w.data() for w in todo], warm, cfg.fit)
     for w, f in zip(todo, fits, strict=True):
         w.fit = f
     if not cfg.drop_outliers:
@@ -455,9 +506,7 @@ def _fit_svi(work: list[_Working], cfg: SurfaceConfig) -> None:
             for w in suspects
             if w.fit is not None
         ]
-        trimmed_data = [
-            w.selected.slice_data(exclude=t) for w, t in zip(suspects, trims, strict=True)
-        ]
+        trimmed_data = [w.data(exclude=t) for w, t in zip(suspects, trims, strict=True)]
         trimmed = fit_svi_slices(
             trimmed_data, [w.fit.params if w.fit is not None else None for w in suspects], cfg.fit
         )
@@ -475,7 +524,7 @@ def _fit_svi(work: list[_Working], cfg: SurfaceConfig) -> None:
             again.append(w)  # its current fit saw the trimmed set only
     if again:
         refits = fit_svi_slices(
-            [w.selected.slice_data() for w in again],
+            [w.data() for w in again],
             [w.fit.params if w.fit is not None else None for w in again],
             cfg.fit,
         )
@@ -533,18 +582,20 @@ def _fit_ssvi(work: list[_Working], job: FitJob) -> SsviParams | None:
     return res.params
 
 
-def _refit_data(selected: SelectedQuotes, band_epsilon: float) -> refit.RefitData:
-    """The used quotes as repair input: mid and bid/ask band in total variance, weights
-    on total variance (the fit's own objective)."""
-    d = selected.slice_data()
-    t = selected.t
-    om = d.vol_weight / (2.0 * d.mid_vol * t) ** 2
+def _refit_data(w: _Working, band_epsilon: float) -> refit.RefitData:
+    """The used quotes as repair input: target (the mid, or the mid blended with the
+    prior) and bid/ask band in total variance, weights on total variance (the fit's own
+    objective)."""
+    d = w.data()
+    t = w.selected.t
+    target = d.mid_vol if d.target_vol is None else d.target_vol
+    om = d.vol_weight / (2.0 * target * t) ** 2
     with np.errstate(invalid="ignore"):
-        bid = np.where(np.isfinite(d.bid_vol), np.minimum(d.bid_vol, d.mid_vol), d.mid_vol)
-        ask = np.where(np.isfinite(d.ask_vol), np.maximum(d.ask_vol, d.mid_vol), d.mid_vol)
+        bid = np.where(np.isfinite(d.bid_vol), np.minimum(d.bid_vol, target), target)
+        ask = np.where(np.isfinite(d.ask_vol), np.maximum(d.ask_vol, target), target)
     return refit.RefitData(
         k=d.k,
-        target_w=d.mid_vol * d.mid_vol * t,
+        target_w=target * target * t,
         weight=om / max(float(om.sum()), 1e-300),
         lo_w=np.maximum(bid, 0.0) ** 2 * t,
         hi_w=ask * ask * t,
@@ -560,7 +611,7 @@ def _repair(
             repair.SliceToRepair(
                 t=w.job.t,
                 params=w.fit.params,
-                data=_refit_data(w.selected, cfg.fit.band_epsilon),
+                data=_refit_data(w, cfg.fit.band_epsilon),
                 label=w.job.expiry_label,
                 warm=w.job.cache.repaired if w.job.cache is not None else None,
             )
@@ -595,7 +646,7 @@ def run_fit_job(job: FitJob) -> FitJobResult:
         if cfg.model == surface_pb.SURFACE_MODEL_SSVI:
             ssvi_params = _fit_ssvi(work, job)
         else:
-            _fit_svi(work, cfg)
+            _fit_svi(work, cfg, job.now_ns)
     work.sort(key=lambda w: w.job.t)
     fitted = [w for w in work if w.fit is not None]
     memo = refit.RefitMemo()
@@ -619,7 +670,7 @@ def run_fit_job(job: FitJob) -> FitJobResult:
                 again.append(w)
         if again:
             refits = fit_svi_slices(
-                [w.selected.slice_data() for w in again],
+                [w.data() for w in again],
                 [w.fit.params if w.fit is not None else None for w in again],
                 cfg.fit,
             )
@@ -648,6 +699,7 @@ def run_fit_job(job: FitJob) -> FitJobResult:
             matrices.get(w.job.expiry_time_ns),
             repaired.get(w.job.expiry_time_ns),
             w.repair_outliers,
+            *_prior_state(w, job.now_ns),
         )
         for w in fitted
         if w.fit is not None
@@ -661,6 +713,21 @@ def run_fit_job(job: FitJob) -> FitJobResult:
         skipped=tuple(skipped),
         fit_time_ms=(time.perf_counter() - started) * 1e3,
     )
+
+
+def _prior_state(w: _Working, now_ns: int) -> tuple[RawSvi | None, float, int, float]:
+    """(fitted params, their T, last refit time, information) for the next fit's prior.
+
+    The prior is the fit before any arbitrage repair: a repair is a projection of each
+    publication, and feeding it back would let a repaired shape (held inside wide bands
+    by a heavy prior) ratchet from fit to fit. A slice reused unfitted keeps its refit
+    time and information: the prior's age counts from the data it saw."""
+    cache = w.job.cache
+    if w.fit is None:
+        return None, math.nan, 0, 0.0
+    if w.reused and cache is not None and cache.prior is not None:
+        return cache.prior, cache.prior_t, cache.prior_ns, cache.prior_info
+    return w.fit.params, w.job.t, now_ns, w.posterior_information()
 
 
 def _quote_matrix(sel: SelectedQuotes, p: RawSvi, t: float) -> QuoteMatrix:

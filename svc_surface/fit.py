@@ -76,7 +76,9 @@ class SliceData:
     """One slice's fit inputs (quotes already selected).
 
     Vols are fractions; weights apply to squared vol residuals (zero: ignored). NaN bid or
-    ask means no band on that side (the mid is the target there).
+    ask means no band on that side (the mid is the target there). ``target_vol``, when
+    given, is what the least squares aims at instead of the mid (temporal smoothing blends
+    the mid with the last published slice); residuals are still reported against the mid.
     """
 
     t: float
@@ -85,6 +87,7 @@ class SliceData:
     bid_vol: Array
     ask_vol: Array
     vol_weight: Array
+    target_vol: Array | None = None
 
     @property
     def n(self) -> int:
@@ -175,7 +178,9 @@ def _batch(datas: Sequence[SliceData]) -> _Batch:
     live = col < counts[:, None]
     gather = offsets[:, None] + np.where(live, col, 0)
     k_all = np.concatenate([np.asarray(d.k, dtype=np.float64) for d in datas])
-    vol_all = np.concatenate([np.asarray(d.mid_vol, dtype=np.float64) for d in datas])
+    vol_all = np.concatenate(
+        [np.asarray(d.mid_vol if d.target_vol is None else d.target_vol) for d in datas]
+    ).astype(np.float64, copy=False)
     bid_all = np.concatenate([np.asarray(d.bid_vol, dtype=np.float64) for d in datas])
     ask_all = np.concatenate([np.asarray(d.ask_vol, dtype=np.float64) for d in datas])
     wt_all = np.concatenate([np.asarray(d.vol_weight, dtype=np.float64) for d in datas])

@@ -4,8 +4,9 @@ One side per strike: the out-of-the-money option (its in-the-money twin is dropp
 DROP_REASON_ITM_DUPLICATE); one-sided, crossed, stale, zero-bid, one-tick and no-IV quotes
 are dropped with their reason; after a first fit, outliers (far outside their own bid/ask
 band relative to a robust residual scale) are dropped too. Weights on squared vol
-residuals are 1 / (bid-ask spread in vol) = vega / (price spread), floored so that one
-tight quote cannot dominate.
+residuals are 1 / (bid-ask spread in vol)^2 = (vega / price spread)^2, inverse variance
+since a mid's noise scales with its spread; the spread is floored so that one tight quote
+cannot dominate.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from svc_surface.fit import SliceData
+from svc_surface.svi import RawSvi, implied_vol
 from volstream.v1 import common_pb2 as common_pb
 from volstream.v1 import iv_pb2 as iv_pb
 from volstream.v1 import surface_pb2 as surface_pb
@@ -43,6 +45,63 @@ class QuoteConfig:
     outlier_threshold: float = 5.0
     outlier_min_scale_vol: float = 0.0025
     max_outlier_fraction: float = 0.2
+    # Weight = 1 / spread^spread_power (2: inverse variance; 1 was the earlier default,
+    # less efficient: wide wing quotes got too much say in the risk reversal).
+    spread_power: float = 2.0
+
+
+@dataclass(frozen=True)
+class Prior:
+    """The slice's last fit as a prior for the next fit (temporal smoothing).
+
+    Each quote's least-squares target becomes (mid + weight * prior) / (1 + weight), the
+    prior's vol taken at the quote's k and clipped into the quote's own bid/ask band: the
+    prior damps quote noise but never holds the fit outside what the market quotes now.
+
+    weight = d * I_prior / I_now with d = 2^(-dt / half_life): I is information, the sum of
+    the quotes' weights (inverse variances); a fit carries I_now + d * I_prior forward.
+    With steady quotes that makes the published slice an exponentially weighted average of
+    snapshot fits with the given half life, whatever the refit cadence; a prior built on
+    fewer quotes (a start-up fit on a half-filled chain) counts for less.
+    """
+
+    params: RawSvi
+    # The prior slice's own time to expiry (its vols are sqrt(w / t)).
+    t: float
+    weight: float
+
+    # A prior never outweighs the quotes by more than this (bounds the lag after a jump
+    # that stays inside the bands).
+    MAX_WEIGHT = 50.0
+    # A prior outside the bands of more than this share of the quotes (by weight) is
+    # stale: the market moved beyond its quotes' width, so the fit starts afresh.
+    RESET_OUTSIDE_SHARE = 0.5
+
+    @staticmethod
+    def decay(dt_s: float, half_life_s: float) -> float:
+        """The share of the prior's information left after dt_s seconds."""
+        if half_life_s <= 0.0 or not math.isfinite(dt_s):
+            return 0.0
+        return float(2.0 ** (-max(dt_s, 0.0) / half_life_s))
+
+    def outside_share(self, k: Array, bid: Array, ask: Array, weight: Array) -> float:
+        """Share of the quotes' weight whose band the prior misses."""
+        prior = np.asarray(implied_vol(self.params, k, self.t), dtype=np.float64)
+        with np.errstate(invalid="ignore"):
+            outside = ~((prior >= bid) & (prior <= ask))
+        total = float(weight.sum())
+        return float(weight[outside].sum()) / total if total > 0.0 else 1.0
+
+    def targets(self, k: Array, mid: Array, bid: Array, ask: Array, t: float) -> Array:
+        del t  # the prior's vols are read at its own T (a refit moves T by seconds)
+        prior = np.asarray(implied_vol(self.params, k, self.t), dtype=np.float64)
+        with np.errstate(invalid="ignore"):
+            lo = np.where(np.isfinite(bid), bid, mid)
+            hi = np.where(np.isfinite(ask), ask, mid)
+            inside = np.clip(prior, lo, hi)
+            ok = np.isfinite(inside) & (inside > 0.0)
+        blended = (mid + self.weight * np.where(ok, inside, mid)) / (1.0 + self.weight)
+        return np.asarray(blended, dtype=np.float64)
 
 
 @dataclass(frozen=True)
@@ -70,19 +129,22 @@ class SelectedQuotes:
     def n_used(self) -> int:
         return int(np.count_nonzero(self.used))
 
-    def slice_data(self, exclude: BoolArray | None = None) -> SliceData:
-        """Fit inputs of the used quotes (minus `exclude`, one flag per used quote)."""
+    def slice_data(self, exclude: BoolArray | None = None, prior: Prior | None = None) -> SliceData:
+        """Fit inputs of the used quotes (minus `exclude`, one flag per used quote), aimed
+        at the mids blended with `prior` when given."""
         u = self.used
         if exclude is not None:
             u = u.copy()
             u[np.flatnonzero(u)[exclude]] = False
+        k, mid, bid, ask = self.k[u], self.mid_iv[u], self.bid_iv[u], self.ask_iv[u]
         return SliceData(
             t=self.t,
-            k=self.k[u],
-            mid_vol=self.mid_iv[u],
-            bid_vol=self.bid_iv[u],
-            ask_vol=self.ask_iv[u],
+            k=k,
+            mid_vol=mid,
+            bid_vol=bid,
+            ask_vol=ask,
             vol_weight=self.weight[u],
+            target_vol=None if prior is None else prior.targets(k, mid, bid, ask, self.t),
         )
 
     def fingerprint(self) -> bytes:
@@ -290,7 +352,7 @@ def select_quotes_many(
             sp = spread[part][u]
             floor = max(cfg.min_spread_vol, cfg.min_spread_median_fraction * _median(sp))
             w = np.zeros(size)
-            w[u] = mult[part][u] / np.maximum(sp, floor)
+            w[u] = mult[part][u] / np.maximum(sp, floor) ** cfg.spread_power
             weight[part] = w
         out.append(
             SelectedQuotes(

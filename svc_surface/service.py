@@ -17,7 +17,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 from google.protobuf.message import DecodeError
 
-from svc_surface.core import ConsolidatedSurfaceCore, SurfaceCore, run_fit_job
+from svc_surface.core import ConsolidatedSurfaceCore, SurfaceConfig, SurfaceCore, run_fit_job
 from volstream.bus.stage import InMessage, Output, StageInput, StageRunner, dead_letter_output
 from volstream.config import Config, Partition
 from volstream.runtime import (
@@ -56,17 +56,18 @@ class SurfaceStage:
         self.ctx = ctx
         self.interval_ns = ctx.cfg.surface_interval_ms * 1_000_000
         only = ctx.cfg.consolidate == "only"
+        config = SurfaceConfig(smoothing_half_life_s=ctx.cfg.surface_smoothing_s)
         self.cores: dict[Key, SurfaceCore] = (
             {}
             if only
             else {
-                (p.venue, p.currency.upper()): SurfaceCore(p.venue, p.currency.upper())
+                (p.venue, p.currency.upper()): SurfaceCore(p.venue, p.currency.upper(), config)
                 for p in partitions
             }
         )
         self.accepted: set[Key] = {(p.venue, p.currency.upper()) for p in partitions}
         for ccy in consolidated_currencies(ctx.cfg):
-            self.cores[(ALL, ccy)] = ConsolidatedSurfaceCore(ccy)
+            self.cores[(ALL, ccy)] = ConsolidatedSurfaceCore(ccy, config)
         self.now_ns: dict[Key, int] = {}
         self.last_fit_ns: dict[Key, int] = {}
         self.pool = ProcessPoolExecutor(max_workers=1, initializer=die_with_parent)

@@ -94,6 +94,11 @@ def _add_runtime(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sim-rate", type=_positive_float, help="simulator messages/s (default 2000)")
     p.add_argument("--testnet", action="store_true", default=None, help="venue testnet URLs")
     p.add_argument("--surface-interval-ms", type=_positive_int, help="surface refit cadence")
+    p.add_argument(
+        "--surface-smoothing-s",
+        type=float,
+        help="half life of the surface's temporal smoothing in seconds (0: off)",
+    )
     p.add_argument("--api-token", help="require 'authorization: Bearer TOKEN' on gRPC calls")
     p.add_argument("--tls-cert", type=Path, help="gRPC TLS certificate (PEM)")
     p.add_argument("--tls-key", type=Path, help="gRPC TLS private key (PEM)")
@@ -145,6 +150,7 @@ _FLAG_TO_FIELD: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "sim_rate": ("sim_rate", float),
     "testnet": ("testnet", bool),
     "surface_interval_ms": ("surface_interval_ms", int),
+    "surface_smoothing_s": ("surface_smoothing_s", float),
     "api_token": ("api_token", str),
     "tls_cert": ("tls_cert", Path),
     "tls_key": ("tls_key", Path),

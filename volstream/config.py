@@ -64,6 +64,9 @@ class Config:
     sim_seed: int = 7
     # Surface refit cadence in event time.
     surface_interval_ms: int = 500
+    # Half life (s) of the surface's temporal smoothing: each refit is pulled toward the
+    # last fit inside every quote's bid/ask band (svc_surface.quotes.Prior); 0 turns it off.
+    surface_smoothing_s: float = 20.0
     # IV flush cadence in event time.
     iv_interval_ms: int = 200
     # Consolidated cross-venue surface (surface.all.<ccy>): "auto" = produced by a surface
@@ -110,6 +113,10 @@ class Config:
                 raise ConfigError(f"{name}: must be positive")
         if self.consolidate not in ("auto", "only", "off"):
             raise ConfigError(f"consolidate: {self.consolidate!r} must be auto, only or off")
+        if not 0.0 <= self.surface_smoothing_s <= 86_400.0:
+            raise ConfigError(
+                f"surface_smoothing_s: {self.surface_smoothing_s} must be in [0, 86400]"
+            )
         if not 0 < self.sim_rate <= 1_000_000:
             raise ConfigError(f"sim_rate: {self.sim_rate} must be in (0, 1e6]")
         if (self.tls_cert is None) != (self.tls_key is None):

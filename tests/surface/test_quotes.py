@@ -140,9 +140,10 @@ def test_weights_follow_the_spread_with_a_floor() -> None:
         t=0.1,
     )
     w = sel.weight
-    assert w[0] / w[1] == pytest.approx(2.0, rel=1e-12)
-    # The 1 bp spread is floored at a quarter of the median spread (0.02): weight 1/0.005.
-    assert w[2] == pytest.approx(1 / 0.005, rel=1e-12)
+    # Inverse variance: a mid's noise scales with its spread, so weight = 1 / spread^2.
+    assert w[0] / w[1] == pytest.approx(4.0, rel=1e-12)
+    # The 1 bp spread is floored at a quarter of the median spread (0.02): weight 1/0.005^2.
+    assert w[2] == pytest.approx(1 / 0.005**2, rel=1e-12)
 
 
 def test_outliers_are_flagged_against_a_robust_scale() -> None:

@@ -1,0 +1,118 @@
+"""Temporal smoothing: each refit is pulled toward the slice's last fit, inside the bands."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from svc_surface.core import SurfaceConfig, SurfaceCore
+from svc_surface.metrics import smile_metrics
+from svc_surface.quotes import Prior
+from svc_surface.svi import RawSvi
+from svc_surface.synthetic import NS_PER_DAY, crypto_like_slice
+from tests.surface.builders import NOW_NS, truth_smiles
+from volstream.v1 import surface_pb2 as surface_pb
+
+SECOND = 1_000_000_000
+DAYS = (14, 30)
+
+
+def truths(atm_shift: float = 0.0) -> dict[int, RawSvi]:
+    return {
+        d: crypto_like_slice(d / 365, 0.55 + atm_shift + 0.1 * math.sqrt(d / 365)) for d in DAYS
+    }
+
+
+def errors(surface: surface_pb.Surface, truth: dict[int, RawSvi]) -> list[tuple[float, float]]:
+    """(ATM error, RR25 error) per slice, in vol."""
+    out = []
+    for s in surface.slices:
+        days = round((s.expiry_time_ns - NOW_NS) / NS_PER_DAY)
+        tm = smile_metrics(truth[days], s.time_to_expiry_years)
+        out.append((s.metrics.atm_vol - tm.atm_vol, s.metrics.rr25 - tm.rr25))
+    return out
+
+
+def refit_sequence(
+    half_life_s: float, steps: int, truth: dict[int, RawSvi], noise_vol: float, seed0: int = 0
+) -> tuple[SurfaceCore, list[list[tuple[float, float]]]]:
+    core = SurfaceCore("deribit", "BTC", SurfaceConfig(smoothing_half_life_s=half_life_s))
+    history = []
+    for step in range(steps):
+        now = NOW_NS + step * SECOND
+        for smile in truth_smiles(
+            truth, now_ns=now, noise_vol=noise_vol, seed=seed0 + step, sequence=step + 1
+        ):
+            core.on_smile(smile)
+        surface = core.fit(now + 1)
+        assert surface is not None
+        history.append(errors(surface, truth))
+    return core, history
+
+
+def test_prior_weight_decays_with_its_half_life() -> None:
+    assert Prior.decay(0.0, 10.0) == 1.0
+    assert Prior.decay(10.0, 10.0) == pytest.approx(0.5)
+    assert Prior.decay(30.0, 10.0) == pytest.approx(0.125)
+    assert Prior.decay(5.0, 0.0) == 0.0  # off
+    assert Prior.decay(math.nan, 10.0) == 0.0
+
+
+def test_prior_targets_stay_inside_each_quotes_band() -> None:
+    flat = RawSvi(a=0.04 * 0.1, b=0.0, rho=0.0, m=0.0, sigma=0.1)  # 4% variance: vol 0.2 at t=0.1
+    prior = Prior(flat, t=0.1, weight=3.0)
+    k = np.array([-0.1, 0.0, 0.1])
+    mid = np.array([0.50, 0.21, 0.19])
+    bid = np.array([0.49, 0.19, 0.18])
+    ask = np.array([0.51, 0.23, 0.20])
+    target = prior.targets(k, mid, bid, ask, 0.1)
+    # Quote 0: the prior (0.2) is far below the band, so it counts at the bid (0.49).
+    assert target[0] == pytest.approx((0.50 + 3 * 0.49) / 4)
+    # Quotes 1 and 2: the prior lies inside the band and is blended as is.
+    assert target[1] == pytest.approx((0.21 + 3 * 0.20) / 4)
+    assert target[2] == pytest.approx((0.19 + 3 * 0.20) / 4)
+    assert np.all((bid <= target) & (target <= ask))
+
+
+def test_smoothing_averages_quote_noise_over_refits() -> None:
+    truth = truths()
+    steps, tail = 30, 10
+    _, smooth = refit_sequence(10.0, steps, truth, noise_vol=0.003)
+    _, raw = refit_sequence(0.0, steps, truth, noise_vol=0.003)
+
+    def rms(history: list[list[tuple[float, float]]], which: int) -> float:
+        values = [e[which] for fit in history[-tail:] for e in fit]
+        return math.sqrt(sum(v * v for v in values) / len(values))
+
+    print(
+        f"rms over the last {tail} refits, smoothed vs not: "
+        f"ATM {100 * rms(smooth, 0):.3f} vs {100 * rms(raw, 0):.3f}, "
+        f"RR25 {100 * rms(smooth, 1):.3f} vs {100 * rms(raw, 1):.3f} vol points"
+    )
+    # Ten-second half life, a refit a second, fresh noise each time (30 strikes a slice).
+    assert rms(smooth, 0) < 0.8 * rms(raw, 0)
+    assert rms(smooth, 1) < 0.6 * rms(raw, 1)
+
+
+def test_a_move_beyond_the_bands_resets_the_prior() -> None:
+    before = truths()
+    core, _ = refit_sequence(10.0, 15, before, noise_vol=0.002)
+    after = truths(atm_shift=0.05)  # five vol points: far outside every quote's band
+    now = NOW_NS + 20 * SECOND
+    for smile in truth_smiles(after, now_ns=now, noise_vol=0.002, seed=99, sequence=100):
+        core.on_smile(smile)
+    surface = core.fit(now + 1)
+    assert surface is not None
+    # The old fit misses most bands: it is dropped, and the first fit after the move is
+    # as good as a fresh one.
+    for atm_error, rr_error in errors(surface, after):
+        assert abs(atm_error) < 0.004
+        assert abs(rr_error) < 0.005
+
+
+def test_slices_carry_their_prior_forward() -> None:
+    core, _ = refit_sequence(10.0, 3, truths(), noise_vol=0.005)
+    caches = list(core._caches.values())
+    assert caches and all(c.prior is not None and c.prior_info > 0.0 for c in caches)
