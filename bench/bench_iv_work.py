@@ -261,7 +261,7 @@ class Variant:
     last: list[bytes] = field(default_factory=list)
 
 
-TIGHT = IvConfig(skip_iv_bp=0.5, first_order_max_iv_bp=10.0)
+TIGHT = IvConfig(skip_iv_bp=0.5)
 
 
 def run(
@@ -344,11 +344,7 @@ def report(
     )
     for v in variants:
         c = v.core.config
-        print(
-            f"{v.name}: skip_iv_bp={c.skip_iv_bp}, skip_safety_factor={c.skip_safety_factor}, "
-            f"first_order_max_iv_bp={c.first_order_max_iv_bp}, "
-            f"first_order_max_forward_move={c.first_order_max_forward_move}"
-        )
+        print(f"{v.name}: skip_iv_bp={c.skip_iv_bp}, skip_safety_factor={c.skip_safety_factor}")
     print()
 
     def share(v: Variant, part: str) -> str:

@@ -6,15 +6,24 @@ expiry whose inputs changed since the previous flush. Every price side that need
 (bids, asks, marks), across all the expiries of a flush, goes through one vectorised
 `implied_vol` call (its cost is mostly per call: one call per expiry cost twice as much).
 
-Less work when only the forward (and time) moved: each quote remembers the forward, T and
-s = sigma sqrt(T) of its last solve and ds/dF at fixed native price. For the quotes whose own
-prices did not change the flush predicts every IV from that first-order expansion (the T part
-is exact: s is what a fixed price pins down), then
-- skips the re-solve when no IV is predicted to move by `skip_iv_bp` (with a safety factor),
-- applies the first-order update when the move is small (forward move and IV move limits),
-- re-solves otherwise.
-A quote whose bound checks (intrinsic, upper bound) flip with the new forward is always
-re-solved. `stats` counts each outcome.
+Each price is solved on the forward that held when it last changed (the quote's own
+forward), not on the expiry's current forward: venues re-price a book only now and then, so
+a price not refreshed since the index moved is still a price at its old forward, whatever
+the smile does. Per expiry and forward input (venue forward, future mid, put-call parity,
+index) a short `ForwardHistory` of (event time, forward) is kept; when a price changes its
+side is pinned, at the next flush, to the entry in force at the change's event time.
+Bid and ask share one time (a re-quote prices both sides; a side that rounds to the same
+tick is still a price at the new forward); the mark has its own. A change of forward input
+(say parity -> venue forward) re-pins every quote to the new input's history: inputs may
+differ by a basis. SmileQuote.log_moneyness = log(K / own forward) (sticky moneyness);
+greeks use the current forward at the quote's IV; USD prices are at the own forward.
+
+Less work when only time moved: a quote whose price did not change keeps its forward, USD
+price and strike, so s = sigma sqrt(T) is pinned and its IV is exactly s / sqrt(T). The
+flush keeps the previous IVs when no IV would move by `skip_iv_bp` (with a safety factor),
+else applies that exact time update; only changed or re-pinned quotes go to the solver.
+Bound checks (intrinsic, upper bound) do not depend on T, so they cannot flip either.
+`stats` counts each outcome.
 
 Conventions and choices:
 - best bid/ask come from the book service (TopOfBook); a ticker's bid/ask is used only for a
@@ -42,14 +51,18 @@ from typing import Final
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.special import ndtr
 
 from svc_iv import black76
-from svc_iv.forward import ForwardEstimate, choose_forward, parity_forward
+from svc_iv.forward import (
+    NO_FORWARD,
+    ForwardEstimate,
+    ForwardHistory,
+    choose_forward,
+    parity_forward,
+)
 from svc_iv.normalise import (
     COIN_PER_COIN,
     USD_PER_CONTRACT,
-    d_usd_per_coin_d_forward,
     premium_usd_per_coin,
     years_to_expiry,
 )
@@ -59,7 +72,6 @@ from svc_iv.solver import (
     MISSING_PRICE,
     OK,
     StatusArray,
-    bound_status,
     implied_vol,
 )
 from svc_iv.wire import QuoteEncoder, time_varints
@@ -77,7 +89,6 @@ ASK: Final = 1
 MARK: Final = 2
 _SIDES: Final = 3
 _BP: Final = 1e-4
-_SQRT_2PI: Final = math.sqrt(2.0 * math.pi)
 
 # Rank of each forward source (lower is preferred); used to decide what an input move can change.
 _RANK: Final[dict[int, int]] = {
@@ -96,15 +107,16 @@ class IvConfig:
     parity_strikes: int = 5
     # False: every flush re-solves every quote of a changed expiry.
     incremental: bool = True
-    # Forward/time-only moves predicted below this (bp of vol) keep the previous IVs.
-    # With the limits below every kept or first-order IV stays within 0.5 bp of a full
-    # re-solve on a realistic stream (bench/bench_iv_work.py).
+    # Time-only moves below this (bp of vol) keep the previous IVs: every kept IV stays
+    # within 0.5 bp of a full re-solve (bench/bench_iv_work.py).
     skip_iv_bp: float = 0.5
-    # The prediction is first order: require it below skip_iv_bp / safety_factor.
+    # Keep only below skip_iv_bp / safety_factor.
     skip_safety_factor: float = 2.0
-    # First-order updates only while every predicted IV move and the forward move stay small.
-    first_order_max_iv_bp: float = 10.0
-    first_order_max_forward_move: float = 0.002
+    # ForwardHistory bounds: about a minute of forward changes per input, at most this many.
+    # Only the gap between a price change and the next flush (plus the arrival skew between
+    # forward inputs and books) must be covered: a quote is pinned once per price change.
+    forward_history_s: float = 60.0
+    forward_history_entries: int = 512
     # Bound on remembered events for symbols not (yet) in the InstrumentSet.
     max_pending_symbols: int = 10_000
     source: str = SOURCE
@@ -115,7 +127,8 @@ class IvCoreStats:
     flushes: int = 0
     smiles_emitted: int = 0
     # Each emitted expiry in exactly one bucket: every quote solved; some solved; none
-    # solved but some first-order updated; none solved or updated (IVs kept).
+    # solved but some updated for time (IV = s / sqrt(T), exact); none solved or updated.
+    # ("first order" names the time update: kept for the benches that read these counts.)
     full_solves: int = 0
     partial_solves: int = 0
     first_order_updates: int = 0
@@ -183,7 +196,9 @@ class _FutureQuote:
 class _Expiry:
     """Inputs and results of every option of one expiry, as arrays indexed by slot."""
 
-    def __init__(self, expiry_ns: int, instruments: list[md_pb.Instrument]) -> None:
+    def __init__(
+        self, expiry_ns: int, instruments: list[md_pb.Instrument], config: IvConfig
+    ) -> None:
         self.expiry_ns = expiry_ns
         self.label = _iso_date(expiry_ns)
         ordered = sorted(
@@ -216,6 +231,20 @@ class _Expiry:
         self.venue_forward_time = -1
         # The venue prices on its spot index (Binance): the forward is labelled INDEX.
         self.venue_forward_is_index = False
+        # Histories of this expiry's own forward inputs (the index's is the core's).
+        window_ns = int(config.forward_history_s * 1e9)
+        entries = config.forward_history_entries
+        self.venue_history = ForwardHistory(window_ns, entries)
+        self.future_history = ForwardHistory(window_ns, entries)
+        self.parity_history = ForwardHistory(window_ns, entries)
+        # Per side (bid, ask, mark): event time of the last price change (0: unknown, the
+        # oldest forward kept applies), the own forward and whether it must be looked up.
+        self.price_ns = np.zeros((_SIDES, n), dtype=np.int64)
+        self.latest_price_ns = 0
+        self.quote_forward = np.full((_SIDES, n), np.nan)
+        self.pin_pending = np.ones((_SIDES, n), dtype=bool)
+        # The history the pins come from; another one re-pins every quote.
+        self.pin_history: ForwardHistory | None = None
         # Change tracking.
         self.price_changed = np.ones(n, dtype=bool)
         self.dirty = True
@@ -223,10 +252,8 @@ class _Expiry:
         # Results and the anchor of each quote's last solve.
         self.iv = np.full((_SIDES, n), np.nan)
         self.status = np.zeros((_SIDES, n), dtype=np.int8)
-        self.anchor_forward = np.full(n, np.nan)
-        self.anchor_t = np.full(n, np.nan)
+        self.solved = np.zeros(n, dtype=bool)
         self.anchor_s = np.full((_SIDES, n), np.nan)
-        self.ds_dforward = np.full((_SIDES, n), np.nan)
         # Call/put pairs per strike for put-call parity.
         calls = {i.strike_usd: j for j, i in enumerate(ordered) if self.is_call[j]}
         puts = {
@@ -248,6 +275,9 @@ class _Expiry:
         b = np.array(theirs, dtype=np.intp)
         self.price[:, a] = old.price[:, b]
         self.venue_iv[:, a] = old.venue_iv[:, b]
+        self.price_ns[:, a] = old.price_ns[:, b]
+        self.quote_forward[:, a] = old.quote_forward[:, b]
+        self.pin_pending[:, a] = old.pin_pending[:, b]
         for name in (
             "bid_size",
             "ask_size",
@@ -262,6 +292,11 @@ class _Expiry:
         self.venue_forward_time = old.venue_forward_time
         self.venue_forward_is_index = old.venue_forward_is_index
         self.forward_source = old.forward_source
+        self.venue_history = old.venue_history
+        self.future_history = old.future_history
+        self.parity_history = old.parity_history
+        self.latest_price_ns = old.latest_price_ns
+        self.pin_history = old.pin_history
 
 
 def _static_key(i: md_pb.Instrument) -> tuple[object, ...]:
@@ -303,6 +338,9 @@ class IvCore:
         self._futures: dict[int, dict[str, _FutureQuote]] = {}
         self._index_usd = math.nan
         self._index_time = -1
+        self._index_history = ForwardHistory(
+            int(self.config.forward_history_s * 1e9), self.config.forward_history_entries
+        )
         self._sequence = 0
         self._pending_tops: OrderedDict[str, book_pb.TopOfBook] = OrderedDict()
         self._pending_tickers: OrderedDict[str, md_pb.VenueTicker] = OrderedDict()
@@ -332,7 +370,7 @@ class IvCore:
         expiries: dict[int, _Expiry] = {}
         for expiry_ns, insts in options.items():
             old = self._expiries.get(expiry_ns)
-            new = _Expiry(expiry_ns, insts)
+            new = _Expiry(expiry_ns, insts, self.config)
             if old is not None and old.symbols == new.symbols and old.static == new.static:
                 expiries[expiry_ns] = old
                 continue
@@ -367,12 +405,12 @@ class IvCore:
             quote.top_seen = True
             if not (_same(quote.bid, bid) and _same(quote.ask, ask)):
                 quote.bid, quote.ask = bid, ask
-                self._forward_input_moved(future_expiry, common_pb.FORWARD_SOURCE_FUTURE)
+                self._future_moved(future_expiry, t.header.event_time_ns)
             return
         e = self._expiries[expiry_ns]
         j = e.slot[t.symbol]
         e.top_seen[j] = True
-        self._set_prices(e, j, bid, ask)
+        self._set_prices(e, j, bid, ask, t.header.event_time_ns)
         e.bid_size[j] = _opt(t, "best_bid_size_native") if valid else math.nan
         e.ask_size[j] = _opt(t, "best_ask_size_native") if valid else math.nan
         e.top_one_sided[j] = t.one_sided
@@ -398,7 +436,7 @@ class IvCore:
                 ask = _opt(t, "best_ask_price_native")
                 if not (_same(quote.bid, bid) and _same(quote.ask, ask)):
                     quote.bid, quote.ask = bid, ask
-                    self._forward_input_moved(future_expiry, common_pb.FORWARD_SOURCE_FUTURE)
+                    self._future_moved(future_expiry, event_ns)
             return
         e = self._expiries[expiry_ns]
         j = e.slot[t.symbol]
@@ -406,9 +444,10 @@ class IvCore:
         if not _same(float(e.price[MARK, j]), mark):
             e.price[MARK, j] = mark
             e.price_changed[j] = True
+            self._price_moved(e, MARK, j, event_ns)
         if not e.top_seen[j]:
             self._set_prices(
-                e, j, _opt(t, "best_bid_price_native"), _opt(t, "best_ask_price_native")
+                e, j, _opt(t, "best_bid_price_native"), _opt(t, "best_ask_price_native"), event_ns
             )
             e.bid_size[j] = _opt(t, "best_bid_size_native")
             e.ask_size[j] = _opt(t, "best_ask_size_native")
@@ -417,6 +456,8 @@ class IvCore:
         e.venue_iv[MARK, j] = _opt(t, "mark_iv")
         forward = _opt(t, "forward_usd")
         if math.isfinite(forward) and forward > 0.0 and event_ns >= e.venue_forward_time:
+            # Recorded at its own event time: a quote re-priced after it is on it.
+            e.venue_history.record(event_ns, forward)
             e.venue_forward = forward
             e.venue_forward_time = event_ns
             e.venue_forward_is_index = forward == index
@@ -493,19 +534,36 @@ class IvCore:
             store.popitem(last=False)
 
     @staticmethod
-    def _set_prices(e: _Expiry, j: int, bid: float, ask: float) -> None:
+    def _set_prices(e: _Expiry, j: int, bid: float, ask: float, event_ns: int) -> None:
+        # Only a real change moves the price time: a repeated ticker or a size-only book
+        # update is no re-pricing.
         if not (_same(float(e.price[BID, j]), bid) and _same(float(e.price[ASK, j]), ask)):
             e.price[BID, j] = bid
             e.price[ASK, j] = ask
             e.price_changed[j] = True
+            IvCore._price_moved(e, BID, j, event_ns)
+            IvCore._price_moved(e, ASK, j, event_ns)
+
+    @staticmethod
+    def _price_moved(e: _Expiry, side: int, j: int, event_ns: int) -> None:
+        e.price_ns[side, j] = event_ns
+        e.pin_pending[side, j] = True
+        e.latest_price_ns = max(e.latest_price_ns, event_ns)
 
     def _set_index(self, price: float, event_ns: int) -> None:
         if event_ns < self._index_time or price == self._index_usd:
             return
         self._index_usd = price
         self._index_time = event_ns
+        self._index_history.record(event_ns, price)
         for expiry_ns in self._expiries:
             self._forward_input_moved(expiry_ns, common_pb.FORWARD_SOURCE_INDEX)
+
+    def _future_moved(self, expiry_ns: int, event_ns: int) -> None:
+        e = self._expiries.get(expiry_ns)
+        if e is not None:
+            e.future_history.record(event_ns, self._future_mid(expiry_ns))
+        self._forward_input_moved(expiry_ns, common_pb.FORWARD_SOURCE_FUTURE)
 
     def _forward_input_moved(self, expiry_ns: int, source: int) -> None:
         e = self._expiries.get(expiry_ns)
@@ -541,28 +599,56 @@ class IvCore:
             strikes_used=self.config.parity_strikes,
         )
 
-    def _forward(self, e: _Expiry) -> ForwardEstimate:
+    def _forward(self, e: _Expiry) -> tuple[ForwardEstimate, ForwardHistory | None]:
+        """The forward in use and the history of the input it comes from."""
         chosen = choose_forward(venue=e.venue_forward, future_mid=self._future_mid(e.expiry_ns))
-        if chosen.is_valid:
-            if chosen.source == common_pb.FORWARD_SOURCE_VENUE and e.venue_forward_is_index:
-                return ForwardEstimate(chosen.value_usd, common_pb.FORWARD_SOURCE_INDEX)
-            return chosen
-        return choose_forward(parity=self._parity_forward(e), index=self._index_usd)
+        if chosen.source == common_pb.FORWARD_SOURCE_VENUE:
+            if e.venue_forward_is_index:
+                chosen = ForwardEstimate(chosen.value_usd, common_pb.FORWARD_SOURCE_INDEX)
+            return chosen, e.venue_history
+        if chosen.source == common_pb.FORWARD_SOURCE_FUTURE:
+            return chosen, e.future_history
+        chosen = choose_forward(parity=self._parity_forward(e), index=self._index_usd)
+        if chosen.source == common_pb.FORWARD_SOURCE_PUT_CALL_PARITY:
+            # Parity comes from the option prices: it dates from the latest price change.
+            e.parity_history.record(e.latest_price_ns, chosen.value_usd)
+            return chosen, e.parity_history
+        if chosen.source == common_pb.FORWARD_SOURCE_INDEX:
+            return chosen, self._index_history
+        return NO_FORWARD, None
+
+    def _pin(self, e: _Expiry, fwd: ForwardEstimate, history: ForwardHistory | None) -> Mask:
+        """Look up the own forward of every side whose price changed (or every side, when
+        the forward input changed); returns the quotes that were re-pinned."""
+        if history is not e.pin_history:
+            e.pin_history = history
+            e.pin_pending[:] = True
+        if history is None:
+            e.quote_forward[:] = math.nan
+            return np.ones(e.n, dtype=bool)
+        # The latest entry is the forward in use (an input may have moved without an event
+        # of its own, e.g. a future delisted): quotes newer than every entry get it.
+        history.record(history.latest_time, fwd.value_usd)
+        pin = e.pin_pending | ~np.isfinite(e.quote_forward)
+        if pin.any():
+            e.quote_forward[pin] = history.at(e.price_ns[pin])
+            e.pin_pending[:] = False
+        return np.asarray(pin.any(axis=0), dtype=np.bool_)
 
     def _plan(self, e: _Expiry, now_ns: int) -> _Plan:
-        """What a flush does to each quote of `e`: re-solve, first-order update or keep."""
+        """What a flush does to each quote of `e`: re-solve, update for time or keep."""
         cfg = self.config
-        fwd = self._forward(e)
-        forward = fwd.value_usd
+        fwd, history = self._forward(e)
+        repinned = self._pin(e, fwd, history)
         t = float(years_to_expiry(e.expiry_ns, now_ns))
         n = e.n
-        usd = premium_usd_per_coin(e.price, e.unit, forward, e.size)
-        strike = e.strike
-        is_call = e.is_call
+        # Each price in USD at its own forward (inverse premiums scale with it).
+        usd = premium_usd_per_coin(e.price, e.unit, e.quote_forward, e.size)
 
-        # Which quotes need the solver: new prices, no previous solve, or a bound check
-        # (intrinsic, upper bound) that flips with the new forward.
-        solve = e.price_changed | ~np.isfinite(e.anchor_forward)
+        # The solver gets new prices, re-pinned quotes and quotes never solved. The others
+        # keep forward, price and strike: s = sigma sqrt(T) is fixed, their IVs are
+        # s / sqrt(T) exactly and their statuses (bounds do not depend on T) stand.
+        solve = e.price_changed | repinned | ~e.solved
         if not cfg.incremental:
             solve[:] = True
         first_order = np.zeros(n, dtype=bool)
@@ -570,36 +656,14 @@ class IvCore:
         estimate = np.full((_SIDES, n), np.nan)
         rest = np.flatnonzero(~solve)
         if rest.size:
-            now_status = _unconvertible_is_bad(
-                bound_status(usd[:, rest], forward, strike[rest], t, is_call[rest]),
-                e.price[:, rest],
-                usd[:, rest],
-            )
-            flipped = (now_status != e.status[:, rest]).any(axis=0)
-            solve[rest[flipped]] = True
-            rest = rest[~flipped]
-        if rest.size:
-            # Only the forward and time moved for these: predict, then decide per quote.
-            anchor_forward = e.anchor_forward[rest]
-            anchor_s = e.anchor_s[:, rest]
-            predicted = (
-                anchor_s + e.ds_dforward[:, rest] * (forward - anchor_forward)
-            ) / math.sqrt(t)
+            updated = e.anchor_s[:, rest] / math.sqrt(t)
             ok = e.status[:, rest] == OK
             with np.errstate(invalid="ignore"):
-                since_published = _worst_per_quote(predicted - e.iv[:, rest], ok)
-                since_solve = _worst_per_quote(predicted - anchor_s / np.sqrt(e.anchor_t[rest]), ok)
-                forward_move = np.abs(forward / anchor_forward - 1.0)
+                since_published = _worst_per_quote(updated - e.iv[:, rest], ok)
             skip = since_published * cfg.skip_safety_factor < cfg.skip_iv_bp * _BP
-            linear = (
-                ~skip
-                & (since_solve <= cfg.first_order_max_iv_bp * _BP)
-                & (forward_move <= cfg.first_order_max_forward_move)
-            )
             skipped[rest[skip]] = True
-            first_order[rest[linear]] = True
-            solve[rest[~(skip | linear)]] = True
-            estimate[:, rest] = predicted
+            first_order[rest[~skip]] = True
+            estimate[:, rest] = updated
 
         return _Plan(e, fwd, t, usd, np.flatnonzero(solve), first_order, skipped, estimate)
 
@@ -631,14 +695,14 @@ class IvCore:
             st.skipped_solves += 1
 
     def _solve(self, plans: list[_Plan]) -> None:
-        """Solve the chosen quotes of every plan in one `implied_vol` call, then store each
-        quote's IVs, statuses and first-order anchor (forward, T, s, ds/dF)."""
+        """Solve the chosen quotes of every plan in one `implied_vol` call, each side on its
+        own forward, then store each quote's IVs, statuses and s = sigma sqrt(T)."""
         todo = [p for p in plans if p.solve_idx.size]
         if not todo:
             return
         prices = np.concatenate([p.usd[:, p.solve_idx].ravel() for p in todo])
         sizes = [_SIDES * p.solve_idx.size for p in todo]
-        forward = np.repeat([p.forward.value_usd for p in todo], sizes)
+        forward = np.concatenate([p.expiry.quote_forward[:, p.solve_idx].ravel() for p in todo])
         t = np.repeat([p.t for p in todo], sizes)
         strike = np.concatenate([np.tile(p.expiry.strike[p.solve_idx], _SIDES) for p in todo])
         call = np.concatenate([np.tile(p.expiry.is_call[p.solve_idx], _SIDES) for p in todo])
@@ -649,32 +713,19 @@ class IvCore:
         for p, size in zip(todo, sizes, strict=True):
             part = slice(start, start + size)
             start += size
-            self._store(p, iv_all[part], status_all[part], strike[part], call[part])
+            self._store(p, iv_all[part], status_all[part])
 
     @staticmethod
-    def _store(
-        p: _Plan, iv_flat: Array, status_flat: StatusArray, k_flat: Array, call_flat: Mask
-    ) -> None:
+    def _store(p: _Plan, iv_flat: Array, status_flat: StatusArray) -> None:
         e, idx, usd = p.expiry, p.solve_idx, p.usd
-        forward, t = p.forward.value_usd, p.t
         m = idx.size
         iv = iv_flat.reshape(_SIDES, m)
         e.iv[:, idx] = iv
         e.status[:, idx] = _unconvertible_is_bad(
             status_flat.reshape(_SIDES, m), e.price[:, idx], usd[:, idx]
         )
-        e.anchor_forward[idx] = forward
-        e.anchor_t[idx] = t
-        # ds/dF at a fixed native price: (dP/dF - delta) / (dV/ds), dV/ds = F phi(d1).
-        with np.errstate(all="ignore"):
-            s = iv * math.sqrt(t)
-            kk = k_flat.reshape(_SIDES, m)
-            d1 = np.log(forward / kk) / s + 0.5 * s
-            delta = ndtr(d1) - np.where(call_flat.reshape(_SIDES, m), 0.0, 1.0)
-            dv_ds = forward * np.exp(-0.5 * d1 * d1) / _SQRT_2PI
-            dp_df = d_usd_per_coin_d_forward(e.price[:, idx], e.unit[idx])
-            e.anchor_s[:, idx] = s
-            e.ds_dforward[:, idx] = (dp_df - delta) / dv_ds
+        e.solved[idx] = True
+        e.anchor_s[:, idx] = iv * math.sqrt(p.t)
 
     def _smile(self, e: _Expiry, now_ns: int, t: float, fwd: ForwardEstimate, usd: Array) -> bytes:
         forward = fwd.value_usd
@@ -693,10 +744,13 @@ class IvCore:
             gamma = np.where(has, black76.gamma(forward, e.strike, t, sig), np.nan)
             vega = np.where(has, black76.vega(forward, e.strike, t, sig), np.nan)
             theta = np.where(has, black76.theta(forward, e.strike, t, sig), np.nan)
-            log_moneyness = np.log(e.strike / forward)
             bid, ask = e.price[BID], e.price[ASK]
             has_bid = np.isfinite(bid)
             has_ask = np.isfinite(ask)
+            # Where the quote's IVs live: its bid/ask forward (one price time), else the
+            # mark's. Greeks stay on the current forward at the quote's IV.
+            own_forward = np.where(has_bid | has_ask, e.quote_forward[BID], e.quote_forward[MARK])
+            log_moneyness = np.log(e.strike / own_forward)
             one_sided = e.top_one_sided | (has_bid != has_ask)
             crossed = e.top_crossed | (has_bid & has_ask & (bid >= ask))
             at_min_tick = has_bid & (e.tick > 0.0) & (bid <= e.tick * (1.0 + 1e-9))

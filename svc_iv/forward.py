@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
-from numpy.typing import ArrayLike
+from numpy.typing import ArrayLike, NDArray
 
 from volstream.v1 import common_pb2 as common_pb
 
@@ -88,3 +88,72 @@ def choose_forward(
             assert value is not None
             return ForwardEstimate(float(value), source)
     return NO_FORWARD
+
+
+class ForwardHistory:
+    """Recent values of one forward input as (event time, forward), oldest first.
+
+    Used to solve a quote on the forward that held when its price last changed: `at` gives,
+    per event time, the latest entry at or before it; a time older than every entry gets
+    the oldest entry, a time newer than all of them the latest (the current forward).
+    Bounded: entries older than `window_ns` before the newest are dropped, except the one in
+    force at the window's start, and at most `max_entries` are kept (the oldest go first).
+    """
+
+    def __init__(self, window_ns: int, max_entries: int) -> None:
+        self.window_ns = window_ns
+        self.max_entries = max(1, max_entries)
+        # Twice the bound: appends are O(1) until the buffer is full, then one compaction.
+        capacity = 2 * self.max_entries
+        self._times = np.zeros(capacity, dtype=np.int64)
+        self._values = np.zeros(capacity, dtype=np.float64)
+        self._start = 0
+        self._end = 0
+
+    def __len__(self) -> int:
+        return self._end - self._start
+
+    @property
+    def latest(self) -> float:
+        return float(self._values[self._end - 1]) if self._end > self._start else math.nan
+
+    @property
+    def latest_time(self) -> int:
+        return int(self._times[self._end - 1]) if self._end > self._start else 0
+
+    def times(self) -> NDArray[np.int64]:
+        return self._times[self._start : self._end].copy()
+
+    def values(self) -> NDArray[np.float64]:
+        return self._values[self._start : self._end].copy()
+
+    def record(self, event_ns: int, value: float) -> None:
+        """Append a new forward; a repeat of the latest value or an unusable one is ignored.
+        A time older than the latest entry is taken as the latest (times stay sorted)."""
+        if not _usable(value) or value == self.latest:
+            return
+        if len(self):
+            event_ns = max(event_ns, self.latest_time)
+        if self._end == self._times.size:
+            count = len(self)
+            self._times[:count] = self._times[self._start : self._end]
+            self._values[:count] = self._values[self._start : self._end]
+            self._start, self._end = 0, count
+        self._times[self._end] = event_ns
+        self._values[self._end] = value
+        self._end += 1
+        # The entry in force at the window's start stays: lookups inside the window are exact.
+        in_force = np.searchsorted(
+            self._times[self._start : self._end], event_ns - self.window_ns, side="right"
+        )
+        self._start += max(int(in_force) - 1, 0)
+        self._start = max(self._start, self._end - self.max_entries)
+
+    def at(self, event_ns: ArrayLike) -> NDArray[np.float64]:
+        """The forward in force at each event time (NaN when the history is empty)."""
+        when = np.asarray(event_ns, dtype=np.int64)
+        if not len(self):
+            return np.full(when.shape, np.nan)
+        times = self._times[self._start : self._end]
+        idx = np.searchsorted(times, when, side="right") - 1
+        return self._values[self._start : self._end][np.maximum(idx, 0)]

@@ -383,25 +383,31 @@ def _ivs(smile: iv_pb.Smile) -> np.ndarray:
 
 @pytest.mark.filterwarnings("error")
 @pytest.mark.parametrize(
-    ("move", "outcome", "tolerance_bp"),
+    ("move", "later_ns", "outcome", "tolerance_bp"),
     [
-        (2e-8, "skipped_solves", 0.5),  # no IV can move by 0.5 bp: nothing solved
-        (1e-4, "partial_solves", 0.1),  # first order; the min-tick wings are re-solved
-        (2e-2, "full_solves", 1e-8),  # beyond the first-order limits: everything re-solved
+        # No IV moves by 0.5 bp in 5 s: nothing solved, whatever the forward did (every
+        # price stays on its own forward).
+        (1e-4, 5 * NS, "skipped_solves", 0.5),
+        (2e-2, 5 * NS, "skipped_solves", 0.5),
+        # A day later every IV moved: the time update s / sqrt(T) is exact.
+        (2e-2, DAY_NS, "first_order_updates", 1e-8),
     ],
 )
-def test_forward_only_moves(move: float, outcome: str, tolerance_bp: float) -> None:
+def test_forward_and_time_only_moves(
+    move: float, later_ns: int, outcome: str, tolerance_bp: float
+) -> None:
     """Against a core that re-solves everything: the IVs stay within the promised distance,
     and the work done is what the outcome says."""
     cores = _wide_chain(IvConfig()), _wide_chain(IvConfig(incremental=False))
     for core in cores:
         core.flush(NOW)
     before = dataclasses.replace(cores[0].stats)
-    later = NOW + 5 * NS
+    later = NOW + later_ns
     results = []
     for core in cores:
         core.on_ticker(ticker(name(40_000, True), t=later, forward_usd=F * (1 + move)))
         (smile,) = core.flush(later)
+        assert smile.forward_usd == F * (1 + move)
         results.append(_ivs(smile))
     incremental, exact = results
     assert np.array_equal(np.isnan(incremental), np.isnan(exact))
@@ -413,15 +419,11 @@ def test_forward_only_moves(move: float, outcome: str, tolerance_bp: float) -> N
     first_order = after.quotes_first_order - before.quotes_first_order
     skipped = after.quotes_skipped - before.quotes_skipped
     assert getattr(after, outcome) - getattr(before, outcome) == 1
-    assert solved + first_order + skipped == n
     if outcome == "skipped_solves":
         assert (solved, first_order, skipped) == (0, 0, n)
         assert gap_bp > 0  # the kept IVs would have moved a little
-    elif outcome == "partial_solves":
-        assert first_order > n // 3 and 0 < solved < n // 2
-        assert skipped == 0
     else:
-        assert solved == n
+        assert (solved, first_order, skipped) == (0, n, 0)
     assert cores[1].stats.full_solves == 2
 
 
@@ -462,7 +464,7 @@ def test_deribit_recorded_tickers_through_the_core(venue_fixtures: Path) -> None
     core = IvCore("deribit", "BTC")
     core.on_instruments(iset(instruments))
     path = venue_fixtures / "deribit" / "ws_ticker_options_2021-07-22.jsonl"
-    checked = 0
+    checked = stale_quotes = 0
     for line in path.read_text().splitlines():
         row = json.loads(line)["params"]["data"]
         if not row["instrument_name"].startswith("BTC-"):
@@ -490,20 +492,22 @@ def test_deribit_recorded_tickers_through_the_core(venue_fixtures: Path) -> None
         # Our mark IV against the venue's (percent) and the venue's IV carried beside it.
         assert abs(quote.mark_iv * 100 - row["mark_iv"]) <= 0.02
         assert quote.venue_mark_iv == row["mark_iv"] / 100
-        # Every other quote of the expiry within 1 bp of an exact solve now.
+        # Every other bid and ask of the expiry within 1 bp of an exact solve now, on the
+        # forward of its last price change (log_moneyness says which).
         t = smile.time_to_expiry_years
         for q in smile.quotes:
-            if q.mark_iv_status == OK:
-                exact, _ = implied_vol(
-                    q.mark_price_usd_per_coin,
-                    smile.forward_usd,
-                    q.strike_usd,
-                    t,
-                    q.option_kind == 1,
-                )
-                assert abs(q.mark_iv - float(exact)) <= 1e-4
+            own_forward = q.strike_usd / math.exp(q.log_moneyness)
+            for price, iv, status in (
+                (q.bid_price_usd_per_coin, q.bid_iv, q.bid_iv_status),
+                (q.ask_price_usd_per_coin, q.ask_iv, q.ask_iv_status),
+            ):
+                if status == OK:
+                    exact, _ = implied_vol(price, own_forward, q.strike_usd, t, q.option_kind == 1)
+                    assert abs(iv - float(exact)) <= 1e-4
+                    stale_quotes += abs(own_forward / smile.forward_usd - 1.0) > 1e-9
         checked += 1
     assert checked > 40
+    assert stale_quotes > 0  # the underlying moved under quotes that did not
     assert core.stats.skipped_solves + core.stats.partial_solves > 0
 
 
