@@ -364,9 +364,19 @@ class _Working:
     smile_keys: tuple[SmileKey, ...] = ()
     repair_outliers: frozenset[tuple[str, str]] = frozenset()
     prior: Prior | None = None
+    # slice_data() of (selected, prior) as last computed: the fit and the repair both need it.
+    _data: tuple[SelectedQuotes, Prior | None, SliceData] | None = None
 
     def data(self, exclude: BoolArray | None = None) -> SliceData:
-        return self.selected.slice_data(exclude, self.prior)
+        if exclude is not None:
+            return self.selected.slice_data(exclude, self.prior)
+        if (
+            self._data is None
+            or self._data[0] is not self.selected
+            or self._data[1] is not self.prior
+        ):
+            self._data = (self.selected, self.prior, self.selected.slice_data(None, self.prior))
+        return self._data[2]
 
     def information(self) -> float:
         """Sum of the used quotes' weights (inverse variances)."""

@@ -330,10 +330,16 @@ def select_quotes_many(
     strikes, log_m, bid, ask, mid = cols[1], cols[2], cols[5], cols[6], cols[7]
     reasons = _drop_reasons(cols, now_ns, cfg)
     with np.errstate(invalid="ignore", divide="ignore"):
+        # The IV service's log-moneyness is against the forward each quote was solved on
+        # (the forward when its price last changed); the smile's forward otherwise.
         ks = np.where(
-            np.isfinite(fwd) & (fwd > 0.0) & np.isfinite(strikes) & (strikes > 0.0),
-            np.log(strikes / fwd),
+            np.isfinite(log_m),
             log_m,
+            np.where(
+                np.isfinite(fwd) & (fwd > 0.0) & np.isfinite(strikes) & (strikes > 0.0),
+                np.log(strikes / fwd),
+                np.nan,
+            ),
         )
         # The venue's mid IV when it lies in the band, else the band's centre.
         mid_ok = np.isfinite(mid) & (mid > 0.0) & (bid <= mid) & (mid <= ask)

@@ -119,13 +119,21 @@ def test_out_of_the_money_side_wins_per_strike() -> None:
     }
 
 
-def test_moneyness_uses_each_smiles_own_forward() -> None:
+def test_moneyness_is_each_quotes_own() -> None:
+    # The IV service's log-moneyness is against the forward the quote was solved on (its
+    # venue's, at its price time); without one, the smile's forward.
     a = smile(quote(110, CALL), forward=100.0)
-    b = smile(quote(110, CALL), forward=105.0)
+    stale = quote(110, CALL)
+    stale.log_moneyness = math.log(110 / 104)  # priced when the forward was 104
+    fresh = quote(120, CALL)
+    fresh.log_moneyness = math.nan
+    b = smile(stale, fresh, forward=105.0)
     b.venue = "okx"
     sel = select_quotes([a, b], t=0.1)
-    np.testing.assert_allclose(sel.k, [math.log(1.1), math.log(110 / 105)], rtol=1e-14)
-    assert sel.venue == ("deribit", "okx")
+    np.testing.assert_allclose(
+        sel.k, [math.log(1.1), math.log(110 / 104), math.log(120 / 105)], rtol=1e-14
+    )
+    assert sel.venue == ("deribit", "okx", "okx")
 
 
 def test_weights_follow_the_spread_with_a_floor() -> None:
