@@ -5,21 +5,23 @@ Proves: a surface on surface.<venue>.<ccy> for every venue and currency with eve
 expiry, and the consolidated surface.all.<ccy> with all of them and venue weights over the
 four venues summing to 1. Accuracy against the simulator's truth (sim.truth.<venue>.<ccy>,
 the nearest in event time), for every expiry of at least 7 days, ATM vol and 25-delta risk
-reversal (forward delta, as the truth):
-- consolidated: every slice within half a vol point;
-- per venue: the median slice within half a vol point, every slice within 2.
+reversal (forward delta, as the truth), sampled every second for ACCURACY_WINDOW_S once
+every surface is complete:
+- every slice, per venue and consolidated: mean |error| over the window within half a vol
+  point;
+- consolidated: the last sample of every slice within half a vol point too.
 
-The truth is held still (no surface drift, no index moves): the simulator reprices an
-option's book only now and then, so on a moving forward its stale prices tilt put IVs
-against call IVs, the same way on every venue (a risk-reversal error of about a vol point
-per 0.1% forward move on a week-long expiry); bench.bench_surface_accuracy measures both.
-A single venue's week-long smile is quoted several vol points wide with noisy mids, which
-its ~35 usable quotes average only down to about a vol point at worst; the four venues
-together meet half a point.
+The truth is held still (no surface drift, no index moves); bench.bench_surface_accuracy
+measures a moving index as well. A single venue's week-long smile is quoted several vol
+points wide with noisy mids: one snapshot's ~35 usable quotes average a risk reversal only
+down to ~0.35 vol points rms. The surface's temporal smoothing (svc_surface.quotes.Prior,
+20 s half life) averages successive snapshots, which is what brings every venue's slices
+within half a point.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import statistics
 from collections.abc import Callable
@@ -41,9 +43,9 @@ from volstream.bus.embedded import EmbeddedNats
 
 ALL = "all"
 MIN_DAYS = 7.0
-TARGET = 0.005  # half a vol point: consolidated slices, and the median venue slice
-# Per-venue noise bound (measured worst: 1.3 vol points over 32 slices in the bench).
-VENUE_SLICE_TOLERANCE = 0.02
+TARGET = 0.005  # half a vol point
+# Seconds of once-a-second samples after every surface is complete and settled.
+ACCURACY_WINDOW_S = 30
 # Fits after every expiry is present: later fits see refreshed quotes on every strike.
 SETTLE_FITS = 3
 
@@ -98,7 +100,23 @@ async def test_sim_to_surfaces_over_nats(nats_server: EmbeddedNats) -> None:
             assert complete(), {k: watch.arrivals[k] - n for k, n in complete_at.items()}
             assert p.alive()
 
-            errors: list[SliceError] = []
+            samples: dict[tuple[str, str, int], list[SliceError]] = {}
+            last: list[SliceError] = []
+            for second in range(ACCURACY_WINDOW_S):
+                await asyncio.sleep(1.0)
+                last = []
+                for key in sorted(wanted):
+                    venue, ccy = key
+                    # The consolidated surface against Deribit's truth: the same smile in
+                    # log-moneyness (each venue's only differs by forwards).
+                    slices = watch.errors(key, "deribit" if venue == ALL else None, MIN_DAYS)
+                    if second == 0:
+                        assert {e.expiry_time_ns for e in slices} == wanted[key], key
+                    for e in slices:
+                        samples.setdefault((venue, ccy, e.expiry_time_ns), []).append(e)
+                    last.extend(slices)
+            assert p.alive()
+
             for key in sorted(wanted):
                 venue, ccy = key
                 surface = watch.latest[key]
@@ -117,32 +135,26 @@ async def test_sim_to_surfaces_over_nats(nats_server: EmbeddedNats) -> None:
                             for w in surface.venue_weights
                         )
                     )
-                # The consolidated surface against Deribit's truth: the same smile in
-                # log-moneyness (each venue's only differs by forwards).
-                slices = watch.errors(key, "deribit" if venue == ALL else None, MIN_DAYS)
-                assert {e.expiry_time_ns for e in slices} == wanted[key], key
-                errors.extend(slices)
-            report = "\n".join(describe(e) for e in errors)
-            print("\n" + report)
-            assert all(e.truth_lag_s <= 2.0 for e in errors), report
-            consolidated = [e for e in errors if e.venue == ALL]
-            venues = [e for e in errors if e.venue != ALL]
-            assert len(consolidated) >= len(CURRENCIES) and len(venues) >= len(VENUES)
+            report = "\n".join(describe(e) for e in last)
+            print("\nlast sample:\n" + report)
+            assert all(e.truth_lag_s <= 2.0 for e in last), report
+            consolidated = [e for e in last if e.venue == ALL]
+            assert len(consolidated) >= len(CURRENCIES)
+            assert len({k for k in samples if k[0] != ALL}) >= len(VENUES) * len(CURRENCIES)
             measures: tuple[tuple[str, Callable[[SliceError], float]], ...] = (
                 ("atm", lambda e: abs(e.atm_error)),
                 ("rr25", lambda e: abs(e.rr25_error)),
             )
             for name, error in measures:
+                mean_abs = {k: statistics.fmean(error(e) for e in es) for k, es in samples.items()}
+                worst_key = max(mean_abs, key=lambda k: mean_abs[k])
                 worst_all = max(consolidated, key=error)
-                worst_venue = max(venues, key=error)
-                median_venue = statistics.median(error(e) for e in venues)
                 print(
-                    f"{name}: consolidated max |error| {100 * error(worst_all):.2f}, per venue "
-                    f"max {100 * error(worst_venue):.2f} median {100 * median_venue:.2f} "
-                    "vol points"
+                    f"{name}: mean |error| over {ACCURACY_WINDOW_S} s, worst slice "
+                    f"{worst_key[0]} {worst_key[1]} {100 * mean_abs[worst_key]:.2f}; "
+                    f"consolidated last sample max {100 * error(worst_all):.2f} vol points"
                 )
+                assert mean_abs[worst_key] <= TARGET, describe(samples[worst_key][-1])
                 assert error(worst_all) <= TARGET, describe(worst_all)
-                assert median_venue <= TARGET, report
-                assert error(worst_venue) <= VENUE_SLICE_TOLERANCE, describe(worst_venue)
     finally:
         await nc.close()
