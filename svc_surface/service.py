@@ -20,9 +20,9 @@ from google.protobuf.message import DecodeError
 from svc_surface.core import ConsolidatedSurfaceCore, SurfaceConfig, SurfaceCore, run_fit_job
 from volstream.bus.stage import InMessage, Output, StageInput, StageRunner, dead_letter_output
 from volstream.config import Config, Partition
+from volstream.process import die_with_parent
 from volstream.runtime import (
     ServiceContext,
-    die_with_parent,
     durable_name,
     last_message,
     service_context,

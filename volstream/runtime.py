@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import signal
 import time
@@ -139,15 +138,6 @@ async def service_context(cfg: Config, service: str) -> AsyncIterator[ServiceCon
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         log.info("%s: stopped", service)
-
-
-def die_with_parent() -> None:
-    """Linux: get SIGKILL when the parent process dies (PR_SET_PDEATHSIG), so no service or
-    worker outlives whoever started it. Used by `volstream up` for its children and by
-    services for their worker pools."""
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)
 
 
 def wall_ns() -> int:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from volstream.bus.embedded import EmbeddedNats, free_port
 from volstream.config import Config, to_env
-from volstream.runtime import die_with_parent
+from volstream.process import die_with_parent
 
 log = logging.getLogger("volstream.up")
 

@@ -5,6 +5,7 @@ Deribit-protocol traffic, close to the simulator's ground truth."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import signal
@@ -16,7 +17,7 @@ import nats
 import psutil
 import pytest
 
-from tests.system.conftest import UpSystem, stop_up
+from tests.system.conftest import UpSystem, start_up, stop_up
 from volstream.v1 import surface_pb2 as surface_pb
 from volstream.v1 import surface_service_pb2 as api_pb
 
@@ -150,3 +151,31 @@ def test_ctrl_c_stops_everything_within_5s(up_sim: UpSystem) -> None:
     time.sleep(0.3)
     alive = [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not alive, f"left behind: {alive}"
+
+
+def test_sigkill_of_the_supervisor_leaves_nothing_running(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """`kill -9` of `volstream up` takes every child with it: services, their worker pools
+    and the embedded nats-server (which once survived as an orphan)."""
+    system = start_up(tmp_path_factory.mktemp("up-kill"), "--sim", "--venues", "deribit")
+    try:
+        deadline = time.monotonic() + 30
+        wanted = {"sim", "connector.deribit", "book", "iv", "surface", "api"}
+        while time.monotonic() < deadline:
+            with contextlib.suppress(FileNotFoundError, ValueError, KeyError):
+                if wanted <= set(system.state()["services"]):
+                    break
+            time.sleep(0.2)
+        time.sleep(2.0)  # the surface service starts its fit worker on its first batch
+        children = psutil.Process(system.proc.pid).children(recursive=True)
+        names = " ".join(" ".join(p.cmdline()) for p in children)
+        assert "nats-server" in names and len(children) >= 7, names
+        system.proc.kill()
+        system.proc.wait()
+        _, alive = psutil.wait_procs(children, timeout=5)
+        alive = [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+        assert not alive, f"left behind: {[p.cmdline() for p in alive]}"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(system.proc.pid, signal.SIGKILL)

