@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import math
+import operator
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain
 
 import numpy as np
 from numpy.typing import NDArray
@@ -190,30 +192,38 @@ def _finite_pos(x: float) -> bool:
     return math.isfinite(x) and x > 0.0
 
 
-def _columns(smile: iv_pb.Smile) -> tuple[list[str], list[tuple[object, ...]]]:
-    """Symbols and the numeric fields of every quote (one pass over the protobuf)."""
-    symbols = [q.symbol for q in smile.quotes]
-    numeric: list[tuple[object, ...]] = [
-        (
-            q.option_kind,
-            q.strike_usd,
-            q.log_moneyness,
-            q.bid_price_usd_per_coin,
-            q.ask_price_usd_per_coin,
-            q.bid_iv,
-            q.ask_iv,
-            q.mid_iv,
-            q.bid_iv_status,
-            q.ask_iv_status,
-            q.stale,
-            q.one_sided,
-            q.crossed,
-            q.at_min_tick,
-            q.quote_time_ns,
-        )
-        for q in smile.quotes
-    ]
-    return symbols, numeric
+_NUMERIC_FIELDS = (
+    "option_kind",
+    "strike_usd",
+    "log_moneyness",
+    "bid_price_usd_per_coin",
+    "ask_price_usd_per_coin",
+    "bid_iv",
+    "ask_iv",
+    "mid_iv",
+    "bid_iv_status",
+    "ask_iv_status",
+    "stale",
+    "one_sided",
+    "crossed",
+    "at_min_tick",
+    "quote_time_ns",
+)
+_numeric_of = operator.attrgetter(*_NUMERIC_FIELDS)
+_symbol_of = operator.attrgetter("symbol")
+
+
+def _columns(smile: iv_pb.Smile) -> tuple[list[str], Array]:
+    """Symbols and the numeric fields of every quote, (n, 15) in _NUMERIC_FIELDS order.
+    attrgetter + fromiter: no Python loop per quote (a third of select's time was here)."""
+    quotes = smile.quotes
+    n = len(quotes)
+    numeric = np.fromiter(
+        chain.from_iterable(map(_numeric_of, quotes)),
+        dtype=np.float64,
+        count=n * len(_NUMERIC_FIELDS),
+    ).reshape(n, len(_NUMERIC_FIELDS))
+    return list(map(_symbol_of, quotes)), numeric
 
 
 _STATUS_OK = np.array(_OK_STATUSES)
@@ -309,7 +319,7 @@ def select_quotes_many(
             size += n
             symbols.extend(syms)
             venues.extend([smile.venue] * n)
-            blocks.append(np.array(numeric, dtype=np.float64).reshape(n, 15))
+            blocks.append(numeric)
             fwd_parts.append(np.full(n, smile.forward_usd))
             mult_parts.append(np.full(n, mults.get(smile.venue, 1.0)))
             smile_parts.append(np.full(n, smile_id, dtype=np.int64))
