@@ -284,8 +284,8 @@ async def bench_venue(
 
 def print_table(rows: list[Row]) -> None:
     print(
-        f"{'venue':<8} {'frames':>7} {'null f/s':>10} {'conn f/s':>10} {'ratio':>6} "
-        f"{'conn f/s/core':>13} {'events/s':>10} {'ev/frame':>8}  targets"
+        f"{'venue':<8} {'frames':>7} {'null f/s':>10} {'null f/s/core':>13} {'conn f/s':>10} "
+        f"{'ratio':>6} {'conn f/s/core':>13} {'events/s':>10} {'ev/frame':>8}  targets"
     )
     for r in rows:
         ratio = r.conn.rate / r.null.rate if r.null.rate else 0.0
@@ -293,8 +293,8 @@ def print_table(rows: list[Row]) -> None:
         ok_core = "ok" if r.conn.per_core >= TARGET_PER_CORE else "MISS"
         events_rate = r.conn.events / r.conn.wall_s if r.conn.wall_s else 0.0
         print(
-            f"{r.venue:<8} {r.frames:>7} {r.null.rate:>10,.0f} {r.conn.rate:>10,.0f} "
-            f"{ratio:>6.0%} {r.conn.per_core:>13,.0f} {events_rate:>10,.0f} "
+            f"{r.venue:<8} {r.frames:>7} {r.null.rate:>10,.0f} {r.null.per_core:>13,.0f} "
+            f"{r.conn.rate:>10,.0f} {ratio:>6.0%} {r.conn.per_core:>13,.0f} {events_rate:>10,.0f} "
             f"{r.conn.events / max(r.frames, 1):>8.2f}  ratio {ok_ratio}, per-core {ok_core}"
         )
 

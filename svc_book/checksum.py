@@ -14,6 +14,7 @@ import math
 import zlib
 from bisect import bisect_left, insort
 from collections.abc import Sequence
+from itertools import chain
 
 OKX_CHECKSUM_DEPTH = 25
 
@@ -57,17 +58,23 @@ class OkxChecksumBook:
     with the venue and must be resubscribed.
     """
 
-    __slots__ = ("_ask_keys", "_asks", "_bid_keys", "_bids")
+    __slots__ = ("_ask_keys", "_ask_texts", "_asks", "_bid_keys", "_bid_texts", "_bids")
 
     def __init__(self) -> None:
         self._bids: dict[float, tuple[str, str]] = {}
         self._asks: dict[float, tuple[str, str]] = {}
+        # "price:size" of each level, what the checksum string is made of (joined once per
+        # level change instead of once per level per checksum).
+        self._bid_texts: dict[float, str] = {}
+        self._ask_texts: dict[float, str] = {}
         self._bid_keys: list[float] = []  # ascending; best bid last
         self._ask_keys: list[float] = []  # ascending; best ask first
 
     def apply_snapshot(self, bids: Sequence[StrLevel], asks: Sequence[StrLevel]) -> None:
         self._bids = {}
         self._asks = {}
+        self._bid_texts = {}
+        self._ask_texts = {}
         self._bid_keys = []
         self._ask_keys = []
         self.apply_update(bids, asks)
@@ -75,8 +82,8 @@ class OkxChecksumBook:
     def apply_update(self, bids: Sequence[StrLevel], asks: Sequence[StrLevel]) -> None:
         """Size "0" deletes. Raises ValueError on a non-numeric or non-finite price or size
         (levels before it are applied: treat the book as broken and resubscribe)."""
-        _apply(self._bids, self._bid_keys, bids)
-        _apply(self._asks, self._ask_keys, asks)
+        _apply(self._bids, self._bid_texts, self._bid_keys, bids)
+        _apply(self._asks, self._ask_texts, self._ask_keys, asks)
 
     def top(
         self, depth: int = OKX_CHECKSUM_DEPTH
@@ -87,15 +94,27 @@ class OkxChecksumBook:
         return bids, asks
 
     def checksum(self) -> int:
-        bids, asks = self.top()
-        return okx_checksum(bids, asks)
+        """:func:`okx_checksum` of :meth:`top`, from the kept "price:size" texts."""
+        depth = OKX_CHECKSUM_DEPTH
+        bid_texts, ask_texts = self._bid_texts, self._ask_texts
+        bids = [bid_texts[k] for k in self._bid_keys[: -depth - 1 : -1]]  # best first
+        asks = [ask_texts[k] for k in self._ask_keys[:depth]]
+        both = min(len(bids), len(asks))
+        # bid1 ask1 bid2 ask2 ... while both sides have levels, then the longer one alone.
+        parts = list(chain.from_iterable(zip(bids, asks, strict=False)))
+        parts.extend(bids[both:] if len(bids) > both else asks[both:])
+        crc = zlib.crc32(":".join(parts).encode())
+        return crc - (1 << 32) if crc >= (1 << 31) else crc
 
     def checksum_ok(self, expected: int) -> bool:
         return expected == 0 or self.checksum() == expected
 
 
 def _apply(
-    levels: dict[float, tuple[str, str]], keys: list[float], update: Sequence[StrLevel]
+    levels: dict[float, tuple[str, str]],
+    texts: dict[float, str],
+    keys: list[float],
+    update: Sequence[StrLevel],
 ) -> None:
     for level in update:
         price_str, size_str = level[0], level[1]
@@ -105,8 +124,10 @@ def _apply(
             raise ValueError(f"non-finite OKX level {price_str!r}:{size_str!r}")
         if size == 0.0:
             if levels.pop(price, None) is not None:
+                del texts[price]
                 del keys[bisect_left(keys, price)]
         else:
             if price not in levels:
                 insort(keys, price)
             levels[price] = (price_str, size_str)
+            texts[price] = f"{price_str}:{size_str}"

@@ -524,7 +524,8 @@ class WsConnection:
         self.last_receive_ns = receive_ns
         self._last_receive_monotonic = time.monotonic()
         result = self.session.on_frame(frame, receive_ns)
-        result.counts[frame_outcome(result)] += 1
+        counts, outcome = result.counts, frame_outcome(result)
+        counts[outcome] = counts.get(outcome, 0) + 1  # not +=: Counter.__missing__ is Python
         await self.deliver(result)
 
     async def deliver(self, result: FrameResult) -> None:
@@ -536,14 +537,33 @@ class WsConnection:
         for reply in result.replies:
             # Keep-alive answers go out at once, never behind paced subscribes.
             await self.send(self.session.encode(reply))
-        for name, value in result.counts.items():
-            self.sink.count(name, value)
+        sink = self.sink
+        sink.count_all(result.counts)
+        count = sink.count
+        emit = sink.emit
         for event in result.events:
             try:
-                await self.sink.emit(event.currency, event.kind, event.event)
+                await emit(event.currency, event.kind, event.event)
             except Exception:
                 self.log.exception("%s: sink failed to take an event", self.settings.venue)
-                self.sink.count("sink_error")
+                count("sink_error")
+        # Only frames with anything more than events and counts go further (most do not).
+        if (
+            result.dead_letters
+            or result.acks
+            or result.venue_errors
+            or result.subscribed
+            or result.unsubscribed
+            or result.resubscribes
+        ):
+            await self._deliver_rest(result)
+        if self._on_result is not None:
+            self._on_result(self, result)
+        if self.state == ConnectionState.SUBSCRIBING:
+            self._maybe_live()
+
+    async def _deliver_rest(self, result: FrameResult) -> None:
+        """Dead letters, acks, venue errors and resyncs of a result (see :meth:`deliver`)."""
         for dead in result.dead_letters:
             self.log.warning(
                 "%s connection %s: dead letter: %s",
@@ -576,9 +596,6 @@ class WsConnection:
             handled = self._on_resubscribe is not None and self._on_resubscribe(self, request)
             if not handled and request.channel in self.desired:
                 self._enqueue(_Command("resubscribe", (request.channel,)))
-        if self._on_result is not None:
-            self._on_result(self, result)
-        self._maybe_live()
 
     def _apply_acks(self, result: FrameResult) -> None:
         self.confirmed.update(result.subscribed)

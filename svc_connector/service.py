@@ -15,11 +15,11 @@ import logging
 import re
 import time
 from collections import Counter
+from collections.abc import Mapping
 
 import orjson
 from nats.aio.msg import Msg
 
-from svc_connector.session import header_of
 from svc_connector.venues import registry
 from svc_connector.venues.base import ConnectorConfig, MdKind, VenueAdapter, VenueConnector
 from volstream.bus.batcher import Batcher
@@ -44,6 +44,7 @@ class NatsSink:
         self.run_id = format(time.time_ns(), "x")
         self._batch_seq: dict[str, int] = {}
         self._subject_ccy: dict[str, str] = {}
+        self._subjects: dict[tuple[str, str], str] = {}
         self._batcher: Batcher[md_pb.MarketDataEvent] = Batcher(
             self._flush, max_items=BATCH_MAX_EVENTS, max_delay_s=BATCH_MAX_DELAY_S
         )
@@ -51,18 +52,24 @@ class NatsSink:
         self._named = ctx.metrics.counter("connector_counts", "connector state and frame counters")
         self.published_events = 0
         self.dead_letters = 0
-        # Every count() since start, by name. Counts are kept here and handed to the metrics
-        # in bulk (export_counts), not per call: a metrics add costs tens of microseconds and
-        # a frame makes several counts (it was a third of the per-frame cost).
-        self.counts: Counter[str] = Counter()
+        # Counts are kept here and handed to the metrics in bulk (export_counts), not per
+        # call: a metrics add costs tens of microseconds and a frame makes several counts (it
+        # was a third of the per-frame cost). Exported ones move to _exported (see counts).
+        self._exported: Counter[str] = Counter()
         self._unexported: Counter[str] = Counter()
         self._labels: dict[str, dict[str, str]] = {}
         self._dead_seq = 0
 
     async def emit(self, currency: str, kind: MdKind, event: md_pb.MarketDataEvent) -> None:
-        subject = self.ctx.subjects.md(self.venue, currency, kind)
-        self._subject_ccy[subject] = currency.upper()
-        await self._batcher.add(subject, event)
+        """Batch ``event`` for its subject. The sink owns the event from here on: its header
+        gets the publish time when the batch is flushed (no copy is made)."""
+        subject = self._subjects.get((currency, kind))
+        if subject is None:
+            subject = self.ctx.subjects.md(self.venue, currency, kind)
+            self._subject_ccy[subject] = currency.upper()
+            self._subjects[(currency, kind)] = subject
+        if self._batcher.append(subject, event):
+            await self._batcher.flush_key(subject)
 
     async def dead_letter(self, raw: bytes, reason: str) -> None:
         # A unique id per frame: two identical bad frames are two dead letters (counts must
@@ -77,9 +84,23 @@ class NatsSink:
         )
         self.dead_letters += 1
 
+    @property
+    def counts(self) -> Counter[str]:
+        """Every count since start, by name (a fresh Counter)."""
+        total = Counter(self._exported)
+        total.update(self._unexported)
+        return total
+
     def count(self, name: str, value: int = 1) -> None:
-        self.counts[name] += value
         self._unexported[name] += value
+
+    def count_all(self, counts: Mapping[str, int]) -> None:
+        # A plain loop: Counter.update starts with an isinstance(..., Mapping) ABC check
+        # that costs more than the few additions of a frame.
+        unexported = self._unexported
+        get = unexported.get
+        for name, value in counts.items():
+            unexported[name] = get(name, 0) + value
 
     def export_counts(self) -> None:
         """Add the counts since the last export to the ``connector_counts`` metric (called
@@ -92,27 +113,17 @@ class NatsSink:
                 label = _COUNTER_NAME.sub("_", name.lower())[:80]
                 labels = self._labels[name] = {"venue": self.venue, "name": label}
             self._named.add(value, labels)
+        self._exported.update(self._unexported)
         self._unexported.clear()
 
     async def _flush(self, subject: str, events: list[md_pb.MarketDataEvent]) -> None:
         seq = self._batch_seq.get(subject, 0) + 1
         self._batch_seq[subject] = seq
-        publish_ns = wall_ns()
-        batch = md_pb.MarketDataBatch(
-            venue=self.venue, currency=self._subject_ccy[subject], events=events
+        payload = batch_bytes(
+            self.venue, self._subject_ccy[subject], self.source, seq, wall_ns(), events
         )
-        batch.header.source = self.source
-        batch.header.sequence = seq
-        batch.header.publish_time_ns = publish_ns
-        event_ns = 0
-        for e in batch.events:
-            header = header_of(e)
-            if header is not None:
-                header.publish_time_ns = publish_ns
-                event_ns = max(event_ns, header.event_time_ns)
-        batch.header.event_time_ns = event_ns or publish_ns
         await self.ctx.publisher.publish(
-            subject, batch.SerializeToString(), f"{self.source}.{self.run_id}.{subject}.{seq}"
+            subject, payload, f"{self.source}.{self.run_id}.{subject}.{seq}"
         )
         self.published_events += len(events)
         self._events.add(len(events), {"venue": self.venue, "subject": subject})
@@ -121,6 +132,66 @@ class NatsSink:
     async def close(self) -> None:
         await self._batcher.close()
         self.export_counts()
+
+
+# MarketDataBatch.events is field 4, length-delimited: tag byte (4 << 3) | 2.
+_EVENTS_TAG = 0x22
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+# Tag + length prefix of an event of each length below 16 KiB (events are a few hundred
+# bytes; a longer one is prefixed by hand).
+_EVENT_PREFIXES: tuple[bytes, ...] = tuple(
+    bytes((_EVENTS_TAG,)) + _varint(n) for n in range(1 << 14)
+)
+
+
+def batch_bytes(
+    venue: str,
+    currency: str,
+    source: str,
+    sequence: int,
+    publish_ns: int,
+    events: list[md_pb.MarketDataEvent],
+) -> bytes:
+    """The wire bytes of a MarketDataBatch of ``events``: every event header gets
+    ``publish_ns``; the batch header has ``sequence``, ``publish_ns`` and the latest event
+    time (``publish_ns`` when no event has one).
+
+    Same bytes as building the batch message and serializing it, without deep-copying every
+    event into it: a repeated message field is its elements' tag + length + bytes, one after
+    the other, after the lower-numbered fields. The events' own headers are stamped.
+    """
+    event_ns = 0
+    head = md_pb.MarketDataBatch(venue=venue, currency=currency)
+    parts: list[bytes] = [b""]
+    append = parts.append
+    prefixes = _EVENT_PREFIXES
+    for event in events:
+        case = event.WhichOneof("event")
+        if case is not None:
+            header = getattr(event, case).header
+            header.publish_time_ns = publish_ns
+            if header.event_time_ns > event_ns:
+                event_ns = header.event_time_ns
+        data = event.SerializeToString()
+        size = len(data)
+        append(prefixes[size] if size < 1 << 14 else bytes((_EVENTS_TAG,)) + _varint(size))
+        append(data)
+    head.header.source = source
+    head.header.sequence = sequence
+    head.header.publish_time_ns = publish_ns
+    head.header.event_time_ns = event_ns or publish_ns
+    parts[0] = head.SerializeToString()
+    return b"".join(parts)
 
 
 async def _listen_for_resync(ctx: ServiceContext, venue: str, connector: VenueConnector) -> None:

@@ -22,14 +22,17 @@ Shared by the JSON venue adapters (OKX, Bybit, Binance), also pure:
 from __future__ import annotations
 
 import math
+import struct
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from enum import StrEnum
+from operator import itemgetter
 from typing import Any
 
 import orjson
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 from svc_connector.venues.base import (
     ConnectionState,
@@ -400,7 +403,15 @@ def opt_number(
     value = data.get(key)
     if value is None or value == "":
         return None
-    number = as_number(value)
+    if type(value) is str:  # the usual spelling, read inline (as_number does the same)
+        try:
+            parsed = float(value)
+        except ValueError:
+            number: float | None = None
+        else:
+            number = parsed if parsed - parsed == 0.0 else None  # not NaN nor an infinity
+    else:
+        number = as_number(value)
     if number is None:
         counts[f"{where}.bad_field.{key}"] += 1
     return number
@@ -455,6 +466,26 @@ def safe_token(text: str) -> str:
     return cleaned or "empty"
 
 
+def cached(
+    lookup: Callable[[str], str | None], limit: int = 100_000
+) -> Callable[[str], str | None]:
+    """``lookup`` remembering its answers (a symbol's currency is asked for every event);
+    ``None`` answers are not kept. Bounded: forgets everything when ``limit`` is reached."""
+    answers: dict[str, str] = {}
+
+    def cached_lookup(key: str) -> str | None:
+        answer = answers.get(key)
+        if answer is None:
+            answer = lookup(key)
+            if answer is not None:
+                if len(answers) >= limit:
+                    answers.clear()
+                answers[key] = answer
+        return answer
+
+    return cached_lookup
+
+
 def raw_bytes(raw: bytes | str) -> bytes:
     return raw.encode("utf-8", "replace") if isinstance(raw, str) else bytes(raw)
 
@@ -469,7 +500,8 @@ def ms_header(timestamp_ms: int, receive_time_ns: int, source: str) -> common_pb
 def decode_frame(raw: bytes | str, result: FrameResult) -> dict[str, Any] | None:
     """Count a frame and decode it; ``None`` after dead-lettering malformed JSON or a frame
     that is not a JSON object."""
-    result.counts["frames"] += 1
+    counts = result.counts
+    counts["frames"] = counts.get("frames", 0) + 1  # not +=: Counter.__missing__ is Python
     try:
         message = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -615,12 +647,124 @@ def text_levels(entries: object, where: str, side: str) -> list[TextLevel]:
     return levels
 
 
+def number_levels(entries: object, where: str, side: str) -> list[tuple[float, float]]:
+    """:func:`text_levels` as (price, size) numbers (same checks and errors), for venues
+    whose strings nothing hashes."""
+    if not isinstance(entries, list):
+        raise FieldError(f"{where}: missing or non-list '{side}'")
+    levels: list[tuple[float, float]] = []
+    for entry in entries:
+        if type(entry) is list and len(entry) >= 2:
+            price_text, size_text = entry[0], entry[1]
+            if type(price_text) is str and type(size_text) is str:
+                try:
+                    price, size = float(price_text), float(size_text)
+                except ValueError:
+                    pass
+                else:
+                    if 0.0 < price < math.inf and 0.0 <= size < math.inf:
+                        levels.append((price, size))
+                        continue
+        price_text, size_text = text_levels([entry], where, side)[0]
+        levels.append((float(price_text), float(size_text)))
+    return levels
+
+
+# One BookLevel as a length-delimited element of BookSnapshot/BookDelta ``bids`` (field 3) or
+# ``asks`` (field 4): tag, length 18, then price (field 1) and size (field 2) as doubles.
+_LEVEL_WIRE = struct.Struct("<BBBdBd")
+BIDS_TAG = (3 << 3) | 2
+ASKS_TAG = (4 << 3) | 2
+
+
+def levels_wire(tag: int, levels: Iterable[tuple[float, float]]) -> bytes:
+    """(price, size) levels as the wire bytes of a book's ``bids`` (:data:`BIDS_TAG`) or
+    ``asks`` (:data:`ASKS_TAG`): ``book.MergeFromString`` of them appends the levels in C
+    (a zero size is written explicitly; it reads back as the same message)."""
+    pack = _LEVEL_WIRE.pack
+    return b"".join([pack(tag, 18, 0x09, price, 0x11, size) for price, size in levels])
+
+
+def wire_levels(
+    entries: object, where: str, side: str, tag: int, best_first: bool | None = None
+) -> bytes:
+    """:func:`levels_wire` of :func:`number_levels` in one pass for the usual shape.
+
+    ``best_first`` True (bids) or False (asks): only the live levels (size > 0), best first,
+    as :func:`best_first_pairs` orders them; None: every level in venue order. Entries that
+    are not numeric strings, or live levels out of order, take the general path (same
+    checks, errors and result)."""
+    pack = _LEVEL_WIRE.pack
+    inf = math.inf
+    parts: list[bytes] = []
+    last = inf if best_first else -inf
+    if isinstance(entries, list):
+        for entry in entries:
+            if type(entry) is not list or len(entry) < 2:
+                break
+            price_text, size_text = entry[0], entry[1]
+            if type(price_text) is not str or type(size_text) is not str:
+                break
+            try:
+                price, size = float(price_text), float(size_text)
+            except ValueError:
+                break
+            if not (0.0 < price < inf and 0.0 <= size < inf):
+                break
+            if best_first is not None:
+                if size == 0.0:
+                    continue
+                if (price > last) if best_first else (price < last):
+                    break  # not in order: sorted below
+                last = price
+            parts.append(pack(tag, 18, 0x09, price, 0x11, size))
+        else:
+            return b"".join(parts)
+    levels = number_levels(entries, where, side)
+    if best_first is not None:
+        levels = sorted(
+            [level for level in levels if level[1] > 0], key=_LEVEL_PRICE, reverse=best_first
+        )
+    return levels_wire(tag, levels)
+
+
+def add_number_levels(
+    target: RepeatedCompositeFieldContainer[md_pb.BookLevel], levels: Iterable[tuple[float, float]]
+) -> None:
+    """Append (price, size) levels to a message's own repeated field."""
+    add = target.add
+    for price, size in levels:
+        add(price_native=price, size_native=size)
+
+
+def best_first_pairs(
+    bids: Iterable[tuple[float, float]], asks: Iterable[tuple[float, float]]
+) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
+    """Live levels (size > 0) best first, like :func:`best_first` (a stable sort)."""
+    return (
+        sorted([level for level in bids if level[1] > 0], key=_LEVEL_PRICE, reverse=True),
+        sorted([level for level in asks if level[1] > 0], key=_LEVEL_PRICE),
+    )
+
+
+_LEVEL_PRICE = itemgetter(0)
+
+
 def _level_text(value: object) -> str:
     return value if isinstance(value, str) else repr(value)
 
 
 def book_levels(levels: Sequence[TextLevel]) -> list[md_pb.BookLevel]:
     return [md_pb.BookLevel(price_native=float(p), size_native=float(s)) for p, s in levels]
+
+
+def add_book_levels(
+    target: RepeatedCompositeFieldContainer[md_pb.BookLevel], levels: Iterable[TextLevel]
+) -> None:
+    """Append ``levels`` to a message's own repeated field (no BookLevel built and copied)."""
+    add = target.add
+    for price, size in levels:
+        add(price_native=float(price), size_native=float(size))
 
 
 def best_first(
@@ -796,34 +940,76 @@ class TickerMerger:
     A venue may spread one instrument's ticker over channels (OKX ``opt-summary`` has the IVs
     and forward, ``tickers`` the best bid/ask, ``mark-price`` the mark). Downstream services
     treat every VenueTicker as the whole current state, so a partial message must not blank
-    the other channels' fields. ``merge`` replaces exactly the fields the message's channel
+    the other channels' fields. A merge replaces exactly the fields the message's channel
     owns (set, or cleared when the message lacks them: an emptied book side must not keep
     its old price) and keeps the rest; the header is the message's.
+
+    The state is kept as plain ``{field: value}`` dicts (no protobuf copies per merge): the
+    hot path hands over the fields it parsed (:meth:`merge_fields`) and builds the message
+    once from the merged dict.
     """
 
     def __init__(self, limit: int = 50_000) -> None:
         self._limit = limit
-        self._tickers: dict[str, md_pb.VenueTicker] = {}
+        self._fields: dict[str, dict[str, Any]] = {}
+
+    def merge_fields(
+        self, symbol: str, fields: Mapping[str, Any], owned: Iterable[str]
+    ) -> dict[str, Any]:
+        """Merge ``fields`` (the set fields of an update; absent = cleared) for the ``owned``
+        names; returns a fresh dict of every field now set (without header and symbol)."""
+        current = self._fields.get(symbol)
+        if current is None:
+            if len(self._fields) >= self._limit:
+                self._fields.pop(next(iter(self._fields)))
+            current = self._fields[symbol] = {}
+        for name in owned:
+            value = fields.get(name)
+            if value is None:
+                current.pop(name, None)
+            else:
+                current[name] = value
+        return dict(current)
 
     def merge(self, update: md_pb.VenueTicker, owned: Iterable[str]) -> md_pb.VenueTicker:
-        current = self._tickers.get(update.symbol)
-        if current is None:
-            if len(self._tickers) >= self._limit:
-                self._tickers.pop(next(iter(self._tickers)))
-            current = md_pb.VenueTicker(symbol=update.symbol)
-            self._tickers[update.symbol] = current
-        fields = md_pb.VenueTicker.DESCRIPTOR.fields_by_name
-        for name in owned:
-            current.ClearField(name)
-            if fields[name].has_presence:
-                if update.HasField(name):
-                    setattr(current, name, getattr(update, name))
-            else:
-                setattr(current, name, getattr(update, name))
-        current.header.CopyFrom(update.header)
-        merged = md_pb.VenueTicker()
-        merged.CopyFrom(current)
-        return merged
+        merged = self.merge_fields(update.symbol, ticker_fields(update, owned), owned)
+        return md_pb.VenueTicker(header=update.header, symbol=update.symbol, **merged)
+
+
+_TICKER_PRESENCE: dict[str, bool] = {
+    f.name: f.has_presence for f in md_pb.VenueTicker.DESCRIPTOR.fields
+}
+
+
+def ticker_fields(ticker: md_pb.VenueTicker, names: Iterable[str]) -> dict[str, Any]:
+    """The set fields of ``ticker`` among ``names`` (proto3 fields without presence count as
+    set when they hold a non-default value)."""
+    fields: dict[str, Any] = {}
+    for name in names:
+        if _TICKER_PRESENCE[name]:
+            if ticker.HasField(name):
+                fields[name] = getattr(ticker, name)
+        else:
+            value = getattr(ticker, name)
+            if value:
+                fields[name] = value
+    return fields
+
+
+def fill_usd_fields(
+    fields: dict[str, Any], unit: md_pb.PremiumUnit, contract_size: float | None
+) -> None:
+    """:func:`fill_usd_per_coin` on a ``{field: value}`` dict of a VenueTicker."""
+    forward = fields.get("forward_usd")
+    for native_field, usd_field in PRICE_FIELDS:
+        native = fields.get(native_field)
+        if native is None:
+            continue
+        value = usd_per_coin(native, unit, forward, contract_size)
+        if value is None:
+            fields.pop(usd_field, None)
+        else:
+            fields[usd_field] = value
 
 
 # ---- a session base for the JSON venues ----------------------------------------------------------
@@ -876,10 +1062,18 @@ class StampingSession:
 
     def stamp(self, result: FrameResult) -> FrameResult:
         """Give every event of ``result`` the next header sequence (in event order)."""
-        for event in result.events:
-            header = header_of(event.event)
-            if header is not None:
-                header.sequence = self._take_sequence()
+        shared = self._shared_sequence
+        for item in result.events:
+            event = item.event
+            case = event.WhichOneof("event")
+            if case is None:
+                continue
+            header = getattr(event, case).header
+            if shared is not None:
+                header.sequence = shared()
+            else:
+                header.sequence = self._next_sequence
+                self._next_sequence += 1
         return result
 
     def _on_frame(self, raw: bytes | str, receive_time_ns: int) -> FrameResult:

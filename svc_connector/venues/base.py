@@ -62,7 +62,9 @@ MD_KINDS: tuple[MdKind, ...] = ("instrument", "book", "ticker", "index")
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: one or two are made per event on the hot path and a frozen dataclass's
+# __init__ costs about four times as much. Treat it as immutable all the same.
+@dataclass(slots=True)
 class NormalisedEvent:
     """One normalised event with its routing keys."""
 
@@ -136,6 +138,15 @@ class InstrumentStateChange:
     state: str
 
 
+class _FrameCounts(Counter[str]):
+    """An empty Counter made cheaply (one per frame): Counter.__init__ runs an update()."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        pass
+
+
 @dataclass(slots=True)
 class FrameResult:
     """Everything one frame produced. All lists keep arrival order; empty by default."""
@@ -155,7 +166,7 @@ class FrameResult:
     instrument_states: list[InstrumentStateChange] = field(default_factory=list)
     # Named counters (e.g. "unknown_channel.trades", "book.stale_dropped"); the client adds
     # each to the sink with EventSink.count.
-    counts: Counter[str] = field(default_factory=Counter)
+    counts: Counter[str] = field(default_factory=_FrameCounts)
 
     def extend(self, other: FrameResult) -> None:
         """Append ``other``'s outputs after this result's (used when combining frames)."""
@@ -208,6 +219,10 @@ class EventSink(Protocol):
 
     def count(self, name: str, value: int = 1) -> None: ...
 
+    def count_all(self, counts: Mapping[str, int]) -> None:
+        """``count`` of every (name, value) (one call per frame instead of one per name)."""
+        ...
+
 
 class MemorySink:
     """A complete in-process :class:`EventSink`: keeps everything in lists (tools, tests).
@@ -231,6 +246,10 @@ class MemorySink:
 
     def count(self, name: str, value: int = 1) -> None:
         self.counters[name] += value
+        self._wake()
+
+    def count_all(self, counts: Mapping[str, int]) -> None:
+        self.counters.update(counts)
         self._wake()
 
     def of_case(self, case: str) -> list[md_pb.MarketDataEvent]:

@@ -19,27 +19,26 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
 from svc_connector.session import (
+    ASKS_TAG,
+    BIDS_TAG,
     MS_TO_NS,
     BookSequencer,
     FieldError,
     PendingRequests,
     StampingSession,
     as_number,
-    best_first,
-    book_levels,
     book_reset_event,
+    cached,
     collect_instruments,
     decode_frame,
     decode_rest_object,
-    fill_usd_per_coin,
     guarded,
     iv_fraction,
-    ms_header,
     name_venue_errors,
     opt_number,
     positive,
@@ -50,8 +49,7 @@ from svc_connector.session import (
     request_id_of,
     safe_token,
     sequence_delta,
-    set_best_quotes,
-    text_levels,
+    wire_levels,
 )
 from svc_connector.venues.base import (
     DeadLetter,
@@ -143,8 +141,11 @@ def _data(message: Mapping[str, Any], where: str) -> dict[str, Any]:
     return data
 
 
+_currency_of = cached(currency_of)
+
+
 def _currency(symbol: str, where: str) -> str:
-    currency = currency_of(symbol)
+    currency = _currency_of(symbol)
     if currency is None:
         raise FieldError(f"{where}: cannot tell the currency of {symbol!r}")
     return currency
@@ -155,40 +156,45 @@ def _orderbook(message: dict[str, Any], receive_time_ns: int, result: FrameResul
     data = _data(message, where)
     symbol = req_text(data, "s", where)
     currency = _currency(symbol, where)
-    header = ms_header(req_integer(message, "ts", where), receive_time_ns, c.SOURCE)
+    timestamp_ms = req_integer(message, "ts", where)
     update_id = req_integer(data, "u", where)
-    bids = book_levels(text_levels(data.get("b"), where, "b"))
-    asks = book_levels(text_levels(data.get("a"), where, "a"))
     kind = message.get("type")
-    if kind == "snapshot":
-        live_bids, live_asks = best_first(
-            [level for level in bids if level.size_native > 0],
-            [level for level in asks if level.size_native > 0],
-        )
-        snapshot = md_pb.BookSnapshot(
-            header=header,
-            symbol=symbol,
-            bids=live_bids,
-            asks=live_asks,
-            venue_sequence=update_id,
-            is_periodic=False,
-        )
-        event = md_pb.MarketDataEvent(book_snapshot=snapshot)
+    is_snapshot = kind == "snapshot"
+    # Levels as wire bytes: a snapshot keeps its live levels best first, a delta all of them.
+    levels = wire_levels(data.get("b"), where, "b", BIDS_TAG, True if is_snapshot else None)
+    levels += wire_levels(data.get("a"), where, "a", ASKS_TAG, False if is_snapshot else None)
+    # Built in place (nested constructors would copy every sub-message once more).
+    event = md_pb.MarketDataEvent()
+    book: md_pb.BookSnapshot | md_pb.BookDelta
+    if is_snapshot:
+        book = event.book_snapshot
+        book.MergeFromString(levels)
+        book.venue_sequence = update_id
         result.counts["book.snapshot"] += 1
     elif kind == "delta":
-        delta = md_pb.BookDelta(
-            header=header,
-            symbol=symbol,
-            bids=bids,
-            asks=asks,
-            venue_sequence=update_id,
-            prev_venue_sequence=update_id - 1,
-        )
-        event = md_pb.MarketDataEvent(book_delta=delta)
+        book = event.book_delta
+        book.MergeFromString(levels)
+        book.venue_sequence = update_id
+        book.prev_venue_sequence = update_id - 1
         result.counts["book.delta"] += 1
     else:
         raise FieldError(f"{where}: missing or unknown book 'type' {kind!r}")
+    header = book.header
+    header.event_time_ns = timestamp_ms * MS_TO_NS
+    header.receive_time_ns = receive_time_ns
+    header.source = c.SOURCE
+    book.symbol = symbol
     result.events.append(NormalisedEvent(currency, "book", event))
+
+
+_IVS: Final = (("bid_iv", "bidIv"), ("ask_iv", "askIv"), ("mark_iv", "markPriceIv"))
+_GREEKS: Final = (
+    ("delta", "delta"),
+    ("gamma", "gamma"),
+    ("vega", "vega"),
+    ("theta", "theta"),
+    ("open_interest", "openInterest"),
+)
 
 
 def _ticker(message: dict[str, Any], receive_time_ns: int, result: FrameResult) -> None:
@@ -197,44 +203,48 @@ def _ticker(message: dict[str, Any], receive_time_ns: int, result: FrameResult) 
     data = _data(message, where)
     symbol = req_text(data, "symbol", where)
     currency = _currency(symbol, where)
-    ticker = md_pb.VenueTicker(
-        header=ms_header(req_integer(message, "ts", where), receive_time_ns, c.SOURCE),
-        symbol=symbol,
-    )
-    # An empty side comes as price "0" and size "0".
-    set_best_quotes(
-        ticker,
-        opt_number(data, "bidPrice", counts, "ticker"),
-        opt_number(data, "bidSize", counts, "ticker"),
-        opt_number(data, "askPrice", counts, "ticker"),
-        opt_number(data, "askSize", counts, "ticker"),
-    )
+    timestamp_ms = req_integer(message, "ts", where)
+    # Collected in a dict and built in one constructor call (cheaper than field by field).
+    fields: dict[str, Any] = {}
+    bid_price = opt_number(data, "bidPrice", counts, "ticker")
+    bid_size = opt_number(data, "bidSize", counts, "ticker")
+    ask_price = opt_number(data, "askPrice", counts, "ticker")
+    ask_size = opt_number(data, "askSize", counts, "ticker")
+    # An empty side comes as price "0" and size "0" (see set_best_quotes). Linear: the
+    # premium is already USD(C/T) per coin.
+    if bid_price is not None and bid_price > 0 and bid_size is not None and bid_size > 0:
+        fields["best_bid_price_native"] = bid_price
+        fields["best_bid_size_native"] = bid_size
+        fields["best_bid_price_usd_per_coin"] = bid_price
+    if ask_price is not None and ask_price > 0 and ask_size is not None and ask_size > 0:
+        fields["best_ask_price_native"] = ask_price
+        fields["best_ask_size_native"] = ask_size
+        fields["best_ask_price_usd_per_coin"] = ask_price
     mark = positive(opt_number(data, "markPrice", counts, "ticker"))
     if mark is not None:
-        ticker.mark_price_native = mark
-    for target, key in (("bid_iv", "bidIv"), ("ask_iv", "askIv"), ("mark_iv", "markPriceIv")):
+        fields["mark_price_native"] = mark
+        fields["mark_price_usd_per_coin"] = mark
+    for target, key in _IVS:
         iv = iv_fraction(opt_number(data, key, counts, "ticker"))
         if iv is not None:
-            setattr(ticker, target, iv)
+            fields[target] = iv
     forward = positive(opt_number(data, "underlyingPrice", counts, "ticker"))
     if forward is not None:
-        ticker.forward_usd = forward
+        fields["forward_usd"] = forward
     index = positive(opt_number(data, "indexPrice", counts, "ticker"))
     if index is not None:
-        ticker.index_price_usd = index
-    for target, key in (
-        ("delta", "delta"),
-        ("gamma", "gamma"),
-        ("vega", "vega"),
-        ("theta", "theta"),
-        ("open_interest", "openInterest"),
-    ):
+        fields["index_price_usd"] = index
+    for target, key in _GREEKS:
         value = opt_number(data, key, counts, "ticker")
         if value is not None:
-            setattr(ticker, target, value)
-    # Linear: the premium is already USD(C/T) per coin.
-    fill_usd_per_coin(ticker, md_pb.PREMIUM_UNIT_USD_PER_COIN, None)
-    result.events.append(NormalisedEvent(currency, "ticker", md_pb.MarketDataEvent(ticker=ticker)))
+            fields[target] = value
+    fields["header"] = {
+        "event_time_ns": timestamp_ms * MS_TO_NS,
+        "receive_time_ns": receive_time_ns,
+        "source": c.SOURCE,
+    }
+    fields["symbol"] = symbol
+    result.events.append(NormalisedEvent(currency, "ticker", md_pb.MarketDataEvent(ticker=fields)))
     counts["ticker"] += 1
 
 

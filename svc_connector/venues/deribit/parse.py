@@ -17,11 +17,14 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, TypeGuard
 
 import orjson
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 from svc_connector.session import (
     BookSequencer,
     DeltaVerdict,
     FieldError,
+    best_first_pairs,
+    cached,
     collect_instruments,
 )
 from svc_connector.venues.base import (
@@ -93,6 +96,9 @@ def _opt_num(data: Mapping[str, Any], key: str, counts: Counter[str], where: str
     value = data.get(key)
     if value is None:
         return None
+    # Fast path: a finite float (inf - inf and nan - nan are nan).
+    if type(value) is float and value - value == 0.0:
+        return value
     if not _is_number(value):
         counts[f"{where}.bad_field.{key}"] += 1
         return None
@@ -141,7 +147,8 @@ def parse_frame(
     Header ``sequence`` is left 0 (the session stamps it).
     """
     result = FrameResult()
-    result.counts["frames"] += 1
+    counts = result.counts
+    counts["frames"] = counts.get("frames", 0) + 1  # not +=: Counter.__missing__ is Python
     try:
         message = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -261,8 +268,11 @@ def _as_dict(data: object, channel: str) -> dict[str, Any]:
     return data
 
 
+_currency_of = cached(currency_of)
+
+
 def _currency(symbol: str, where: str) -> str:
-    currency = currency_of(symbol)
+    currency = _currency_of(symbol)
     if currency is None:
         raise _Missing(f"{where}: cannot tell the currency of {symbol!r}")
     return currency
@@ -293,6 +303,33 @@ def _levels(
     return levels
 
 
+def _level_pairs(entries: object, where: str, side: str) -> list[tuple[float, float]]:
+    """``[action, price, amount]`` book entries -> (price, size) pairs (delete -> size 0);
+    same checks and errors as :func:`_levels`, without building BookLevel messages."""
+    if not isinstance(entries, list):
+        raise _Missing(f"{where}: missing or non-list '{side}'")
+    pairs: list[tuple[float, float]] = []
+    for entry in entries:
+        # Fast path for the usual shape: an action string and two finite floats.
+        if type(entry) is list and len(entry) == 3:
+            action, price, amount = entry
+            if (
+                type(price) is float
+                and type(amount) is float
+                and price - price == 0.0
+                and amount - amount == 0.0
+            ):
+                if action == "new" or action == "change":
+                    pairs.append((price, amount))
+                    continue
+                if action == "delete":
+                    pairs.append((price, 0.0))
+                    continue
+        level = _levels([entry], where, side, True, FrameResult())[0]
+        pairs.append((level.price_native, level.size_native))
+    return pairs
+
+
 def _best_first(
     bids: list[md_pb.BookLevel], asks: list[md_pb.BookLevel]
 ) -> tuple[list[md_pb.BookLevel], list[md_pb.BookLevel]]:
@@ -315,36 +352,40 @@ def _parse_book(data: dict[str, Any], receive_time_ns: int, result: FrameResult)
     is_snapshot = kind == "snapshot" or (kind is None and prev is None)
     if not is_snapshot and kind not in (None, "change"):
         raise _Missing(f"{where}: unknown book type {kind!r}")
-    bids = _levels(data.get("bids"), where, "bids", True, result)
-    asks = _levels(data.get("asks"), where, "asks", True, result)
+    bids = _level_pairs(data.get("bids"), where, "bids")
+    asks = _level_pairs(data.get("asks"), where, "asks")
+    # Built in place (nested constructors would copy every sub-message once more).
+    event = md_pb.MarketDataEvent()
     if is_snapshot:
-        live_bids = [level for level in bids if level.size_native > 0]
-        live_asks = [level for level in asks if level.size_native > 0]
-        best_bids, best_asks = _best_first(live_bids, live_asks)
-        snapshot = md_pb.BookSnapshot(
-            header=header,
-            symbol=symbol,
-            bids=best_bids,
-            asks=best_asks,
-            venue_sequence=change_id,
-            is_periodic=False,
-        )
-        event = md_pb.MarketDataEvent(book_snapshot=snapshot)
+        snapshot = event.book_snapshot
+        snapshot.header.CopyFrom(header)
+        snapshot.symbol = symbol
+        # Best first; a stable sort, like sorting BookLevels by price.
+        live_bids, live_asks = best_first_pairs(bids, asks)
+        _add_levels(snapshot.bids, live_bids)
+        _add_levels(snapshot.asks, live_asks)
+        snapshot.venue_sequence = change_id
         result.counts["book.snapshot"] += 1
     else:
         if not _is_number(prev):
             raise _Missing(f"{where}: change without numeric 'prev_change_id'")
-        delta = md_pb.BookDelta(
-            header=header,
-            symbol=symbol,
-            bids=bids,
-            asks=asks,
-            venue_sequence=change_id,
-            prev_venue_sequence=int(prev),
-        )
-        event = md_pb.MarketDataEvent(book_delta=delta)
+        delta = event.book_delta
+        delta.header.CopyFrom(header)
+        delta.symbol = symbol
+        _add_levels(delta.bids, bids)
+        _add_levels(delta.asks, asks)
+        delta.venue_sequence = change_id
+        delta.prev_venue_sequence = int(prev)
         result.counts["book.change"] += 1
     result.events.append(NormalisedEvent(currency, "book", event))
+
+
+def _add_levels(
+    target: RepeatedCompositeFieldContainer[md_pb.BookLevel], pairs: list[tuple[float, float]]
+) -> None:
+    add = target.add
+    for price, size in pairs:
+        add(price_native=price, size_native=size)
 
 
 def _parse_grouped_book(data: dict[str, Any], receive_time_ns: int, result: FrameResult) -> None:
@@ -370,6 +411,15 @@ def _parse_grouped_book(data: dict[str, Any], receive_time_ns: int, result: Fram
     result.counts["book.grouped_snapshot"] += 1
 
 
+_IV_KEYS: Final = ("bid_iv", "ask_iv", "mark_iv")
+_GREEKS: Final = ("delta", "gamma", "vega", "theta")
+_USD_TWINS: Final = (
+    ("mark_price_native", "mark_price_usd_per_coin"),
+    ("best_bid_price_native", "best_bid_price_usd_per_coin"),
+    ("best_ask_price_native", "best_ask_price_usd_per_coin"),
+)
+
+
 def _parse_ticker(
     data: dict[str, Any],
     receive_time_ns: int,
@@ -380,64 +430,66 @@ def _parse_ticker(
     counts = result.counts
     symbol = _req_str(data, "instrument_name", where)
     currency = _currency(symbol, where)
-    ticker = md_pb.VenueTicker(
-        header=_header(_req_int(data, "timestamp", where), receive_time_ns), symbol=symbol
-    )
+    timestamp_ms = _req_int(data, "timestamp", where)
+    # Collected in a dict and built in one constructor call (cheaper than field by field).
+    fields: dict[str, Any] = {}
     bid_price = _opt_num(data, "best_bid_price", counts, "ticker")
     bid_size = _opt_num(data, "best_bid_amount", counts, "ticker")
     ask_price = _opt_num(data, "best_ask_price", counts, "ticker")
     ask_size = _opt_num(data, "best_ask_amount", counts, "ticker")
     # An empty side comes as price 0 (or null) with amount 0.
     if bid_price is not None and bid_size is not None and bid_size > 0:
-        ticker.best_bid_price_native = bid_price
-        ticker.best_bid_size_native = bid_size
+        fields["best_bid_price_native"] = bid_price
+        fields["best_bid_size_native"] = bid_size
     if ask_price is not None and ask_size is not None and ask_size > 0:
-        ticker.best_ask_price_native = ask_price
-        ticker.best_ask_size_native = ask_size
+        fields["best_ask_price_native"] = ask_price
+        fields["best_ask_size_native"] = ask_size
     # A closed instrument is sent with mark 0: no value, not a price.
     mark = _positive(_opt_num(data, "mark_price", counts, "ticker"))
     if mark is not None:
-        ticker.mark_price_native = mark
-    for field, key in (("bid_iv", "bid_iv"), ("ask_iv", "ask_iv"), ("mark_iv", "mark_iv")):
+        fields["mark_price_native"] = mark
+    for key in _IV_KEYS:
         iv = _iv_fraction(_opt_num(data, key, counts, "ticker"))
         if iv is not None:
-            setattr(ticker, field, iv)
+            fields[key] = iv
     forward = _positive(_opt_num(data, "underlying_price", counts, "ticker"))
     if forward is not None:
-        ticker.forward_usd = forward
+        fields["forward_usd"] = forward
     forward_name = data.get("underlying_index")
     if isinstance(forward_name, str):
-        ticker.forward_name = forward_name
+        fields["forward_name"] = forward_name
     index_price = _positive(_opt_num(data, "index_price", counts, "ticker"))
     if index_price is not None:
-        ticker.index_price_usd = index_price
+        fields["index_price_usd"] = index_price
     rate = _opt_num(data, "interest_rate", counts, "ticker")
     if rate is not None:
-        ticker.interest_rate = rate
+        fields["interest_rate"] = rate
     open_interest = _opt_num(data, "open_interest", counts, "ticker")
     if open_interest is not None:
-        ticker.open_interest = open_interest
+        fields["open_interest"] = open_interest
     greeks = data.get("greeks")
     if isinstance(greeks, dict):
-        for name in ("delta", "gamma", "vega", "theta"):
+        for name in _GREEKS:
             value = _opt_num(greeks, name, counts, "ticker.greeks")
             if value is not None:
-                setattr(ticker, name, value)
+                fields[name] = value
     unit = premium_units.get(symbol) or premium_unit_from_name(symbol)
-    for native_field, usd_field in (
-        ("mark_price_native", "mark_price_usd_per_coin"),
-        ("best_bid_price_native", "best_bid_price_usd_per_coin"),
-        ("best_ask_price_native", "best_ask_price_usd_per_coin"),
-    ):
-        if not ticker.HasField(native_field):
+    for native_field, usd_field in _USD_TWINS:
+        native = fields.get(native_field)
+        if native is None:
             continue
-        native = float(getattr(ticker, native_field))
         if unit == md_pb.PREMIUM_UNIT_COIN_PER_COIN:
             if forward is not None:
-                setattr(ticker, usd_field, native * forward)
+                fields[usd_field] = native * forward
         elif unit == md_pb.PREMIUM_UNIT_USD_PER_COIN:
-            setattr(ticker, usd_field, native)
-    result.events.append(NormalisedEvent(currency, "ticker", md_pb.MarketDataEvent(ticker=ticker)))
+            fields[usd_field] = native
+    fields["header"] = {
+        "event_time_ns": timestamp_ms * MS_TO_NS,
+        "receive_time_ns": receive_time_ns,
+        "source": c.SOURCE,
+    }
+    fields["symbol"] = symbol
+    result.events.append(NormalisedEvent(currency, "ticker", md_pb.MarketDataEvent(ticker=fields)))
     result.counts["ticker"] += 1
 
 

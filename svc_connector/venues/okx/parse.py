@@ -18,6 +18,7 @@ messages missing required fields are dead-lettered with a reason.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -34,14 +35,17 @@ from svc_connector.session import (
     StampingSession,
     TextLevel,
     TickerMerger,
+    add_book_levels,
     as_number,
     as_object,
     book_levels,
     book_reset_event,
+    cached,
     collect_instruments,
     decode_frame,
     decode_rest_object,
     each_entry,
+    fill_usd_fields,
     fill_usd_per_coin,
     guarded,
     iv_fraction,
@@ -58,6 +62,7 @@ from svc_connector.session import (
     sequence_delta,
     set_best_quotes,
     text_levels,
+    ticker_fields,
 )
 from svc_connector.venues.base import (
     DeadLetter,
@@ -109,7 +114,7 @@ OWNED_FIELDS: Final[Mapping[str, tuple[str, ...]]] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one is made per book message (frozen init is slower)
 class BookText:
     """The venue's own strings of one incremental book message (checksums hash them)."""
 
@@ -131,6 +136,11 @@ class ParsedFrame:
     books: list[tuple[NormalisedEvent, BookText]] = field(default_factory=list)
     # (un)subscribe acks: (request id if echoed, "subscribe"/"unsubscribe", channel name).
     replies: list[tuple[int | str | None, str, str]] = field(default_factory=list)
+    # Set by the session, which merges every ticker anyway: opt-summary entries then get an
+    # empty placeholder event and their parts (symbol, event time ns, VenueTicker fields)
+    # in ``ticker_parts`` (id(event) -> parts), so the message is built once, merged.
+    defer_tickers: bool = False
+    ticker_parts: dict[int, tuple[str, int, dict[str, float]]] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,8 +166,9 @@ def parse_frame_detailed(
     raw: bytes | str,
     receive_time_ns: int,
     premium_units: Mapping[str, md_pb.PremiumUnit] | None = None,
+    defer_tickers: bool = False,
 ) -> ParsedFrame:
-    parsed = ParsedFrame(FrameResult())
+    parsed = ParsedFrame(FrameResult(), defer_tickers=defer_tickers)
     result = parsed.result
     if raw in (c.PONG, c.PONG.encode()):
         result.counts["frames"] += 1
@@ -239,7 +250,13 @@ def _on_push(
         for entry in data:
             _periodic_book(arg, as_object(entry, where), receive_time_ns, result)
     elif channel == c.OPT_SUMMARY:
-        each_entry(data, where, result, lambda e: _opt_summary(e, receive_time_ns, result))
+        # each_entry inlined (the channel carries hundreds of entries a frame).
+        for entry in data:
+            try:
+                _opt_summary(as_object(entry, where), receive_time_ns, parsed)
+            except FieldError as exc:
+                result.counts["bad_entry"] += 1
+                result.dead_letters.append(DeadLetter(orjson.dumps(entry), str(exc)))
     elif channel == c.TICKERS:
         each_entry(data, where, result, lambda e: _ticker(e, receive_time_ns, units, result))
     elif channel == c.INDEX_TICKERS:
@@ -252,17 +269,26 @@ def _on_push(
         result.counts[f"unknown_channel.{safe_token(channel)}"] += 1
 
 
+_currency_of = cached(currency_of)
+
+
 def _currency(symbol: str, where: str) -> str:
-    currency = currency_of(symbol)
+    currency = _currency_of(symbol)
     if currency is None:
         raise FieldError(f"{where}: cannot tell the currency of {symbol!r}")
     return currency
+
+
+# Integers a float holds exactly (what the checked path's float round trip returns as is).
+_EXACT_INT: Final = 2**53
 
 
 def _optional_int(entry: Mapping[str, Any], key: str, where: str) -> int | None:
     value = entry.get(key)
     if value is None:
         return None
+    if type(value) is int and -_EXACT_INT < value < _EXACT_INT:
+        return value
     number = as_number(value)
     if number is None or not number.is_integer():
         raise FieldError(f"{where}: non-integer '{key}'")
@@ -278,41 +304,39 @@ def _incremental_book(
 ) -> None:
     result = parsed.result
     where = result.channel
-    symbol = req_text(arg, "instId", where)
+    symbol = arg.get("instId")
+    if type(symbol) is not str or not symbol:
+        symbol = req_text(arg, "instId", where)
     currency = _currency(symbol, where)
-    header = ms_header(req_integer(entry, "ts", where), receive_time_ns, c.SOURCE)
+    ts = entry.get("ts")
+    timestamp_ms = int(ts) if type(ts) is str and ts.isdigit() else req_integer(entry, "ts", where)
     bids = text_levels(entry.get("bids"), where, "bids")
     asks = text_levels(entry.get("asks"), where, "asks")
     checksum = _optional_int(entry, "checksum", where) or 0
     sequence = _optional_int(entry, "seqId", where)
     prev = _optional_int(entry, "prevSeqId", where)
     has_sequence = sequence is not None
+    # Built in place (nested constructors would copy every sub-message once more).
+    event = md_pb.MarketDataEvent()
     if action == "snapshot":
-        live_bids = [level for level in bids if float(level[1]) > 0]
-        live_asks = [level for level in asks if float(level[1]) > 0]
-        snapshot = md_pb.BookSnapshot(
-            header=header,
-            symbol=symbol,
-            bids=book_levels(live_bids),
-            asks=book_levels(live_asks),
-            venue_sequence=sequence or 0,
-            is_periodic=False,
-        )
-        event = md_pb.MarketDataEvent(book_snapshot=snapshot)
+        snapshot = event.book_snapshot
+        _fill_header(snapshot.header, timestamp_ms, receive_time_ns)
+        snapshot.symbol = symbol
+        add_book_levels(snapshot.bids, [level for level in bids if float(level[1]) > 0])
+        add_book_levels(snapshot.asks, [level for level in asks if float(level[1]) > 0])
+        snapshot.venue_sequence = sequence or 0
         result.counts["book.snapshot"] += 1
     elif action == "update":
         if has_sequence and prev is None:
             raise FieldError(f"{where}: update with 'seqId' but no 'prevSeqId'")
-        delta = md_pb.BookDelta(
-            header=header,
-            symbol=symbol,
-            bids=book_levels(bids),
-            asks=book_levels(asks),
-            venue_sequence=sequence or 0,
-            prev_venue_sequence=prev or 0,
-            checksum=checksum,
-        )
-        event = md_pb.MarketDataEvent(book_delta=delta)
+        delta = event.book_delta
+        _fill_header(delta.header, timestamp_ms, receive_time_ns)
+        delta.symbol = symbol
+        add_book_levels(delta.bids, bids)
+        add_book_levels(delta.asks, asks)
+        delta.venue_sequence = sequence or 0
+        delta.prev_venue_sequence = prev or 0
+        delta.checksum = checksum
         is_keepalive = not bids and not asks and has_sequence and prev == sequence
         result.counts["book.keepalive" if is_keepalive else "book.update"] += 1
     else:
@@ -320,6 +344,13 @@ def _incremental_book(
     item = NormalisedEvent(currency, "book", event)
     result.events.append(item)
     parsed.books.append((item, BookText(symbol, bids, asks, checksum, has_sequence)))
+
+
+def _fill_header(header: common_pb.EventHeader, timestamp_ms: int, receive_time_ns: int) -> None:
+    """:func:`ms_header` written into an event's own header."""
+    header.event_time_ns = timestamp_ms * MS_TO_NS
+    header.receive_time_ns = receive_time_ns
+    header.source = c.SOURCE
 
 
 def _periodic_book(
@@ -361,28 +392,110 @@ def _emit_ticker(ticker: md_pb.VenueTicker, result: FrameResult, name: str) -> N
     result.counts[name] += 1
 
 
-def _opt_summary(entry: dict[str, Any], receive_time_ns: int, result: FrameResult) -> None:
+# (VenueTicker field, opt-summary key) pairs: IVs ("0"/"" = no value) and greeks.
+_SUMMARY_IVS: Final = (("bid_iv", "bidVol"), ("ask_iv", "askVol"), ("mark_iv", "markVol"))
+_SUMMARY_GREEKS: Final = (
+    ("delta", "deltaBS"),
+    ("delta_premium_adjusted", "delta"),
+    ("gamma", "gammaBS"),
+    ("vega", "vegaBS"),
+    ("theta", "thetaBS"),
+)
+
+
+def _opt_summary(entry: dict[str, Any], receive_time_ns: int, parsed: ParsedFrame) -> None:
     where = c.OPT_SUMMARY
-    counts = result.counts
-    ticker = _ticker_base(entry, receive_time_ns, where)
-    for target, key in (("bid_iv", "bidVol"), ("ask_iv", "askVol"), ("mark_iv", "markVol")):
+    result = parsed.result
+    symbol = req_text(entry, "instId", where)
+    currency = _currency(symbol, where)
+    ts = entry.get("ts")
+    timestamp_ms = int(ts) if type(ts) is str and ts.isdigit() else req_integer(entry, "ts", where)
+    fields = _summary_fields_fast(entry)
+    if fields is None:
+        fields = _summary_fields_checked(entry, result.counts)
+    if parsed.defer_tickers:
+        event = md_pb.MarketDataEvent()
+        parsed.ticker_parts[id(event)] = (symbol, timestamp_ms * MS_TO_NS, fields)
+    else:
+        header = ms_header(timestamp_ms, receive_time_ns, c.SOURCE)
+        event = md_pb.MarketDataEvent(ticker={"header": header, "symbol": symbol, **fields})
+    result.events.append(NormalisedEvent(currency, "ticker", event))
+    result.counts["ticker.opt_summary"] += 1
+
+
+def _summary_fields_fast(entry: dict[str, Any]) -> dict[str, float] | None:
+    """The usual entry (numeric strings; IVs and forward may be "" or absent) in one go;
+    ``None`` for anything else (absent greeks, numbers, junk), which the checked path reads."""
+    # An absent IV or forward is "no value" like "" (older messages have no fwdPx).
+    bid_text, ask_text = entry.get("bidVol", ""), entry.get("askVol", "")
+    mark_text, forward_text = entry.get("markVol", ""), entry.get("fwdPx", "")
+    try:
+        delta_text, adjusted_text, gamma_text = entry["deltaBS"], entry["delta"], entry["gammaBS"]
+        vega_text, theta_text = entry["vegaBS"], entry["thetaBS"]
+    except KeyError:
+        return None
+    str_ = str
+    if not (
+        type(bid_text) is str_
+        and type(ask_text) is str_
+        and type(mark_text) is str_
+        and type(forward_text) is str_
+        and type(delta_text) is str_
+        and type(adjusted_text) is str_
+        and type(gamma_text) is str_
+        and type(vega_text) is str_
+        and type(theta_text) is str_
+    ):
+        return None
+    try:
+        # "" is "no value" like "0": both leave an IV or the forward absent (not so for
+        # greeks: an empty greek goes down the checked path).
+        bid = float(bid_text) if bid_text else 0.0
+        ask = float(ask_text) if ask_text else 0.0
+        mark = float(mark_text) if mark_text else 0.0
+        forward = float(forward_text) if forward_text else 0.0
+        delta, delta_adjusted = float(delta_text), float(adjusted_text)
+        gamma, vega, theta = float(gamma_text), float(vega_text), float(theta_text)
+    except ValueError:
+        return None
+    # One check for all: a sum with a NaN or an infinity is not finite (an overflowing sum
+    # of finite values only sends the entry down the checked path).
+    total = bid + ask + mark + forward + delta + delta_adjusted + gamma + vega + theta
+    if not math.isfinite(total):
+        return None
+    fields = {
+        "delta": delta,
+        "delta_premium_adjusted": delta_adjusted,
+        "gamma": gamma,
+        "vega": vega,
+        "theta": theta,
+    }
+    if bid > 0:
+        fields["bid_iv"] = bid
+    if ask > 0:
+        fields["ask_iv"] = ask
+    if mark > 0:
+        fields["mark_iv"] = mark
+    if forward > 0:
+        fields["forward_usd"] = forward
+    return fields
+
+
+def _summary_fields_checked(entry: dict[str, Any], counts: Counter[str]) -> dict[str, float]:
+    where = c.OPT_SUMMARY
+    fields: dict[str, float] = {}
+    for target, key in _SUMMARY_IVS:
         iv = iv_fraction(opt_number(entry, key, counts, where))
         if iv is not None:
-            setattr(ticker, target, iv)
+            fields[target] = iv
     forward = positive(opt_number(entry, "fwdPx", counts, where))
     if forward is not None:
-        ticker.forward_usd = forward
-    for target, key in (
-        ("delta", "deltaBS"),
-        ("delta_premium_adjusted", "delta"),
-        ("gamma", "gammaBS"),
-        ("vega", "vegaBS"),
-        ("theta", "thetaBS"),
-    ):
+        fields["forward_usd"] = forward
+    for target, key in _SUMMARY_GREEKS:
         value = opt_number(entry, key, counts, where)
         if value is not None:
-            setattr(ticker, target, value)
-    _emit_ticker(ticker, result, "ticker.opt_summary")
+            fields[target] = value
+    return fields
 
 
 def _unit(symbol: str, units: Mapping[str, md_pb.PremiumUnit]) -> md_pb.PremiumUnit:
@@ -668,13 +781,14 @@ class OkxSession(StampingSession):
     # ---- incoming ----------------------------------------------------------------------------
 
     def _on_frame(self, raw: bytes | str, receive_time_ns: int) -> FrameResult:
-        parsed = parse_frame_detailed(raw, receive_time_ns, self._premium_units)
+        parsed = parse_frame_detailed(raw, receive_time_ns, self._premium_units, defer_tickers=True)
         result = parsed.result
-        self._match_replies(parsed)
+        if parsed.replies or result.venue_errors:
+            self._match_replies(parsed)
         if parsed.books:
             self._sequence_books(parsed, receive_time_ns)
         if any(e.kind == "ticker" for e in result.events):
-            self._merge_tickers(result)
+            self._merge_tickers(parsed, receive_time_ns)
         return result
 
     def _match_replies(self, parsed: ParsedFrame) -> None:
@@ -709,16 +823,25 @@ class OkxSession(StampingSession):
 
     def _sequence_books(self, parsed: ParsedFrame, now_ns: int) -> None:
         result = parsed.result
-        texts = {id(item): text for item, text in parsed.books}
-        events: list[NormalisedEvent] = []
-        for item in result.events:
-            text = texts.get(id(item))
-            if text is None:
-                events.append(item)
-            elif item.event.WhichOneof("event") == "book_snapshot":
-                events.extend(self._on_snapshot(item, text, result, now_ns))
+        books = parsed.books
+        if len(books) == 1 and len(result.events) == 1 and books[0][0] is result.events[0]:
+            # The usual frame: one book message and nothing else.
+            item, text = books[0]
+            if item.event.WhichOneof("event") == "book_snapshot":
+                result.events = self._on_snapshot(item, text, result, now_ns)
             else:
-                events.extend(self._on_update(item, text, result, now_ns))
+                result.events = self._on_update(item, text, result, now_ns)
+            return
+        texts = {id(book): book_text for book, book_text in books}
+        events: list[NormalisedEvent] = []
+        for event in result.events:
+            found = texts.get(id(event))
+            if found is None:
+                events.append(event)
+            elif event.event.WhichOneof("event") == "book_snapshot":
+                events.extend(self._on_snapshot(event, found, result, now_ns))
+            else:
+                events.extend(self._on_update(event, found, result, now_ns))
         result.events = events
 
     def _on_snapshot(
@@ -744,7 +867,7 @@ class OkxSession(StampingSession):
                 delta.venue_sequence = last + 1
         events = sequence_delta(self._books, item, result.channel, result, now_ns)
         strings = self._strings.get(text.symbol)
-        if events != [item] or strings is None:
+        if strings is None or len(events) != 1 or events[0] is not item:
             return events
         strings.apply_update(text.bids, text.asks)
         return self._checked(item, text, result, now_ns)
@@ -770,20 +893,36 @@ class OkxSession(StampingSession):
             book_reset_event(self._books, item, text.symbol, result.channel, reason, result, now_ns)
         ]
 
-    def _merge_tickers(self, result: FrameResult) -> None:
+    def _merge_tickers(self, parsed: ParsedFrame, receive_time_ns: int) -> None:
+        result = parsed.result
         owned = OWNED_FIELDS.get(result.channel.partition(":")[0], ())
+        deferred = parsed.ticker_parts
+        units = self._premium_units
+        sizes = self._contract_sizes
+        merger = self._tickers
         events: list[NormalisedEvent] = []
         for item in result.events:
             if item.kind != "ticker":
                 events.append(item)
                 continue
-            merged = self._tickers.merge(item.event.ticker, owned)
-            symbol = merged.symbol
-            fill_usd_per_coin(
-                merged,
-                self._premium_units.get(symbol) or premium_unit_from_id(symbol),
-                self._contract_sizes.get(symbol),
-            )
+            parts = deferred.get(id(item.event))
+            header: common_pb.EventHeader | dict[str, Any]
+            if parts is None:
+                ticker = item.event.ticker
+                symbol, header = ticker.symbol, ticker.header
+                fields = ticker_fields(ticker, owned)
+            else:
+                symbol, event_time_ns, fields = parts
+                header = {
+                    "event_time_ns": event_time_ns,
+                    "receive_time_ns": receive_time_ns,
+                    "source": c.SOURCE,
+                }
+            merged = merger.merge_fields(symbol, fields, owned)
+            unit = units.get(symbol) or premium_unit_from_id(symbol)
+            fill_usd_fields(merged, unit, sizes.get(symbol))
+            merged["header"] = header
+            merged["symbol"] = symbol
             events.append(
                 NormalisedEvent(item.currency, "ticker", md_pb.MarketDataEvent(ticker=merged))
             )
