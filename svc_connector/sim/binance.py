@@ -33,15 +33,13 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 from svc_connector.sim.market import (
-    PERPETUAL_EXPIRY_NS,
-    Naming,
+    ListingChanges,
     OptionUpdate,
     QuoteStyle,
     SimInstrument,
@@ -50,6 +48,7 @@ from svc_connector.sim.market import (
 )
 from svc_connector.sim.session import FrameKind
 from svc_connector.sim.streaming import (
+    DashedNaming,
     JsonMutator,
     NumberText,
     PushSession,
@@ -60,9 +59,10 @@ from svc_connector.sim.streaming import (
     fixed,
     option_float,
     trimmed,
+    yymmdd,
 )
 from svc_connector.sim.truth import ExpiryTruth
-from svc_connector.sim.venue import VenueContext, VenueUrls
+from svc_connector.sim.venue import VenueContext
 
 VENUE = "binance"
 QUOTE = "USDT"
@@ -70,10 +70,6 @@ TOP_DEPTHS = (5, 10, 20, 50, 100)
 SPEEDS = ("100ms", "500ms", "1000ms")
 PATH_PREFIXES = ("", "/public", "/market", "/eoptions")
 OPTIONAL_MARK_FIELDS = ("P", "hl", "ll", "rf", "d", "t", "g", "v")
-
-
-def yymmdd(expiry_ns: int) -> str:
-    return datetime.fromtimestamp(expiry_ns / 1e9, tz=UTC).strftime("%y%m%d")
 
 
 def strike_text(strike: float) -> str:
@@ -84,18 +80,15 @@ def underlying(currency: str) -> str:
     return f"{currency}{QUOTE}"
 
 
-class BinanceNaming(Naming):
+class BinanceNaming(DashedNaming):
     def __init__(self, coarse_grid: bool = False) -> None:
         self.coarse_grid = coarse_grid
 
-    def option(self, currency: str, expiry_ns: int, strike: float, is_call: bool) -> str:
-        side = "C" if is_call else "P"
-        return f"{currency}-{yymmdd(expiry_ns)}-{strike_text(strike)}-{side}"
+    def expiry_text(self, expiry_ns: int) -> str:
+        return yymmdd(expiry_ns)
 
-    def future(self, currency: str, expiry_ns: int) -> str:
-        if expiry_ns == PERPETUAL_EXPIRY_NS:
-            return underlying(currency)
-        return f"{currency}-{yymmdd(expiry_ns)}"
+    def perpetual(self, currency: str) -> str:
+        return underlying(currency)
 
     def synthetic_underlying(self, currency: str, expiry_ns: int) -> str:
         return underlying(currency)
@@ -156,6 +149,7 @@ def error_frame(code: int, msg: str, req_id: object) -> bytes:
 
 class BinanceVenue(PushVenue):
     name = VENUE
+    ws_path = "/ws"
     messages_per_update = 1.0
 
     def __init__(self, ctx: VenueContext) -> None:
@@ -187,11 +181,6 @@ class BinanceVenue(PushVenue):
         self._qty_text = NumberText(QTY_SCALE, trim=False)
 
     # -- plumbing -------------------------------------------------------------------------
-    def urls(self, host: str, port: int) -> VenueUrls:
-        return VenueUrls(
-            rest_base=f"http://{host}:{port}/{VENUE}", ws_url=f"ws://{host}:{port}/{VENUE}/ws"
-        )
-
     def app(self) -> web.Application:
         app = web.Application()
         for prefix in PATH_PREFIXES:
@@ -576,12 +565,10 @@ class BinanceVenue(PushVenue):
                 if sub.kind == SubKind.INDEX:
                     self.push(key, self.index_data(market, ts), FrameKind.OTHER)
 
-    def announce_listing(
-        self, market: VenueMarket, listed: list[SimInstrument], expired: list[SimInstrument]
-    ) -> None:
+    def announce_listing(self, market: VenueMarket, changes: ListingChanges, now_ns: int) -> None:
         ts = self.now_ms()
         for key in self.listing_subs:
-            for inst in listed:
+            for inst in changes.listed:
                 if inst.kind != "option":
                     continue
                 data = {
@@ -760,13 +747,7 @@ class BinanceVenue(PushVenue):
     def initial_frames(self, session: PushSession, subs: list[Sub]) -> None:
         now_ns = self.ctx.clock.now_ns()
         ts = now_ns // 1_000_000
-        per_market: dict[str, list[SimInstrument]] = {}
-        for sub in subs:
-            if sub.symbol:
-                found = self.find(sub.symbol)
-                if found is not None:
-                    per_market.setdefault(found[0].currency, []).append(found[1])
-        for ccy, insts in per_market.items():
+        for ccy, insts in self.instruments_by_market(subs).items():
             self.markets[ccy].ensure_books(insts, now_ns)
         for sub in subs:
             if sub.kind == SubKind.BOOK_TOP:

@@ -28,8 +28,6 @@ import orjson
 from aiohttp import web
 
 from svc_connector.sim.market import (
-    PERPETUAL_EXPIRY_NS,
-    Naming,
     OptionUpdate,
     QuoteStyle,
     SimInstrument,
@@ -38,6 +36,7 @@ from svc_connector.sim.market import (
 )
 from svc_connector.sim.session import FrameKind
 from svc_connector.sim.streaming import (
+    DashedNaming,
     JsonMutator,
     NumberText,
     PushSession,
@@ -49,7 +48,7 @@ from svc_connector.sim.streaming import (
     trimmed,
 )
 from svc_connector.sim.truth import expiry_label
-from svc_connector.sim.venue import VenueContext, VenueUrls
+from svc_connector.sim.venue import VenueContext
 
 VENUE = "bybit"
 BOOK_DEPTHS = (25, 100)
@@ -74,19 +73,9 @@ OPTIONAL_TICKER_FIELDS = (
 )
 
 
-def strike_text(strike: float) -> str:
-    return trimmed(strike, 8)
-
-
-class BybitNaming(Naming):
-    def option(self, currency: str, expiry_ns: int, strike: float, is_call: bool) -> str:
-        side = "C" if is_call else "P"
-        return f"{currency}-{expiry_label(expiry_ns)}-{strike_text(strike)}-{side}"
-
-    def future(self, currency: str, expiry_ns: int) -> str:
-        if expiry_ns == PERPETUAL_EXPIRY_NS:
-            return f"{currency}PERP"
-        return f"{currency}-{expiry_label(expiry_ns)}"
+class BybitNaming(DashedNaming):
+    def perpetual(self, currency: str) -> str:
+        return f"{currency}PERP"
 
     def synthetic_underlying(self, currency: str, expiry_ns: int) -> str:
         return f"{currency}-{expiry_label(expiry_ns)}"
@@ -129,6 +118,7 @@ class BybitMutator(JsonMutator):
 
 class BybitVenue(PushVenue):
     name = VENUE
+    ws_path = "/v5/public/option"
     # An update makes an orderbook delta and a ticker.
     messages_per_update = 2.0
 
@@ -145,12 +135,6 @@ class BybitVenue(PushVenue):
         self._msg_id = 3_000_000_000
 
     # -- plumbing -------------------------------------------------------------------------
-    def urls(self, host: str, port: int) -> VenueUrls:
-        return VenueUrls(
-            rest_base=f"http://{host}:{port}/{VENUE}",
-            ws_url=f"ws://{host}:{port}/{VENUE}/v5/public/option",
-        )
-
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/v5/public/option", self.ws_handler)
@@ -481,11 +465,7 @@ class BybitVenue(PushVenue):
 
     def initial_frames(self, session: PushSession, subs: list[Sub]) -> None:
         ts = self.now_ms()
-        per_market: dict[str, list[SimInstrument]] = {}
-        for sub in subs:
-            found = self.find(sub.symbol)
-            if found is not None:
-                per_market.setdefault(found[0].currency, []).append(found[1])
+        per_market = self.instruments_by_market(subs)
         quotes: dict[str, OptionUpdate] = {}
         for ccy, insts in per_market.items():
             for u in self.quote_now(self.markets[ccy], insts):

@@ -11,33 +11,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
-import logging
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from enum import IntEnum
 from typing import Any
 
 import orjson
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
-from svc_connector.sim.faults import FaultKind, FaultRequest
 from svc_connector.sim.market import (
-    PERPETUAL_EXPIRY_NS,
     FutureUpdate,
-    Naming,
+    ListingChanges,
     OptionUpdate,
     QuoteStyle,
     SimInstrument,
     Update,
     VenueMarket,
 )
-from svc_connector.sim.session import FrameKind, FrameMutator, WsSession
+from svc_connector.sim.session import FrameKind
+from svc_connector.sim.streaming import (
+    DashedNaming,
+    JsonMutator,
+    PushSession,
+    PushVenue,
+    Sub,
+    SubKind,
+)
 from svc_connector.sim.truth import ExpiryTruth, expiry_label, vol_index
-from svc_connector.sim.venue import VenueContext, VenueSim, VenueUrls
-
-log = logging.getLogger(__name__)
+from svc_connector.sim.venue import VenueContext
 
 VENUE = "deribit"
 API_VERSION = "1.2.26"
@@ -65,15 +65,12 @@ def strike_text(strike: float) -> str:
     return repr(float(strike)).replace(".", "d")
 
 
-class DeribitNaming(Naming):
-    def option(self, currency: str, expiry_ns: int, strike: float, is_call: bool) -> str:
-        side = "C" if is_call else "P"
-        return f"{currency}-{expiry_label(expiry_ns)}-{strike_text(strike)}-{side}"
+class DeribitNaming(DashedNaming):
+    def strike_text(self, strike: float) -> str:
+        return strike_text(strike)
 
-    def future(self, currency: str, expiry_ns: int) -> str:
-        if expiry_ns == PERPETUAL_EXPIRY_NS:
-            return f"{currency}-PERPETUAL"
-        return f"{currency}-{expiry_label(expiry_ns)}"
+    def perpetual(self, currency: str) -> str:
+        return f"{currency}-PERPETUAL"
 
     def synthetic_underlying(self, currency: str, expiry_ns: int) -> str:
         return f"SYN.{currency}-{expiry_label(expiry_ns)}"
@@ -119,26 +116,6 @@ def invalid_param(param: str, reason: str = "wrong format") -> RpcError:
     return RpcError(-32602, "Invalid params", {"reason": reason, "param": param})
 
 
-class ChanKind(IntEnum):
-    BOOK = 1
-    GROUPED = 2
-    TICKER = 3
-    INDEX = 4
-    DVOL = 5
-    STATE = 6
-
-
-@dataclass(frozen=True)
-class ChannelSpec:
-    kind: ChanKind
-    channel: str
-    symbol: str = ""
-    depth: int = 0
-    currency: str = ""
-    # instrument.state: "option", "future" or "any"
-    inst_kind: str = ""
-
-
 def notification(channel: str, data: object) -> bytes:
     return orjson.dumps(
         {"jsonrpc": "2.0", "method": "subscription", "params": {"channel": channel, "data": data}}
@@ -150,23 +127,19 @@ HEARTBEAT_FRAME = orjson.dumps(
 )
 
 
-class DeribitMutator(FrameMutator):
-    def add_unknown_fields(self, frame: bytes) -> bytes:
-        obj = orjson.loads(frame)
-        obj["sim_unannounced"] = True
-        data = obj.get("params", {}).get("data")
-        if isinstance(data, dict):
-            data["x_sim_new_field"] = {"nested": [1, 2.5, "three"], "flag": None}
-            data["sim_version"] = 2
-        return orjson.dumps(obj)
+class DeribitMutator(JsonMutator):
+    # snake_case, like the venue's own fields.
+    unannounced_field = "sim_unannounced"
+    new_field = "x_sim_new_field"
+    version_field = "sim_version"
+    version_value = 2
 
-    def drop_optional_fields(self, frame: bytes) -> bytes:
-        obj = orjson.loads(frame)
+    def __init__(self) -> None:
+        super().__init__(OPTIONAL_TICKER_FIELDS)
+
+    def payloads(self, obj: Any) -> list[dict[str, Any]]:
         data = obj.get("params", {}).get("data")
-        if isinstance(data, dict):
-            for key in OPTIONAL_TICKER_FIELDS:
-                data.pop(key, None)
-        return orjson.dumps(obj)
+        return [data] if isinstance(data, dict) else []
 
 
 def _price_band(mark: float) -> tuple[float, float]:
@@ -175,22 +148,17 @@ def _price_band(mark: float) -> tuple[float, float]:
     return round(lo, 4), round(hi, 4)
 
 
-class DeribitSession(WsSession):
+class DeribitSession(PushSession):
+    """A connection with Deribit's own keep-alive: heartbeat test_requests it must answer."""
+
     def __init__(self, venue: DeribitVenue, session_id: int, ws: web.WebSocketResponse) -> None:
-        super().__init__(
-            session_id,
-            ws,
-            DeribitMutator(),
-            venue.ctx.max_send_queue,
-            on_counts=venue.count_frame,
-        )
-        self.venue = venue
-        self.channels: dict[str, ChannelSpec] = {}
-        # channel -> last change_id this connection was sent (its own view of each book).
-        self.book_views: dict[str, int] = {}
+        super().__init__(venue, session_id, ws, DeribitMutator())
         self.heartbeat_interval: float | None = None
         self.awaiting_test = False
         self._heartbeat_task: asyncio.Task[None] | None = None
+
+    def describe(self) -> dict[str, object]:
+        return {**super().describe(), "heartbeat_interval": self.heartbeat_interval}
 
     def set_heartbeat(self, interval: float) -> None:
         self.heartbeat_interval = interval
@@ -225,68 +193,43 @@ class DeribitSession(WsSession):
         await super().close(code, reason)
 
 
-class DeribitVenue(VenueSim):
+class DeribitVenue(PushVenue):
     name = VENUE
+    rest_path = "/api/v2"
+    ws_path = "/ws/api/v2"
+    # Each instrument update is two messages (book change + ticker).
+    messages_per_update = 2.0
 
     def __init__(self, ctx: VenueContext) -> None:
-        self.ctx = ctx
-        self.naming = DeribitNaming()
-        now = ctx.clock.now_ns()
-        self.markets: dict[str, VenueMarket] = {}
-        for n, (ccy, truth) in enumerate(ctx.truth.currencies.items()):
-            self.markets[ccy] = VenueMarket(
-                VENUE, truth, deribit_style(ccy), self.naming, ctx.seed * 1000 + 17 + n, now
-            )
-        self.sessions: dict[int, DeribitSession] = {}
-        self._next_session_id = 1
-        self.subs: dict[str, dict[int, DeribitSession]] = {}
-        # symbol -> {channel: spec} of instrument channels somebody subscribed to
-        self.inst_channels: dict[str, dict[str, ChannelSpec]] = {}
-        self.state_channels: dict[str, ChannelSpec] = {}
+        super().__init__(ctx, DeribitNaming(), deribit_style, seed_salt=17)
+        self.counters["rpc_errors"] = 0
+        self.counters["heartbeat_disconnects"] = 0
         self.instrument_ids: dict[str, int] = {}
-        self.stale_until: dict[str, float] = {}
-        self.counters: dict[str, int] = {
-            "connections_total": 0,
-            "rest_requests": 0,
-            "ws_requests": 0,
-            "rpc_errors": 0,
-            "heartbeat_disconnects": 0,
-            "updates": 0,
-            "notifications_built": 0,
-            "frames_sent": 0,
-            "bytes_sent": 0,
-            "listed": 0,
-            "expired": 0,
-        }
-        self.frames_by_kind: dict[str, int] = {k.name.lower(): 0 for k in FrameKind}
-        self.faults_applied: dict[str, int] = {}
-        self._next_index_ns = 0
-        self._budget_carry = 0.0
         for market in self.markets.values():
             for inst in market.instruments:
                 self._instrument_id(inst)
 
     # -- plumbing -------------------------------------------------------------------
-    def urls(self, host: str, port: int) -> VenueUrls:
-        return VenueUrls(
-            rest_base=f"http://{host}:{port}/{VENUE}/api/v2",
-            ws_url=f"ws://{host}:{port}/{VENUE}/ws/api/v2",
-        )
-
     def app(self) -> web.Application:
         app = web.Application()
-        app.router.add_get("/ws/api/v2", self._ws_handler)
-        app.router.add_get("/ws/api/v2/", self._ws_handler)
+        app.router.add_get("/ws/api/v2", self.ws_handler)
+        app.router.add_get("/ws/api/v2/", self.ws_handler)
         app.router.add_get("/api/v2/{scope}/{method}", self._rest_get)
         app.router.add_post("/api/v2/{scope}/{method}", self._rest_post)
         app.router.add_post("/api/v2", self._rest_post)
         return app
 
-    def count_frame(self, kind: FrameKind, size: int) -> None:
-        c = self.counters
-        c["frames_sent"] += 1
-        c["bytes_sent"] += size
-        self.frames_by_kind[kind.name.lower()] += 1
+    def new_session(self, session_id: int, ws: web.WebSocketResponse) -> DeribitSession:
+        return DeribitSession(self, session_id, ws)
+
+    def truth_forwards(self, currency: str) -> dict[int, float]:
+        # The reference surface keeps the truth's unrounded forwards for Deribit.
+        return {}
+
+    @property
+    def inst_channels(self) -> dict[str, dict[str, Sub]]:
+        """Instrument channels somebody holds, per symbol (tests/book reads this name)."""
+        return self.inst_subs
 
     def _instrument_id(self, inst: SimInstrument) -> int:
         iid = self.instrument_ids.get(inst.symbol)
@@ -295,21 +238,12 @@ class DeribitVenue(VenueSim):
             self.instrument_ids[inst.symbol] = iid
         return iid
 
-    def now_ms(self) -> int:
-        return self.ctx.clock.now_ns() // 1_000_000
-
-    def find(self, symbol: str) -> tuple[VenueMarket, SimInstrument] | None:
-        for market in self.markets.values():
-            inst = market.by_symbol.get(symbol)
-            if inst is not None:
-                return market, inst
-        return None
-
     # -- message builders -------------------------------------------------------------
     def instrument_json(self, inst: SimInstrument) -> dict[str, object]:
         ccy = inst.currency
+        head: dict[str, object]
         if inst.kind == "option":
-            return {
+            head = {
                 "tick_size": inst.tick,
                 "taker_commission": 0.0003,
                 "strike": float(inst.strike),
@@ -319,35 +253,29 @@ class DeribitVenue(VenueSim):
                 "min_trade_amount": inst.amount_step,
                 "maker_commission": 0.0003,
                 "kind": "option",
-                "is_active": inst.state == "open",
-                "instrument_name": inst.symbol,
-                "expiration_timestamp": inst.expiry_ms,
-                "creation_timestamp": inst.created_ns // 1_000_000,
-                "contract_size": 1.0,
-                "block_trade_commission": 0.00015,
-                "base_currency": ccy,
-                "settlement_currency": ccy,
-                "counter_currency": "USD",
-                "price_index": index_name(ccy),
-                "instrument_type": "reversed",
-                "instrument_id": self._instrument_id(inst),
             }
+            contract_size, block_commission = 1.0, 0.00015
+        else:
+            head = {
+                "tick_size": inst.tick,
+                "taker_commission": 0.0005,
+                "settlement_period": inst.period,
+                "quote_currency": "USD",
+                "min_trade_amount": inst.amount_step,
+                "max_liquidation_commission": 0.005,
+                "max_leverage": 100 if ccy == "BTC" else 50,
+                "maker_commission": 0.0,
+                "kind": "future",
+            }
+            contract_size, block_commission = inst.amount_step, 0.0001
         return {
-            "tick_size": inst.tick,
-            "taker_commission": 0.0005,
-            "settlement_period": inst.period,
-            "quote_currency": "USD",
-            "min_trade_amount": inst.amount_step,
-            "max_liquidation_commission": 0.005,
-            "max_leverage": 100 if ccy == "BTC" else 50,
-            "maker_commission": 0.0,
-            "kind": "future",
+            **head,
             "is_active": inst.state == "open",
             "instrument_name": inst.symbol,
             "expiration_timestamp": inst.expiry_ms,
             "creation_timestamp": inst.created_ns // 1_000_000,
-            "contract_size": inst.amount_step,
-            "block_trade_commission": 0.0001,
+            "contract_size": contract_size,
+            "block_trade_commission": block_commission,
             "base_currency": ccy,
             "settlement_currency": ccy,
             "counter_currency": "USD",
@@ -491,8 +419,8 @@ class DeribitVenue(VenueSim):
         }
 
     # -- channels ---------------------------------------------------------------------
-    def parse_channel(self, channel: str) -> ChannelSpec | None:
-        """The spec of a channel; None when no such channel exists (it is skipped)."""
+    def parse_channel(self, channel: object) -> Sub | None:
+        """The subscription a channel names; None when no such channel exists (it is skipped)."""
         if not isinstance(channel, str):
             return None
         parts = channel.split(".")
@@ -507,10 +435,11 @@ class DeribitVenue(VenueSim):
                 raise RpcError(13778, "raw_subscriptions_not_available_for_unauthorized")
             if interval not in INTERVALS:
                 return None
+            ccy = found[1].currency
             if head == "ticker" and len(parts) == 3:
-                return ChannelSpec(ChanKind.TICKER, channel, symbol, currency=found[1].currency)
+                return Sub(channel, SubKind.TICKER, head, symbol, ccy)
             if head == "book" and len(parts) == 3:
-                return ChannelSpec(ChanKind.BOOK, channel, symbol, currency=found[1].currency)
+                return Sub(channel, SubKind.BOOK, head, symbol, ccy)
             if head == "book" and len(parts) == 5:
                 group, depth_text = parts[2], parts[3]
                 if group != "none" or not depth_text.isdigit():
@@ -518,16 +447,13 @@ class DeribitVenue(VenueSim):
                 depth = int(depth_text)
                 if depth not in GROUPED_DEPTHS:
                     return None
-                return ChannelSpec(
-                    ChanKind.GROUPED, channel, symbol, depth=depth, currency=found[1].currency
-                )
+                return Sub(channel, SubKind.BOOK_TOP, head, symbol, ccy, depth)
             return None
         if head in ("deribit_price_index", "deribit_volatility_index") and len(parts) == 2:
             name = parts[1]
             for ccy in self.markets:
                 if index_name(ccy) == name:
-                    kind = ChanKind.INDEX if head == "deribit_price_index" else ChanKind.DVOL
-                    return ChannelSpec(kind, channel, currency=ccy)
+                    return Sub(channel, SubKind.INDEX, head, currency=ccy)
             return None
         if head == "instrument" and len(parts) == 4 and parts[1] == "state":
             kind_text, ccy_text = parts[2].lower(), parts[3].upper()
@@ -535,241 +461,111 @@ class DeribitVenue(VenueSim):
                 return None
             if ccy_text != "ANY" and ccy_text not in self.markets:
                 return None
-            return ChannelSpec(ChanKind.STATE, channel, currency=ccy_text, inst_kind=kind_text)
+            # `arg`: the instrument kind the channel announces ("any" for all).
+            return Sub(channel, SubKind.LISTING, head, currency=ccy_text, arg=kind_text)
         return None
 
-    def _add_sub(self, session: DeribitSession, spec: ChannelSpec) -> None:
-        self.subs.setdefault(spec.channel, {})[session.id] = session
-        if spec.symbol:
-            self.inst_channels.setdefault(spec.symbol, {})[spec.channel] = spec
-            found = self.find(spec.symbol)
-            if found is not None:
-                found[0].set_watched(found[1], +1)
-        elif spec.kind == ChanKind.STATE:
-            self.state_channels[spec.channel] = spec
-
-    def _remove_sub(self, session: DeribitSession, spec: ChannelSpec) -> None:
-        holders = self.subs.get(spec.channel)
-        if holders is not None:
-            holders.pop(session.id, None)
-            if not holders:
-                del self.subs[spec.channel]
-                if spec.symbol:
-                    chans = self.inst_channels.get(spec.symbol)
-                    if chans is not None:
-                        chans.pop(spec.channel, None)
-                        if not chans:
-                            del self.inst_channels[spec.symbol]
-                elif spec.kind == ChanKind.STATE:
-                    self.state_channels.pop(spec.channel, None)
-        if spec.symbol:
-            found = self.find(spec.symbol)
-            if found is not None:
-                found[0].set_watched(found[1], -1)
-        session.forget_channel(spec.channel)
-        session.book_views.pop(spec.channel, None)
-
-    def subscribe(self, session: DeribitSession, channels: Iterable[object]) -> list[str]:
-        specs: list[ChannelSpec] = []
-        for ch in channels:
-            spec = self.parse_channel(ch) if isinstance(ch, str) else None
-            if spec is not None:
-                specs.append(spec)
+    def subscribe(self, session: PushSession, channels: Iterable[object]) -> list[str]:
+        # Every channel is checked before any is held: a refused one fails the whole request.
+        subs = [sub for ch in channels if (sub := self.parse_channel(ch)) is not None]
         accepted: list[str] = []
-        for spec in specs:
-            if spec.channel not in session.channels:
-                session.channels[spec.channel] = spec
-                self._add_sub(session, spec)
-            if spec.channel not in accepted:
-                accepted.append(spec.channel)
+        for sub in subs:
+            self.add_sub(session, sub)
+            if sub.key not in accepted:
+                accepted.append(sub.key)
         return accepted
 
-    def initial_notifications(self, session: DeribitSession, channels: list[str]) -> None:
+    def initial_notifications(self, session: PushSession, channels: list[str]) -> None:
         """What a new subscription gets first: a book snapshot, the current ticker/book."""
         now_ns = self.ctx.clock.now_ns()
         ts = now_ns // 1_000_000
+        subs = [sub for ch in channels if (sub := session.subs.get(ch)) is not None]
+        for ccy, insts in self.instruments_by_market(subs).items():
+            self.markets[ccy].ensure_books(insts, now_ns)
         tickers: dict[str, list[SimInstrument]] = {}
-        found_all: list[tuple[str, ChannelSpec, SimInstrument]] = []
-        by_market: dict[str, list[SimInstrument]] = {}
-        for ch in channels:
-            spec = session.channels.get(ch)
-            if spec is None or not spec.symbol:
-                continue
-            found = self.find(spec.symbol)
+        for sub in subs:
+            found = self.find(sub.symbol) if sub.symbol else None
             if found is None:
                 continue
-            found_all.append((ch, spec, found[1]))
-            by_market.setdefault(found[1].currency, []).append(found[1])
-        for ccy, insts in by_market.items():
-            self.markets[ccy].ensure_books(insts, now_ns)
-        for ch, spec, inst in found_all:
-            if spec.kind == ChanKind.BOOK:
-                frame = notification(ch, self.book_snapshot_data(inst, ts))
-                session.book_views[ch] = inst.book.sequence
-                session.enqueue(frame, FrameKind.BOOK_SNAPSHOT, inst.symbol, ch)
-            elif spec.kind == ChanKind.GROUPED:
-                frame = notification(ch, self.grouped_book_data(inst, spec.depth, ts))
-                session.enqueue(frame, FrameKind.OTHER, inst.symbol, ch)
-            elif spec.kind == ChanKind.TICKER:
+            inst = found[1]
+            if sub.kind == SubKind.BOOK:
+                frame = notification(sub.key, self.book_snapshot_data(inst, ts))
+                session.enqueue(frame, FrameKind.BOOK_SNAPSHOT, inst.symbol, sub.key)
+            elif sub.kind == SubKind.BOOK_TOP:
+                frame = notification(sub.key, self.grouped_book_data(inst, sub.depth, ts))
+                session.enqueue(frame, FrameKind.OTHER, inst.symbol, sub.key)
+            elif sub.kind == SubKind.TICKER:
                 tickers.setdefault(inst.currency, []).append(inst)
         for ccy, insts in tickers.items():
             market = self.markets[ccy]
             for u in market.update(insts, now_ns, churn=False):
-                for ch, spec in self.inst_channels.get(u.inst.symbol, {}).items():
-                    if spec.kind == ChanKind.TICKER and ch in session.channels:
+                for ch, sub in self.inst_subs.get(u.inst.symbol, {}).items():
+                    if sub.kind == SubKind.TICKER and ch in session.subs:
                         frame = notification(ch, self.ticker_data(u, market))
                         session.enqueue(frame, FrameKind.TICKER, u.inst.symbol, ch)
 
-    def unsubscribe(self, session: DeribitSession, channels: Iterable[object]) -> list[str]:
-        removed: list[str] = []
-        for ch in channels:
-            if not isinstance(ch, str):
-                continue
-            spec = session.channels.pop(ch, None)
-            if spec is not None:
-                self._remove_sub(session, spec)
-                removed.append(ch)
-        return removed
+    def unsubscribe(self, session: PushSession, channels: Iterable[object]) -> list[str]:
+        removed = [ch for ch in channels if isinstance(ch, str)]
+        return [ch for ch in removed if self.remove_sub(session, ch) is not None]
 
-    def drop_session(self, session: DeribitSession) -> None:
-        for spec in list(session.channels.values()):
-            self._remove_sub(session, spec)
-        session.channels.clear()
-        self.sessions.pop(session.id, None)
+    # -- pushes -----------------------------------------------------------------------
+    def update_frame(
+        self, market: VenueMarket, u: Update, sub: Sub
+    ) -> tuple[bytes, FrameKind] | None:
+        if sub.kind == SubKind.TICKER:
+            return notification(sub.key, self.ticker_data(u, market)), FrameKind.TICKER
+        if not u.book_changed:
+            return None
+        if sub.kind == SubKind.BOOK:
+            return notification(sub.key, self.book_change_data(u)), FrameKind.BOOK_DELTA
+        if sub.kind == SubKind.BOOK_TOP:
+            data = self.grouped_book_data(u.inst, sub.depth, u.timestamp_ms)
+            return notification(sub.key, data), FrameKind.OTHER
+        return None
 
-    # -- tick -------------------------------------------------------------------------
-    def _is_stale(self, symbol: str, now_wall: float) -> bool:
-        if not self.stale_until:
-            return False
-        for key in (symbol, ""):
-            until = self.stale_until.get(key)
-            if until is not None:
-                if now_wall < until:
-                    return True
-                del self.stale_until[key]
-        return False
-
-    def on_tick(self, now_ns: int, dt_s: float) -> None:
-        loop_time = asyncio.get_running_loop().time()
-        total_open = sum(len(m.open_instruments()) for m in self.markets.values()) or 1
-        # Each instrument update is two messages (book change + ticker).
-        budget = self.ctx.messages_per_second * dt_s / 2.0
-        for market in self.markets.values():
-            changes = market.sync_listings(now_ns)
-            if changes.listed or changes.expired:
-                self._announce_listing(changes.listed, changes.expired, now_ns)
-            share = len(market.open_instruments()) / total_open
-            selected = market.select(budget * share)
-            chosen = [
-                i for i in selected if i.watchers > 0 and not self._is_stale(i.symbol, loop_time)
-            ]
-            if not chosen:
-                continue
-            updates = market.update(chosen, now_ns)
-            self.counters["updates"] += len(updates)
-            self._publish_updates(updates, market)
-        if now_ns >= self._next_index_ns:
-            self._next_index_ns = now_ns + int(self.ctx.index_interval_s * 1e9)
-            self._publish_indices(now_ns)
-
-    def _publish_updates(self, updates: list[Update], market: VenueMarket) -> None:
-        built = 0
-        for u in updates:
-            sym = u.inst.symbol
-            chans = self.inst_channels.get(sym)
-            if not chans:
-                continue
-            for ch, spec in chans.items():
-                holders = self.subs.get(ch)
-                if not holders:
-                    continue
-                kind = spec.kind
-                if kind == ChanKind.BOOK:
-                    if not u.book_changed:
-                        continue
-                    frame = notification(ch, self.book_change_data(u))
-                    fkind = FrameKind.BOOK_DELTA
-                elif kind == ChanKind.TICKER:
-                    frame = notification(ch, self.ticker_data(u, market))
-                    fkind = FrameKind.TICKER
-                elif kind == ChanKind.GROUPED:
-                    if not u.book_changed:
-                        continue
-                    frame = notification(
-                        ch, self.grouped_book_data(u.inst, spec.depth, u.timestamp_ms)
-                    )
-                    fkind = FrameKind.OTHER
-                else:
-                    continue
-                built += 1
-                for session in holders.values():
-                    if kind == ChanKind.BOOK:
-                        session.book_views[ch] = u.sequence
-                    session.enqueue(frame, fkind, sym, ch)
-        self.counters["notifications_built"] += built
-
-    def _publish_indices(self, now_ns: int) -> None:
+    def on_periodic(self, now_ns: int) -> None:
         ts = now_ns // 1_000_000
         for ccy, market in self.markets.items():
             name = index_name(ccy)
             idx_ch = f"deribit_price_index.{name}"
-            holders = self.subs.get(idx_ch)
             snap = market.truth.snapshot()
-            if holders:
-                frame = notification(
-                    idx_ch,
-                    {"timestamp": ts, "price": market.index_published(snap), "index_name": name},
-                )
-                for s in holders.values():
-                    s.enqueue(frame, FrameKind.OTHER, "", idx_ch)
+            if self.subs.get(idx_ch):
+                price = market.index_published(snap)
+                data = {"timestamp": ts, "price": price, "index_name": name}
+                self.push(idx_ch, notification(idx_ch, data), FrameKind.OTHER)
             dvol_ch = f"deribit_volatility_index.{name}"
-            holders = self.subs.get(dvol_ch)
-            if holders:
+            if self.subs.get(dvol_ch):
                 dvol = round(vol_index(snap) * 100.0, 2)
-                frame = notification(
-                    dvol_ch, {"volatility": dvol, "timestamp": ts, "index_name": name}
-                )
-                for s in holders.values():
-                    s.enqueue(frame, FrameKind.OTHER, "", dvol_ch)
+                data = {"volatility": dvol, "timestamp": ts, "index_name": name}
+                self.push(dvol_ch, notification(dvol_ch, data), FrameKind.OTHER)
 
     def _state_channels_for(self, inst: SimInstrument) -> list[str]:
-        out = []
-        for ch, spec in self.state_channels.items():
-            if spec.inst_kind not in ("any", inst.kind):
-                continue
-            if spec.currency not in ("ANY", inst.currency):
-                continue
-            out.append(ch)
-        return out
+        return [
+            key
+            for key, sub in self.listing_subs.items()
+            if sub.arg in ("any", inst.kind) and sub.currency in ("ANY", inst.currency)
+        ]
 
-    def _announce_listing(
-        self, listed: list[SimInstrument], expired: list[SimInstrument], now_ns: int
-    ) -> None:
+    def announce_listing(self, market: VenueMarket, changes: ListingChanges, now_ns: int) -> None:
         ts = now_ns // 1_000_000
-        self.counters["listed"] += len(listed)
-        self.counters["expired"] += len(expired)
-        for inst in listed:
+
+        def state_frame(ch: str, inst: SimInstrument, state: str) -> bytes:
+            return notification(
+                ch, {"timestamp": ts, "state": state, "instrument_name": inst.symbol}
+            )
+
+        for inst in changes.listed:
             self._instrument_id(inst)
             for ch in self._state_channels_for(inst):
                 for state in ("created", "started"):
-                    frame = notification(
-                        ch, {"timestamp": ts, "state": state, "instrument_name": inst.symbol}
-                    )
-                    for s in self.subs.get(ch, {}).values():
-                        s.enqueue(frame, FrameKind.OTHER, inst.symbol, ch)
-        for inst in expired:
+                    self.push(ch, state_frame(ch, inst, state), FrameKind.OTHER, inst.symbol)
+        for inst in changes.expired:
             for ch in self._state_channels_for(inst):
-                frame = notification(
-                    ch, {"timestamp": ts, "state": "closed", "instrument_name": inst.symbol}
-                )
-                for s in self.subs.get(ch, {}).values():
-                    s.enqueue(frame, FrameKind.OTHER, inst.symbol, ch)
-            for ch, spec in self.inst_channels.get(inst.symbol, {}).items():
-                if spec.kind != ChanKind.TICKER:
-                    continue
-                frame = notification(ch, self._closed_ticker(inst, ts))
-                for s in self.subs.get(ch, {}).values():
-                    s.enqueue(frame, FrameKind.TICKER, inst.symbol, ch)
+                self.push(ch, state_frame(ch, inst, "closed"), FrameKind.OTHER, inst.symbol)
+            for ch, sub in self.inst_subs.get(inst.symbol, {}).items():
+                if sub.kind == SubKind.TICKER:
+                    frame = notification(ch, self._closed_ticker(inst, ts))
+                    self.push(ch, frame, FrameKind.TICKER, inst.symbol)
 
     def _closed_ticker(self, inst: SimInstrument, ts: int) -> dict[str, object]:
         market = self.markets[inst.currency]
@@ -869,7 +665,7 @@ class DeribitVenue(VenueSim):
                     raise invalid_param("channels")
                 return self.unsubscribe(session, channels)
             if method == "public/unsubscribe_all":
-                self.unsubscribe(session, list(session.channels))
+                self.unsubscribe(session, list(session.subs))
                 return "ok"
             if method == "public/set_heartbeat":
                 interval = params.get("interval")
@@ -976,8 +772,7 @@ class DeribitVenue(VenueSim):
         return out
 
     def _http_response(self, body: dict[str, object]) -> web.Response:
-        status = 400 if "error" in body else 200
-        return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+        return self.json_response(body, 400 if "error" in body else 200)
 
     async def _rest_get(self, request: web.Request) -> web.Response:
         us_in = self.ctx.clock.now_ns() // 1000
@@ -1020,33 +815,9 @@ class DeribitVenue(VenueSim):
         return self._http_response(body)
 
     # -- websocket ---------------------------------------------------------------------------
-    async def _ws_handler(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(compress=False, max_msg_size=4 * 1024 * 1024)
-        await ws.prepare(request)
-        sid = self._next_session_id
-        self._next_session_id += 1
-        session = DeribitSession(self, sid, ws)
-        self.sessions[sid] = session
-        self.counters["connections_total"] += 1
-        session.start()
-        try:
-            async for msg in ws:
-                if msg.type == WSMsgType.TEXT:
-                    self.handle_text(session, msg.data)
-                elif msg.type == WSMsgType.BINARY:
-                    self.handle_text(session, msg.data.decode("utf-8", "replace"))
-                else:
-                    break
-        finally:
-            self.drop_session(session)
-            await session.close()
-        return ws
-
-    def handle_text(self, session: DeribitSession, text: str) -> None:
+    def on_text(self, session: PushSession, text: str) -> None:
+        assert isinstance(session, DeribitSession)
         us_in = self.ctx.clock.now_ns() // 1000
-        if session.stalled:
-            return
-        self.counters["ws_requests"] += 1
         try:
             msg = orjson.loads(text)
         except orjson.JSONDecodeError:
@@ -1076,129 +847,3 @@ class DeribitVenue(VenueSim):
         session.enqueue(orjson.dumps(self.envelope(req_id, us_in, result)), FrameKind.RESPONSE)
         if method == "public/subscribe" and isinstance(result, list):
             self.initial_notifications(session, result)
-
-    # -- faults ------------------------------------------------------------------------------
-    def _targets(self, request: FaultRequest) -> list[DeribitSession]:
-        if request.connection_id is None:
-            return [s for s in self.sessions.values() if not s.closed]
-        s = self.sessions.get(request.connection_id)
-        if s is None:
-            raise ValueError(f"no open connection {request.connection_id}")
-        return [s]
-
-    def _currency_for(self, request: FaultRequest) -> str:
-        if request.currency:
-            if request.currency not in self.markets:
-                raise ValueError(f"currency {request.currency} not simulated")
-            return request.currency
-        return next(iter(self.markets))
-
-    async def apply_fault(self, request: FaultRequest) -> dict[str, object]:
-        kind = request.kind
-        result: dict[str, object] = {"kind": kind.value, "venue": VENUE}
-        if kind in (FaultKind.EXPIRE, FaultKind.LIST):
-            result.update(self._listing_fault(request))
-        elif kind == FaultKind.STALE_QUOTES:
-            until = asyncio.get_running_loop().time() + request.duration_s
-            self.stale_until[request.symbol or ""] = until
-            result["symbol"] = request.symbol
-            result["duration_s"] = request.duration_s
-        else:
-            targets = self._targets(request)
-            done: list[int] = []
-            for s in targets:
-                if kind == FaultKind.DISCONNECT:
-                    await s.close(1001, "sim fault: disconnect")
-                elif kind == FaultKind.HEARTBEAT_STALL:
-                    s.stall(request.duration_s)
-                elif kind == FaultKind.SEQUENCE_GAP:
-                    s.add_gap(request.symbol, request.count)
-                elif kind == FaultKind.OUT_OF_ORDER:
-                    s.add_swap(request.symbol, request.count)
-                elif kind == FaultKind.DUPLICATE:
-                    for _ in range(request.count):
-                        if not s.duplicate_last(request.symbol):
-                            break
-                elif kind == FaultKind.MALFORMED:
-                    for _ in range(request.count):
-                        s.send_malformed()
-                elif kind == FaultKind.UNKNOWN_FIELDS:
-                    s.add_unknown_fields(request.count)
-                elif kind == FaultKind.MISSING_FIELDS:
-                    s.add_missing_fields(request.count)
-                done.append(s.id)
-            result["connections"] = done
-            result["symbol"] = request.symbol
-        self.faults_applied[kind.value] = self.faults_applied.get(kind.value, 0) + 1
-        return result
-
-    def _listing_fault(self, request: FaultRequest) -> dict[str, object]:
-        now_ns = self.ctx.clock.now_ns()
-        if request.symbol:
-            found = self.find(request.symbol)
-            if found is None:
-                raise ValueError(f"unknown instrument {request.symbol}")
-            market, ref = found
-        else:
-            market = self.markets[self._currency_for(request)]
-            options = market.open_instruments("option")
-            if not options:
-                raise ValueError("no open options")
-            ref = min(options, key=lambda i: i.expiry_ns)
-        if request.kind == FaultKind.EXPIRE:
-            if request.symbol:
-                victims = [ref] if ref.state == "open" else []
-            else:
-                victims = [i for i in market.open_instruments() if i.expiry_ns == ref.expiry_ns]
-            for inst in victims:
-                market.expire(inst)
-            self._announce_listing([], victims, now_ns)
-            return {"symbols": [i.symbol for i in victims]}
-        strike = request.strike or self._free_strike(market, ref.expiry_ns)
-        listed = market.list_strike(ref.expiry_ns, strike, now_ns)
-        self._announce_listing(listed, [], now_ns)
-        return {"symbols": [i.symbol for i in listed], "strike": strike}
-
-    @staticmethod
-    def _free_strike(market: VenueMarket, expiry_ns: int) -> float:
-        strikes = sorted(
-            {i.strike for i in market.open_instruments("option") if i.expiry_ns == expiry_ns}
-        )
-        snap = market.truth.snapshot()
-        s = snap.slice_for(expiry_ns)
-        fwd = s.forward if s else snap.index
-        pairs = sorted(itertools.pairwise(strikes), key=lambda p: abs(p[0] - fwd))
-        taken = set(strikes)
-        for lo, hi in pairs:
-            mid = (lo + hi) / 2.0
-            mid = float(round(mid)) if mid >= 10 else round(mid, 2)
-            if lo < mid < hi and mid not in taken:
-                return mid
-        return (strikes[-1] * 2.0) if strikes else round(fwd)
-
-    # -- stats / close --------------------------------------------------------------------
-    def stats(self) -> dict[str, object]:
-        return {
-            "connections_open": sum(1 for s in self.sessions.values() if not s.closed),
-            "connections": [
-                {
-                    "id": s.id,
-                    "channels": len(s.channels),
-                    "frames_sent": s.stats.frames_sent,
-                    "bytes_sent": s.stats.bytes_sent,
-                    "queued": len(s.out),
-                    "dropped_by_fault": s.stats.frames_dropped_by_fault,
-                    "heartbeat_interval": s.heartbeat_interval,
-                }
-                for s in self.sessions.values()
-            ],
-            "channels_subscribed": len(self.subs),
-            "instruments_open": {ccy: len(m.open_instruments()) for ccy, m in self.markets.items()},
-            "counters": dict(self.counters),
-            "frames_by_kind": dict(self.frames_by_kind),
-            "faults_applied": dict(self.faults_applied),
-        }
-
-    async def close(self) -> None:
-        for s in list(self.sessions.values()):
-            await s.close(1001, "simulator stopping")

@@ -29,8 +29,7 @@ from aiohttp import web
 
 from svc_book.checksum import okx_checksum
 from svc_connector.sim.market import (
-    PERPETUAL_EXPIRY_NS,
-    Naming,
+    ListingChanges,
     OptionUpdate,
     QuoteStyle,
     SimInstrument,
@@ -39,6 +38,7 @@ from svc_connector.sim.market import (
 )
 from svc_connector.sim.session import FrameKind
 from svc_connector.sim.streaming import (
+    DashedNaming,
     JsonMutator,
     NumberText,
     PushSession,
@@ -48,8 +48,9 @@ from svc_connector.sim.streaming import (
     entries_of,
     option_float,
     trimmed,
+    yymmdd,
 )
-from svc_connector.sim.venue import VenueContext, VenueUrls
+from svc_connector.sim.venue import VenueContext
 
 VENUE = "okx"
 INCREMENTAL = ("books", "books-l2-tbt", "books50-l2-tbt")
@@ -82,10 +83,6 @@ OPTIONAL_SUMMARY_FIELDS = (
 _ORDER_COUNTS = ("1", "1", "2", "1", "3", "1", "4", "2")
 
 
-def yymmdd(expiry_ns: int) -> str:
-    return datetime.fromtimestamp(expiry_ns / 1e9, tz=UTC).strftime("%y%m%d")
-
-
 def strike_text(strike: float) -> str:
     return trimmed(strike, 8)
 
@@ -94,15 +91,15 @@ def family(currency: str) -> str:
     return f"{currency}-USD"
 
 
-class OkxNaming(Naming):
-    def option(self, currency: str, expiry_ns: int, strike: float, is_call: bool) -> str:
-        side = "C" if is_call else "P"
-        return f"{family(currency)}-{yymmdd(expiry_ns)}-{strike_text(strike)}-{side}"
+class OkxNaming(DashedNaming):
+    def root(self, currency: str) -> str:
+        return family(currency)
 
-    def future(self, currency: str, expiry_ns: int) -> str:
-        if expiry_ns == PERPETUAL_EXPIRY_NS:
-            return f"{family(currency)}-SWAP"
-        return f"{family(currency)}-{yymmdd(expiry_ns)}"
+    def expiry_text(self, expiry_ns: int) -> str:
+        return yymmdd(expiry_ns)
+
+    def perpetual(self, currency: str) -> str:
+        return f"{family(currency)}-SWAP"
 
     def synthetic_underlying(self, currency: str, expiry_ns: int) -> str:
         return family(currency)
@@ -163,6 +160,7 @@ def error_frame(code: str, msg: str, conn_id: str, req_id: object = None) -> byt
 
 class OkxVenue(PushVenue):
     name = VENUE
+    ws_path = "/ws/v5/public"
     messages_per_update = 1.0
 
     def __init__(self, ctx: VenueContext) -> None:
@@ -174,12 +172,6 @@ class OkxVenue(PushVenue):
         self._usd_text = NumberText(2, trim=True)
 
     # -- plumbing -------------------------------------------------------------------------
-    def urls(self, host: str, port: int) -> VenueUrls:
-        return VenueUrls(
-            rest_base=f"http://{host}:{port}/{VENUE}",
-            ws_url=f"ws://{host}:{port}/{VENUE}/ws/v5/public",
-        )
-
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/ws/v5/public", self.ws_handler)
@@ -528,12 +520,10 @@ class OkxVenue(PushVenue):
                 if sub.kind == SubKind.BOOK:
                     self.push(key, self.keepalive_update(sub, found[1], ts), FrameKind.HEARTBEAT)
 
-    def announce_listing(
-        self, market: VenueMarket, listed: list[SimInstrument], expired: list[SimInstrument]
-    ) -> None:
+    def announce_listing(self, market: VenueMarket, changes: ListingChanges, now_ns: int) -> None:
         for key, sub in self.listing_subs.items():
             kind = "option" if sub.arg.get("instType") == "OPTION" else "future"
-            data = [self.instrument_json(i) for i in listed if i.kind == kind]
+            data = [self.instrument_json(i) for i in changes.listed if i.kind == kind]
             if data:
                 self.push(key, orjson.dumps({"arg": sub.arg, "data": data}), FrameKind.OTHER)
 
@@ -654,12 +644,7 @@ class OkxVenue(PushVenue):
     def initial_frames(self, session: PushSession, subs: list[Sub]) -> None:
         now_ns = self.ctx.clock.now_ns()
         ts = now_ns // 1_000_000
-        per_market: dict[str, list[SimInstrument]] = {}
-        for sub in subs:
-            if sub.symbol:
-                found = self.find(sub.symbol)
-                if found is not None:
-                    per_market.setdefault(found[0].currency, []).append(found[1])
+        per_market = self.instruments_by_market(subs)
         quotes: dict[str, Update] = {}
         for ccy, insts in per_market.items():
             for u in self.quote_now(self.markets[ccy], insts):

@@ -1,6 +1,6 @@
-"""Machinery shared by the push-style venue protocols (OKX, Bybit, Binance): subscriptions,
-websocket sessions with idle timeouts and server pings, the tick loop that quotes watched
-instruments within a message budget, the fault kinds and the listing faults.
+"""Machinery shared by the venue protocols (Deribit, OKX, Bybit, Binance): instrument names,
+subscriptions, websocket sessions with idle timeouts and server pings, the tick loop that
+quotes watched instruments within a message budget, the fault kinds and the listing faults.
 
 A venue module subclasses `PushVenue` and provides its naming and quote style, how a request
 is parsed into `Sub`s, and how an update becomes its own frames. Frames are built once per
@@ -16,6 +16,7 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from enum import IntEnum
 from typing import Any
@@ -25,7 +26,9 @@ from aiohttp import WSMsgType, web
 
 from svc_connector.sim.faults import FaultKind, FaultRequest
 from svc_connector.sim.market import (
+    PERPETUAL_EXPIRY_NS,
     Book,
+    ListingChanges,
     Naming,
     QuoteStyle,
     SimInstrument,
@@ -33,7 +36,8 @@ from svc_connector.sim.market import (
     VenueMarket,
 )
 from svc_connector.sim.session import FrameKind, FrameMutator, WsSession
-from svc_connector.sim.venue import VenueContext, VenueSim
+from svc_connector.sim.truth import expiry_label
+from svc_connector.sim.venue import VenueContext, VenueSim, VenueUrls
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +68,42 @@ def trimmed(value: float, decimals: int) -> str:
     if text == "-0" or not text:
         return "0"
     return text
+
+
+def yymmdd(expiry_ns: int) -> str:
+    return datetime.fromtimestamp(expiry_ns / 1e9, tz=UTC).strftime("%y%m%d")
+
+
+# ---------------------------------------------------------------------------------------
+# instrument names
+
+
+class DashedNaming(Naming):
+    """Futures `{root}-{expiry}`, options `{root}-{expiry}-{strike}-{C|P}`: the scheme of all
+    four venues, which differ only in the parts."""
+
+    def root(self, currency: str) -> str:
+        return currency
+
+    def expiry_text(self, expiry_ns: int) -> str:
+        return expiry_label(expiry_ns)
+
+    def strike_text(self, strike: float) -> str:
+        return trimmed(strike, 8)
+
+    def perpetual(self, currency: str) -> str:
+        raise NotImplementedError
+
+    def option(self, currency: str, expiry_ns: int, strike: float, is_call: bool) -> str:
+        side = "C" if is_call else "P"
+        return (
+            f"{self.root(currency)}-{self.expiry_text(expiry_ns)}-{self.strike_text(strike)}-{side}"
+        )
+
+    def future(self, currency: str, expiry_ns: int) -> str:
+        if expiry_ns == PERPETUAL_EXPIRY_NS:
+            return self.perpetual(currency)
+        return f"{self.root(currency)}-{self.expiry_text(expiry_ns)}"
 
 
 class NumberText:
@@ -180,6 +220,19 @@ class PushSession(WsSession):
         self.enveloped = True
         self.pings_sent = 0
 
+    def describe(self) -> dict[str, object]:
+        """This connection's line in the venue's stats."""
+        return {
+            "id": self.id,
+            "conn_id": self.conn_id,
+            "channels": len(self.subs),
+            "frames_sent": self.stats.frames_sent,
+            "bytes_sent": self.stats.bytes_sent,
+            "queued": len(self.out),
+            "dropped_by_fault": self.stats.frames_dropped_by_fault,
+            "pings_sent": self.pings_sent,
+        }
+
     def over_rate(self, limit_per_s: float) -> bool:
         """Record one incoming request; True when it is above `limit_per_s` in the last second."""
         now = asyncio.get_running_loop().time()
@@ -196,7 +249,7 @@ class PushSession(WsSession):
 
 
 class PushVenue(VenueSim):
-    """Common behaviour of the OKX, Bybit and Binance simulations (see module docstring)."""
+    """Common behaviour of the four venue simulations (see module docstring)."""
 
     name: str
     # Notifications one instrument update makes when every channel is subscribed; turns the
@@ -206,6 +259,9 @@ class PushVenue(VenueSim):
     idle_timeout_s: float | None = None
     server_ping_s: float | None = None
     max_connection_age_s: float | None = None
+    # Where the REST base and the websocket sit below the venue's mount point `/{name}`.
+    rest_path: str = ""
+    ws_path: str
 
     def __init__(
         self,
@@ -267,6 +323,12 @@ class PushVenue(VenueSim):
             fmt = self._texts[step] = NumberText(decimals_of(step), trim=True)
         return fmt
 
+    def urls(self, host: str, port: int) -> VenueUrls:
+        mount = f"{host}:{port}/{self.name}"
+        return VenueUrls(
+            rest_base=f"http://{mount}{self.rest_path}", ws_url=f"ws://{mount}{self.ws_path}"
+        )
+
     # -- hooks a venue provides ----------------------------------------------------------
     def new_session(self, session_id: int, ws: web.WebSocketResponse) -> PushSession:
         raise NotImplementedError
@@ -293,9 +355,7 @@ class PushVenue(VenueSim):
     def on_periodic(self, now_ns: int) -> None:
         """Index pushes, periodic aggregates and book keep-alives (once per index interval)."""
 
-    def announce_listing(
-        self, market: VenueMarket, listed: list[SimInstrument], expired: list[SimInstrument]
-    ) -> None:
+    def announce_listing(self, market: VenueMarket, changes: ListingChanges, now_ns: int) -> None:
         """Push listing channels for instruments that appeared or expired."""
 
     def price_text(self, inst: SimInstrument) -> NumberText:
@@ -495,6 +555,16 @@ class PushVenue(VenueSim):
             for inst in self.family_watched.pop(currency, []):
                 market.set_watched(inst, -1)
 
+    def instruments_by_market(self, subs: Iterable[Sub]) -> dict[str, list[SimInstrument]]:
+        """The instruments `subs` name, per currency: new subscriptions build their books and
+        quotes one batch per market."""
+        per_market: dict[str, list[SimInstrument]] = {}
+        for sub in subs:
+            found = self.find(sub.symbol) if sub.symbol else None
+            if found is not None:
+                per_market.setdefault(found[0].currency, []).append(found[1])
+        return per_market
+
     def quote_now(self, market: VenueMarket, insts: Sequence[SimInstrument]) -> list[Update]:
         """Current quotes of `insts` (books built first where nobody kept them live)."""
         now_ns = self.ctx.clock.now_ns()
@@ -521,7 +591,7 @@ class PushVenue(VenueSim):
         for market in self.markets.values():
             changes = market.sync_listings(now_ns)
             if changes.listed or changes.expired:
-                self.on_listing(market, changes.listed, changes.expired)
+                self.on_listing(market, changes, now_ns)
             share = len(market.open_instruments()) / total_open
             selected = market.select(budget * share)
             chosen = [
@@ -555,18 +625,16 @@ class PushVenue(VenueSim):
                 self.push(key, made[0], made[1], sym)
         self.counters["notifications_built"] += built
 
-    def on_listing(
-        self, market: VenueMarket, listed: list[SimInstrument], expired: list[SimInstrument]
-    ) -> None:
-        self.counters["listed"] += len(listed)
-        self.counters["expired"] += len(expired)
+    def on_listing(self, market: VenueMarket, changes: ListingChanges, now_ns: int) -> None:
+        self.counters["listed"] += len(changes.listed)
+        self.counters["expired"] += len(changes.expired)
         if self.family_holders.get(market.currency, 0) > 0:
             watched = self.family_watched.setdefault(market.currency, [])
-            for inst in listed:
+            for inst in changes.listed:
                 if inst.kind == "option":
                     market.set_watched(inst, +1)
                     watched.append(inst)
-        self.announce_listing(market, listed, expired)
+        self.announce_listing(market, changes, now_ns)
 
     # -- faults ---------------------------------------------------------------------------
     def _targets(self, request: FaultRequest) -> list[PushSession]:
@@ -642,30 +710,18 @@ class PushVenue(VenueSim):
                 victims = [i for i in market.open_instruments() if i.expiry_ns == ref.expiry_ns]
             for inst in victims:
                 market.expire(inst)
-            self.on_listing(market, [], victims)
+            self.on_listing(market, ListingChanges(expired=victims), now_ns)
             return {"symbols": [i.symbol for i in victims]}
         strike = request.strike or free_strike(market, ref.expiry_ns)
         listed = market.list_strike(ref.expiry_ns, strike, now_ns)
-        self.on_listing(market, listed, [])
+        self.on_listing(market, ListingChanges(listed=listed), now_ns)
         return {"symbols": [i.symbol for i in listed], "strike": strike}
 
     # -- stats / close ------------------------------------------------------------------
     def stats(self) -> dict[str, object]:
         return {
             "connections_open": sum(1 for s in self.sessions.values() if not s.closed),
-            "connections": [
-                {
-                    "id": s.id,
-                    "conn_id": s.conn_id,
-                    "channels": len(s.subs),
-                    "frames_sent": s.stats.frames_sent,
-                    "bytes_sent": s.stats.bytes_sent,
-                    "queued": len(s.out),
-                    "dropped_by_fault": s.stats.frames_dropped_by_fault,
-                    "pings_sent": s.pings_sent,
-                }
-                for s in self.sessions.values()
-            ],
+            "connections": [s.describe() for s in self.sessions.values()],
             "channels_subscribed": len(self.subs),
             "instruments_open": {ccy: len(m.open_instruments()) for ccy, m in self.markets.items()},
             "messages_per_second": self.ctx.messages_per_second,
@@ -700,6 +756,12 @@ def free_strike(market: VenueMarket, expiry_ns: int) -> float:
 class JsonMutator(FrameMutator):
     """Field faults on JSON frames: `payloads(obj)` yields the dicts that carry the data."""
 
+    # Made-up field names in the venue's own casing (a parser keyed on case must still cope).
+    unannounced_field = "xSimUnannounced"
+    new_field = "xSimNewField"
+    version_field = "simVersion"
+    version_value: object = "2"
+
     def __init__(self, optional_fields: Iterable[str]) -> None:
         self.optional_fields = tuple(optional_fields)
 
@@ -709,10 +771,10 @@ class JsonMutator(FrameMutator):
     def add_unknown_fields(self, frame: bytes) -> bytes:
         obj = orjson.loads(frame)
         if isinstance(obj, dict):
-            obj["xSimUnannounced"] = True
+            obj[self.unannounced_field] = True
         for entry in self.payloads(obj):
-            entry["xSimNewField"] = {"nested": [1, 2.5, "three"], "flag": None}
-            entry["simVersion"] = "2"
+            entry[self.new_field] = {"nested": [1, 2.5, "three"], "flag": None}
+            entry[self.version_field] = self.version_value
         return orjson.dumps(obj)
 
     def drop_optional_fields(self, frame: bytes) -> bytes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import math
 import time
@@ -56,6 +57,15 @@ class RpcClient:
             if msg.get("id") == req_id:
                 return msg
         raise AssertionError(f"no response to {method}")
+
+    async def drain(self, wait: float = 0.1) -> list[dict[str, Any]]:
+        """Every message until none arrives for `wait` seconds (after a manual clock step)."""
+        out: list[dict[str, Any]] = []
+        while True:
+            try:
+                out.append(await self.recv(wait=wait))
+            except TimeoutError:
+                return out
 
     async def notifications(self, seconds: float) -> list[dict[str, Any]]:
         """Every subscription notification received within `seconds`."""
@@ -142,13 +152,20 @@ def small_config(**overrides: Any) -> SimConfig:
     return SimConfig(**base)
 
 
-@pytest.fixture
-async def sim() -> AsyncIterator[SimHandle]:
-    handle = await run_simulator(small_config())
+@contextlib.asynccontextmanager
+async def running(config: SimConfig) -> AsyncIterator[SimHandle]:
+    """A simulator stopped however the test ends."""
+    handle = await run_simulator(config)
     try:
         yield handle
     finally:
         await handle.stop()
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[SimHandle]:
+    async with running(small_config()) as handle:
+        yield handle
 
 
 @pytest.fixture

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import aiohttp
 import orjson
@@ -144,18 +145,7 @@ class VenueClient(abc.ABC):
 
     async def frames(self, seconds: float) -> list[Any]:
         """Every JSON frame received within `seconds` (non-JSON frames are kept as text)."""
-        out: list[Any] = []
-        end = time.monotonic() + seconds
-        while (left := end - time.monotonic()) > 0:
-            try:
-                text = await self.recv_text(wait=left)
-            except TimeoutError:
-                break
-            try:
-                out.append(orjson.loads(text))
-            except orjson.JSONDecodeError:
-                out.append(text)
-        return out
+        return await self.frames_until(seconds, lambda _: False)
 
     async def frames_until(self, seconds: float, done: Callable[[list[Any]], bool]) -> list[Any]:
         """Frames until `done(frames)` holds or `seconds` passed (whichever comes first)."""
@@ -437,6 +427,20 @@ class BinanceClient(VenueClient):
 
 # ---------------------------------------------------------------------------------------
 # fault checks shared by the three venues
+
+
+ClientT = TypeVar("ClientT", bound=VenueClient)
+
+
+@contextlib.asynccontextmanager
+async def connected(cls: type[ClientT], handle: SimHandle) -> AsyncIterator[ClientT]:
+    """A client of `cls`'s venue, closed however the test ends."""
+    client = await cls.connect(handle)
+    assert isinstance(client, cls)
+    try:
+        yield client
+    finally:
+        await client.close()
 
 
 async def read_chain(

@@ -15,6 +15,7 @@ import pytest
 
 from svc_connector.sim import SimHandle, run_simulator
 from svc_connector.sim.binance import BinanceVenue
+from tests.sim.conftest import running
 from tests.sim.push_clients import (
     BinanceClient,
     assert_quote_iv,
@@ -23,6 +24,7 @@ from tests.sim.push_clients import (
     check_listing_faults,
     check_stream_faults,
     config,
+    connected,
     expiry_at_8utc,
     near_money,
 )
@@ -32,21 +34,14 @@ FAST_MARKS = {"binance": {"mark_interval_s": 0.25}}
 
 @pytest.fixture
 async def sim() -> AsyncIterator[SimHandle]:
-    handle = await run_simulator(config("binance", venue_options=FAST_MARKS))
-    try:
+    async with running(config("binance", venue_options=FAST_MARKS)) as handle:
         yield handle
-    finally:
-        await handle.stop()
 
 
 @pytest.fixture
 async def client(sim: SimHandle) -> AsyncIterator[BinanceClient]:
-    c = await BinanceClient.connect(sim)
-    assert isinstance(c, BinanceClient)
-    try:
+    async with connected(BinanceClient, sim) as c:
         yield c
-    finally:
-        await c.close()
 
 
 def recorded(venue_fixtures: Path) -> dict[str, dict[str, Any]]:

@@ -13,6 +13,7 @@ import pytest
 
 from svc_connector.sim import SimHandle, run_simulator
 from svc_connector.sim.bybit import BybitVenue
+from tests.sim.conftest import running
 from tests.sim.push_clients import (
     BybitClient,
     assert_quote_iv,
@@ -22,6 +23,7 @@ from tests.sim.push_clients import (
     check_listing_faults,
     check_stream_faults,
     config,
+    connected,
     expiry_at_8utc,
     near_money,
 )
@@ -43,21 +45,14 @@ INSTRUMENT_FIELDS = {
 
 @pytest.fixture
 async def sim() -> AsyncIterator[SimHandle]:
-    handle = await run_simulator(config("bybit"))
-    try:
+    async with running(config("bybit")) as handle:
         yield handle
-    finally:
-        await handle.stop()
 
 
 @pytest.fixture
 async def client(sim: SimHandle) -> AsyncIterator[BybitClient]:
-    c = await BybitClient.connect(sim)
-    assert isinstance(c, BybitClient)
-    try:
+    async with connected(BybitClient, sim) as c:
         yield c
-    finally:
-        await c.close()
 
 
 def recorded(venue_fixtures: Path) -> list[dict[str, Any]]:

@@ -51,12 +51,7 @@ async def run_manual(seed: int) -> list[Any]:
         frames: list[Any] = []
         for _ in range(6):
             await handle.step(1)
-            while True:
-                try:
-                    msg = await client.recv(wait=0.1)
-                except TimeoutError:
-                    break
-                frames.append(msg)
+            frames.extend(await client.drain())
         await client.close()
         return [orjson.dumps(f["params"]) for f in frames if "params" in f]
     finally:

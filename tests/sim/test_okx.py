@@ -16,6 +16,7 @@ import websockets
 from svc_book.checksum import OkxChecksumBook
 from svc_connector.sim import SimHandle, run_simulator
 from svc_connector.sim.okx import OkxVenue
+from tests.sim.conftest import running
 from tests.sim.push_clients import (
     OkxClient,
     assert_quote_iv,
@@ -24,6 +25,7 @@ from tests.sim.push_clients import (
     check_listing_faults,
     check_stream_faults,
     config,
+    connected,
     expiry_at_8utc,
     near_money,
 )
@@ -31,21 +33,14 @@ from tests.sim.push_clients import (
 
 @pytest.fixture
 async def sim() -> AsyncIterator[SimHandle]:
-    handle = await run_simulator(config("okx"))
-    try:
+    async with running(config("okx")) as handle:
         yield handle
-    finally:
-        await handle.stop()
 
 
 @pytest.fixture
 async def client(sim: SimHandle) -> AsyncIterator[OkxClient]:
-    c = await OkxClient.connect(sim)
-    assert isinstance(c, OkxClient)
-    try:
+    async with connected(OkxClient, sim) as c:
         yield c
-    finally:
-        await c.close()
 
 
 def recorded_instruments(venue_fixtures: Path) -> list[dict[str, Any]]:
