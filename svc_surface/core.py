@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -33,6 +33,7 @@ from svc_surface.quotes import (
     Prior,
     QuoteConfig,
     SelectedQuotes,
+    SmileColumns,
     flag_outliers,
     select_quotes_many,
     suspect_fit,
@@ -131,7 +132,7 @@ class SliceJob:
     t: float
     forward: float
     forward_source: int
-    smiles: tuple[iv_pb.Smile, ...]
+    smiles: tuple[SmileColumns, ...]
     cache: SliceCache | None
 
 
@@ -184,8 +185,9 @@ class SurfaceCore:
         self.currency = currency
         self.config = config or SurfaceConfig()
         self.revision = 0
-        # (venue, expiry) -> latest smile.
+        # (venue, expiry) -> latest smile, and its quotes as columns (the fit's input).
         self._smiles: dict[tuple[str, int], iv_pb.Smile] = {}
+        self._columns: dict[tuple[str, int], SmileColumns] = {}
         self._caches: dict[int, SliceCache] = {}
         self._ssvi: SsviParams | None = None
         # Inputs of the last applied job: publication is skipped while they are unchanged.
@@ -218,6 +220,7 @@ class SurfaceCore:
             self._reject("out of order")
             return
         self._smiles[key] = smile
+        self._columns[key] = SmileColumns.of(smile)
 
     # -- fit -----------------------------------------------------------------------------
     def _live_smiles(self, now_ns: int) -> dict[int, list[iv_pb.Smile]]:
@@ -225,6 +228,7 @@ class SurfaceCore:
         expired = [key for key in self._smiles if key[1] <= now_ns]
         for key in expired:
             del self._smiles[key]
+            del self._columns[key]
             self._caches.pop(key[1], None)
         max_age = self.config.max_smile_age_ns
         groups: dict[int, list[iv_pb.Smile]] = {}
@@ -242,7 +246,7 @@ class SurfaceCore:
             t=_slice_time(latest, now_ns),
             forward=latest.forward_usd,
             forward_source=int(latest.forward_source),
-            smiles=tuple(smiles),
+            smiles=tuple(self._columns[(s.venue, expiry)] for s in smiles),
             cache=self._caches.get(expiry),
         )
 
@@ -350,8 +354,8 @@ class ConsolidatedSurfaceCore(SurfaceCore):
 # The pure fit job (runs anywhere, e.g. in a worker process).
 
 
-def _smile_keys(smiles: tuple[iv_pb.Smile, ...] | list[iv_pb.Smile]) -> tuple[SmileKey, ...]:
-    return tuple((s.venue, s.header.event_time_ns, s.header.sequence) for s in smiles)
+def _smile_keys(smiles: Sequence[SmileColumns]) -> tuple[SmileKey, ...]:
+    return tuple((s.venue, s.event_time_ns, s.sequence) for s in smiles)
 
 
 @dataclass
@@ -414,7 +418,7 @@ def _prior(w: _Working, now_ns: int, half_life_s: float) -> Prior | None:
 def _select(job: FitJob) -> tuple[list[_Working], list[SkippedSlice]]:
     cfg = job.config
     skipped: list[SkippedSlice] = []
-    candidates: list[tuple[SliceJob, list[iv_pb.Smile]]] = []
+    candidates: list[tuple[SliceJob, list[SmileColumns]]] = []
     work_reused: list[_Working] = []
     for sj in job.slices:
         if not (math.isfinite(sj.t) and sj.t > 0.0):

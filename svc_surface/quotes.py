@@ -213,17 +213,46 @@ _numeric_of = operator.attrgetter(*_NUMERIC_FIELDS)
 _symbol_of = operator.attrgetter("symbol")
 
 
-def _columns(smile: iv_pb.Smile) -> tuple[list[str], Array]:
-    """Symbols and the numeric fields of every quote, (n, 15) in _NUMERIC_FIELDS order.
-    attrgetter + fromiter: no Python loop per quote (a third of select's time was here)."""
-    quotes = smile.quotes
-    n = len(quotes)
-    numeric = np.fromiter(
-        chain.from_iterable(map(_numeric_of, quotes)),
-        dtype=np.float64,
-        count=n * len(_NUMERIC_FIELDS),
-    ).reshape(n, len(_NUMERIC_FIELDS))
-    return list(map(_symbol_of, quotes)), numeric
+@dataclass(frozen=True)
+class SmileColumns:
+    """What a fit needs of one smile: its identity, forward and quotes as columns.
+
+    Built once when the smile arrives (SmileColumns.of), not at every fit, and cheap to
+    send to a fit worker process (a Smile message is serialised and parsed again)."""
+
+    venue: str
+    event_time_ns: int
+    sequence: int
+    forward_usd: float
+    symbols: tuple[str, ...]
+    # (n, 15): _NUMERIC_FIELDS of every quote.
+    numeric: Array
+
+    @staticmethod
+    def of(smile: iv_pb.Smile) -> SmileColumns:
+        # attrgetter + fromiter: no Python loop per quote (a third of a fit's selection).
+        quotes = smile.quotes
+        n = len(quotes)
+        numeric = np.fromiter(
+            chain.from_iterable(map(_numeric_of, quotes)),
+            dtype=np.float64,
+            count=n * len(_NUMERIC_FIELDS),
+        ).reshape(n, len(_NUMERIC_FIELDS))
+        return SmileColumns(
+            venue=smile.venue,
+            event_time_ns=smile.header.event_time_ns,
+            sequence=smile.header.sequence,
+            forward_usd=smile.forward_usd,
+            symbols=tuple(map(_symbol_of, quotes)),
+            numeric=numeric,
+        )
+
+    def __len__(self) -> int:
+        return len(self.symbols)
+
+
+def _as_columns(smile: iv_pb.Smile | SmileColumns) -> SmileColumns:
+    return smile if isinstance(smile, SmileColumns) else SmileColumns.of(smile)
 
 
 _STATUS_OK = np.array(_OK_STATUSES)
@@ -279,7 +308,7 @@ def _drop_reasons(cols: Array, now_ns: int | None, cfg: QuoteConfig) -> IntArray
 
 
 def select_quotes(
-    smiles: Sequence[iv_pb.Smile],
+    smiles: Sequence[iv_pb.Smile | SmileColumns],
     t: float,
     now_ns: int | None = None,
     config: QuoteConfig | None = None,
@@ -291,7 +320,7 @@ def select_quotes(
 
 
 def select_quotes_many(
-    groups: Sequence[Sequence[iv_pb.Smile]],
+    groups: Sequence[Sequence[iv_pb.Smile | SmileColumns]],
     ts: Sequence[float],
     now_ns: int | None = None,
     config: QuoteConfig | None = None,
@@ -310,16 +339,16 @@ def select_quotes_many(
     smile_id = 0
     for smiles in groups:
         size = 0
-        for smile in smiles:
-            syms, numeric = _columns(smile)
-            n = len(syms)
+        for given in smiles:
+            smile = _as_columns(given)
+            n = len(smile)
             smile_id += 1
             if n == 0:
                 continue
             size += n
-            symbols.extend(syms)
+            symbols.extend(smile.symbols)
             venues.extend([smile.venue] * n)
-            blocks.append(numeric)
+            blocks.append(smile.numeric)
             fwd_parts.append(np.full(n, smile.forward_usd))
             mult_parts.append(np.full(n, mults.get(smile.venue, 1.0)))
             smile_parts.append(np.full(n, smile_id, dtype=np.int64))

@@ -296,7 +296,7 @@ def test_smiles_arriving_during_a_fit_are_not_lost() -> None:
     assert core.apply(run_fit_job(job)) is not None
     follow_up = core.prepare(LATER + 10)
     assert follow_up is not None
-    assert follow_up.slices[1].smiles[0].header.event_time_ns == LATER + 5
+    assert follow_up.slices[1].smiles[0].event_time_ns == LATER + 5
 
 
 def test_a_smile_ageing_out_republishes_without_it() -> None:
