@@ -45,6 +45,7 @@ from svc_connector.session import (
     decode_frame,
     decode_rest_object,
     each_entry,
+    emit_ticker,
     fill_usd_fields,
     fill_usd_per_coin,
     guarded,
@@ -317,13 +318,9 @@ def _quote(
     if size is None:
         counts["ticker.unknown_contract_size"] += 1
     fill_usd_fields(fields, PER_CONTRACT, size)
-    fields["header"] = {
-        "event_time_ns": timestamp_ms * MS_TO_NS,
-        "receive_time_ns": receive_time_ns,
-        "source": c.SOURCE,
-    }
-    fields["symbol"] = symbol
-    result.events.append(NormalisedEvent(currency, "ticker", md_pb.MarketDataEvent(ticker=fields)))
+    emit_ticker(
+        result, currency, symbol, fields, timestamp_ms * MS_TO_NS, receive_time_ns, c.SOURCE
+    )
     counts["ticker.mark_price" if underlying else "ticker.ticker"] += 1
 
 

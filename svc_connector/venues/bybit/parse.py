@@ -37,6 +37,7 @@ from svc_connector.session import (
     collect_instruments,
     decode_frame,
     decode_rest_object,
+    emit_ticker,
     guarded,
     iv_fraction,
     name_venue_errors,
@@ -238,13 +239,9 @@ def _ticker(message: dict[str, Any], receive_time_ns: int, result: FrameResult) 
         value = opt_number(data, key, counts, "ticker")
         if value is not None:
             fields[target] = value
-    fields["header"] = {
-        "event_time_ns": timestamp_ms * MS_TO_NS,
-        "receive_time_ns": receive_time_ns,
-        "source": c.SOURCE,
-    }
-    fields["symbol"] = symbol
-    result.events.append(NormalisedEvent(currency, "ticker", md_pb.MarketDataEvent(ticker=fields)))
+    emit_ticker(
+        result, currency, symbol, fields, timestamp_ms * MS_TO_NS, receive_time_ns, c.SOURCE
+    )
     counts["ticker"] += 1
 
 

@@ -17,15 +17,16 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, TypeGuard
 
 import orjson
-from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 from svc_connector.session import (
     BookSequencer,
     DeltaVerdict,
     FieldError,
+    add_number_levels,
     best_first_pairs,
     cached,
     collect_instruments,
+    emit_ticker,
 )
 from svc_connector.venues.base import (
     DeadLetter,
@@ -362,8 +363,8 @@ def _parse_book(data: dict[str, Any], receive_time_ns: int, result: FrameResult)
         snapshot.symbol = symbol
         # Best first; a stable sort, like sorting BookLevels by price.
         live_bids, live_asks = best_first_pairs(bids, asks)
-        _add_levels(snapshot.bids, live_bids)
-        _add_levels(snapshot.asks, live_asks)
+        add_number_levels(snapshot.bids, live_bids)
+        add_number_levels(snapshot.asks, live_asks)
         snapshot.venue_sequence = change_id
         result.counts["book.snapshot"] += 1
     else:
@@ -372,20 +373,12 @@ def _parse_book(data: dict[str, Any], receive_time_ns: int, result: FrameResult)
         delta = event.book_delta
         delta.header.CopyFrom(header)
         delta.symbol = symbol
-        _add_levels(delta.bids, bids)
-        _add_levels(delta.asks, asks)
+        add_number_levels(delta.bids, bids)
+        add_number_levels(delta.asks, asks)
         delta.venue_sequence = change_id
         delta.prev_venue_sequence = int(prev)
         result.counts["book.change"] += 1
     result.events.append(NormalisedEvent(currency, "book", event))
-
-
-def _add_levels(
-    target: RepeatedCompositeFieldContainer[md_pb.BookLevel], pairs: list[tuple[float, float]]
-) -> None:
-    add = target.add
-    for price, size in pairs:
-        add(price_native=price, size_native=size)
 
 
 def _parse_grouped_book(data: dict[str, Any], receive_time_ns: int, result: FrameResult) -> None:
@@ -483,13 +476,9 @@ def _parse_ticker(
                 fields[usd_field] = native * forward
         elif unit == md_pb.PREMIUM_UNIT_USD_PER_COIN:
             fields[usd_field] = native
-    fields["header"] = {
-        "event_time_ns": timestamp_ms * MS_TO_NS,
-        "receive_time_ns": receive_time_ns,
-        "source": c.SOURCE,
-    }
-    fields["symbol"] = symbol
-    result.events.append(NormalisedEvent(currency, "ticker", md_pb.MarketDataEvent(ticker=fields)))
+    emit_ticker(
+        result, currency, symbol, fields, timestamp_ms * MS_TO_NS, receive_time_ns, c.SOURCE
+    )
     result.counts["ticker"] += 1
 
 
