@@ -143,10 +143,13 @@ class ForwardHistory:
         self._values[self._end] = value
         self._end += 1
         # The entry in force at the window's start stays: lookups inside the window are exact.
-        in_force = np.searchsorted(
-            self._times[self._start : self._end], event_ns - self.window_ns, side="right"
-        )
-        self._start += max(int(in_force) - 1, 0)
+        # A scalar walk, amortised O(1): record() runs per ticker, and a numpy call per
+        # ticker (searchsorted releases the GIL) starved the event loop of the IV service,
+        # whose worker thread re-took the GIL before the loop could (30 ms stalls).
+        cutoff = event_ns - self.window_ns
+        times = self._times
+        while self._end - self._start > 1 and times[self._start + 1] <= cutoff:
+            self._start += 1
         self._start = max(self._start, self._end - self.max_entries)
 
     def at(self, event_ns: ArrayLike) -> NDArray[np.float64]:
