@@ -128,14 +128,13 @@ class IvCoreStats:
     smiles_emitted: int = 0
     # Each emitted expiry in exactly one bucket: every quote solved; some solved; none
     # solved but some updated for time (IV = s / sqrt(T), exact); none solved or updated.
-    # ("first order" names the time update: kept for the benches that read these counts.)
     full_solves: int = 0
     partial_solves: int = 0
-    first_order_updates: int = 0
+    time_updates: int = 0
     skipped_solves: int = 0
     # Per quote (an instrument with its bid, ask and mark).
     quotes_solved: int = 0
-    quotes_first_order: int = 0
+    quotes_time_updated: int = 0
     quotes_skipped: int = 0
     # Price sides passed to implied_vol.
     prices_solved: int = 0
@@ -319,7 +318,7 @@ class _Plan:
     t: float
     usd: Array
     solve_idx: NDArray[np.intp]
-    first_order: Mask
+    time_update: Mask
     skipped: Mask
     estimate: Array
 
@@ -651,7 +650,7 @@ class IvCore:
         solve = e.price_changed | repinned | ~e.solved
         if not cfg.incremental:
             solve[:] = True
-        first_order = np.zeros(n, dtype=bool)
+        time_update = np.zeros(n, dtype=bool)
         skipped = np.zeros(n, dtype=bool)
         estimate = np.full((_SIDES, n), np.nan)
         rest = np.flatnonzero(~solve)
@@ -662,35 +661,35 @@ class IvCore:
                 since_published = _worst_per_quote(updated - e.iv[:, rest], ok)
             skip = since_published * cfg.skip_safety_factor < cfg.skip_iv_bp * _BP
             skipped[rest[skip]] = True
-            first_order[rest[~skip]] = True
+            time_update[rest[~skip]] = True
             estimate[:, rest] = updated
 
-        return _Plan(e, fwd, t, usd, np.flatnonzero(solve), first_order, skipped, estimate)
+        return _Plan(e, fwd, t, usd, np.flatnonzero(solve), time_update, skipped, estimate)
 
     def _finish(self, plan: _Plan, now_ns: int) -> bytes:
-        e, first_order = plan.expiry, plan.first_order
-        if first_order.any():
-            e.iv[:, first_order] = np.where(
-                e.status[:, first_order] == OK, plan.estimate[:, first_order], np.nan
+        e, time_update = plan.expiry, plan.time_update
+        if time_update.any():
+            e.iv[:, time_update] = np.where(
+                e.status[:, time_update] == OK, plan.estimate[:, time_update], np.nan
             )
         e.price_changed[:] = False
         e.dirty = False
         e.forward_source = plan.forward.source
-        self._count(e.n, plan.solve_idx.size, int(first_order.sum()), int(plan.skipped.sum()))
+        self._count(e.n, plan.solve_idx.size, int(time_update.sum()), int(plan.skipped.sum()))
         return self._smile(e, now_ns, plan.t, plan.forward, plan.usd)
 
-    def _count(self, n: int, solved: int, first_order: int, skipped: int) -> None:
+    def _count(self, n: int, solved: int, time_update: int, skipped: int) -> None:
         st = self.stats
         st.quotes_solved += solved
         st.prices_solved += solved * _SIDES
-        st.quotes_first_order += first_order
+        st.quotes_time_updated += time_update
         st.quotes_skipped += skipped
         if solved == n:
             st.full_solves += 1
         elif solved:
             st.partial_solves += 1
-        elif first_order:
-            st.first_order_updates += 1
+        elif time_update:
+            st.time_updates += 1
         else:
             st.skipped_solves += 1
 
