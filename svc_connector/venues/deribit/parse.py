@@ -26,7 +26,13 @@ from svc_connector.session import (
     best_first_pairs,
     cached,
     collect_instruments,
+    decode_frame,
     emit_ticker,
+    guarded,
+    ms_header,
+    positive,
+    raw_bytes,
+    safe_token,
 )
 from svc_connector.venues.base import (
     DeadLetter,
@@ -54,10 +60,6 @@ US_TO_NS: Final = 1_000
 _USD_QUOTES: Final = frozenset({"USD", "USDC", "USDT"})
 
 
-# A required field is absent or has the wrong type: the frame becomes a dead letter.
-_Missing = FieldError
-
-
 # ---------------------------------------------------------------------------------------------
 # field readers
 # ---------------------------------------------------------------------------------------------
@@ -74,21 +76,21 @@ def _is_number(value: object) -> TypeGuard[int | float]:
 def _req_num(data: Mapping[str, Any], key: str, where: str) -> float:
     value = data.get(key)
     if not _is_number(value):
-        raise _Missing(f"{where}: missing or non-numeric '{key}'")
+        raise FieldError(f"{where}: missing or non-numeric '{key}'")
     return float(value)
 
 
 def _req_int(data: Mapping[str, Any], key: str, where: str) -> int:
     value = data.get(key)
     if not _is_number(value):
-        raise _Missing(f"{where}: missing or non-numeric '{key}'")
+        raise FieldError(f"{where}: missing or non-numeric '{key}'")
     return int(value)
 
 
 def _req_str(data: Mapping[str, Any], key: str, where: str) -> str:
     value = data.get(key)
     if not isinstance(value, str) or not value:
-        raise _Missing(f"{where}: missing or non-string '{key}'")
+        raise FieldError(f"{where}: missing or non-string '{key}'")
     return value
 
 
@@ -106,29 +108,9 @@ def _opt_num(data: Mapping[str, Any], key: str, counts: Counter[str], where: str
     return float(value)
 
 
-def _positive(value: float | None) -> float | None:
-    return value if value is not None and value > 0 else None
-
-
 def _iv_fraction(value: float | None) -> float | None:
     """Deribit IVs are percent; 0 (empty side) and negatives mean "no value"."""
     return value / 100.0 if value is not None and value > 0 else None
-
-
-def _header(timestamp_ms: int, receive_time_ns: int) -> common_pb.EventHeader:
-    return common_pb.EventHeader(
-        event_time_ns=timestamp_ms * MS_TO_NS, receive_time_ns=receive_time_ns, source=c.SOURCE
-    )
-
-
-def _safe_token(text: str) -> str:
-    """A counter-name fragment from venue text (bounded, no spaces)."""
-    cleaned = "".join(ch if ch.isalnum() or ch in "_-/" else "_" for ch in text[:40])
-    return cleaned or "empty"
-
-
-def _raw_bytes(raw: bytes | str) -> bytes:
-    return raw.encode("utf-8", "replace") if isinstance(raw, str) else bytes(raw)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,30 +130,10 @@ def parse_frame(
     Header ``sequence`` is left 0 (the session stamps it).
     """
     result = FrameResult()
-    counts = result.counts
-    counts["frames"] = counts.get("frames", 0) + 1  # not +=: Counter.__missing__ is Python
-    try:
-        message = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        result.dead_letters.append(DeadLetter(_raw_bytes(raw), f"malformed JSON: {exc}"))
-        return result
-    if not isinstance(message, dict):
-        result.dead_letters.append(
-            DeadLetter(_raw_bytes(raw), f"not a JSON object: {type(message).__name__}")
-        )
-        return result
-    try:
-        _dispatch(message, receive_time_ns, premium_units or {}, result)
-    except _Missing as exc:
-        result.dead_letters.append(DeadLetter(_raw_bytes(raw), str(exc)))
-    except Exception as exc:  # a parser bug must not stop the connector: dead-letter it
-        result.counts["parse_internal_error"] += 1
-        result.dead_letters.append(
-            DeadLetter(_raw_bytes(raw), f"internal parse error: {type(exc).__name__}: {exc}")
-        )
-    if result.dead_letters:
-        # A frame either yields its outputs or is dead-lettered whole.
-        result.events.clear()
+    message = decode_frame(raw, result)
+    if message is not None:
+        units = premium_units or {}
+        guarded(raw, result, lambda: _dispatch(message, receive_time_ns, units, result))
     return result
 
 
@@ -185,11 +147,11 @@ def _dispatch(
     if method == "subscription":
         params = message.get("params")
         if not isinstance(params, dict):
-            raise _Missing("subscription: missing 'params'")
+            raise FieldError("subscription: missing 'params'")
         channel = _req_str(params, "channel", "subscription")
         result.channel = channel
         if "data" not in params:
-            raise _Missing(f"{channel}: missing 'data'")
+            raise FieldError(f"{channel}: missing 'data'")
         _parse_notification(channel, params["data"], receive_time_ns, premium_units, result)
     elif method == "heartbeat":
         params = message.get("params")
@@ -203,11 +165,11 @@ def _dispatch(
             result.counts["heartbeat.unknown_type"] += 1
     elif isinstance(method, str):
         # Requests (e.g. our own frames in a recording) and notifications we do not follow.
-        result.counts[f"unknown_method.{_safe_token(method)}"] += 1
+        result.counts[f"unknown_method.{safe_token(method)}"] += 1
     elif "error" in message:
         error = message["error"]
         if not isinstance(error, dict):
-            raise _Missing("error response: 'error' is not an object")
+            raise FieldError("error response: 'error' is not an object")
         result.venue_errors.append(
             VenueError(
                 code=str(error.get("code", "")),
@@ -260,12 +222,12 @@ def _parse_notification(
         )
         result.counts["instrument_state"] += 1
     else:
-        result.counts[f"unknown_channel.{_safe_token(head)}"] += 1
+        result.counts[f"unknown_channel.{safe_token(head)}"] += 1
 
 
 def _as_dict(data: object, channel: str) -> dict[str, Any]:
     if not isinstance(data, dict):
-        raise _Missing(f"{channel}: 'data' is not an object")
+        raise FieldError(f"{channel}: 'data' is not an object")
     return data
 
 
@@ -275,7 +237,7 @@ _currency_of = cached(currency_of)
 def _currency(symbol: str, where: str) -> str:
     currency = _currency_of(symbol)
     if currency is None:
-        raise _Missing(f"{where}: cannot tell the currency of {symbol!r}")
+        raise FieldError(f"{where}: cannot tell the currency of {symbol!r}")
     return currency
 
 
@@ -284,22 +246,22 @@ def _levels(
 ) -> list[md_pb.BookLevel]:
     """Book entries -> levels. ``with_action``: ``[action, price, amount]`` (delete -> size 0)."""
     if not isinstance(entries, list):
-        raise _Missing(f"{where}: missing or non-list '{side}'")
+        raise FieldError(f"{where}: missing or non-list '{side}'")
     levels: list[md_pb.BookLevel] = []
     width = 3 if with_action else 2
     for entry in entries:
         if not isinstance(entry, list) or len(entry) != width:
-            raise _Missing(f"{where}: malformed {side} entry {entry!r}")
+            raise FieldError(f"{where}: malformed {side} entry {entry!r}")
         price, amount = entry[width - 2], entry[width - 1]
         if not (_is_number(price) and _is_number(amount)):
-            raise _Missing(f"{where}: non-numeric {side} entry {entry!r}")
+            raise FieldError(f"{where}: non-numeric {side} entry {entry!r}")
         size = float(amount)
         if with_action:
             action = entry[0]
             if action == "delete":
                 size = 0.0
             elif action not in ("new", "change"):
-                raise _Missing(f"{where}: unknown book action {action!r}")
+                raise FieldError(f"{where}: unknown book action {action!r}")
         levels.append(md_pb.BookLevel(price_native=float(price), size_native=size))
     return levels
 
@@ -308,7 +270,7 @@ def _level_pairs(entries: object, where: str, side: str) -> list[tuple[float, fl
     """``[action, price, amount]`` book entries -> (price, size) pairs (delete -> size 0);
     same checks and errors as :func:`_levels`, without building BookLevel messages."""
     if not isinstance(entries, list):
-        raise _Missing(f"{where}: missing or non-list '{side}'")
+        raise FieldError(f"{where}: missing or non-list '{side}'")
     pairs: list[tuple[float, float]] = []
     for entry in entries:
         # Fast path for the usual shape: an action string and two finite floats.
@@ -344,7 +306,7 @@ def _parse_book(data: dict[str, Any], receive_time_ns: int, result: FrameResult)
     where = result.channel
     symbol = _req_str(data, "instrument_name", where)
     currency = _currency(symbol, where)
-    header = _header(_req_int(data, "timestamp", where), receive_time_ns)
+    header = ms_header(_req_int(data, "timestamp", where), receive_time_ns, c.SOURCE)
     change_id = _req_int(data, "change_id", where)
     kind = data.get("type")
     prev = data.get("prev_change_id")
@@ -352,7 +314,7 @@ def _parse_book(data: dict[str, Any], receive_time_ns: int, result: FrameResult)
     # that carries prev_change_id ignores it.
     is_snapshot = kind == "snapshot" or (kind is None and prev is None)
     if not is_snapshot and kind not in (None, "change"):
-        raise _Missing(f"{where}: unknown book type {kind!r}")
+        raise FieldError(f"{where}: unknown book type {kind!r}")
     bids = _level_pairs(data.get("bids"), where, "bids")
     asks = _level_pairs(data.get("asks"), where, "asks")
     # Built in place (nested constructors would copy every sub-message once more).
@@ -369,7 +331,7 @@ def _parse_book(data: dict[str, Any], receive_time_ns: int, result: FrameResult)
         result.counts["book.snapshot"] += 1
     else:
         if not _is_number(prev):
-            raise _Missing(f"{where}: change without numeric 'prev_change_id'")
+            raise FieldError(f"{where}: change without numeric 'prev_change_id'")
         delta = event.book_delta
         delta.header.CopyFrom(header)
         delta.symbol = symbol
@@ -385,7 +347,7 @@ def _parse_grouped_book(data: dict[str, Any], receive_time_ns: int, result: Fram
     where = result.channel
     symbol = _req_str(data, "instrument_name", where)
     currency = _currency(symbol, where)
-    header = _header(_req_int(data, "timestamp", where), receive_time_ns)
+    header = ms_header(_req_int(data, "timestamp", where), receive_time_ns, c.SOURCE)
     change_id = data.get("change_id")
     bids = _levels(data.get("bids"), where, "bids", False, result)
     asks = _levels(data.get("asks"), where, "asks", False, result)
@@ -438,20 +400,20 @@ def _parse_ticker(
         fields["best_ask_price_native"] = ask_price
         fields["best_ask_size_native"] = ask_size
     # A closed instrument is sent with mark 0: no value, not a price.
-    mark = _positive(_opt_num(data, "mark_price", counts, "ticker"))
+    mark = positive(_opt_num(data, "mark_price", counts, "ticker"))
     if mark is not None:
         fields["mark_price_native"] = mark
     for key in _IV_KEYS:
         iv = _iv_fraction(_opt_num(data, key, counts, "ticker"))
         if iv is not None:
             fields[key] = iv
-    forward = _positive(_opt_num(data, "underlying_price", counts, "ticker"))
+    forward = positive(_opt_num(data, "underlying_price", counts, "ticker"))
     if forward is not None:
         fields["forward_usd"] = forward
     forward_name = data.get("underlying_index")
     if isinstance(forward_name, str):
         fields["forward_name"] = forward_name
-    index_price = _positive(_opt_num(data, "index_price", counts, "ticker"))
+    index_price = positive(_opt_num(data, "index_price", counts, "ticker"))
     if index_price is not None:
         fields["index_price_usd"] = index_price
     rate = _opt_num(data, "interest_rate", counts, "ticker")
@@ -485,7 +447,7 @@ def _parse_ticker(
 def _index_currency(index_name: str, where: str) -> str:
     currency = currency_of_index(index_name)
     if currency is None:
-        raise _Missing(f"{where}: cannot tell the currency of index {index_name!r}")
+        raise FieldError(f"{where}: cannot tell the currency of index {index_name!r}")
     return currency
 
 
@@ -493,7 +455,7 @@ def _parse_price_index(data: dict[str, Any], receive_time_ns: int, result: Frame
     where = result.channel
     name = _req_str(data, "index_name", where)
     event = md_pb.IndexPrice(
-        header=_header(_req_int(data, "timestamp", where), receive_time_ns),
+        header=ms_header(_req_int(data, "timestamp", where), receive_time_ns, c.SOURCE),
         index_name=name,
         price_usd=_req_num(data, "price", where),
     )
@@ -511,7 +473,7 @@ def _parse_volatility_index(
     where = result.channel
     name = _req_str(data, "index_name", where)
     event = md_pb.VolatilityIndex(
-        header=_header(_req_int(data, "timestamp", where), receive_time_ns),
+        header=ms_header(_req_int(data, "timestamp", where), receive_time_ns, c.SOURCE),
         index_name=name,
         volatility=_req_num(data, "volatility", where) / 100.0,
     )
@@ -543,10 +505,10 @@ def parse_instruments(body: bytes | str, receive_time_ns: int) -> InstrumentPars
     try:
         message = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        result.dead_letters.append(DeadLetter(_raw_bytes(body), f"malformed JSON: {exc}"))
+        result.dead_letters.append(DeadLetter(raw_bytes(body), f"malformed JSON: {exc}"))
         return result
     if not isinstance(message, dict):
-        result.dead_letters.append(DeadLetter(_raw_bytes(body), "not a JSON object"))
+        result.dead_letters.append(DeadLetter(raw_bytes(body), "not a JSON object"))
         return result
     us_out = message.get("usOut")
     if _is_number(us_out):
@@ -561,7 +523,7 @@ def parse_instruments(body: bytes | str, receive_time_ns: int) -> InstrumentPars
         return result
     entries = message.get("result")
     if not isinstance(entries, list):
-        result.dead_letters.append(DeadLetter(_raw_bytes(body), "get_instruments: no result list"))
+        result.dead_letters.append(DeadLetter(raw_bytes(body), "get_instruments: no result list"))
         return result
     collect_instruments(entries, _instrument, result)
     return result
@@ -590,7 +552,7 @@ def _instrument(entry: dict[str, Any], counts: Counter[str]) -> md_pb.Instrument
     where = f"instrument {name}"
     kind = _req_str(entry, "kind", where)
     if kind not in ("option", "future"):
-        counts[f"instrument.skipped.{_safe_token(kind)}"] += 1
+        counts[f"instrument.skipped.{safe_token(kind)}"] += 1
         return None
     base = _req_str(entry, "base_currency", where).upper()
     quote_value = entry.get("quote_currency")
@@ -598,7 +560,7 @@ def _instrument(entry: dict[str, Any], counts: Counter[str]) -> md_pb.Instrument
     instrument_type_value = entry.get("instrument_type")
     instrument_type = instrument_type_value if isinstance(instrument_type_value, str) else ""
     if not quote and not instrument_type:
-        raise _Missing(f"{where}: neither 'quote_currency' nor 'instrument_type'")
+        raise FieldError(f"{where}: neither 'quote_currency' nor 'instrument_type'")
     premium_unit = _premium(kind, base, quote, instrument_type)
     if premium_unit == md_pb.PREMIUM_UNIT_UNSPECIFIED:
         counts["instrument.unknown_premium_unit"] += 1
@@ -637,7 +599,7 @@ def _instrument(entry: dict[str, Any], counts: Counter[str]) -> md_pb.Instrument
         elif option_type == "put":
             instrument.option_kind = common_pb.OPTION_KIND_PUT
         else:
-            raise _Missing(f"{where}: missing or unknown 'option_type'")
+            raise FieldError(f"{where}: missing or unknown 'option_type'")
         instrument.strike_usd = _req_num(entry, "strike", where)
         instrument.expiry_time_ns = expiry_ms * MS_TO_NS
         counts["instrument.option"] += 1
@@ -755,7 +717,7 @@ class DeribitSession:
             result = FrameResult()
             result.counts["session_internal_error"] += 1
             result.dead_letters.append(
-                DeadLetter(_raw_bytes(raw), f"internal session error: {type(exc).__name__}: {exc}")
+                DeadLetter(raw_bytes(raw), f"internal session error: {type(exc).__name__}: {exc}")
             )
         for event in result.events:
             case = event.event.WhichOneof("event")
@@ -775,7 +737,7 @@ class DeribitSession:
                 continue
             method, _ = pending
             acks.append(RequestAck(ack.request_id, method, ack.result))
-            result.counts[f"response.{_safe_token(method)}"] += 1
+            result.counts[f"response.{safe_token(method)}"] += 1
             if method in (c.SUBSCRIBE, c.UNSUBSCRIBE):
                 if not isinstance(ack.result, list):
                     result.counts["response.bad_channel_list"] += 1
