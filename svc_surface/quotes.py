@@ -94,8 +94,9 @@ class Prior:
         total = float(weight.sum())
         return float(weight[outside].sum()) / total if total > 0.0 else 1.0
 
-    def targets(self, k: Array, mid: Array, bid: Array, ask: Array, t: float) -> Array:
-        del t  # the prior's vols are read at its own T (a refit moves T by seconds)
+    def targets(self, k: Array, mid: Array, bid: Array, ask: Array) -> Array:
+        """Blended targets; the prior's vols are read at its own T (a refit moves T by
+        seconds, which changes nothing that matters)."""
         prior = np.asarray(implied_vol(self.params, k, self.t), dtype=np.float64)
         with np.errstate(invalid="ignore"):
             lo = np.where(np.isfinite(bid), bid, mid)
@@ -146,7 +147,7 @@ class SelectedQuotes:
             bid_vol=bid,
             ask_vol=ask,
             vol_weight=self.weight[u],
-            target_vol=None if prior is None else prior.targets(k, mid, bid, ask, self.t),
+            target_vol=None if prior is None else prior.targets(k, mid, bid, ask),
         )
 
     def fingerprint(self) -> bytes:

@@ -67,7 +67,7 @@ def test_prior_targets_stay_inside_each_quotes_band() -> None:
     mid = np.array([0.50, 0.21, 0.19])
     bid = np.array([0.49, 0.19, 0.18])
     ask = np.array([0.51, 0.23, 0.20])
-    target = prior.targets(k, mid, bid, ask, 0.1)
+    target = prior.targets(k, mid, bid, ask)
     # Quote 0: the prior (0.2) is far below the band, so it counts at the bid (0.49).
     assert target[0] == pytest.approx((0.50 + 3 * 0.49) / 4)
     # Quotes 1 and 2: the prior lies inside the band and is blended as is.
