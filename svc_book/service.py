@@ -50,7 +50,7 @@ import orjson
 from google.protobuf.message import DecodeError
 
 from svc_book.core import BookConfig, BookCore
-from volstream.bus.stage import InMessage, Output, StageInput, StageRunner, dead_letter_output
+from volstream.bus.stage import InMessage, Output, StageInput, dead_letter_output
 from volstream.config import Config, Partition
 from volstream.runtime import (
     ServiceContext,
@@ -264,16 +264,6 @@ async def run(cfg: Config) -> None:
         partitions = cfg.owned_partitions()
         stage = BookStage(ctx, partitions)
         await stage.restore()
-        runner = StageRunner(
-            ctx.nc,
-            SERVICE,
-            ctx.subjects,
-            stage_inputs(ctx, partitions),
-            stage,
-            ctx.metrics,
-            publisher=ctx.publisher,  # one publisher per process; the context closes it
-        )
-        await runner.start()
-        ctx.on_close(runner.stop)
+        await ctx.start_stage(stage_inputs(ctx, partitions), stage)
         log.info("book service owns %s", ", ".join(str(p) for p in partitions))
         await ctx.wait_stopped()

@@ -16,7 +16,7 @@ from google.protobuf.message import DecodeError
 
 from svc_iv import wire
 from svc_iv.core import IvCore
-from volstream.bus.stage import InMessage, Output, StageInput, StageRunner, dead_letter_output
+from volstream.bus.stage import InMessage, Output, StageInput, dead_letter_output
 from volstream.config import Config, Partition
 from volstream.runtime import (
     ServiceContext,
@@ -162,18 +162,8 @@ async def run(cfg: Config) -> None:
         partitions = cfg.owned_partitions()
         stage = IvStage(ctx, partitions)
         await stage.bootstrap()
-        runner = StageRunner(
-            ctx.nc,
-            SERVICE,
-            ctx.subjects,
-            stage_inputs(ctx, partitions),
-            stage,
-            ctx.metrics,
-            publisher=ctx.publisher,  # one publisher per process; the context closes it
-        )
-        await runner.start()
         # Closers run last-registered first: the runner finishes its batch, then the pool goes.
         ctx.on_close(stage.close)
-        ctx.on_close(runner.stop)
+        await ctx.start_stage(stage_inputs(ctx, partitions), stage)
         log.info("iv service owns %s", ", ".join(str(p) for p in partitions))
         await ctx.wait_stopped()

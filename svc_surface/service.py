@@ -18,7 +18,7 @@ from concurrent.futures import ProcessPoolExecutor
 from google.protobuf.message import DecodeError
 
 from svc_surface.core import ConsolidatedSurfaceCore, SurfaceConfig, SurfaceCore, run_fit_job
-from volstream.bus.stage import InMessage, Output, StageInput, StageRunner, dead_letter_output
+from volstream.bus.stage import InMessage, Output, StageInput, dead_letter_output
 from volstream.config import Config, Partition
 from volstream.process import die_with_parent
 from volstream.runtime import (
@@ -156,17 +156,7 @@ async def run(cfg: Config) -> None:
             partitions = tuple(Partition(v, c) for v in cfg.venues for c in cfg.currencies)
         stage = SurfaceStage(ctx, partitions)
         await stage.bootstrap()
-        runner = StageRunner(
-            ctx.nc,
-            SERVICE,
-            ctx.subjects,
-            stage_inputs(ctx, partitions),
-            stage,
-            ctx.metrics,
-            publisher=ctx.publisher,  # one publisher per process; the context closes it
-        )
-        await runner.start()
-        ctx.on_close(runner.stop)
+        await ctx.start_stage(stage_inputs(ctx, partitions), stage)
         log.info(
             "surface service owns %s; consolidated: %s",
             ", ".join(str(p) for p in partitions) if stage.cores else "nothing",

@@ -25,6 +25,7 @@ from nats.js.errors import NotFoundError
 from volstream.bus.connection import connect
 from volstream.bus.dlq import DeadLetters
 from volstream.bus.publisher import JetStreamPublisher
+from volstream.bus.stage import StageHandler, StageInput, StageRunner
 from volstream.bus.streams import default_stream_specs, ensure_streams
 from volstream.config import Config, Partition
 from volstream.subjects import Subjects
@@ -67,6 +68,22 @@ class ServiceContext:
 
     def ready(self) -> bool:
         return self.nc.is_connected and all(check() for check in self.ready_checks)
+
+    async def start_stage(self, inputs: list[StageInput], handler: StageHandler) -> StageRunner:
+        """Run ``handler`` over ``inputs`` with this process's publisher, stopped at shutdown
+        (register closers that must run after the runner's last batch before calling this)."""
+        runner = StageRunner(
+            self.nc,
+            self.service,
+            self.subjects,
+            inputs,
+            handler,
+            self.metrics,
+            publisher=self.publisher,  # one publisher per process; the context closes it
+        )
+        await runner.start()
+        self.on_close(runner.stop)
+        return runner
 
     async def wait_stopped(self) -> None:
         await self.stop_event.wait()
