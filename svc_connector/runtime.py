@@ -410,6 +410,8 @@ class WsConnection:
             return
         if self._connect_gate is not None:
             await self._connect_gate()
+            if self._stopping.is_set():
+                return
         self._transition(ConnectionState.CONNECTING, f"connecting to {self.plan.url}")
         started = time.monotonic()
         async with connect(
@@ -421,6 +423,9 @@ class WsConnection:
             self.connects += 1
             self.sink.count("connection.connected")
             self._ws = ws
+            if self._stopping.is_set():
+                # stop() ran during the handshake, when there was no socket to close yet.
+                return
             self._commands = asyncio.Queue()
             self.session.on_connected()
             self.confirmed.clear()
