@@ -15,7 +15,8 @@ as the recordings suggest), `opt-summary` per family (IVs as fractions, `fwdPx`,
 (new listings). Option premiums are inverse: coin per coin, USD = premium x `fwdPx`.
 
 Venue options (SimConfig.venue_options["okx"]): `idle_timeout_s` (30: a connection that
-sends nothing for this long is closed with 4004), `book_keepalive_s` (60).
+sends nothing for this long is closed with 4004), `book_keepalive_s` (60), `checksums`
+(false: books carry checksum 0 as the live venue has since June 2026; true: the real CRC32).
 """
 
 from __future__ import annotations
@@ -167,6 +168,11 @@ class OkxVenue(PushVenue):
         super().__init__(ctx, OkxNaming(), okx_style, seed_salt=31)
         self.idle_timeout_s = option_float(self.options, "idle_timeout_s", 30.0) or None
         self.book_keepalive_ns = int(option_float(self.options, "book_keepalive_s", 60.0) * 1e9)
+        checksums = self.options.get("checksums", False)
+        if not isinstance(checksums, bool):
+            raise ValueError("venue option 'checksums' must be a boolean")
+        # The live venue sends checksum 0 since June 2026 (venues.md); tests can ask for real ones.
+        self.checksums = checksums
         # symbol -> sim time of the last books push (snapshot, update or keep-alive)
         self.book_pushed_ns: dict[str, int] = {}
         self._usd_text = NumberText(2, trim=True)
@@ -299,6 +305,8 @@ class OkxVenue(PushVenue):
         ]
 
     def _checksum(self, inst: SimInstrument) -> int:
+        if not self.checksums:
+            return 0
         text = self.level_text(inst)
         book = inst.book
         bids = text.levels(book.bids, True, CHECKSUM_DEPTH)
@@ -313,7 +321,9 @@ class OkxVenue(PushVenue):
             "asks": asks,
             "bids": bids,
             "ts": str(ts_ms),
-            "checksum": okx_checksum(bids[:CHECKSUM_DEPTH], asks[:CHECKSUM_DEPTH]),
+            "checksum": (
+                okx_checksum(bids[:CHECKSUM_DEPTH], asks[:CHECKSUM_DEPTH]) if self.checksums else 0
+            ),
             "prevSeqId": -1,
             "seqId": book.sequence,
         }

@@ -149,7 +149,10 @@ async def check_gap_resync_and_reconnect(run: SimRun) -> str:
 async def test_okx_books_summaries_and_keepalive() -> None:
     # The simulator closes a connection that sends nothing for 3 s: pings keep them open.
     async with sim_running(
-        "okx", {"idle_timeout_s": 3.0}, heartbeat_interval_s=0.3, watchdog_timeout_s=6.0
+        "okx",
+        {"idle_timeout_s": 3.0, "checksums": True},
+        heartbeat_interval_s=0.3,
+        watchdog_timeout_s=6.0,
     ) as run:
         options = run.options()
         assert len(options) > 20

@@ -33,7 +33,8 @@ from tests.sim.push_clients import (
 
 @pytest.fixture
 async def sim() -> AsyncIterator[SimHandle]:
-    async with running(config("okx")) as handle:
+    # Real checksums (the default is 0, as on the live venue since June 2026).
+    async with running(config("okx", venue_options={"okx": {"checksums": True}})) as handle:
         yield handle
 
 
@@ -258,7 +259,11 @@ async def test_index_tickers_and_instruments_channels(sim: SimHandle, client: Ok
 
 async def test_quiet_book_gets_keepalive_updates() -> None:
     handle = await run_simulator(
-        config("okx", messages_per_second=1.0, venue_options={"okx": {"book_keepalive_s": 0.4}})
+        config(
+            "okx",
+            messages_per_second=1.0,
+            venue_options={"okx": {"book_keepalive_s": 0.4, "checksums": True}},
+        )
     )
     try:
         c = await OkxClient.connect(handle)
