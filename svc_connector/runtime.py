@@ -544,14 +544,12 @@ class WsConnection:
             await self.send(self.session.encode(reply))
         sink = self.sink
         sink.count_all(result.counts)
-        count = sink.count
-        emit = sink.emit
-        for event in result.events:
+        if result.events:
             try:
-                await emit(event.currency, event.kind, event.event)
+                await sink.emit_all(result.events)
             except Exception:
-                self.log.exception("%s: sink failed to take an event", self.settings.venue)
-                count("sink_error")
+                self.log.exception("%s: sink failed to take events", self.settings.venue)
+                sink.count("sink_error")
         # Only frames with anything more than events and counts go further (most do not).
         if (
             result.dead_letters

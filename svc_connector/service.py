@@ -21,7 +21,13 @@ import orjson
 from nats.aio.msg import Msg
 
 from svc_connector.venues import registry
-from svc_connector.venues.base import ConnectorConfig, MdKind, VenueAdapter, VenueConnector
+from svc_connector.venues.base import (
+    ConnectorConfig,
+    MdKind,
+    NormalisedEvent,
+    VenueAdapter,
+    VenueConnector,
+)
 from volstream.bus.batcher import Batcher
 from volstream.config import Config
 from volstream.runtime import ServiceContext, service_context, wall_ns
@@ -45,7 +51,7 @@ class NatsSink:
         self._batch_seq: dict[str, int] = {}
         self._subject_ccy: dict[str, str] = {}
         self._subjects: dict[tuple[str, str], str] = {}
-        self._batcher: Batcher[md_pb.MarketDataEvent] = Batcher(
+        self._batcher: Batcher[NormalisedEvent] = Batcher(
             self._flush, max_items=BATCH_MAX_EVENTS, max_delay_s=BATCH_MAX_DELAY_S
         )
         self._events = ctx.metrics.counter("connector_events", "normalised events by kind")
@@ -63,13 +69,24 @@ class NatsSink:
     async def emit(self, currency: str, kind: MdKind, event: md_pb.MarketDataEvent) -> None:
         """Batch ``event`` for its subject. The sink owns the event from here on: its header
         gets the publish time when the batch is flushed (no copy is made)."""
-        subject = self._subjects.get((currency, kind))
-        if subject is None:
-            subject = self.ctx.subjects.md(self.venue, currency, kind)
-            self._subject_ccy[subject] = currency.upper()
-            self._subjects[(currency, kind)] = subject
-        if self._batcher.append(subject, event):
+        subject = self._subjects.get((currency, kind)) or self._subject(currency, kind)
+        if self._batcher.append(subject, NormalisedEvent(currency, kind, event)):
             await self._batcher.flush_key(subject)
+
+    async def emit_all(self, events: list[NormalisedEvent]) -> None:
+        subjects = self._subjects
+        append = self._batcher.append
+        for item in events:
+            currency, kind = item.currency, item.kind
+            subject = subjects.get((currency, kind)) or self._subject(currency, kind)
+            if append(subject, item):
+                await self._batcher.flush_key(subject)
+
+    def _subject(self, currency: str, kind: MdKind) -> str:
+        subject = self.ctx.subjects.md(self.venue, currency, kind)
+        self._subject_ccy[subject] = currency.upper()
+        self._subjects[(currency, kind)] = subject
+        return subject
 
     async def dead_letter(self, raw: bytes, reason: str) -> None:
         # A unique id per frame: two identical bad frames are two dead letters (counts must
@@ -116,7 +133,7 @@ class NatsSink:
         self._exported.update(self._unexported)
         self._unexported.clear()
 
-    async def _flush(self, subject: str, events: list[md_pb.MarketDataEvent]) -> None:
+    async def _flush(self, subject: str, events: list[NormalisedEvent]) -> None:
         seq = self._batch_seq.get(subject, 0) + 1
         self._batch_seq[subject] = seq
         payload = batch_bytes(
@@ -160,7 +177,7 @@ def batch_bytes(
     source: str,
     sequence: int,
     publish_ns: int,
-    events: list[md_pb.MarketDataEvent],
+    events: list[NormalisedEvent],
 ) -> bytes:
     """The wire bytes of a MarketDataBatch of ``events``: every event header gets
     ``publish_ns``; the batch header has ``sequence``, ``publish_ns`` and the latest event
@@ -175,14 +192,13 @@ def batch_bytes(
     parts: list[bytes] = [b""]
     append = parts.append
     prefixes = _EVENT_PREFIXES
-    for event in events:
-        case = event.WhichOneof("event")
-        if case is not None:
-            header = getattr(event, case).header
+    for item in events:
+        header = item.header or item.event_header()
+        if header is not None:
             header.publish_time_ns = publish_ns
             if header.event_time_ns > event_ns:
                 event_ns = header.event_time_ns
-        data = event.SerializeToString()
+        data = item.event.SerializeToString()
         size = len(data)
         append(prefixes[size] if size < 1 << 14 else bytes((_EVENTS_TAG,)) + _varint(size))
         append(data)

@@ -6,7 +6,7 @@ The async runtime that does the I/O is in svc_connector/runtime.py.
 - :class:`ChannelAllocator`: spreads channel groups over connections within a per-connection
   budget and a connection cap, keeping existing assignments stable (no restart on listings).
 - :class:`TokenBucket`: request pacing (subscribe rate limits).
-- :func:`batched`, :func:`diff_symbols`, :func:`header_of`: small helpers.
+- :func:`batched`, :func:`diff_symbols`: small helpers.
 
 Shared by the JSON venue adapters (OKX, Bybit, Binance), also pure:
 
@@ -327,15 +327,6 @@ def diff_symbols(previous: Iterable[str], current: Iterable[str]) -> tuple[list[
     """(listed, delisted), each sorted."""
     before, after = set(previous), set(current)
     return sorted(after - before), sorted(before - after)
-
-
-def header_of(event: md_pb.MarketDataEvent) -> common_pb.EventHeader | None:
-    """The header of whichever event the oneof holds (None for an empty event)."""
-    case = event.WhichOneof("event")
-    if case is None:
-        return None
-    header: common_pb.EventHeader = getattr(event, case).header
-    return header
 
 
 # =============================================================================================
@@ -811,7 +802,7 @@ def book_reset_event(
     """Start a resync of ``symbol``: a BookReset (header of ``item``) plus a resubscribe."""
     books.start_resync(symbol, now_ns)
     reset = md_pb.BookReset(symbol=symbol, reason=reason)
-    header = header_of(item.event)
+    header = item.event_header()
     if header is not None:
         reset.header.CopyFrom(header)
     result.resubscribes.append(ResubscribeRequest(symbol, channel, reason))
@@ -978,11 +969,7 @@ class TickerMerger:
     ) -> dict[str, Any]:
         """Merge ``fields`` (the set fields of an update; absent = cleared) for the ``owned``
         names; returns a fresh dict of every field now set (without header and symbol)."""
-        current = self._fields.get(symbol)
-        if current is None:
-            if len(self._fields) >= self._limit:
-                self._fields.pop(next(iter(self._fields)))
-            current = self._fields[symbol] = {}
+        current = self.current(symbol)
         for name in owned:
             value = fields.get(name)
             if value is None:
@@ -990,6 +977,17 @@ class TickerMerger:
             else:
                 current[name] = value
         return dict(current)
+
+    def current(self, symbol: str) -> dict[str, Any]:
+        """The merger's own fields dict of ``symbol`` (made empty the first time; the oldest
+        symbol is dropped at the limit). A hot path may merge into it in place, setting or
+        popping exactly the fields its channel owns, as :meth:`merge_fields` does."""
+        current = self._fields.get(symbol)
+        if current is None:
+            if len(self._fields) >= self._limit:
+                self._fields.pop(next(iter(self._fields)))
+            current = self._fields[symbol] = {}
+        return current
 
     def merge(self, update: md_pb.VenueTicker, owned: Iterable[str]) -> md_pb.VenueTicker:
         merged = self.merge_fields(update.symbol, ticker_fields(update, owned), owned)
@@ -1084,11 +1082,9 @@ class StampingSession:
         """Give every event of ``result`` the next header sequence (in event order)."""
         shared = self._shared_sequence
         for item in result.events:
-            event = item.event
-            case = event.WhichOneof("event")
-            if case is None:
+            header = item.header or item.event_header()
+            if header is None:
                 continue
-            header = getattr(event, case).header
             if shared is not None:
                 header.sequence = shared()
             else:

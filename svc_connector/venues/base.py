@@ -4,7 +4,8 @@ Every venue lives in ``svc_connector/venues/<venue>/`` with the same file set:
 
 =================  ==========================================================================
 ``constants.py``   URLs (live, testnet, simulator path layout), channel templates, limits.
-``messages.py``    ``TypedDict`` shapes of the venue's wire messages (documentation + typing).
+``messages.py``    Shapes of the venue's wire messages: ``TypedDict`` (documentation + typing)
+                   and the ``msgspec.Struct`` decoders of the hot path.
 ``symbols.py``     Instrument-name parsing/formatting (expiry, strike, call/put, currency).
 ``parse.py``       PURE functions: one raw frame -> :class:`FrameResult`; REST bodies ->
                    :class:`InstrumentParseResult`. No I/O, no clock, never raise.
@@ -24,6 +25,10 @@ Layers, from pure to impure:
    dropped and counted, never applied twice), matching responses to the requests it encoded,
    and stamping ``header.sequence`` from a per-session counter. Time comes only from the
    ``receive_time_ns`` argument, so a replay of frames gives the same result.
+   Each session answers its venue's dominant frames on a *hot path* (typed ``msgspec``
+   decoding, no per-field Python checks) that must give exactly what the checked path gives,
+   or step aside before touching any state (``hot_path = False`` turns it off; the
+   equivalence is tested in ``tests/connector/test_<venue>_hot_path.py``).
 3. The *connector* (:class:`VenueConnector`, in ``client.py``): discovers instruments over
    REST, plans subscriptions over one or more websocket connections, keeps them healthy and
    pushes the session's outputs into an :class:`EventSink` provided by the runtime. It never
@@ -50,6 +55,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from volstream.v1 import common_pb2 as common_pb
 from volstream.v1 import market_data_pb2 as md_pb
 
 MdKind = Literal["instrument", "book", "ticker", "index"]
@@ -71,6 +77,19 @@ class NormalisedEvent:
     currency: str
     kind: MdKind
     event: md_pb.MarketDataEvent
+    # The event's own header, when its maker has it at hand: the session stamps the sequence
+    # and the sink the publish time through it, without a WhichOneof + getattr each time.
+    header: common_pb.EventHeader | None = None
+
+    def event_header(self) -> common_pb.EventHeader | None:
+        """The header of the event's set oneof case (None when no case is set)."""
+        if self.header is not None:
+            return self.header
+        case = self.event.WhichOneof("event")
+        if case is None:
+            return None
+        header: common_pb.EventHeader = getattr(self.event, case).header
+        return header
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +166,7 @@ class _FrameCounts(Counter[str]):
         pass
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class FrameResult:
     """Everything one frame produced. All lists keep arrival order; empty by default."""
 
@@ -167,6 +186,34 @@ class FrameResult:
     # Named counters (e.g. "unknown_channel.trades", "book.stale_dropped"); the client adds
     # each to the sink with EventSink.count.
     counts: Counter[str] = field(default_factory=_FrameCounts)
+
+    # Written out (init=False above): one FrameResult per frame, and the generated __init__
+    # calls a default factory per field, twice the cost of list displays.
+    def __init__(
+        self,
+        events: list[NormalisedEvent] | None = None,
+        channel: str = "",
+        replies: list[VenueRequest] | None = None,
+        resubscribes: list[ResubscribeRequest] | None = None,
+        acks: list[RequestAck] | None = None,
+        subscribed: list[str] | None = None,
+        unsubscribed: list[str] | None = None,
+        venue_errors: list[VenueError] | None = None,
+        dead_letters: list[DeadLetter] | None = None,
+        instrument_states: list[InstrumentStateChange] | None = None,
+        counts: Counter[str] | None = None,
+    ) -> None:
+        self.events = [] if events is None else events
+        self.channel = channel
+        self.replies = [] if replies is None else replies
+        self.resubscribes = [] if resubscribes is None else resubscribes
+        self.acks = [] if acks is None else acks
+        self.subscribed = [] if subscribed is None else subscribed
+        self.unsubscribed = [] if unsubscribed is None else unsubscribed
+        self.venue_errors = [] if venue_errors is None else venue_errors
+        self.dead_letters = [] if dead_letters is None else dead_letters
+        self.instrument_states = [] if instrument_states is None else instrument_states
+        self.counts = _FrameCounts() if counts is None else counts
 
     def extend(self, other: FrameResult) -> None:
         """Append ``other``'s outputs after this result's (used when combining frames)."""
@@ -207,13 +254,17 @@ class InstrumentParseResult:
 class EventSink(Protocol):
     """Where a connector delivers its output. One sink per venue connector (it knows the venue).
 
-    ``emit`` is awaited once per event in arrival order: keep it cheap (append to a batch);
-    back-pressure by awaiting. Counter names are dotted, without the venue (the sink adds
-    it as a label), e.g. ``frames``, ``dead_letters``, ``book.gap``,
-    ``connection.state.live``.
+    ``emit`` (per event) or ``emit_all`` (per frame) is awaited in arrival order: keep it
+    cheap (append to a batch); back-pressure by awaiting. Counter names are dotted, without
+    the venue (the sink adds it as a label), e.g. ``frames``, ``dead_letters``,
+    ``book.gap``, ``connection.state.live``.
     """
 
     async def emit(self, currency: str, kind: MdKind, event: md_pb.MarketDataEvent) -> None: ...
+
+    async def emit_all(self, events: list[NormalisedEvent]) -> None:
+        """``emit`` of every event in order (one await per frame instead of one per event)."""
+        ...
 
     async def dead_letter(self, raw: bytes, reason: str) -> None: ...
 
@@ -238,6 +289,10 @@ class MemorySink:
 
     async def emit(self, currency: str, kind: MdKind, event: md_pb.MarketDataEvent) -> None:
         self.events.append(NormalisedEvent(currency, kind, event))
+        self._wake()
+
+    async def emit_all(self, events: list[NormalisedEvent]) -> None:
+        self.events.extend(events)
         self._wake()
 
     async def dead_letter(self, raw: bytes, reason: str) -> None:
