@@ -31,7 +31,7 @@ from svc_connector.session import (
     text_levels,
     wire_levels,
 )
-from svc_connector.venues.base import FrameResult
+from svc_connector.venues.base import FrameResult, NormalisedEvent
 from svc_connector.venues.deribit import parse as deribit_parse
 from svc_connector.venues.okx import parse as okx_parse
 from volstream.v1 import market_data_pb2 as md_pb
@@ -268,7 +268,8 @@ def test_batch_bytes_equal_the_serialized_batch() -> None:
             header.publish_time_ns = 123
             latest = max(latest, header.event_time_ns)
     expected.header.event_time_ns = latest
-    assert batch_bytes("v", "BTC", "src", 9, 123, events) == expected.SerializeToString()
+    items = [NormalisedEvent("BTC", "ticker", e) for e in events]
+    assert batch_bytes("v", "BTC", "src", 9, 123, items) == expected.SerializeToString()
     empty = md_pb.MarketDataBatch(venue="v", currency="BTC")
     empty.header.source = "src"
     empty.header.sequence = 1

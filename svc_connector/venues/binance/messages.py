@@ -1,13 +1,17 @@
-"""Shapes of Binance options messages as ``TypedDict``s (documentation and typing).
+"""Venue message shapes: Binance options messages as ``TypedDict``s (documentation and
+typing) and, for the hot path, as ``msgspec.Struct``s (decoded and type-checked in C).
 
 Combined streams wrap every payload as ``{"stream": "<name>", "data": <payload>}``. Only
 the fields volstream reads are listed; numbers are strings; an IV of "-1" means no quote.
-The parser validates every field it uses: these types describe, they do not guarantee.
+The parser validates every field it uses: the TypedDicts describe, they do not guarantee.
 """
 
 from __future__ import annotations
 
-from typing import Literal, NotRequired, TypedDict
+import sys
+from typing import Annotated, Final, Literal, NotRequired, TypedDict
+
+import msgspec
 
 # ---- requests and responses ------------------------------------------------------------------
 
@@ -180,3 +184,82 @@ class OptionSymbol(TypedDict):
 class ExchangeInfo(TypedDict):
     serverTime: int
     optionSymbols: list[OptionSymbol]
+
+
+# ---- hot path shapes (msgspec) ---------------------------------------------------------------
+# Decoded with ``msgspec.json.Decoder(..., strict=False)`` (numeric strings -> floats). The
+# bounds make the decoder reject, in C, every value the checked path would not take as is
+# (it then handles the frame): NaN fails every bound, infinities fail ``le``, and unknown
+# fields are refused (msgspec would skip values orjson rejects, such as 1e999).
+
+_MAX_DOUBLE: Final = sys.float_info.max
+# A level's price: finite and > 0; its size: finite and >= 0 (0 = an empty level).
+HotPrice = Annotated[float, msgspec.Meta(gt=0.0, le=_MAX_DOUBLE)]
+HotSize = Annotated[float, msgspec.Meta(ge=0.0, le=_MAX_DOUBLE)]
+# Milliseconds that fit an int64 of nanoseconds.
+HotMillis = Annotated[int, msgspec.Meta(ge=0, lt=2**63 // 1_000_000)]
+# An update id the checked path reads exactly (it goes through a float: below 2**53).
+HotUpdateId = Annotated[int, msgspec.Meta(ge=0, lt=2**53)]
+HotInt = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+
+
+class HotDepth(msgspec.Struct, forbid_unknown_fields=True):
+    """The ``data`` of a partial depth push (:class:`Depth`); only ``s``/``E``/``u``/``b``/``a``
+    are used. ``E`` also decodes as float or str (strict=False would turn 1.0 or "1" into an
+    int) so that anything but a JSON integer can be told apart and left to the checked path."""
+
+    s: Annotated[str, msgspec.Meta(min_length=1)]
+    E: HotMillis | float | str
+    u: HotUpdateId
+    b: list[tuple[HotPrice, HotSize]]
+    a: list[tuple[HotPrice, HotSize]]
+    e: str = ""
+    T: HotInt = 0
+    U: HotInt = 0
+    pu: HotInt = 0
+
+
+class HotDepthFrame(msgspec.Struct, forbid_unknown_fields=True):
+    """A combined-stream frame carrying a partial depth push."""
+
+    stream: str
+    data: HotDepth
+
+
+# Any finite double (NaN fails both bounds, infinities one); null or absent -> None. An empty
+# string is refused (the checked path reads it as absent; rare: it handles the frame).
+HotNumber = Annotated[float, msgspec.Meta(ge=-_MAX_DOUBLE, le=_MAX_DOUBLE)]
+
+
+class HotMark(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """One ``optionMarkPrice`` entry (:class:`OptionMarkPrice`). Every field the venue sends is
+    listed, so that an unknown one (whose value msgspec would skip unchecked) is refused; the
+    unused ones (``e``/``P``/``hl``/``ll``) must be strings. ``E`` as in :class:`HotDepth`."""
+
+    s: Annotated[str, msgspec.Meta(min_length=1)]
+    E: HotMillis | float | str
+    mp: HotNumber | None = None
+    i: HotNumber | None = None
+    bo: HotNumber | None = None
+    ao: HotNumber | None = None
+    bq: HotNumber | None = None
+    aq: HotNumber | None = None
+    b: HotNumber | None = None
+    a: HotNumber | None = None
+    vo: HotNumber | None = None
+    rf: HotNumber | None = None
+    d: HotNumber | None = None
+    t: HotNumber | None = None
+    g: HotNumber | None = None
+    v: HotNumber | None = None
+    e: str = ""
+    P: str = ""
+    hl: str = ""
+    ll: str = ""
+
+
+class HotMarkFrame(msgspec.Struct, forbid_unknown_fields=True):
+    """A combined-stream frame carrying an ``<underlying>@optionMarkPrice`` push."""
+
+    stream: str
+    data: list[HotMark]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Literal, NotRequired, TypedDict
 
+import msgspec
+
 # ---- requests and responses ------------------------------------------------------------------
 
 
@@ -157,3 +159,70 @@ class InstrumentsResponse(TypedDict):
     retMsg: str
     result: InstrumentsResult
     time: int
+
+
+# ---- msgspec shapes of the hot path (parse.BybitSession._hot_frame) ----------------------------
+#
+# Decoded with ``strict=False`` so that msgspec reads the venue's numeric strings as floats in C
+# (float() per field costs more than the whole decode). Where that lenient mode differs from the
+# checked path the hot path checks the outcome and steps aside: integers are typed
+# ``int | float`` and must come out as ``int`` (lenient ``int`` would also take 12.0 and "1e3"),
+# absent numbers default to NaN (non-finite: not taken), and a frame holding the string "-0"
+# (msgspec reads 0.0, float() -0.0) where the sign of a zero would show is not taken. Strings
+# are never coerced. Unknown fields are refused, not skipped: msgspec skips a value without
+# converting it, where orjson (the checked path) refuses a number beyond double range or 64
+# bits, so a field nobody reads could hide a malformed frame. A field the venue adds later
+# sends its frames to the checked path until it is listed here.
+
+_ABSENT = float("nan")
+
+
+class StreamData(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
+    """``data`` of an ``orderbook.*`` or a ``tickers.*`` frame, one struct for both topics
+    (one decode pass; the other topic's fields keep their defaults)."""
+
+    # orderbook.{depth}.{symbol}: levels are exactly [price, size]
+    s: str = ""
+    u: int | float = _ABSENT
+    seq: int | float | None = None  # not used; read so that its range is checked
+    b: list[tuple[float, float]] | None = None
+    a: list[tuple[float, float]] | None = None
+    # tickers.{symbol}
+    symbol: str = ""
+    bid_price: float = _ABSENT
+    bid_size: float = _ABSENT
+    bid_iv: float = _ABSENT
+    ask_price: float = _ABSENT
+    ask_size: float = _ABSENT
+    ask_iv: float = _ABSENT
+    mark_price: float = _ABSENT
+    mark_price_iv: float = _ABSENT
+    underlying_price: float = _ABSENT
+    index_price: float = _ABSENT
+    delta: float = _ABSENT
+    gamma: float = _ABSENT
+    vega: float = _ABSENT
+    theta: float = _ABSENT
+    open_interest: float = _ABSENT
+    # tickers.{symbol}, not read: typed so that a JSON number in them is range-checked
+    last_price: str | float | None = None
+    # (named by hand: rename="camel" would spell them highPrice24H)
+    high_price24h: str | float | None = msgspec.field(default=None, name="highPrice24h")
+    low_price24h: str | float | None = msgspec.field(default=None, name="lowPrice24h")
+    change24h: str | float | None = None
+    predicted_delivery_price: str | float | None = None
+    volume24h: str | float | None = None
+    turnover24h: str | float | None = None
+    total_volume: str | float | None = None
+    total_turnover: str | float | None = None
+
+
+class StreamFrame(msgspec.Struct, forbid_unknown_fields=True):
+    """A topic notification: ``{"topic", "type", "ts", "data"}`` (``id`` ignored)."""
+
+    topic: str
+    ts: int | float
+    data: StreamData
+    type: str = ""
+    cts: int | float | None = None  # not used; read so that its range is checked
+    id: str | float | None = None  # not used

@@ -1,4 +1,5 @@
-"""Shapes of Deribit's JSON-RPC messages as ``TypedDict``s (documentation and typing).
+"""Venue message shapes: Deribit's JSON-RPC messages as ``TypedDict``s (documentation and
+typing), and the msgspec Structs the hot path of parse.py decodes into.
 
 Only the fields volstream reads are listed; the venue adds fields over time and parse.py
 ignores the ones it does not know. ``NotRequired`` marks fields absent in some recordings.
@@ -8,6 +9,8 @@ The parser validates every field it uses: these types describe, they do not guar
 from __future__ import annotations
 
 from typing import Literal, NotRequired, TypedDict
+
+import msgspec
 
 # ---- requests and responses ------------------------------------------------------------------
 
@@ -177,3 +180,74 @@ class InstrumentInfo(TypedDict):
     counter_currency: NotRequired[str]
     price_index: NotRequired[str]
     instrument_type: NotRequired[Literal["reversed", "linear"]]
+
+
+# ---- hot-path shapes (msgspec) ---------------------------------------------------------------
+# Decoded in C by parse.py's hot path, which checks every field's type in the same pass. One
+# ``data`` shape covers book and ticker notifications: every field either channel sends, the
+# others defaulting to None. Strict: numbers must be JSON numbers (a numeric string or a bool
+# fails, and the frame takes the checked path). Unknown fields are refused, not skipped:
+# msgspec skips a value without checking its range, where orjson (the checked path) refuses
+# a number that overflows a double (1e999), so an unread field could hide a malformed frame.
+# Fields the hot path does not read are typed only so that they are read in full.
+
+
+class HotGreeks(msgspec.Struct, forbid_unknown_fields=True):
+    delta: float | None = None
+    gamma: float | None = None
+    vega: float | None = None
+    theta: float | None = None
+    rho: float | None = None  # not read
+
+
+class HotData(msgspec.Struct, forbid_unknown_fields=True):
+    """``data`` of ``book.{inst}.{interval}`` (snapshot/change) or ``ticker.{inst}.{interval}``."""
+
+    instrument_name: str
+    timestamp: int
+    # book
+    type: str | None = None
+    change_id: int | None = None
+    prev_change_id: int | None = None
+    bids: list[BookEntry] | None = None
+    asks: list[BookEntry] | None = None
+    # ticker
+    best_bid_price: float | None = None
+    best_bid_amount: float | None = None
+    best_ask_price: float | None = None
+    best_ask_amount: float | None = None
+    mark_price: float | None = None
+    bid_iv: float | None = None
+    ask_iv: float | None = None
+    mark_iv: float | None = None
+    underlying_price: float | None = None
+    underlying_index: str | None = None
+    index_price: float | None = None
+    interest_rate: float | None = None
+    open_interest: float | None = None
+    greeks: HotGreeks | None = None
+    # ticker, not read
+    state: str | None = None
+    stats: dict[str, float | None] | None = None
+    last_price: float | None = None
+    settlement_price: float | None = None
+    delivery_price: float | None = None
+    estimated_delivery_price: float | None = None
+    min_price: float | None = None
+    max_price: float | None = None
+    current_funding: float | None = None
+    funding_8h: float | None = None
+    interest_value: float | None = None
+
+
+class HotParams(msgspec.Struct, forbid_unknown_fields=True):
+    channel: str
+    data: HotData
+
+
+class HotNotification(msgspec.Struct, forbid_unknown_fields=True):
+    """A ``subscription`` notification."""
+
+    method: str
+    params: HotParams
+    jsonrpc: str | None = None  # not read

@@ -1,4 +1,5 @@
-"""Shapes of OKX v5 public messages as ``TypedDict``s (documentation and typing).
+"""Shapes of OKX v5 public messages: ``TypedDict``s (documentation and typing), and at the
+end the msgspec Structs the hot path decodes into.
 
 Only the fields volstream reads are listed; the venue adds fields over time and parse.py
 ignores the ones it does not know. Numbers are strings on the wire ("0.7794507758"),
@@ -8,7 +9,9 @@ validates every field it uses: these types describe, they do not guarantee.
 
 from __future__ import annotations
 
-from typing import Literal, NotRequired, TypedDict
+from typing import Final, Literal, NotRequired, TypedDict
+
+import msgspec
 
 # ---- requests and events ----------------------------------------------------------------------
 
@@ -164,3 +167,64 @@ class InstrumentsResponse(TypedDict):
     code: str
     msg: str
     data: list[InstrumentInfo]
+
+
+# ---- venue message shapes (msgspec, for the hot path) -----------------------------------------
+# What parse.py's hot path decodes in one C pass, every field's type checked there. A frame
+# that does not fit (a field missing or of another type) fails to decode and takes the
+# checked path. Unknown fields are ignored, as the checked path ignores them. The decoders
+# are lax (strict=False): numeric strings become numbers ("0.0585" -> 0.0585, "12" -> 12),
+# exactly as Python's float() reads them except "-0" (msgspec: 0.0, float(): -0.0), which
+# the hot path therefore refuses.
+
+
+class HotArg(msgspec.Struct):
+    channel: str
+    instId: str = ""
+    instFamily: str = ""
+    uly: str = ""
+
+
+class HotBook(msgspec.Struct):
+    """One incremental ``books`` entry; levels are [price, size, "0", orders] numbers."""
+
+    asks: list[list[float]]
+    bids: list[list[float]]
+    ts: str
+    checksum: int = 0
+    seqId: int | None = None
+    prevSeqId: int | None = None
+
+
+class HotBookPush(msgspec.Struct):
+    arg: HotArg
+    data: list[HotBook]
+    action: str = ""
+    # Present (any value but null) on replies: the checked path handles those.
+    event: object = None
+
+
+class HotSummary(msgspec.Struct):
+    """One ``opt-summary`` entry. IVs and the forward stay text ("" = no value, as absent)."""
+
+    instId: str
+    ts: str
+    delta: float
+    deltaBS: float
+    gammaBS: float
+    vegaBS: float
+    thetaBS: float
+    bidVol: str = ""
+    askVol: str = ""
+    markVol: str = ""
+    fwdPx: str = ""
+
+
+class HotSummaryPush(msgspec.Struct):
+    arg: HotArg
+    data: list[HotSummary]
+    event: object = None
+
+
+BOOK_PUSH_DECODER: Final = msgspec.json.Decoder(HotBookPush, strict=False)
+SUMMARY_PUSH_DECODER: Final = msgspec.json.Decoder(HotSummaryPush, strict=False)
