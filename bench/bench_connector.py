@@ -15,11 +15,14 @@ the bottleneck, never the server):
 - ``connector``: the connector's own per-frame path (the venue connection's frame handler:
                  session parse + sequencing + normalisation, counters, ``NatsSink``
                  batching into MarketDataBatch, JetStream publish to a real nats-server
-                 in its own process), timed until every batch is acknowledged.
+                 in its own process), timed until every batch is acknowledged;
+- ``floor``:     the same path with every session answer worked out before the clock
+                 starts (a session that costs nothing): what the runtime, the sink and the
+                 publish cost on their own, so the best ratio any session could reach.
 
 Frames/s is wall time of this process from first to last frame (plus the final flush for
 the connector); frames/s per core divides by this process's CPU time (the replay server
-and nats-server run in other processes). The two clients run ``--reps`` times, alternating,
+and nats-server run in other processes). The clients run ``--reps`` times, alternating,
 and each one's run with the least CPU per frame is shown. Targets: connector >= 50 % of the
 null client and >= 30,000 frames/s per core. A cProfile of the worst venue (or
 ``--profile``) shows where the time goes.
@@ -41,7 +44,7 @@ import pickle
 import pstats
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,7 +61,7 @@ from svc_connector.runtime import (
 from svc_connector.service import NatsSink, connector_config
 from svc_connector.sim import SimConfig, run_simulator
 from svc_connector.venues import registry
-from svc_connector.venues.base import ConnectorConfig, MemorySink
+from svc_connector.venues.base import ConnectorConfig, FrameResult, MemorySink
 from volstream.bus.embedded import EmbeddedNats
 from volstream.config import Config
 from volstream.runtime import service_context
@@ -219,12 +222,33 @@ def _new_session(venue: str, instruments: list[md_pb.Instrument]) -> Any:
     return session
 
 
-def _connection(venue: str, sink: NatsSink, instruments: list[md_pb.Instrument]) -> Any:
-    """The venue's real connection object with a fresh session (its frame handler is timed)."""
+class PrecomputedSession:
+    """A venue session whose answers to ``frames`` were worked out beforehand: with it the
+    connection's frame handler times the runtime, sink and publish alone."""
+
+    def __init__(self, session: Any, frames: list[Frame]) -> None:
+        self.session = session
+        now = time.time_ns()
+        self._results: Iterator[FrameResult] = iter([session.on_frame(f, now) for f in frames])
+
+    def on_frame(self, raw: Frame, receive_time_ns: int) -> FrameResult:
+        return next(self._results)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.session, name)
+
+
+def _connection(
+    venue: str, sink: NatsSink, instruments: list[md_pb.Instrument], precomputed: list[Frame]
+) -> Any:
+    """The venue's real connection object with a fresh session (its frame handler is timed);
+    with ``precomputed`` frames, a :class:`PrecomputedSession` for them."""
     adapter = registry.get(venue)
     config = ConnectorConfig(currencies=("BTC", "ETH"))
     connector = adapter.make_connector(config, sink)
     session = _new_session(venue, instruments)
+    if precomputed:
+        session = PrecomputedSession(session, precomputed)
     assert isinstance(connector, PooledConnector)
     return WsConnection(
         "bench",
@@ -236,12 +260,18 @@ def _connection(venue: str, sink: NatsSink, instruments: list[md_pb.Instrument])
 
 
 async def connector_client(
-    url: str, venue: str, nats_url: str, instruments: list[md_pb.Instrument]
+    url: str,
+    venue: str,
+    nats_url: str,
+    instruments: list[md_pb.Instrument],
+    precomputed: list[Frame] | None = None,
 ) -> Timing:
+    """The connector's frame path; with ``precomputed`` (the frames the server will send),
+    the session's answers are worked out before the clock starts (the ``floor`` client)."""
     cfg = Config(nats_url=nats_url, venues=(venue,))
     async with service_context(cfg, "connector") as ctx:
         sink = NatsSink(ctx, venue)
-        conn = _connection(venue, sink, instruments)
+        conn = _connection(venue, sink, instruments, precomputed or [])
         handle = conn._handle
         async with connect(url, max_size=MAX_WS_FRAME, compression=None) as ws:
             await ws.send("ready")
@@ -268,6 +298,7 @@ class Row:
     frames: int
     null: Timing
     conn: Timing
+    floor: Timing
     session: SessionTiming | None = None
 
 
@@ -326,10 +357,12 @@ async def bench_venue(
         # varies by a third from run to run), the best run is the least disturbed one.
         nulls: list[Timing] = []
         conns: list[Timing] = []
+        floors: list[Timing] = []
         for _ in range(reps):
             nulls.append(await null_client(url))
             conns.append(await connector_client(url, venue, nats_url, cap.instruments))
-        null, conn = best(nulls), best(conns)
+            floors.append(await connector_client(url, venue, nats_url, cap.instruments, cap.frames))
+        null, conn, floor = best(nulls), best(conns), best(floors)
         session = time_session(cap, reps)
         text = ""
         if profile:
@@ -340,7 +373,7 @@ async def bench_venue(
             out = io.StringIO()
             pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(18)
             text = out.getvalue()
-        return Row(venue, len(cap.frames), null, conn, session), text
+        return Row(venue, len(cap.frames), null, conn, floor, session), text
     finally:
         server.terminate()
         server.join(5)
@@ -364,7 +397,8 @@ def print_session_table(rows: list[Row]) -> None:
 def print_table(rows: list[Row]) -> None:
     print(
         f"{'venue':<8} {'frames':>7} {'null f/s':>10} {'null f/s/core':>13} {'conn f/s':>10} "
-        f"{'ratio':>6} {'conn f/s/core':>13} {'events/s':>10} {'ev/frame':>8}  targets"
+        f"{'ratio':>6} {'conn f/s/core':>13} {'events/s':>10} {'ev/frame':>8} "
+        f"{'floor f/s':>10} {'floor ratio':>11}  targets"
     )
     for r in rows:
         ratio = r.conn.rate / r.null.rate if r.null.rate else 0.0
@@ -374,7 +408,9 @@ def print_table(rows: list[Row]) -> None:
         print(
             f"{r.venue:<8} {r.frames:>7} {r.null.rate:>10,.0f} {r.null.per_core:>13,.0f} "
             f"{r.conn.rate:>10,.0f} {ratio:>6.0%} {r.conn.per_core:>13,.0f} {events_rate:>10,.0f} "
-            f"{r.conn.events / max(r.frames, 1):>8.2f}  ratio {ok_ratio}, per-core {ok_core}"
+            f"{r.conn.events / max(r.frames, 1):>8.2f} {r.floor.rate:>10,.0f} "
+            f"{r.floor.rate / r.null.rate if r.null.rate else 0.0:>11.0%}  "
+            f"ratio {ok_ratio}, per-core {ok_core}"
         )
 
 
