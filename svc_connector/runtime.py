@@ -271,6 +271,7 @@ class WsConnection:
         self._awaiting_subscribe_acks = 0
         self._last_subscribe_sent = 0.0
         self._initial_flush_done = False
+        self._hot_frames_counted = 0
         self._closing_reason = ""
         self._last_receive_monotonic = 0.0
         self._last_send_monotonic = 0.0
@@ -460,6 +461,7 @@ class WsConnection:
                         await task
                 self._ws = None
                 self._commands = None
+                self._count_hot_frames()
         if self._stopping.is_set():
             return
         uptime = time.monotonic() - started
@@ -476,6 +478,7 @@ class WsConnection:
         period = min(1.0, timeout / 4)
         while True:
             await asyncio.sleep(period)
+            self._count_hot_frames()
             now = time.monotonic()
             silent = now - self._last_receive_monotonic
             if silent >= timeout:
@@ -511,6 +514,16 @@ class WsConnection:
                 self.sink.count("subscribe.ack_timeout", self._awaiting_subscribe_acks)
                 self._awaiting_subscribe_acks = 0
                 self._maybe_live()
+
+    def _count_hot_frames(self) -> None:
+        """Count the frames the session's hot path answered since the last call, as
+        ``frames.hot_path`` (a share of ``frames`` that falls means the venue changed a message
+        and those frames now take the slower checked path). Done here, not per frame: the
+        session's counts must stay the same with the hot path on or off."""
+        hits = getattr(self.session, "hot_hits", 0)
+        if hits > self._hot_frames_counted:
+            self.sink.count("frames.hot_path", hits - self._hot_frames_counted)
+        self._hot_frames_counted = hits
 
     async def _keepalive(self, ws: ClientConnection, request: VenueRequest) -> None:
         interval = self.settings.heartbeat_interval_s

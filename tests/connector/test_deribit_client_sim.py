@@ -141,6 +141,9 @@ async def test_snapshots_changes_heartbeats_and_indices_arrive() -> None:
         books = _assert_books_consistent(sink)
         assert books.broken == set()
         assert sink.counters["book.gap"] == 0 and sink.dead_letters == []
+        # Nearly every frame took a session hot path, and the runtime counted them.
+        assert 0.5 * sink.counters["frames"] <= sink.counters["frames.hot_path"]
+        assert sink.counters["frames.hot_path"] <= sink.counters["frames"]
         # Heartbeats were answered: the simulator cut nobody off.
         stats = run.sim_stats()
         assert stats["counters"]["heartbeat_disconnects"] == 0
