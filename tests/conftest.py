@@ -10,7 +10,7 @@ import pytest
 from volstream.bus.embedded import EmbeddedNats
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_FIXTURES = REPO.parent / "shared" / "fixtures" / "venues"
+VENUE_FIXTURES = REPO / "tests" / "fixtures" / "venues"
 
 
 @pytest.fixture
@@ -22,7 +22,7 @@ def nats_server(tmp_path: Path) -> Iterator[EmbeddedNats]:
 
 @pytest.fixture(scope="session")
 def venue_fixtures() -> Path:
-    """../shared/fixtures/venues: real recorded venue messages, parsed exactly as they are."""
-    if not SHARED_FIXTURES.is_dir():
-        pytest.fail(f"recorded venue fixtures not found at {SHARED_FIXTURES}")
-    return SHARED_FIXTURES
+    """tests/fixtures/venues: real recorded venue messages (origins and licences in SOURCES.md)."""
+    if not VENUE_FIXTURES.is_dir():
+        pytest.fail(f"recorded venue fixtures not found at {VENUE_FIXTURES}")
+    return VENUE_FIXTURES

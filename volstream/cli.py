@@ -92,6 +92,11 @@ def _add_runtime(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grpc-port", type=_port, help="gRPC port (default 50051)")
     p.add_argument("--http-port", type=_port, help="HTTP port: metrics, dashboard (default 8080)")
     p.add_argument("--sim-rate", type=_positive_float, help="simulator messages/s (default 2000)")
+    p.add_argument(
+        "--sim-start",
+        help="simulator event time at start, ISO-8601 UTC (e.g. 2026-12-31T07:59:00Z; "
+        "default now): its expiry calendar follows",
+    )
     p.add_argument("--testnet", action="store_true", default=None, help="venue testnet URLs")
     p.add_argument("--surface-interval-ms", type=_positive_int, help="surface refit cadence")
     p.add_argument(
@@ -148,6 +153,7 @@ _FLAG_TO_FIELD: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "http_port": ("http_port", int),
     "metrics_port": ("metrics_port", int),
     "sim_rate": ("sim_rate", float),
+    "sim_start": ("sim_start", str),
     "testnet": ("testnet", bool),
     "surface_interval_ms": ("surface_interval_ms", int),
     "surface_smoothing_s": ("surface_smoothing_s", float),

@@ -10,6 +10,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,23 @@ _NAMESPACE = re.compile(r"^([a-z0-9_-]+(\.[a-z0-9_-]+)*)?$")
 
 class ConfigError(ValueError):
     """A setting has an invalid value; the message names the setting."""
+
+
+def parse_utc_ns(text: str, name: str) -> int:
+    """ISO-8601 date or time ('2026-12-31', '2026-12-11T07:59:00Z') as UTC epoch ns.
+
+    A time without an offset is UTC. Raises ConfigError naming the setting."""
+    try:
+        when = datetime.fromisoformat(text.strip().replace("z", "Z"))
+    except ValueError:
+        raise ConfigError(
+            f"{name}: {text!r} is not an ISO-8601 UTC time like 2026-12-31 or 2026-12-11T07:59:00Z"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    if not 2000 <= when.year <= 2200:
+        raise ConfigError(f"{name}: {text!r} is outside the years 2000-2200")
+    return int(when.timestamp()) * 1_000_000_000 + when.microsecond * 1000
 
 
 @dataclass(frozen=True)
@@ -62,6 +80,9 @@ class Config:
     # Simulator total message rate (messages/s across venues).
     sim_rate: float = 2000.0
     sim_seed: int = 7
+    # The simulator's event time at start (ISO-8601 UTC; None: now). Its calendar (which
+    # expiries are listed, how far each is) follows from it.
+    sim_start: str | None = None
     # Surface refit cadence in event time.
     surface_interval_ms: int = 500
     # Half life (s) of the surface's temporal smoothing: each refit is pulled toward the
@@ -119,6 +140,8 @@ class Config:
             )
         if not 0 < self.sim_rate <= 1_000_000:
             raise ConfigError(f"sim_rate: {self.sim_rate} must be in (0, 1e6]")
+        if self.sim_start is not None:
+            parse_utc_ns(self.sim_start, "sim_start")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("tls_cert/tls_key: give both or neither")
         if self.nats_url is not None and not re.match(r"^(nats|tls|ws|wss)://", self.nats_url):
@@ -162,7 +185,7 @@ def _convert(name: str, raw: str, current: Any) -> Any:
             return int(raw)
         if isinstance(current, float):
             return float(raw)
-        return raw or None if name in ("nats_url", "sim_url", "api_token") else raw
+        return raw or None if name in ("nats_url", "sim_url", "api_token", "sim_start") else raw
     except ValueError as exc:
         raise ConfigError(f"{ENV_PREFIX}{name.upper()}: invalid value {raw!r}") from exc
 

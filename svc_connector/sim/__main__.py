@@ -13,8 +13,9 @@ import sys
 
 import orjson
 
-from svc_connector.sim.clock import CLOCK_MODES
+from svc_connector.sim.clock import CLOCK_MODES, START_ENV, start_from_env
 from svc_connector.sim.server import VENUE_FACTORIES, SimConfig, run_simulator
+from volstream.config import ConfigError, parse_utc_ns
 
 
 def parse_args(argv: list[str] | None = None) -> SimConfig:
@@ -30,6 +31,11 @@ def parse_args(argv: list[str] | None = None) -> SimConfig:
     )
     p.add_argument("--tick", type=float, default=0.1, help="tick interval in seconds")
     p.add_argument("--clock", choices=CLOCK_MODES, default="realtime")
+    p.add_argument(
+        "--start",
+        default=None,
+        help=f"event time at start, ISO-8601 UTC (default ${START_ENV}, else now)",
+    )
     p.add_argument("--speed", type=float, default=10.0, help="fast clock: sim s per wall s")
     p.add_argument("--nats", default=None, help="NATS URL for the truth (sim.truth.<venue>.<ccy>)")
     p.add_argument("--namespace", default="")
@@ -37,6 +43,10 @@ def parse_args(argv: list[str] | None = None) -> SimConfig:
     p.add_argument("--min-heartbeat", type=float, default=10.0)
     p.add_argument("--max-expiries", type=int, default=None)
     a = p.parse_args(argv)
+    try:
+        start_ns = parse_utc_ns(a.start, "--start") if a.start else start_from_env()
+    except ConfigError as exc:
+        p.error(str(exc))
     return SimConfig(
         host=a.host,
         port=a.port,
@@ -46,6 +56,7 @@ def parse_args(argv: list[str] | None = None) -> SimConfig:
         messages_per_second=a.rate,
         tick_interval_s=a.tick,
         clock=a.clock,
+        start_time_ns=start_ns,
         speed=a.speed,
         nats_url=a.nats,
         namespace=a.namespace,

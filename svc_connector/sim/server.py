@@ -31,7 +31,7 @@ from aiohttp import web
 
 from svc_connector.sim.binance import BinanceVenue
 from svc_connector.sim.bybit import BybitVenue
-from svc_connector.sim.clock import ClockMode, SimClock
+from svc_connector.sim.clock import ClockMode, SimClock, start_from_env
 from svc_connector.sim.deribit import DeribitVenue
 from svc_connector.sim.faults import FaultRequest, parse_kind
 from svc_connector.sim.okx import OkxVenue
@@ -73,8 +73,9 @@ class SimConfig:
     messages_per_second: float = 2_000.0
     tick_interval_s: float = 0.1
     clock: ClockMode = "realtime"
-    # Virtual clocks start here (default: now).
-    start_time_ns: int | None = None
+    # Event time at start (default: VOLSTREAM_SIM_START when set, else now); the listed
+    # expiries follow from it.
+    start_time_ns: int | None = field(default_factory=start_from_env)
     # "fast" clock: simulated seconds per wall second (<= 0: as fast as possible).
     speed: float = 10.0
     nats_url: str | None = None

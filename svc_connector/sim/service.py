@@ -7,7 +7,7 @@ import logging
 import signal
 
 from svc_connector.sim.server import VENUE_FACTORIES, SimConfig, run_simulator
-from volstream.config import Config
+from volstream.config import Config, parse_utc_ns
 
 log = logging.getLogger("svc_connector.sim")
 
@@ -24,6 +24,7 @@ async def run(cfg: Config, port: int = 0) -> None:
             currencies=cfg.currencies,
             seed=cfg.sim_seed,
             messages_per_second=cfg.sim_rate,
+            start_time_ns=parse_utc_ns(cfg.sim_start, "sim_start") if cfg.sim_start else None,
             nats_url=cfg.nats_url,
             namespace=cfg.namespace,
         )

@@ -309,13 +309,22 @@ def test_heavily_perturbed_recorded_frames_give_identical_results(
 def test_every_junk_value_in_every_field_gives_identical_results(sim_capture: Capture) -> None:
     """Each read field of a good change and a good ticker, set to each junk value or removed."""
     frames = sim_capture.frames
-    snapshot_index = next(i for i, f in enumerate(frames) if '"type":"snapshot"' in f)
-    symbol = orjson.loads(frames[snapshot_index])["params"]["data"]["instrument_name"]
-    change = next(
-        f
-        for f in frames[snapshot_index:]
-        if '"type":"change"' in f and f'"instrument_name":"{symbol}"' in f
-    )
+    # The first change whose book had a snapshot before it (which instruments change first
+    # depends on the simulator's calendar, hence on the date).
+    snapshots: dict[str, Frame] = {}
+    snapshot: Frame | None = None
+    change: Frame | None = None
+    for frame in frames:
+        if '"channel":"book.' not in frame:
+            continue
+        data = orjson.loads(frame)["params"]["data"]
+        symbol = data["instrument_name"]
+        if data.get("type") == "snapshot":
+            snapshots[symbol] = frame  # the latest: the change chains to it
+        elif data.get("type") == "change" and symbol in snapshots:
+            snapshot, change = snapshots[symbol], frame
+            break
+    assert snapshot is not None and change is not None, "no book change after its snapshot"
     ticker = next(f for f in frames if '"channel":"ticker.' in f)
     cases: list[Frame] = []
     for good, keys in ((change, BOOK_KEYS), (ticker, TICKER_KEYS)):
@@ -330,7 +339,7 @@ def test_every_junk_value_in_every_field_gives_identical_results(sim_capture: Ca
                 cases.append(_dumps(message))
     for case in cases:
         # A fresh pair per case: the snapshot, the odd frame, then the good change.
-        hot = _compare([frames[snapshot_index], case, change, ticker], sim_capture.instruments)
+        hot = _compare([snapshot, case, change, ticker], sim_capture.instruments)
         assert hot.hot_hits >= 1
     # The unperturbed pair takes the hot path all the way.
-    assert _compare([frames[snapshot_index], change, ticker], sim_capture.instruments).hot_hits == 3
+    assert _compare([snapshot, change, ticker], sim_capture.instruments).hot_hits == 3
