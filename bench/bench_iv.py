@@ -3,7 +3,7 @@ py_vollib (pure-Python Let's Be Rational) called once per option, side by side i
 
     .venv/bin/python -m bench.bench_iv [--options N] [--agreement N] [--chain N] [--seed N]
 
-Workload: random options over the quant.md grid (k = ln(K/F) in [-1.5, 1.5], T in
+Workload: random options over the docs/quant.md grid (k = ln(K/F) in [-1.5, 1.5], T in
 [1 day, 2 years], sigma in [10%, 300%], log-uniform T and sigma), calls and puts on both
 sides of the money, priced with Black-76, keeping those whose normalised out-of-the-money
 price exceeds 1e-12 and whose time value is resolvable in double precision. The process is
@@ -73,7 +73,7 @@ class Options:
 
 
 def random_options(n: int, rng: np.random.Generator) -> Options:
-    """At least n options on the quant.md grid (generated in excess, then filtered)."""
+    """At least n options on the docs/quant.md grid (generated in excess, then filtered)."""
     m = int(n * 2.2) + 1000
     k = rng.uniform(-1.5, 1.5, m)
     t = np.exp(rng.uniform(math.log(DAY), math.log(2.0), m))

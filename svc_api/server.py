@@ -1,6 +1,6 @@
 """The grpc.aio SurfaceService: snapshots, history and conflated server streams.
 
-Fan-out design (architecture.md section 9 field notes):
+Fan-out design (docs/architecture.md section 9 field notes):
 - Each StreamSurfaces call keeps one integer of state (the store version it last sent) and
   at most one write in flight. When it wakes it sends every matching surface that changed
   since, as its latest state, in one message: a slow client gets conflated updates and

@@ -2,7 +2,7 @@
 events to md.<venue>.<ccy>.<kind> as MarketDataBatch messages.
 
 Events are batched per subject (time or size, whichever first) so that one NATS message
-carries many venue ticks (architecture.md section 2). Batch msg-ids are
+carries many venue ticks (docs/architecture.md section 2). Batch msg-ids are
 ``<source>.<run>.<subject>.<n>``: a retry of the same batch is deduplicated by JetStream,
 while a restarted process (a new run id) publishes the new data it receives.
 """

@@ -1,6 +1,6 @@
 """Undiscounted Black-76 prices and greeks, vectorised over numpy arrays (r = 0).
 
-Notation (quant.md): F forward, K strike, T years, sigma vol, k = ln(K/F).
+Notation (docs/quant.md): F forward, K strike, T years, sigma vol, k = ln(K/F).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The forward of one expiry, and where it came from.
 
-Order of preference (quant.md section 2): the venue's own forward (Deribit
+Order of preference (docs/quant.md section 2): the venue's own forward (Deribit
 underlying_price, OKX fwdPx, Bybit underlyingPrice), the same-expiry future mid, put-call
 parity on near-ATM strikes (robust median over the strikes with the smallest |C - P|), the
 spot index.

@@ -1,8 +1,8 @@
 """Venue premiums to Black-76 inputs: USD per coin of notional, and years to expiry.
 
-venues.md: inverse premiums (coin per coin) are worth native x forward (the forward, not
-the index); linear USD-per-coin premiums are already in place; per-contract premiums are
-divided by the contract size in coins. T = (expiry - event time) / 365 days.
+docs/quant.md section 2: inverse premiums (coin per coin) are worth native x forward (the
+forward, not the index); linear USD-per-coin premiums are already in place; per-contract
+premiums are divided by the contract size in coins. T = (expiry - event time) / 365 days.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Vectorised Black-76 implied volatility (r = 0) over whole numpy arrays.
 
-Method (quant.md section 1):
+Method (docs/quant.md section 1):
 
 1. Reject what has no implied vol with a status (never raise): bad forward/strike/T,
    T <= 0, missing or non-positive price, price at/below intrinsic, at/above the upper bound.
@@ -43,7 +43,7 @@ ABOVE_UPPER_BOUND: Final = np.int8(iv_pb.IV_STATUS_ABOVE_UPPER_BOUND)
 EXPIRED: Final = np.int8(iv_pb.IV_STATUS_EXPIRED)
 BAD_INPUT: Final = np.int8(iv_pb.IV_STATUS_BAD_INPUT)
 
-# Two steps already reach the double-precision floor on the quant.md grid (about 4e-14);
+# Two steps already reach the double-precision floor on the docs/quant.md grid (about 4e-14);
 # the third keeps that floor far outside it (|x| up to 12, s up to 15) for ~15% more time.
 DEFAULT_HALLEY_STEPS: Final = 3
 

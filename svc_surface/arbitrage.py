@@ -1,4 +1,4 @@
-"""Static-arbitrage checks and repairs for raw SVI slices (quant.md section 4).
+"""Static-arbitrage checks and repairs for raw SVI slices (docs/quant.md section 4).
 
 Butterfly: Durrleman's g(k) >= 0 on a dense grid (uniform over the check range plus a
 fine grid around each slice's vertex m, where g has structure on the scale sigma), the

@@ -1,4 +1,4 @@
-"""Smile summaries, fixed tenors, delta risk nodes and a 30-day variance index (quant.md §5).
+"""Smile summaries, fixed tenors, delta risk nodes and a 30-day variance index (docs/quant.md §5).
 
 Every smile here is w(k) = (1 - alpha) w_lo(k) + alpha w_hi(k) with raw-SVI w_lo, w_hi: an
 expiry slice is alpha = 0, a fixed tenor between two expiries interpolates total variance
@@ -181,7 +181,7 @@ def k_at_delta(s: SmileSet, delta: ArrayLike, convention: int = FORWARD) -> Arra
     such strike exists, e.g. a premium-adjusted call delta above its maximum).
 
     Premium-adjusted calls are solved right of the delta's maximum (which lies at K < F
-    for usual vols, so the 25- and 10-delta calls land on K > F, quant.md section 3).
+    for usual vols, so the 25- and 10-delta calls land on K > F, docs/quant.md section 3).
     """
     dl = np.asarray(delta, dtype=np.float64)
     n = len(s)

@@ -1,4 +1,4 @@
-"""Quote selection for a smile fit (quant.md section 6).
+"""Quote selection for a smile fit (docs/quant.md section 6).
 
 One side per strike: the out-of-the-money option (its in-the-money twin is dropped as
 DROP_REASON_ITM_DUPLICATE); one-sided, crossed, stale, zero-bid, one-tick and no-IV quotes

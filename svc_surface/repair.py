@@ -1,5 +1,5 @@
 """Making a surface's slices free of static arbitrage while changing what the quotes
-do not pin down before what they do (quant.md section 4).
+do not pin down before what they do (docs/quant.md section 4).
 
 Butterfly: the Gatheral-Jacquier jump-wings repair when it keeps the slice on its
 quotes, otherwise a refit with g >= 0 (svc_surface.refit).

@@ -1,7 +1,7 @@
 """Surface SVI (Gatheral & Jacquier 2014): w(k, theta) with one rho and a curvature phi(theta).
 
 w(k, theta) = theta/2 (1 + rho phi k + sqrt((phi k + rho)^2 + 1 - rho^2)), theta the ATM total
-variance of each expiry. quant.md section 4: power-law and Heston-like phi, the
+variance of each expiry. docs/quant.md section 4: power-law and Heston-like phi, the
 no-arbitrage conditions, slice -> raw SVI, and a whole-surface fit that is arbitrage-free by
 construction (power law: gamma <= 1/2, eta (1 + |rho|) <= 2; Heston-like:
 lambda >= (1 + |rho|)/4) with theta strictly increasing in T.

@@ -1,6 +1,6 @@
 """Raw SVI total variance, its k-derivatives, Durrleman's g and the jump-wings form.
 
-quant.md section 4. Everything is vectorised over k; parameters are plain floats.
+docs/quant.md section 4. Everything is vectorised over k; parameters are plain floats.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""NATS subject and stream names (architecture.md section 2).
+"""NATS subject and stream names (docs/architecture.md section 2).
 
 Subjects run general to specific and are lowercase: ``md.deribit.btc.book``,
 ``book.bybit.btc``, ``iv.deribit.eth``, ``surface.all.btc``. A namespace prefix

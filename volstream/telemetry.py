@@ -18,7 +18,7 @@ Standard instruments (Prometheus names after export):
 
 Tracing is optional and travels in NATS headers as W3C ``traceparent``. Inject it once per
 *batch* message (the messages we publish are batches), never per tick: a header on every
-message halves core NATS throughput (architecture.md section 9).
+message halves core NATS throughput (docs/architecture.md section 9).
 """
 
 from __future__ import annotations

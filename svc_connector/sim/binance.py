@@ -1,5 +1,5 @@
 """Binance options as the simulator speaks them: shapes, strings and units as in the
-recordings under fixtures/venues/binance (current stream API, lowercase stream names).
+recordings under tests/fixtures/venues/binance (current stream API, lowercase stream names).
 
 Routes (mounted under /binance):
   GET /eapi/v1/exchangeInfo | time | ping | index?underlying= | mark[?symbol=] | depth?symbol=

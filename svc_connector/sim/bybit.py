@@ -1,5 +1,5 @@
 """Bybit v5 options as the simulator speaks them: shapes, strings and units as in the
-recordings under fixtures/venues/bybit and venues.md.
+recordings under tests/fixtures/venues/bybit and docs/venues/bybit.md.
 
 Routes (mounted under /bybit, the live path layout below it):
   GET /v5/market/instruments-info?category=option&baseCoin=BTC[&limit=&cursor=&symbol=]

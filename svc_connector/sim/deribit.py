@@ -1,5 +1,5 @@
 """Deribit API v2 as the simulator speaks it: JSON-RPC over websocket and HTTP GET, message
-shapes and units as in the recordings under fixtures/venues/deribit.
+shapes and units as in the recordings under tests/fixtures/venues/deribit.
 
 Routes (mounted under /deribit):
   GET  /api/v2/public/{method}?params    JSON-RPC over HTTP (get_instruments, ticker, ...)

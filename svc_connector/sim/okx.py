@@ -1,5 +1,5 @@
 """OKX v5 as the simulator speaks it: message shapes, strings and units as in the recordings
-under fixtures/venues/okx and venues.md.
+under tests/fixtures/venues/okx and docs/venues/okx.md.
 
 Routes (mounted under /okx, the live path layout below it):
   GET /api/v5/public/instruments?instType=OPTION|FUTURES&instFamily=BTC-USD (or uly=)
@@ -171,7 +171,8 @@ class OkxVenue(PushVenue):
         checksums = self.options.get("checksums", False)
         if not isinstance(checksums, bool):
             raise ValueError("venue option 'checksums' must be a boolean")
-        # The live venue sends checksum 0 since June 2026 (venues.md); tests can ask for real ones.
+        # The live venue sends checksum 0 since June 2026 (docs/venues/okx.md); tests can
+        # ask for real ones.
         self.checksums = checksums
         # symbol -> sim time of the last books push (snapshot, update or keep-alive)
         self.book_pushed_ns: dict[str, int] = {}

@@ -1,7 +1,7 @@
 """Ground truth of the simulated market: per currency, a spot index, expiries, forwards and an
 arbitrage-free raw SVI slice per expiry, all known exactly at every moment.
 
-The surface is built as power-law SSVI (quant.md section 4) with gamma = 1/2 and
+The surface is built as power-law SSVI (docs/quant.md section 4) with gamma = 1/2 and
 eta (1 + |rho|) <= 2, which is free of butterfly and calendar arbitrage, then expressed per
 expiry as raw SVI. State moves with event time only (`step(now_ns)`), driven by a seeded RNG,
 so a run is reproducible for a given seed and sequence of step times.
@@ -251,7 +251,7 @@ class TruthSnapshot:
 
 
 def ssvi_raw(theta: float, rho: float, eta: float) -> RawSvi:
-    """Power-law SSVI slice (gamma 1/2) as raw SVI (quant.md section 4)."""
+    """Power-law SSVI slice (gamma 1/2) as raw SVI (docs/quant.md section 4)."""
     phi = eta / (theta**SSVI_GAMMA * (1.0 + theta) ** (1.0 - SSVI_GAMMA))
     return RawSvi(
         a=theta * (1.0 - rho * rho) / 2.0,
@@ -273,7 +273,7 @@ def durrleman_g(p: RawSvi, k: FloatArray) -> FloatArray:
 
 
 def jw_params(p: RawSvi, t: float) -> tuple[float, float, float, float, float]:
-    """(v, psi, p, c, v~) of a raw slice (quant.md section 4)."""
+    """(v, psi, p, c, v~) of a raw slice (docs/quant.md section 4)."""
     root_m = math.sqrt(p.m * p.m + p.sigma * p.sigma)
     v = (p.a + p.b * (-p.rho * p.m + root_m)) / t
     sqrt_wt = math.sqrt(v * t)

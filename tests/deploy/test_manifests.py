@@ -68,7 +68,7 @@ K8S_VERSIONS = ("1.29", kubernetes_validate.latest_version())
 TARGETS = render_targets()
 # Scaled services: connectors one per venue, the rest by partition group.
 STAGES = ("connector", *PARTITIONED_STAGES)
-# Node size the resources are planned for (architecture.md: 2-core machines).
+# Node size the resources are planned for (docs/architecture.md section 9: 2-core machines).
 NODE_CPU = 2.0
 
 

@@ -1,4 +1,4 @@
-"""Black-76 kernels: the quant.md section 2/3 reference numbers and the greeks' definitions."""
+"""Black-76 kernels: the docs/quant.md section 2/3 reference numbers and the greeks' definitions."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from svc_iv import black76
 from svc_iv.solver import implied_vol
 
-# quant.md section 2: F = 60,000, K = 70,000, T = 30/365, sigma = 0.60.
+# docs/quant.md section 2: F = 60,000, K = 70,000, T = 30/365, sigma = 0.60.
 F, K, T, SIGMA = 60_000.0, 70_000.0, 30.0 / 365.0, 0.60
 
 

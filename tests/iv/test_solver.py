@@ -1,4 +1,4 @@
-"""Vectorised implied vol: accuracy on the quant.md grid, agreement with py_vollib, statuses."""
+"""Vectorised implied vol: accuracy on the docs/quant.md grid, py_vollib agreement, statuses."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def test_status_codes_are_the_proto_enum() -> None:
 
 
 def test_accuracy_grid_out_of_the_money() -> None:
-    """quant.md check: k in [-1.5, 1.5], T in [1 d, 2 y], sigma in [10%, 300%], beta > 1e-12."""
+    """docs/quant.md §1: k in [-1.5, 1.5], T in [1 d, 2 y], sigma in [10%, 300%], beta > 1e-12."""
     k, t, sigma = _grid()
     keep = _in_domain(k, t, sigma)
     k, t, sigma = k[keep], t[keep], sigma[keep]

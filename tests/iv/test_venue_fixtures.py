@@ -1,6 +1,6 @@
 """Our IVs from recorded venue prices against the IVs the venues published beside them.
 
-Each venue's premium is converted as venues.md says (Deribit: coin x underlying_price;
+Each venue's premium is converted as docs/venues/*.md say (Deribit: coin x underlying_price;
 Bybit: USDC per coin on underlyingPrice; Binance: premium / unit on the index) with
 T = (08:00 UTC expiry - message time) / 365 days.
 """

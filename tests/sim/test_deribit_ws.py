@@ -279,7 +279,7 @@ async def test_json_rpc_errors_have_the_venue_shape(sim: SimHandle, client: RpcC
 
 
 def test_black76_reference_matches_quant_reference() -> None:
-    # The repricing oracle used above (quant.md section 2 check).
+    # The repricing oracle used above (docs/quant.md section 2 check).
     call = float(black76.price(60_000.0, 70_000.0, 30 / 365, 0.60, True))
     assert call == pytest.approx(1124.963284, abs=1e-6)
     assert call / 60_000.0 == pytest.approx(0.01874939, abs=1e-8)

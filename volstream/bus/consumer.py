@@ -1,4 +1,4 @@
-"""Durable JetStream pull consumer driven by callbacks (the fast pattern of architecture.md §9).
+"""Durable JetStream pull consumer driven by callbacks (fast pattern, docs/architecture.md §9).
 
 Pulling: one inbox subscription with a callback receives everything. Batches are requested by
 publishing ``{"batch": N, "expires": ns, "idle_heartbeat": ns}`` to

@@ -2,7 +2,7 @@
 
 Why not ``js.publish_async`` directly: in nats-py 2.16 a publish whose ack is an *error*
 (429 ingest queue full, 503, stream mismatch) never resolves its future, and
-``publish_async_completed()`` then hangs forever (architecture.md section 9). This publisher
+``publish_async_completed()`` then hangs forever (docs/architecture.md section 9). This publisher
 speaks the same protocol (a PUB with a reply inbox; JetStream answers with a PubAck JSON)
 through its own ack subscription, so it sees error acks immediately and can act on them:
 

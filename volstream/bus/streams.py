@@ -133,7 +133,7 @@ class StreamLimits:
 def default_stream_specs(
     subjects: Subjects, limits: StreamLimits | None = None
 ) -> list[StreamSpec]:
-    """The volstream streams (architecture.md section 2) for ``subjects.namespace``."""
+    """The volstream streams (docs/architecture.md section 2) for ``subjects.namespace``."""
     lim = limits or StreamLimits()
 
     def spec(

@@ -1,4 +1,4 @@
-"""Binance options URLs, streams and limits (venues.md, "Binance options").
+"""Binance options URLs, streams and limits (docs/venues/binance.md).
 
 Two stream APIs exist and both are understood:
 

@@ -1,4 +1,4 @@
-"""Bybit v5 option URLs, topics and limits (venues.md, "Bybit v5 (options)").
+"""Bybit v5 option URLs, topics and limits (docs/venues/bybit.md).
 
 Simulator layout (what ``svc_connector.sim`` must serve for Bybit): the runtime calls
 ``simulator_endpoints(http_base, ws_base)`` with bases that already end in ``/bybit``

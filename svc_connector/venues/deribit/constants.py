@@ -1,4 +1,4 @@
-"""Deribit URLs, channel templates and limits (venues.md, "Deribit")."""
+"""Deribit URLs, channel templates and limits (docs/venues/deribit.md)."""
 
 from __future__ import annotations
 

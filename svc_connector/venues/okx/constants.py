@@ -1,4 +1,4 @@
-"""OKX v5 URLs, channels and limits (venues.md, "OKX v5").
+"""OKX v5 URLs, channels and limits (docs/venues/okx.md).
 
 Simulator layout (what ``svc_connector.sim`` must serve for OKX): the runtime calls
 ``simulator_endpoints(http_base, ws_base)`` with bases that already end in ``/okx``
