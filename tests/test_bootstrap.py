@@ -16,9 +16,7 @@ def _fake_python(bin_dir: Path, name: str, version: str) -> Path:
     """An interpreter that reports ``version`` and fails the version check, as 3.10 would."""
     path = bin_dir / name
     path.write_text(
-        "#!/bin/sh\n"
-        f'if [ "$1" = "--version" ]; then echo "Python {version}"; exit 0; fi\n'
-        "exit 1\n"
+        f'#!/bin/sh\nif [ "$1" = "--version" ]; then echo "Python {version}"; exit 0; fi\nexit 1\n'
     )
     path.chmod(0o755)
     return path
