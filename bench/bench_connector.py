@@ -54,12 +54,12 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.frames import Frame as WsFrame
 from websockets.frames import Opcode
 
+from simulator import SimConfig, run_simulator
 from svc_connector.runtime import (
     PooledConnector,
     WsConnection,
 )
 from svc_connector.service import NatsSink, connector_config
-from svc_connector.sim import SimConfig, run_simulator
 from svc_connector.venues import registry
 from svc_connector.venues.base import ConnectorConfig, FrameResult, MemorySink
 from volstream.bus.embedded import EmbeddedNats

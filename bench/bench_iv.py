@@ -34,9 +34,9 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from svc_iv import black76
 from svc_iv.core import IvConfig, IvCore
 from svc_iv.solver import implied_vol, ln_normalised_black_call
+from volmath import black76
 from volstream.v1 import book_pb2 as book_pb
 from volstream.v1 import common_pb2 as common_pb
 from volstream.v1 import market_data_pb2 as md_pb

@@ -5,7 +5,7 @@ same events side by side in one run.
     .venv/bin/python -m bench.bench_iv_work [--seconds S] [--expiries N] [--requote-share Q]
                                            [--interval-ms MS] [--seed N]
 
-Stream: the simulator's own truth process (`svc_connector.sim.truth.TruthMarket`: index as a
+Stream: the simulator's own truth process (`simulator.truth.TruthMarket`: index as a
 GBM at the currency's ~50% vol, basis per expiry, a drifting SSVI smile) stepped every 100 ms.
 Per step each expiry's forward is re-published (Deribit carries `underlying_price` on every
 ticker: one ticker per expiry here), and a share `--requote-share` of the options are
@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from svc_connector.sim.truth import TruthConfig, TruthMarket
-from svc_iv import black76
+from simulator.truth import TruthConfig, TruthMarket
 from svc_iv.core import IvConfig, IvCore
+from volmath import black76
 from volstream.v1 import book_pb2 as book_pb
 from volstream.v1 import common_pb2 as common_pb
 from volstream.v1 import iv_pb2 as iv_pb

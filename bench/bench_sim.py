@@ -28,7 +28,7 @@ import aiohttp
 import orjson
 import websockets
 
-from svc_connector.sim import SimConfig, VenueUrls, run_simulator
+from simulator import SimConfig, VenueUrls, run_simulator
 
 VENUES = ("deribit", "okx", "bybit", "binance")
 
@@ -143,11 +143,11 @@ class SimStats:
 async def simulator_process(
     venues: tuple[str, ...], rate_per_venue: float, seed: int = 11
 ) -> AsyncIterator[tuple[dict[str, VenueUrls], str]]:
-    """`python -m svc_connector.sim` in its own process (its own core): (urls, control URL)."""
+    """`python -m simulator` in its own process (its own core): (urls, control URL)."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "svc_connector.sim",
+        "simulator",
         "--venues",
         ",".join(venues),
         "--rate",
@@ -298,7 +298,7 @@ async def main() -> None:
     print(
         "configured: what a client subscribed to everything should receive; sent: frames the"
         " simulator wrote; tick ms: simulator time per 100 ms tick (wall, incl. frame building);"
-        " 'sim apart': simulator in its own process (python -m svc_connector.sim)."
+        " 'sim apart': simulator in its own process (python -m simulator)."
     )
 
 

@@ -24,7 +24,7 @@ import time
 
 import nats
 
-from svc_connector.sim import SimConfig
+from simulator import SimConfig
 from tests.pipeline import (
     CURRENCIES,
     VENUES,

@@ -97,7 +97,7 @@ class Soak:
         cmd = [
             sys.executable,
             "-m",
-            "svc_connector.sim",
+            "simulator",
             "--venues",
             ",".join(VENUES),
             "--rate",

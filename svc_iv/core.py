@@ -52,7 +52,6 @@ from typing import Final
 import numpy as np
 from numpy.typing import NDArray
 
-from svc_iv import black76
 from svc_iv.forward import (
     NO_FORWARD,
     ForwardEstimate,
@@ -75,6 +74,7 @@ from svc_iv.solver import (
     implied_vol,
 )
 from svc_iv.wire import QuoteEncoder, time_varints
+from volmath import black76
 from volstream.v1 import book_pb2 as book_pb
 from volstream.v1 import common_pb2 as common_pb
 from volstream.v1 import iv_pb2 as iv_pb

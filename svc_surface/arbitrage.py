@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from svc_surface.svi import (
+from volmath.svi import (
     LEE_WING_BOUND,
     JwSvi,
     RawSvi,

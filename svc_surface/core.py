@@ -40,8 +40,8 @@ from svc_surface.quotes import (
     trim_worst,
 )
 from svc_surface.ssvi import SsviParams, fit_ssvi_surface
-from svc_surface.svi import RawSvi, implied_vol, raw_to_jw
 from svc_surface.wire import encode_quote_fits
+from volmath.svi import RawSvi, implied_vol, raw_to_jw
 from volstream.v1 import common_pb2 as common_pb
 from volstream.v1 import iv_pb2 as iv_pb
 from volstream.v1 import surface_pb2 as surface_pb

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from svc_surface.svi import LEE_WING_BOUND, RawSvi
+from volmath.svi import LEE_WING_BOUND, RawSvi
 
 Array = NDArray[np.float64]
 BoolArray = NDArray[np.bool_]

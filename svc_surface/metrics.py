@@ -21,8 +21,8 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy.special import ndtr, ndtri
 
-from svc_iv import black76
-from svc_surface.svi import RawSvi
+from volmath import black76
+from volmath.svi import RawSvi
 from volstream.v1 import common_pb2 as common_pb
 
 Array = NDArray[np.float64]

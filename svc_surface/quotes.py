@@ -23,7 +23,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from svc_surface.fit import SliceData
-from svc_surface.svi import RawSvi, implied_vol
+from volmath.svi import RawSvi, implied_vol
 from volstream.v1 import common_pb2 as common_pb
 from volstream.v1 import iv_pb2 as iv_pb
 from volstream.v1 import surface_pb2 as surface_pb

@@ -30,7 +30,7 @@ from svc_surface.arbitrage import (
     calendar_gap_batch,
     valid_params,
 )
-from svc_surface.svi import LEE_WING_BOUND, RawSvi, durrleman_g, total_variance
+from volmath.svi import LEE_WING_BOUND, RawSvi, durrleman_g, total_variance
 
 Array = NDArray[np.float64]
 IndexArray = NDArray[np.intp]

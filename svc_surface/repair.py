@@ -41,7 +41,7 @@ from svc_surface.arbitrage import (
     valid_params,
 )
 from svc_surface.refit import RefitData, RefitMemo
-from svc_surface.svi import LEE_WING_BOUND, RawSvi, min_total_variance, total_variance
+from volmath.svi import LEE_WING_BOUND, RawSvi, min_total_variance, total_variance
 
 Array = NDArray[np.float64]
 

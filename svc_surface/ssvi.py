@@ -20,7 +20,7 @@ from numpy.typing import ArrayLike, NDArray
 from scipy.optimize import least_squares
 
 from svc_surface.fit import SliceData, SviFitResult
-from svc_surface.svi import RawSvi, durrleman_g, implied_vol
+from volmath.svi import RawSvi, durrleman_g, implied_vol
 
 Array = NDArray[np.float64]
 PhiKind = Literal["power_law", "heston"]

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from svc_iv import black76
-from svc_surface.svi import RawSvi, implied_vol
+from volmath import black76
+from volmath.svi import RawSvi, implied_vol
 from volstream.v1 import common_pb2 as common_pb
 from volstream.v1 import iv_pb2 as iv_pb
 

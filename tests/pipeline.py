@@ -18,13 +18,13 @@ from typing import Any
 import numpy as np
 from nats.aio.msg import Msg
 
+from simulator import SimConfig, run_simulator
+from simulator.server import SimHandle
 from svc_book import service as book_service
 from svc_connector import service as connector_service
-from svc_connector.sim import SimConfig, run_simulator
-from svc_connector.sim.server import SimHandle
 from svc_iv import service as iv_service
 from svc_surface import service as surface_service
-from svc_surface.svi import RawSvi, implied_vol
+from volmath.svi import RawSvi, implied_vol
 from volstream.config import Config, Partition
 from volstream.runtime import provision_streams
 from volstream.subjects import Subjects

@@ -39,7 +39,7 @@ SERVICE_MODULES = {
     "iv": "svc_iv.service",
     "surface": "svc_surface.service",
     "api": "svc_api.service",
-    "sim": "svc_connector.sim.service",
+    "sim": "simulator.service",
 }
 
 

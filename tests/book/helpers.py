@@ -1,6 +1,6 @@
 """Builders of book events and converters of recorded venue book messages (test-only).
 
-The converters follow venues.md literally and are deliberately simple; they stand in for
+The converters follow docs/venues/*.md literally and are deliberately simple; they stand in for
 the connector's parsers, which svc_book never sees.
 """
 

@@ -9,9 +9,14 @@ from typing import Any
 
 import pytest
 
-from svc_book.checksum import OkxChecksumBook, okx_checksum, okx_checksum_ok, okx_checksum_string
 from svc_book.core import BookCore
 from svc_connector.venues.deribit.parse import parse_frame
+from svc_connector.venues.okx.checksum import (
+    OkxChecksumBook,
+    okx_checksum,
+    okx_checksum_ok,
+    okx_checksum_string,
+)
 from tests.book.helpers import (
     MS,
     binance_depth_snapshot,

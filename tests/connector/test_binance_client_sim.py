@@ -7,10 +7,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from svc_iv.black76 import price
 from tests.connector.test_deribit_client_sim import _symbols_of as symbols_of
 from tests.connector.test_deribit_client_sim import resynced
 from tests.connector.test_okx_client_sim import sim_running
+from volmath.black76 import price
 from volstream.v1 import common_pb2 as common_pb
 from volstream.v1 import market_data_pb2 as md_pb
 

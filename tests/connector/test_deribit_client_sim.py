@@ -1,6 +1,6 @@
 """The Deribit connector against the exchange simulator over real websockets and HTTP.
 
-Each test starts the simulator (svc_connector.sim) on a free port and the connector from
+Each test starts the simulator (simulator) on a free port and the connector from
 the registry with the simulator's URLs; only the URLs differ from a live run. Faults are
 injected through the simulator's own API.
 """
@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
-from svc_connector.sim import SimConfig, SimHandle, run_simulator
+from simulator import SimConfig, SimHandle, run_simulator
 from svc_connector.venues import registry
 from svc_connector.venues.base import ConnectionState, ConnectorConfig, Endpoints, MemorySink
 from svc_connector.venues.deribit.client import DeribitConnector

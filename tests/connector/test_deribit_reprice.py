@@ -18,8 +18,8 @@ import numpy as np
 
 from svc_connector.venues.deribit.parse import parse_frame
 from svc_connector.venues.deribit.symbols import parse_instrument_name
-from svc_iv.black76 import price
 from tests.connector.deribit_fixtures import deribit_dir, lines
+from volmath.black76 import price
 from volstream.v1 import common_pb2 as common_pb
 
 YEAR_NS = 365 * 86_400 * 10**9

@@ -17,7 +17,6 @@ from typing import Any
 import orjson
 import pytest
 
-from svc_book.checksum import OkxChecksumBook, okx_checksum
 from svc_connector.service import batch_bytes
 from svc_connector.session import (
     ASKS_TAG,
@@ -34,6 +33,7 @@ from svc_connector.session import (
 from svc_connector.venues.base import FrameResult, NormalisedEvent
 from svc_connector.venues.deribit import parse as deribit_parse
 from svc_connector.venues.okx import parse as okx_parse
+from svc_connector.venues.okx.checksum import OkxChecksumBook, okx_checksum
 from volstream.v1 import market_data_pb2 as md_pb
 
 

@@ -1,6 +1,6 @@
 """The OKX connector against the exchange simulator over real websockets and HTTP.
 
-Each test starts the simulator (svc_connector.sim) speaking OKX on a free port and the
+Each test starts the simulator (simulator) speaking OKX on a free port and the
 connector from the registry with the simulator's URLs; only the URLs differ from a live
 run. Faults are injected through the simulator's own API. ``sim_running`` is shared with the
 Bybit and Binance simulator tests.
@@ -14,10 +14,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
+from simulator import SimConfig, SimHandle, run_simulator
 from svc_connector.runtime import (
     PooledConnector,
 )
-from svc_connector.sim import SimConfig, SimHandle, run_simulator
 from svc_connector.venues import registry
 from svc_connector.venues.base import ConnectionState, ConnectorConfig, MemorySink
 from tests.connector.test_deribit_client_sim import _assert_books_consistent as consistent_books

@@ -8,8 +8,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from svc_book.checksum import okx_checksum
 from svc_connector.venues.base import FrameResult
+from svc_connector.venues.okx.checksum import okx_checksum
 from svc_connector.venues.okx.parse import OkxSession
 from tests.connector.deribit_fixtures import Books, lines
 from volstream.v1 import market_data_pb2 as md_pb

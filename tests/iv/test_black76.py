@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from svc_iv import black76
 from svc_iv.solver import implied_vol
+from volmath import black76
 
 # docs/quant.md section 2: F = 60,000, K = 70,000, T = 30/365, sigma = 0.60.
 F, K, T, SIGMA = 60_000.0, 70_000.0, 30.0 / 365.0, 0.60

@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from svc_iv import black76
 from svc_iv.core import IvConfig, IvCore
 from svc_iv.solver import implied_vol
+from volmath import black76
 from volstream.v1 import book_pb2 as book_pb
 from volstream.v1 import common_pb2 as common_pb
 from volstream.v1 import iv_pb2 as iv_pb

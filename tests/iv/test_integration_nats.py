@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 from nats.aio.msg import Msg
 
-from svc_connector.sim import SimConfig
-from svc_connector.sim.server import SimHandle
-from svc_iv import black76
+from simulator import SimConfig
+from simulator.server import SimHandle
 from svc_iv import service as iv_service
 from svc_iv.core import IvCore
-from svc_surface.svi import RawSvi, implied_vol
 from tests.pipeline import CURRENCIES, VENUES, listed_expiries, pipeline, running, wait_until
+from volmath import black76
+from volmath.svi import RawSvi, implied_vol
 from volstream.bus.embedded import EmbeddedNats
 from volstream.config import Config, Partition
 from volstream.runtime import provision_streams

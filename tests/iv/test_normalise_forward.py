@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 
-from svc_iv import black76
 from svc_iv.forward import NO_FORWARD, choose_forward, parity_forward
 from svc_iv.normalise import (
     NS_PER_YEAR,
@@ -16,6 +15,7 @@ from svc_iv.normalise import (
     usd_per_coin_to_native,
     years_to_expiry,
 )
+from volmath import black76
 from volstream.v1 import common_pb2 as common_pb
 from volstream.v1 import market_data_pb2 as md_pb
 

@@ -9,7 +9,6 @@ import numpy as np
 from vollib.black import undiscounted_black
 from vollib.black.implied_volatility import implied_volatility as vollib_iv
 
-from svc_iv import black76
 from svc_iv.solver import (
     ABOVE_UPPER_BOUND,
     BAD_INPUT,
@@ -22,6 +21,7 @@ from svc_iv.solver import (
     ln_normalised_black_call,
     normalised_implied_vol,
 )
+from volmath import black76
 from volstream.v1 import iv_pb2 as iv_pb
 
 DAY = 1.0 / 365.0

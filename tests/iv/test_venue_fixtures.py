@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from svc_iv import black76
 from svc_iv.solver import BAD_INPUT, BELOW_INTRINSIC, OK, implied_vol
+from volmath import black76
 
 MS_PER_YEAR = 365 * 24 * 3600 * 1000
 _MONTHS = {

@@ -15,7 +15,7 @@ import orjson
 import pytest
 import websockets
 
-from svc_connector.sim import SimConfig, SimHandle, run_simulator
+from simulator import SimConfig, SimHandle, run_simulator
 
 
 class RpcClient:

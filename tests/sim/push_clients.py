@@ -22,8 +22,8 @@ import aiohttp
 import orjson
 import websockets
 
-from svc_connector.sim import SimConfig, SimHandle
-from svc_iv import black76
+from simulator import SimConfig, SimHandle
+from volmath import black76
 
 SECONDS_PER_YEAR = 365.0 * 86_400.0
 

@@ -14,7 +14,7 @@ import pytest
 import websockets
 
 from bench.bench_sim import count_frames, sim_stats, simulator_process, subscribe_all
-from svc_connector.sim import SimConfig, run_simulator
+from simulator import SimConfig, run_simulator
 from tests.sim.push_clients import (
     BinanceClient,
     BybitClient,
@@ -172,7 +172,7 @@ async def test_control_endpoint_injects_faults_into_every_venue() -> None:
 
 
 async def test_all_venues_deliver_the_configured_message_rate() -> None:
-    """`python -m svc_connector.sim` with all four venues at 1,000 msg/s each: a client
+    """`python -m simulator` with all four venues at 1,000 msg/s each: a client
     subscribed to every book and quote channel of every instrument gets that rate, neither
     much less nor more. The rate stays well inside a loaded CI machine's capacity: the
     simulator's top speed (20,000 msg/s and more) is measured by `python -m bench.bench_sim`,

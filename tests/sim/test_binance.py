@@ -13,8 +13,8 @@ import aiohttp
 import orjson
 import pytest
 
-from svc_connector.sim import SimHandle, run_simulator
-from svc_connector.sim.binance import BinanceVenue
+from simulator import SimHandle, run_simulator
+from simulator.binance import BinanceVenue
 from tests.sim.conftest import running
 from tests.sim.push_clients import (
     BinanceClient,

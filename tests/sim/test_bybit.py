@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from svc_connector.sim import SimHandle, run_simulator
-from svc_connector.sim.bybit import BybitVenue
+from simulator import SimHandle, run_simulator
+from simulator.bybit import BybitVenue
 from tests.sim.conftest import running
 from tests.sim.push_clients import (
     BybitClient,

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from svc_connector.sim import run_simulator
+from simulator import run_simulator
 from tests.sim.conftest import RpcClient, get_instruments, near_money, option_names, small_config
 
 START = int(datetime(2026, 3, 10, 10, 30, tzinfo=UTC).timestamp()) * 1_000_000_000

@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from svc_connector.sim import SimHandle
+from simulator import SimHandle
 from tests.sim.conftest import get_instruments
 
 NAME = re.compile(r"^(BTC|ETH)-(\d{1,2})([A-Z]{3})(\d{2})-(\d+)-([CP])$")

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import websockets
 
-from svc_connector.sim import SimHandle, run_simulator
-from svc_connector.sim.truth import vol_index
-from svc_iv import black76
+from simulator import SimHandle, run_simulator
+from simulator.truth import vol_index
 from tests.sim.conftest import LocalBook, RpcClient, near_money, option_names, small_config
+from volmath import black76
 
 SECONDS_PER_YEAR = 365 * 86_400
 

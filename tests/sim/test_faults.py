@@ -10,7 +10,7 @@ import orjson
 import pytest
 import websockets
 
-from svc_connector.sim import FaultKind, FaultRequest, SimHandle
+from simulator import FaultKind, FaultRequest, SimHandle
 from tests.sim.conftest import (
     RpcClient,
     control_fault,

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 import websockets
 
-from svc_book.checksum import OkxChecksumBook
-from svc_connector.sim import SimHandle, run_simulator
-from svc_connector.sim.okx import OkxVenue
+from simulator import SimHandle, run_simulator
+from simulator.okx import OkxVenue
+from svc_connector.venues.okx.checksum import OkxChecksumBook
 from tests.sim.conftest import running
 from tests.sim.push_clients import (
     OkxClient,
@@ -339,7 +339,7 @@ async def test_listing_faults(sim: SimHandle) -> None:
 
 
 def test_okx_strike_naming_is_venue_style() -> None:
-    from svc_connector.sim.okx import OkxNaming
+    from simulator.okx import OkxNaming
 
     naming = OkxNaming()
     expiry_ns = 1_716_796_800 * 1_000_000_000  # 2024-05-27 08:00 UTC

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from svc_connector.sim import SimConfig, run_simulator
+from simulator import SimConfig, run_simulator
 from tests.sim.conftest import RpcClient, get_instruments
 
 

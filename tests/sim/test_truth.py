@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
-from svc_connector.sim.truth import (
+from simulator.truth import (
     NS_PER_S,
     TruthConfig,
     TruthMarket,
@@ -20,7 +20,7 @@ from svc_connector.sim.truth import (
     surface_proto,
     vol_index,
 )
-from svc_surface.svi import RawSvi, total_variance
+from volmath.svi import RawSvi, total_variance
 from volstream.v1 import common_pb2, surface_pb2
 
 # A Tuesday mid-morning, and a Friday evening, as fixed start times.

@@ -8,7 +8,7 @@ import nats
 import pytest
 from nats.aio.msg import Msg
 
-from svc_connector.sim import run_simulator
+from simulator import run_simulator
 from tests.sim.conftest import small_config
 from volstream.bus.embedded import EmbeddedNats
 from volstream.subjects import Subjects

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from svc_surface.svi import RawSvi
 from svc_surface.synthetic import NS_PER_DAY, QuoteFaults, crypto_like_slice, make_smile
+from volmath.svi import RawSvi
 from volstream.v1 import iv_pb2 as iv_pb
 
 NOW_NS = 1_767_254_400 * 1_000_000_000  # 2026-01-01 08:00 UTC
@@ -57,7 +57,7 @@ def truth_smiles(
 
 
 def g_independent(p: RawSvi, k: np.ndarray) -> np.ndarray:
-    """Durrleman's g written out again, not through svc_surface.svi."""
+    """Durrleman's g written out again, not through volmath.svi."""
     x = k - p.m
     r = np.sqrt(x * x + p.sigma**2)
     w = p.a + p.b * (p.rho * x + r)

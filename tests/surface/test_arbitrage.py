@@ -14,8 +14,8 @@ from svc_surface.arbitrage import (
     lift_for_calendar,
 )
 from svc_surface.refit import RefitData, constrained_refit
-from svc_surface.svi import RawSvi, raw_to_jw, total_variance
 from tests.surface.builders import g_independent
+from volmath.svi import RawSvi, raw_to_jw, total_variance
 
 VOGT = RawSvi(a=-0.0410, b=0.1331, rho=0.3060, m=0.3586, sigma=0.4153)
 

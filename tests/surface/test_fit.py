@@ -7,7 +7,7 @@ import pytest
 from scipy.optimize import least_squares
 
 from svc_surface.fit import FitConfig, SliceData, fit_svi_slice, fit_svi_slices
-from svc_surface.svi import RawSvi, implied_vol, min_total_variance, total_variance
+from volmath.svi import RawSvi, implied_vol, min_total_variance, total_variance
 
 TRUTH = RawSvi(a=0.018, b=0.09, rho=-0.10, m=0.0, sigma=0.08)
 T = 30 / 365

@@ -29,7 +29,7 @@ from collections.abc import Callable
 import nats
 import pytest
 
-from svc_connector.sim import SimConfig
+from simulator import SimConfig
 from tests.pipeline import (
     CURRENCIES,
     VENUES,

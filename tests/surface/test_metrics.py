@@ -9,7 +9,6 @@ import pytest
 from scipy.optimize import brentq
 from scipy.stats import norm
 
-from svc_iv import black76
 from svc_surface.metrics import (
     FORWARD,
     PREMIUM_ADJUSTED,
@@ -23,7 +22,8 @@ from svc_surface.metrics import (
     variance_swap_vol,
     vol_index,
 )
-from svc_surface.svi import RawSvi, implied_vol
+from volmath import black76
+from volmath.svi import RawSvi, implied_vol
 
 SLICE = RawSvi(a=0.018, b=0.09, rho=-0.10, m=0.0, sigma=0.08)
 T = 30 / 365

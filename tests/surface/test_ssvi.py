@@ -18,7 +18,7 @@ from svc_surface.ssvi import (
     ssvi_total_variance,
     theta_phi_derivative,
 )
-from svc_surface.svi import durrleman_g, implied_vol, total_variance
+from volmath.svi import durrleman_g, implied_vol, total_variance
 
 
 def test_slice_to_raw_reference_numbers() -> None:

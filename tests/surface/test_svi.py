@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from svc_surface.svi import (
+from volmath.svi import (
     JwSvi,
     RawSvi,
     d2w_dk2,

@@ -12,7 +12,7 @@ Two stream APIs exist and both are understood:
 
 ``Endpoints.ws_url`` is the stream *host base*; a route path is appended per connection.
 
-Simulator layout (what ``svc_connector.sim`` must serve for Binance): the runtime calls
+Simulator layout (what ``simulator`` must serve for Binance): the runtime calls
 ``simulator_endpoints(http_base, ws_base)`` with bases that already end in ``/binance``
 (``http://127.0.0.1:8080/binance``, ``ws://127.0.0.1:8080/binance``), and the live path
 layout is reproduced below them:

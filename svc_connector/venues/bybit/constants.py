@@ -1,6 +1,6 @@
 """Bybit v5 option URLs, topics and limits (docs/venues/bybit.md).
 
-Simulator layout (what ``svc_connector.sim`` must serve for Bybit): the runtime calls
+Simulator layout (what ``simulator`` must serve for Bybit): the runtime calls
 ``simulator_endpoints(http_base, ws_base)`` with bases that already end in ``/bybit``
 (``http://127.0.0.1:8080/bybit``, ``ws://127.0.0.1:8080/bybit``), and the live path layout
 is reproduced below them:

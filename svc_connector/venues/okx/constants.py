@@ -1,6 +1,6 @@
 """OKX v5 URLs, channels and limits (docs/venues/okx.md).
 
-Simulator layout (what ``svc_connector.sim`` must serve for OKX): the runtime calls
+Simulator layout (what ``simulator`` must serve for OKX): the runtime calls
 ``simulator_endpoints(http_base, ws_base)`` with bases that already end in ``/okx``
 (``http://127.0.0.1:8080/okx``, ``ws://127.0.0.1:8080/okx``), and the live path layout is
 reproduced below them:

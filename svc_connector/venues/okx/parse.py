@@ -31,7 +31,6 @@ from typing import Any, Final
 import msgspec
 import orjson
 
-from svc_book.checksum import OkxChecksumBook
 from svc_connector.session import (
     ASKS_TAG,
     BIDS_TAG,
@@ -84,6 +83,7 @@ from svc_connector.venues.base import (
 )
 from svc_connector.venues.okx import constants as c
 from svc_connector.venues.okx import messages as msg
+from svc_connector.venues.okx.checksum import OkxChecksumBook
 from svc_connector.venues.okx.symbols import (
     USD_QUOTES,
     channel_arg,

@@ -27,15 +27,15 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from svc_connector.sim.market import (
+from simulator.market import (
     OptionUpdate,
     QuoteStyle,
     SimInstrument,
     Update,
     VenueMarket,
 )
-from svc_connector.sim.session import FrameKind
-from svc_connector.sim.streaming import (
+from simulator.session import FrameKind
+from simulator.streaming import (
     DashedNaming,
     JsonMutator,
     NumberText,
@@ -47,8 +47,8 @@ from svc_connector.sim.streaming import (
     option_float,
     trimmed,
 )
-from svc_connector.sim.truth import expiry_label
-from svc_connector.sim.venue import VenueContext
+from simulator.truth import expiry_label
+from simulator.venue import VenueContext
 
 VENUE = "bybit"
 BOOK_DEPTHS = (25, 100)

@@ -19,8 +19,8 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.special import ndtr
 
-from svc_iv import black76
-from svc_surface.svi import RawSvi, total_variance
+from volmath import black76
+from volmath.svi import RawSvi, total_variance
 from volstream.v1 import common_pb2, surface_pb2
 
 NS_PER_S = 1_000_000_000

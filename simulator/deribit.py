@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from svc_connector.sim.market import (
+from simulator.market import (
     FutureUpdate,
     ListingChanges,
     OptionUpdate,
@@ -27,8 +27,8 @@ from svc_connector.sim.market import (
     Update,
     VenueMarket,
 )
-from svc_connector.sim.session import FrameKind
-from svc_connector.sim.streaming import (
+from simulator.session import FrameKind
+from simulator.streaming import (
     DashedNaming,
     JsonMutator,
     PushSession,
@@ -36,8 +36,8 @@ from svc_connector.sim.streaming import (
     Sub,
     SubKind,
 )
-from svc_connector.sim.truth import ExpiryTruth, expiry_label, vol_index
-from svc_connector.sim.venue import VenueContext
+from simulator.truth import ExpiryTruth, expiry_label, vol_index
+from simulator.venue import VenueContext
 
 VENUE = "deribit"
 API_VERSION = "1.2.26"

@@ -24,8 +24,8 @@ from typing import Any
 import orjson
 from aiohttp import WSMsgType, web
 
-from svc_connector.sim.faults import FaultKind, FaultRequest
-from svc_connector.sim.market import (
+from simulator.faults import FaultKind, FaultRequest
+from simulator.market import (
     PERPETUAL_EXPIRY_NS,
     Book,
     ListingChanges,
@@ -35,9 +35,9 @@ from svc_connector.sim.market import (
     Update,
     VenueMarket,
 )
-from svc_connector.sim.session import FrameKind, FrameMutator, WsSession
-from svc_connector.sim.truth import expiry_label
-from svc_connector.sim.venue import VenueContext, VenueSim, VenueUrls
+from simulator.session import FrameKind, FrameMutator, WsSession
+from simulator.truth import expiry_label
+from simulator.venue import VenueContext, VenueSim, VenueUrls
 
 log = logging.getLogger(__name__)
 

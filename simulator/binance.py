@@ -38,7 +38,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from svc_connector.sim.market import (
+from simulator.market import (
     ListingChanges,
     OptionUpdate,
     QuoteStyle,
@@ -46,8 +46,8 @@ from svc_connector.sim.market import (
     Update,
     VenueMarket,
 )
-from svc_connector.sim.session import FrameKind
-from svc_connector.sim.streaming import (
+from simulator.session import FrameKind
+from simulator.streaming import (
     DashedNaming,
     JsonMutator,
     NumberText,
@@ -61,8 +61,8 @@ from svc_connector.sim.streaming import (
     trimmed,
     yymmdd,
 )
-from svc_connector.sim.truth import ExpiryTruth
-from svc_connector.sim.venue import VenueContext
+from simulator.truth import ExpiryTruth
+from simulator.venue import VenueContext
 
 VENUE = "binance"
 QUOTE = "USDT"

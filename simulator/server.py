@@ -29,19 +29,19 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from svc_connector.sim.binance import BinanceVenue
-from svc_connector.sim.bybit import BybitVenue
-from svc_connector.sim.clock import ClockMode, SimClock, start_from_env
-from svc_connector.sim.deribit import DeribitVenue
-from svc_connector.sim.faults import FaultRequest, parse_kind
-from svc_connector.sim.okx import OkxVenue
-from svc_connector.sim.truth import (
+from simulator.binance import BinanceVenue
+from simulator.bybit import BybitVenue
+from simulator.clock import ClockMode, SimClock, start_from_env
+from simulator.deribit import DeribitVenue
+from simulator.faults import FaultRequest, parse_kind
+from simulator.okx import OkxVenue
+from simulator.truth import (
     TruthConfig,
     TruthMarket,
     surface_proto,
     truth_json,
 )
-from svc_connector.sim.venue import VenueContext, VenueSim, VenueUrls
+from simulator.venue import VenueContext, VenueSim, VenueUrls
 from volstream.subjects import Subjects
 from volstream.v1 import surface_pb2
 

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from svc_connector.sim.clock import SimClock
-from svc_connector.sim.faults import FaultRequest
-from svc_connector.sim.truth import TruthMarket
+from simulator.clock import SimClock
+from simulator.faults import FaultRequest
+from simulator.truth import TruthMarket
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,10 @@ import asyncio
 import logging
 import signal
 
-from svc_connector.sim.server import VENUE_FACTORIES, SimConfig, run_simulator
+from simulator.server import VENUE_FACTORIES, SimConfig, run_simulator
 from volstream.config import Config, parse_utc_ns
 
-log = logging.getLogger("svc_connector.sim")
+log = logging.getLogger("simulator")
 
 
 async def run(cfg: Config, port: int = 0) -> None:

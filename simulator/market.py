@@ -20,14 +20,14 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.special import ndtr
 
-from svc_connector.sim.truth import (
+from simulator.truth import (
     SECONDS_PER_YEAR,
     CurrencyTruth,
     ExpiryTruth,
     SliceTruth,
     TruthSnapshot,
 )
-from svc_iv import black76
+from volmath import black76
 
 FloatArray = NDArray[np.float64]
 Kind = Literal["option", "future"]

@@ -28,8 +28,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from svc_book.checksum import okx_checksum
-from svc_connector.sim.market import (
+from simulator.market import (
     ListingChanges,
     OptionUpdate,
     QuoteStyle,
@@ -37,8 +36,8 @@ from svc_connector.sim.market import (
     Update,
     VenueMarket,
 )
-from svc_connector.sim.session import FrameKind
-from svc_connector.sim.streaming import (
+from simulator.session import FrameKind
+from simulator.streaming import (
     DashedNaming,
     JsonMutator,
     NumberText,
@@ -51,7 +50,8 @@ from svc_connector.sim.streaming import (
     trimmed,
     yymmdd,
 )
-from svc_connector.sim.venue import VenueContext
+from simulator.venue import VenueContext
+from svc_connector.venues.okx.checksum import okx_checksum
 
 VENUE = "okx"
 INCREMENTAL = ("books", "books-l2-tbt", "books50-l2-tbt")

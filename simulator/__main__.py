@@ -1,4 +1,4 @@
-"""python -m svc_connector.sim --port 0 --nats URL --rate 2000 ...: run the simulator until
+"""python -m simulator --port 0 --nats URL --rate 2000 ...: run the simulator until
 interrupted; prints one JSON line with the bound port and the venue URLs."""
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ import sys
 
 import orjson
 
-from svc_connector.sim.clock import CLOCK_MODES, START_ENV, start_from_env
-from svc_connector.sim.server import VENUE_FACTORIES, SimConfig, run_simulator
+from simulator.clock import CLOCK_MODES, START_ENV, start_from_env
+from simulator.server import VENUE_FACTORIES, SimConfig, run_simulator
 from volstream.config import ConfigError, parse_utc_ns
 
 
 def parse_args(argv: list[str] | None = None) -> SimConfig:
-    p = argparse.ArgumentParser(prog="python -m svc_connector.sim", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m simulator", description=__doc__)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0, help="0: a free port (printed)")
     p.add_argument("--venues", default="deribit", help=f"comma list of {sorted(VENUE_FACTORIES)}")
