@@ -30,10 +30,10 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from bench.bench_book import build_workload
+from simulator import SimConfig, SimHandle, run_simulator
+from simulator.market import SimInstrument
 from svc_book import service as book_service
 from svc_connector import service as connector_service
-from svc_connector.sim import SimConfig, SimHandle, run_simulator
-from svc_connector.sim.market import SimInstrument
 from svc_connector.venues.deribit.parse import parse_frame
 from volstream.bus.embedded import EmbeddedNats
 from volstream.config import Config, Partition
@@ -132,7 +132,7 @@ class Stack:
     nc: Client
     js: JetStreamContext
     published: list[Published] = field(default_factory=list)
-    # Every (bid, bid size, ask, ask size) each watched venue book has had.
+    # Every (bid, bid size, ask, ask size) each live venue book has had (record_venue).
     venue_history: dict[str, set[Quote]] = field(default_factory=dict)
     resync_requests: list[list[str]] = field(default_factory=list)
     stepping: bool = True
@@ -159,8 +159,18 @@ class Stack:
         return out
 
     def record_venue(self) -> None:
-        for symbol, inst in self.instruments().items():
-            self.venue_history.setdefault(symbol, set()).add(venue_quote(inst))
+        """Add the top of every live venue book (built and moving) to its history.
+
+        Not only the books whose book channel is subscribed at this instant: a resync
+        unsubscribes the book channel and subscribes it again (a paced request, often a
+        few ticks later) while the ticker channel keeps the book live and moving, and the
+        snapshot answering the subscribe carries the top the book reached meanwhile.
+        """
+        venue = self.sim.venue("deribit")
+        for market in venue.markets.values():  # type: ignore[attr-defined]
+            for inst in market.instruments:
+                if inst.book.ready and inst.state == "open":
+                    self.venue_history.setdefault(inst.symbol, set()).add(venue_quote(inst))
 
     def all_valid(self, since_seq: int = 0) -> bool:
         """The connector subscribed every option's book, and each is published VALID."""
@@ -229,6 +239,10 @@ class Stack:
         beat = 0
         while True:
             if self.stepping and beat % 5 == 0:
+                # On the manual clock a live book changes only in a tick, or when it is
+                # (re)built for a new subscriber (then it holds until the next tick): recorded
+                # right before and right after every tick, no top it has had is missed.
+                self.record_venue()
                 await self.sim.step(1)
             self.record_venue()
             beat += 1
