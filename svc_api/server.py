@@ -7,6 +7,8 @@ Fan-out design (docs/architecture.md section 9 field notes):
   never a backlog; its blocked write only parks its own coroutine.
 - Surfaces are serialised once per publication and responses are assembled from the
   cached bytes (protobuf frames concatenate), so 1,000 streams do not serialise 1,000 times.
+  The method table (method_handlers, derived from the proto's service descriptor) passes a
+  response given as bytes on as it is and serialises a message as the generated code would.
 - HTTP/2 flow control lets a client's receive window hide a backlog from any server-side
   conflation; the server bounds its own side (one message in flight per stream) and the
   Python client shrinks its windows and drains eagerly (see volstream/client.py). Clients in
@@ -26,11 +28,13 @@ from typing import Any, NoReturn, TypeAlias
 
 import grpc
 import grpc.aio
+from google.protobuf.message_factory import GetMessageClass
+from nats.aio.client import Client
 
 from svc_api.auth import TokenAuthInterceptor
 from svc_api.config import ApiConfig
 from svc_api.feed import SurfaceFeed
-from svc_api.health import SERVICE_NAME, HealthMonitor
+from svc_api.health import HealthMonitor
 from svc_api.history import HistoryNotFound, HistoryUnavailable, SurfaceHistory
 from svc_api.hub import SurfaceHub
 from svc_api.requests import (
@@ -40,20 +44,16 @@ from svc_api.requests import (
     parse_stream_request,
     parse_time,
 )
-from svc_api.store import (
-    SurfaceKey,
-    length_delimited_field,
-    normalise_key,
-    stream_message,
-    without_quotes,
-)
+from svc_api.store import SurfaceKey, normalise_key, stream_message, without_quotes
+from volstream.bus.connection import connect
 from volstream.subjects import Subjects
 from volstream.v1 import surface_pb2 as surface_pb
 from volstream.v1 import surface_service_pb2 as api_pb
+from volstream.wire import length_delimited_field
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ApiConfig", "ApiHandle", "SurfaceServicer", "serve"]
+__all__ = ["ApiConfig", "ApiHandle", "SurfaceServicer", "method_handlers", "serve"]
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
@@ -270,35 +270,49 @@ class SurfaceServicer:
             self.streams.active -= 1
 
 
-def _handlers(servicer: SurfaceServicer) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
-    # Responses given as bytes are pre-serialised: response_serializer=None passes them on.
-    return {
-        "ListSurfaces": grpc.unary_unary_rpc_method_handler(
-            servicer.ListSurfaces,
-            request_deserializer=api_pb.ListSurfacesRequest.FromString,
-            response_serializer=api_pb.ListSurfacesResponse.SerializeToString,
-        ),
-        "GetSurface": grpc.unary_unary_rpc_method_handler(
-            servicer.GetSurface,
-            request_deserializer=api_pb.GetSurfaceRequest.FromString,
-            response_serializer=None,
-        ),
-        "GetSmile": grpc.unary_unary_rpc_method_handler(
-            servicer.GetSmile,
-            request_deserializer=api_pb.GetSmileRequest.FromString,
-            response_serializer=api_pb.GetSmileResponse.SerializeToString,
-        ),
-        "GetSurfaceAt": grpc.unary_unary_rpc_method_handler(
-            servicer.GetSurfaceAt,
-            request_deserializer=api_pb.GetSurfaceAtRequest.FromString,
-            response_serializer=None,
-        ),
-        "StreamSurfaces": grpc.unary_stream_rpc_method_handler(
-            servicer.StreamSurfaces,
-            request_deserializer=api_pb.StreamSurfacesRequest.FromString,
-            response_serializer=None,
-        ),
-    }
+# The RPCs of volstream.v1.SurfaceService as the proto declares them: the method table below is
+# derived from this descriptor, so every RPC in the proto is served (a servicer lacking one
+# fails at start-up) and tests/api/test_method_table.py holds it equal to the generated one.
+SURFACE_SERVICE = api_pb.DESCRIPTOR.services_by_name["SurfaceService"]
+
+_HANDLER_KINDS: dict[tuple[bool, bool], Callable[..., grpc.RpcMethodHandler[Any, Any]]] = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+
+def _serializer(message_class: Any) -> Callable[[Any], bytes]:
+    """The response message's serializer, passing bytes on as they are: they are the fan-out's
+    pre-serialised responses (cached surface frames, see the module notes)."""
+    serialize: Callable[[Any], bytes] = message_class.SerializeToString
+
+    def serialize_unless_bytes(response: Any) -> bytes:
+        return response if isinstance(response, bytes) else serialize(response)
+
+    return serialize_unless_bytes
+
+
+def method_handlers(servicer: SurfaceServicer) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
+    """What the generated ``add_SurfaceServiceServicer_to_server`` registers, derived from the
+    service descriptor, except that a method may return (or write) its response as bytes."""
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+    for method in SURFACE_SERVICE.methods:
+        handler = _HANDLER_KINDS[method.client_streaming, method.server_streaming]
+        handlers[method.name] = handler(
+            getattr(servicer, method.name),
+            request_deserializer=GetMessageClass(method.input_type).FromString,
+            response_serializer=_serializer(GetMessageClass(method.output_type)),
+        )
+    return handlers
+
+
+def add_surface_service(servicer: SurfaceServicer, server: grpc.aio.Server) -> None:
+    handlers = method_handlers(servicer)
+    name = SURFACE_SERVICE.full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+    server.add_registered_method_handlers(name, handlers)  # type: ignore[attr-defined]
 
 
 def server_options(config: ApiConfig) -> list[tuple[str, int]]:
@@ -332,8 +346,8 @@ class ApiHandle:
     feed: SurfaceFeed | None = None
     # The initial read of the SURFACE/IV streams finished before serve() returned.
     caught_up: bool = True
-    _nc: Any = None
-    _owns_nc: bool = False
+    # The NATS connection serve() opened itself: drained on stop.
+    owned_nc: Client | None = None
     _stopped: bool = field(default=False, repr=False)
 
     @property
@@ -352,82 +366,72 @@ class ApiHandle:
         await self.server.stop(grace)
         if self.feed is not None:
             await self.feed.stop()
-        if self._owns_nc and self._nc is not None:
+        if self.owned_nc is not None:
             with contextlib.suppress(Exception):
-                await self._nc.drain()
+                await self.owned_nc.drain()
 
     async def wait_for_termination(self) -> None:
         await self.server.wait_for_termination()
-
-
-async def connect_nats(url: str, name: str = "volstream-api") -> Any:
-    import nats
-
-    async def on_disconnect() -> None:
-        log.warning("NATS disconnected")
-
-    async def on_reconnect() -> None:
-        log.info("NATS reconnected")
-
-    async def on_error(exc: Exception) -> None:
-        log.warning("NATS error: %r", exc)
-
-    return await nats.connect(
-        url,
-        name=name,
-        max_reconnect_attempts=-1,
-        reconnect_time_wait=1,
-        disconnected_cb=on_disconnect,
-        reconnected_cb=on_reconnect,
-        error_cb=on_error,
-    )
 
 
 async def serve(
     config: ApiConfig,
     nats_url: str | None = None,
     *,
-    nc: Any = None,
+    nc: Client | None = None,
     hub: SurfaceHub | None = None,
     follow_iv: bool = True,
 ) -> ApiHandle:
     """Start the API. With nats_url (or an open nats connection `nc`) it follows the SURFACE
     and IV streams and answers history; with neither, it serves whatever is applied to `hub`.
     """
+    config = config.validated()
+    hub = hub or SurfaceHub()
+    # A connection serve() opens it also closes (ApiHandle.stop); a given one is the caller's.
+    owned_nc = await connect(nats_url, "volstream-api") if nc is None and nats_url else None
+    nc = owned_nc if nc is None else nc
+    servicer = SurfaceServicer(config, hub, _history(config, nc))
+    server, health_servicer = _grpc_server(config, servicer)
+    port = _bind(server, config)
+    monitor = await _health_monitor(config, hub, health_servicer)
+    feed, caught_up = await _follow(config, hub, nc, follow_iv)
+    await server.start()
+    monitor.start()
+    handle = ApiHandle(port, config.host, server, hub, servicer, monitor, feed, caught_up, owned_nc)
+    _log_started(handle)
+    return handle
+
+
+def _history(config: ApiConfig, nc: Client | None) -> SurfaceHistory | None:
+    if nc is None:
+        return None
+    stream = Subjects(config.namespace).stream_name("SURFACE")
+    return SurfaceHistory(nc, stream, config.history_timeout_s)
+
+
+def _grpc_server(config: ApiConfig, servicer: SurfaceServicer) -> tuple[grpc.aio.Server, Any]:
+    """The server with SurfaceService, grpc.health.v1 (the returned servicer) and reflection."""
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
     from grpc_reflection.v1alpha import reflection
 
-    config = config.validated()
-    hub = hub or SurfaceHub()
-    owns_nc = False
-    if nc is None and nats_url:
-        nc = await connect_nats(nats_url)
-        owns_nc = True
-    subjects = Subjects(config.namespace)
-    history = (
-        SurfaceHistory(nc, subjects.stream_name("SURFACE"), config.history_timeout_s)
-        if nc is not None
-        else None
-    )
-
     interceptors = [TokenAuthInterceptor(config.token)] if config.token else []
     server = grpc.aio.server(interceptors=interceptors, options=server_options(config))
-    servicer = SurfaceServicer(config, hub, history)
-    handlers = _handlers(servicer)
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
-    server.add_registered_method_handlers(SERVICE_NAME, handlers)  # type: ignore[attr-defined]
-
+    add_surface_service(servicer, server)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (
-            api_pb.DESCRIPTOR.services_by_name["SurfaceService"].full_name,
+            SURFACE_SERVICE.full_name,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ),
         server,
     )
+    return server, health_servicer
 
+
+def _bind(server: grpc.aio.Server, config: ApiConfig) -> int:
+    """Listen on config's host and port (TLS when it has a certificate); the port bound."""
     address = f"{config.host}:{config.port}"
     if config.tls_cert is not None and config.tls_key is not None:
         credentials = grpc.ssl_server_credentials(
@@ -438,41 +442,39 @@ async def serve(
         port = server.add_insecure_port(address)
     if port == 0:
         raise RuntimeError(f"gRPC could not bind {address}")
+    return port
 
-    expected: list[SurfaceKey] = []
-    for venue, currency in config.expected_surfaces:
-        key = normalise_key(venue, currency)
-        if isinstance(key, SurfaceKey):
-            expected.append(key)
+
+async def _health_monitor(config: ApiConfig, hub: SurfaceHub, servicer: Any) -> HealthMonitor:
+    expected = [normalise_key(venue, ccy) for venue, ccy in config.expected_surfaces]
     monitor = HealthMonitor(
-        health_servicer, hub, expected, config.stale_after_ms * 1_000_000, config.health_policy
+        servicer,
+        hub,
+        [key for key in expected if isinstance(key, SurfaceKey)],
+        config.stale_after_ms * 1_000_000,
+        config.health_policy,
     )
     await monitor.refresh()
+    return monitor
 
-    feed = None
-    caught_up = True
-    if nc is not None:
-        feed = SurfaceFeed(hub, nc, config.namespace, follow_iv=follow_iv)
-        caught_up = await feed.start(config.startup_catchup_s)
-    await server.start()
-    monitor.start()
+
+async def _follow(
+    config: ApiConfig, hub: SurfaceHub, nc: Client | None, follow_iv: bool
+) -> tuple[SurfaceFeed | None, bool]:
+    """Follow the SURFACE (and IV) streams into hub; whether the initial read caught up."""
+    if nc is None:
+        return None, True
+    feed = SurfaceFeed(hub, nc, config.namespace, follow_iv=follow_iv)
+    return feed, await feed.start(config.startup_catchup_s)
+
+
+def _log_started(handle: ApiHandle) -> None:
+    config = handle.servicer.config
     log.info(
         "gRPC SurfaceService on %s:%d (%s%s), %d surfaces loaded",
         config.host,
-        port,
+        handle.port,
         "TLS" if config.tls_cert else "plaintext",
         ", token auth" if config.token else "",
-        len(hub.store.keys()),
-    )
-    return ApiHandle(
-        port=port,
-        host=config.host,
-        server=server,
-        hub=hub,
-        servicer=servicer,
-        health=monitor,
-        feed=feed,
-        caught_up=caught_up,
-        _nc=nc,
-        _owns_nc=owns_nc,
+        len(handle.hub.store.keys()),
     )

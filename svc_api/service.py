@@ -1,22 +1,22 @@
-"""API service entrypoint: the gRPC SurfaceService fed from the SURFACE and IV streams, plus
-HTTP on cfg.http_port (and cfg.metrics_port when set): /metrics, /healthz, /readyz and an
-index page (the dashboard will live here)."""
+"""API service entrypoint: the gRPC SurfaceService fed from the SURFACE and IV streams, on the
+shared service runtime (its NATS connection, streams, signals and HTTP), plus HTTP on
+cfg.http_port (and cfg.metrics_port when set): /metrics, /healthz, /readyz and an index page
+(the dashboard will live here, as more routes)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
 
 from aiohttp import web
 
 from svc_api.config import ApiConfig
 from svc_api.server import ApiHandle, serve
 from volstream.config import Config
-from volstream.runtime import provision_streams
-from volstream.telemetry import setup_telemetry
+from volstream.runtime import service_context
 
 log = logging.getLogger("svc_api")
+
+SERVICE = "api"
 
 
 def api_config(cfg: Config) -> ApiConfig:
@@ -32,8 +32,8 @@ def api_config(cfg: Config) -> ApiConfig:
     )
 
 
-async def http_app(handle: ApiHandle, cfg: Config) -> web.AppRunner:
-    metrics = setup_telemetry("api", None)
+def pages(handle: ApiHandle) -> list[web.RouteDef]:
+    """The API's own HTTP pages, beside the runtime's /metrics, /healthz and /readyz."""
 
     async def index(_: web.Request) -> web.Response:
         known = handle.hub.store.keys()  # a method of the store, not a dict view
@@ -43,50 +43,14 @@ async def http_app(handle: ApiHandle, cfg: Config) -> web.AppRunner:
             f"surfaces: {surfaces or 'none yet'}\n/metrics /healthz /readyz\n"
         )
 
-    async def prometheus(_: web.Request) -> web.Response:
-        return web.Response(body=metrics.render(), content_type="text/plain")
-
-    async def healthz(_: web.Request) -> web.Response:
-        return web.Response(text="ok\n")
-
-    async def readyz(_: web.Request) -> web.Response:
-        ready = handle.feed is None or bool(handle.feed.nc.is_connected)
-        return web.Response(
-            text="ready\n" if ready else "not ready\n", status=200 if ready else 503
-        )
-
-    app = web.Application()
-    app.add_routes(
-        [
-            web.get("/", index),
-            web.get("/metrics", prometheus),
-            web.get("/healthz", healthz),
-            web.get("/readyz", readyz),
-        ]
-    )
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    for port in sorted({p for p in (cfg.http_port, cfg.metrics_port) if p}):
-        await web.TCPSite(runner, "0.0.0.0", port).start()
-        log.info("HTTP (metrics, health) on :%d", port)
-    return runner
+    return [web.get("/", index)]
 
 
 async def run(cfg: Config) -> None:
-    if cfg.nats_url is None:
-        raise ValueError("no NATS URL: pass --nats or set VOLSTREAM_NATS_URL")
-    await provision_streams(cfg.nats_url, cfg)
-    handle = await serve(api_config(cfg), cfg.nats_url)
-    http = await http_app(handle, cfg)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    log.info("gRPC SurfaceService on :%d", handle.port)
-    try:
-        await stop.wait()
-    finally:  # also when cancelled: end streams cleanly, close the ports
-        await handle.stop()
-        await http.cleanup()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
+    # HTTP starts once gRPC serves, so that every page has what it shows.
+    async with service_context(cfg, SERVICE, http=False) as ctx:
+        handle = await serve(api_config(cfg), nc=ctx.nc)
+        ctx.on_close(handle.stop)  # end streams cleanly and close the port, before NATS
+        await ctx.serve_http([cfg.http_port, cfg.metrics_port], pages(handle))
+        log.info("gRPC SurfaceService on :%d", handle.port)
+        await ctx.wait_stopped()

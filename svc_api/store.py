@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from volstream.v1 import iv_pb2 as iv_pb
 from volstream.v1 import surface_pb2 as surface_pb
+from volstream.wire import bool_field, length_delimited_field
 
 VENUE_ALL = "all"
 
@@ -42,29 +43,6 @@ def normalise_key(venue: str, currency: str) -> SurfaceKey | str:
     if not _CURRENCY.match(c):
         return f"currency {currency!r} is not a currency code like BTC"
     return SurfaceKey(v, c)
-
-
-# Protobuf wire framing: a length-delimited field is tag, varint length, bytes. Repeated
-# message fields are such frames one after another, so a response carrying cached surfaces
-# can be assembled by concatenation instead of re-serialising per client.
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        bits = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(bits | 0x80)
-        else:
-            out.append(bits)
-            return bytes(out)
-
-
-def length_delimited_field(field_number: int, payload: bytes) -> bytes:
-    return _varint((field_number << 3) | 2) + _varint(len(payload)) + payload
-
-
-def bool_field(field_number: int, value: bool) -> bytes:
-    return _varint(field_number << 3) + b"\x01" if value else b""
 
 
 def without_quotes(surface: surface_pb.Surface) -> surface_pb.Surface:

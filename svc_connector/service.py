@@ -32,6 +32,7 @@ from volstream.bus.batcher import Batcher
 from volstream.config import Config
 from volstream.runtime import ServiceContext, service_context, wall_ns
 from volstream.v1 import market_data_pb2 as md_pb
+from volstream.wire import varint
 
 log = logging.getLogger("svc_connector")
 
@@ -155,19 +156,10 @@ class NatsSink:
 _EVENTS_TAG = 0x22
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 # Tag + length prefix of an event of each length below 16 KiB (events are a few hundred
 # bytes; a longer one is prefixed by hand).
 _EVENT_PREFIXES: tuple[bytes, ...] = tuple(
-    bytes((_EVENTS_TAG,)) + _varint(n) for n in range(1 << 14)
+    bytes((_EVENTS_TAG,)) + varint(n) for n in range(1 << 14)
 )
 
 
@@ -200,7 +192,7 @@ def batch_bytes(
                 event_ns = header.event_time_ns
         data = item.event.SerializeToString()
         size = len(data)
-        append(prefixes[size] if size < 1 << 14 else bytes((_EVENTS_TAG,)) + _varint(size))
+        append(prefixes[size] if size < 1 << 14 else bytes((_EVENTS_TAG,)) + varint(size))
         append(data)
     head.header.source = source
     head.header.sequence = sequence

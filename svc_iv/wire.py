@@ -21,6 +21,8 @@ from numpy.typing import NDArray
 
 from volstream.v1 import common_pb2 as common_pb
 from volstream.v1 import iv_pb2 as iv_pb
+from volstream.wire import field_key
+from volstream.wire import varint as varint  # re-exported: tests/iv use it from here
 
 # (field number, kind) of SmileQuote after `symbol` (field 1); see iv.proto.
 _DOUBLE: Final = "d"
@@ -61,22 +63,6 @@ _SMILE_BATCH_SMILES_FIELD: Final = 4
 _TIME_BYTES: Final = 9
 
 
-def varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        low = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(low | 0x80)
-        else:
-            out.append(low)
-            return bytes(out)
-
-
-def _key(field: int, wire_type: int) -> bytes:
-    return varint((field << 3) | wire_type)
-
-
 def _block_dtype() -> tuple[np.dtype[np.void], NDArray[np.uint8]]:
     """Packed dtype of the fixed block and its bytes with every key already in place."""
     names: list[str] = []
@@ -84,7 +70,7 @@ def _block_dtype() -> tuple[np.dtype[np.void], NDArray[np.uint8]]:
     keys: list[tuple[str, bytes]] = []
     for name, field, kind in QUOTE_LAYOUT:
         wire_type = 1 if kind == _DOUBLE else 0
-        key = _key(field, wire_type)
+        key = field_key(field, wire_type)
         names.append(f"key_{name}")
         formats.append((np.uint8, (len(key),)))
         keys.append((f"key_{name}", key))
@@ -120,9 +106,9 @@ class QuoteEncoder:
         heads = []
         for symbol in symbols:
             raw = symbol.encode()
-            inner = _key(1, 2) + varint(len(raw)) + raw
+            inner = field_key(1, 2) + varint(len(raw)) + raw
             length = len(inner) + BLOCK_SIZE
-            heads.append(_key(_SMILE_QUOTES_FIELD, 2) + varint(length) + inner)
+            heads.append(field_key(_SMILE_QUOTES_FIELD, 2) + varint(length) + inner)
         sizes = np.array([len(h) + BLOCK_SIZE for h in heads], dtype=np.intp)
         starts = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.intp)
         self._template = np.zeros(int(sizes.sum()), dtype=np.uint8)
@@ -147,5 +133,5 @@ def smile_batch_bytes(
 ) -> bytes:
     """A serialised SmileBatch from serialised Smiles (field 4), without parsing them."""
     head = iv_pb.SmileBatch(header=header, venue=venue, currency=currency).SerializeToString()
-    key = _key(_SMILE_BATCH_SMILES_FIELD, 2)
+    key = field_key(_SMILE_BATCH_SMILES_FIELD, 2)
     return head + b"".join(key + varint(len(smile)) + smile for smile in smiles)

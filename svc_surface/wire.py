@@ -20,6 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from volstream.v1 import surface_pb2 as surface_pb
+from volstream.wire import varint
 
 Columns = Mapping[str, NDArray[np.float64] | NDArray[np.int64] | NDArray[np.bool_]]
 
@@ -54,25 +55,13 @@ _FIXED_DTYPE = np.dtype(
 FIXED_SIZE = _FIXED_DTYPE.itemsize  # 80 bytes
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
 @lru_cache(maxsize=65_536)
 def _header(symbol: str, venue: str) -> bytes:
     """Repeated-field tag + length of the whole QuoteFit, then its two strings."""
     sym, ven = symbol.encode(), venue.encode()
-    body = b"\x0a" + _varint(len(sym)) + sym + b"\x12" + _varint(len(ven)) + ven
+    body = b"\x0a" + varint(len(sym)) + sym + b"\x12" + varint(len(ven)) + ven
     size = len(body) + FIXED_SIZE
-    return bytes([(QUOTES_FIELD << 3) | 2]) + _varint(size) + body
+    return bytes([(QUOTES_FIELD << 3) | 2]) + varint(size) + body
 
 
 def encode_quote_fits(

@@ -3,7 +3,11 @@ metrics and health HTTP, and a clean stop on SIGTERM/SIGINT.
 
 A service's `run(cfg)` opens a :class:`ServiceContext`, builds its pure cores and runners on
 it, and awaits :meth:`ServiceContext.wait_stopped`; closing the context drains in order:
-runners first (finish and ack the current batch), then the publisher (await acks), then NATS.
+runners first (finish and ack the current batch), then the publisher (await acks), then NATS,
+then the HTTP server.
+
+The HTTP server (:meth:`ServiceContext.serve_http`) always serves /metrics, /healthz and
+/readyz; a service adds its own pages as routes (the API's index, later its dashboard).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import logging
 import signal
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -61,6 +65,7 @@ class ServiceContext:
     ready_checks: list[ReadyCheck] = field(default_factory=list)
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     started_at: float = field(default_factory=time.monotonic)
+    http_runners: list[web.AppRunner] = field(default_factory=list)
 
     def on_close(self, closer: Callable[[], Awaitable[None]]) -> None:
         """Run closer at shutdown (last registered runs first)."""
@@ -88,34 +93,47 @@ class ServiceContext:
     async def wait_stopped(self) -> None:
         await self.stop_event.wait()
 
+    async def serve_http(
+        self, ports: Iterable[int], routes: Iterable[web.AbstractRouteDef] = ()
+    ) -> None:
+        """Serve /metrics (Prometheus), /healthz (the loop answers), /readyz (NATS up, every
+        ready check passes) and the service's own ``routes`` on each of ``ports`` (0s and
+        repeats skipped); stopped when the context closes, after NATS."""
+        app = web.Application()
+        app.add_routes(
+            [
+                web.get("/metrics", self._metrics_page),
+                web.get("/healthz", self._healthz_page),
+                web.get("/readyz", self._readyz_page),
+                *routes,
+            ]
+        )
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        self.http_runners.append(runner)
+        for port in sorted({p for p in ports if p}):
+            await web.TCPSite(runner, "0.0.0.0", port).start()
+            log.info("%s: metrics and health on :%d", self.service, port)
 
-async def _health_server(ctx: ServiceContext, port: int) -> web.AppRunner:
-    """/metrics (Prometheus), /healthz (the loop answers), /readyz (NATS up, runners ready)."""
+    async def _metrics_page(self, _: web.Request) -> web.Response:
+        return web.Response(body=self.metrics.render(), content_type="text/plain")
 
-    async def metrics(_: web.Request) -> web.Response:
-        return web.Response(body=ctx.metrics.render(), content_type="text/plain")
-
-    async def healthz(_: web.Request) -> web.Response:
+    async def _healthz_page(self, _: web.Request) -> web.Response:
         return web.Response(text="ok\n")
 
-    async def readyz(_: web.Request) -> web.Response:
-        ok = ctx.ready()
+    async def _readyz_page(self, _: web.Request) -> web.Response:
+        ok = self.ready()
         return web.Response(text="ready\n" if ok else "not ready\n", status=200 if ok else 503)
-
-    app = web.Application()
-    app.add_routes(
-        [web.get("/metrics", metrics), web.get("/healthz", healthz), web.get("/readyz", readyz)]
-    )
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "0.0.0.0", port).start()
-    log.info("%s: metrics and health on :%d", ctx.service, port)
-    return runner
 
 
 @contextlib.asynccontextmanager
-async def service_context(cfg: Config, service: str) -> AsyncIterator[ServiceContext]:
-    """Connect, provision streams, start health HTTP, install signal handlers; drain on exit."""
+async def service_context(
+    cfg: Config, service: str, *, http: bool = True
+) -> AsyncIterator[ServiceContext]:
+    """Connect, provision streams, start health HTTP, install signal handlers; drain on exit.
+
+    ``http=False`` leaves starting the HTTP server to the service (:meth:`serve_http`), for a
+    service whose pages need what it starts first (the API serves HTTP once gRPC is up)."""
     if cfg.nats_url is None:
         raise ValueError("no NATS URL: pass --nats or set VOLSTREAM_NATS_URL")
     metrics = setup_telemetry(service, None)
@@ -137,8 +155,9 @@ async def service_context(cfg: Config, service: str) -> AsyncIterator[ServiceCon
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, ctx.stop_event.set)
-    http = await _health_server(ctx, cfg.metrics_port) if cfg.metrics_port else None
     try:
+        if http and cfg.metrics_port:
+            await ctx.serve_http([cfg.metrics_port])
         yield ctx
     finally:
         for closer in reversed(ctx.closers):
@@ -150,8 +169,8 @@ async def service_context(cfg: Config, service: str) -> AsyncIterator[ServiceCon
             await publisher.close(timeout_s=3.0)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(nc.drain(), 3.0)
-        if http is not None:
-            await http.cleanup()
+        for runner in ctx.http_runners:
+            await runner.cleanup()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         log.info("%s: stopped", service)

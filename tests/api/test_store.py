@@ -20,12 +20,13 @@ from svc_api.store import (
     StreamFilter,
     SurfaceKey,
     SurfaceStore,
-    length_delimited_field,
     stream_message,
 )
 from tests.api.conftest import FIRST_EXPIRY_NS, make_smile, make_surface
+from volstream.v1 import common_pb2 as common_pb
 from volstream.v1 import iv_pb2 as iv_pb
 from volstream.v1 import surface_service_pb2 as api_pb
+from volstream.wire import WIRE_VARINT, bool_field, field_key, length_delimited_field, varint
 
 KNOWN = ("deribit", "okx", "bybit", "binance", "all")
 SEC = 1_000_000_000
@@ -106,6 +107,19 @@ def test_cached_frames_are_the_protobuf_encoding() -> None:
     # Long payloads need multi-byte varint lengths.
     big = b"x" * 300_000
     assert length_delimited_field(1, big)[:4] == bytes([0x0A, 0xE0, 0xA7, 0x12])
+
+
+def test_wire_helpers_write_what_protobuf_writes() -> None:
+    for value in (0, 1, 127, 128, 300, 16_383, 16_384, 2**35, 2**64 - 1):
+        header = common_pb.EventHeader(sequence=value)  # uint64 field 5
+        assert header.SerializeToString() == (
+            field_key(5, WIRE_VARINT) + varint(value) if value else b""
+        )
+    request = api_pb.StreamSurfacesRequest(omit_quotes=True)  # bool field 4
+    assert request.SerializeToString() == bool_field(4, True)
+    assert bool_field(4, False) == b""
+    with pytest.raises(ValueError, match="negative"):
+        varint(-1)
 
 
 def test_smiles_are_kept_per_expiry_and_expired_ones_dropped() -> None:
