@@ -51,7 +51,7 @@ from scipy.optimize import least_squares
 from svc_surface.core import SurfaceCore
 from svc_surface.fit import FitConfig, SliceData, fit_svi_slice, fit_svi_slices
 from svc_surface.quotes import select_quotes
-from svc_surface.synthetic import NS_PER_DAY, crypto_like_slice, make_smile
+from tests.surface.synthetic import NS_PER_DAY, crypto_like_slice, make_smile
 from volmath.svi import RawSvi, implied_vol, total_variance
 from volstream.v1 import iv_pb2 as iv_pb
 from volstream.v1 import surface_pb2 as surface_pb

@@ -43,7 +43,6 @@ VENUE = "deribit"
 API_VERSION = "1.2.26"
 GROUPED_DEPTHS = (1, 10, 20)
 INTERVALS = ("100ms", "agg2")
-KINDS = ("option", "future", "spot", "future_combo", "option_combo")
 # Ticker fields a "missing fields" fault removes (the venue documents them as optional).
 OPTIONAL_TICKER_FIELDS = (
     "greeks",

@@ -55,7 +55,6 @@ _SQRT3: Final = float(np.sqrt(3.0))
 _SQRT_2PI: Final = float(np.sqrt(2.0 * np.pi))
 _SQRT_2_OVER_PI: Final = float(np.sqrt(2.0 / np.pi))
 _SQRT_PI_OVER_2: Final = float(np.sqrt(np.pi / 2.0))
-_LN2: Final = float(np.log(2.0))
 _TWO_PI: Final = 2.0 * float(np.pi)
 _LOWER_MAP_SCALE: Final = _TWO_PI / (3.0 * _SQRT3)  # 2 pi / (3 sqrt 3)
 _EPS: Final = float(np.finfo(np.float64).eps)
@@ -89,11 +88,6 @@ def ln_normalised_black_call(x: ArrayLike, s: ArrayLike) -> Array:
     ss = np.asarray(s, dtype=np.float64)
     diff, h = _erfcx_difference(xx, ss)
     return np.asarray(np.log(0.5 * diff) - 0.5 * h * h - 0.125 * ss * ss, dtype=np.float64)
-
-
-def normalised_black_call(x: ArrayLike, s: ArrayLike) -> Array:
-    """b(x, s) = C / sqrt(F K) of an out-of-the-money call (x <= 0)."""
-    return np.asarray(np.exp(ln_normalised_black_call(x, s)), dtype=np.float64)
 
 
 def _b_and_vega(x: Array, s: Array) -> tuple[Array, Array]:

@@ -189,10 +189,6 @@ def _median(x: Array) -> float:
     return float(statistics.median(x.tolist())) if x.size else math.nan
 
 
-def _finite_pos(x: float) -> bool:
-    return math.isfinite(x) and x > 0.0
-
-
 _NUMERIC_FIELDS = (
     "option_kind",
     "strike_usd",

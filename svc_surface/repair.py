@@ -19,8 +19,10 @@ repaired that way is not published, with the reason.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from enum import Enum, auto
+from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -205,6 +207,218 @@ def _fmt_range(q: tuple[float, float]) -> str:
     return f"[{q[0]:.3f}, {q[1]:.3f}]"
 
 
+class _Crossing(Enum):
+    """Where a calendar crossing of a (earlier) below b (later) lies; the value names it in
+    a dropped slice's reason."""
+
+    SHORT_WING = "short_wing"  # outside a's quoted range: a's wing is extrapolation
+    LONG_WING = "long_wing"  # inside a's quotes, beyond b's last quote
+    CONFLICT = "conflict"  # inside both quoted ranges: the data disagree
+
+
+class _Verdict(Enum):
+    """What _resolve_calendar did with the pair."""
+
+    RESOLVED = auto()  # the params of a and/or b were updated: the pair no longer crosses
+    DROP_A = auto()  # a is not published (its reason is set)
+    DROP_B = auto()  # b is not published (its reason is set)
+
+
+class _Move(NamedTuple):
+    """A candidate resolution: new params of a and of b (None: unchanged)."""
+
+    a: RawSvi | None
+    b: RawSvi | None
+
+
+@dataclass
+class _Pair:
+    """The inputs every candidate resolution of one crossing shares. pa, pb, pc: the
+    params of a, b and b's later published neighbour c (b and c are final)."""
+
+    a: _Slice
+    b: _Slice
+    pa: RawSvi
+    pb: RawSvi
+    pc: RawSvi | None
+    gap: float
+    k_range: tuple[float, float]
+    wb: float
+    memo: RefitMemo
+    # Feasible starting points help the solver: b scaled down to a's ATM variance lies
+    # below b everywhere; a scaled up to b's lies above a.
+    scaled_a: RawSvi | None
+    scaled_b: RawSvi | None
+    # a's refit under b once _refit_a found one: the joint refit starts from it.
+    refit_a: RawSvi | None = None
+
+
+def _crossing(pair: _Pair, gap_k: float) -> _Crossing:
+    viol = _violation_k(pair.pa, pair.pb, pair.k_range)
+    if viol.size == 0:
+        viol = np.array([gap_k])
+    a, b = pair.a, pair.b
+    both = (max(a.quoted[0], b.quoted[0]), min(a.quoted[1], b.quoted[1]))
+    if np.any(_inside(viol, both)):
+        return _Crossing.CONFLICT
+    if np.any(_inside(viol, a.quoted)):
+        return _Crossing.LONG_WING
+    return _Crossing.SHORT_WING
+
+
+def _refit_a(x: _Pair) -> _Move | None:
+    """a refitted under b."""
+    data = x.a.src.data
+    if data is None:
+        return None
+    for start in [s for s in (x.a.src.warm, x.pa, x.scaled_b) if s is not None]:
+        p = x.memo.single(start, data, None, x.pb, x.k_range, x.wb)
+        if p is not None and x.a.atm_ok(p):
+            x.refit_a = p
+            return _Move(p, None)
+    return None
+
+
+def _refit_b(x: _Pair) -> _Move | None:
+    """b refitted above a and below c."""
+    data = x.b.src.data
+    if data is None or (x.pc is not None and not _pair_ok(x.pa, x.pc, x.k_range)):
+        return None  # nothing fits between a and c when a crosses c
+    for start in [s for s in (x.b.src.warm, x.pb, x.scaled_a) if s is not None]:
+        p = x.memo.single(start, data, x.pa, x.pc, x.k_range, x.wb)
+        if p is not None and x.b.atm_ok(p):
+            return _Move(None, p)
+    return None
+
+
+def _joint_refit(x: _Pair) -> _Move | None:
+    """a and b refitted together (below c)."""
+    if x.a.src.data is None or x.b.src.data is None:
+        return None
+    # Starting from a's flattened refit keeps the solve from raising b's unquoted
+    # wings to meet a's unquoted ones (both cost the quotes nothing).
+    starts: list[tuple[RawSvi, RawSvi]] = []
+    if x.a.src.warm is not None and x.b.src.warm is not None:
+        starts.append((x.a.src.warm, x.b.src.warm))
+    starts.append((x.refit_a if x.refit_a is not None else x.pa, x.pb))
+    datas = [x.a.src.data, x.b.src.data]
+    for start_a, start_b in starts:
+        out = x.memo.chain([start_a, start_b], datas, None, x.pc, x.k_range, x.wb)
+        if out is not None and x.a.atm_ok(out[0]) and x.b.atm_ok(out[1]):
+            return _Move(out[0], out[1])
+    return None
+
+
+# A parallel shift is not driven by the data: only where a quoted band bounds it.
+def _shift_a(x: _Pair) -> _Move | None:
+    """a shifted down in total variance until it clears b."""
+    if x.a.band is None:
+        return None
+    p = x.pa._replace(a=x.pa.a - (-x.gap + CALENDAR_MARGIN))
+    ok = valid_params(p) and min_total_variance(p) > 0.0 and x.a.atm_ok(p)
+    if ok and _butterfly_ok(p, x.k_range, x.wb) and _pair_ok(p, x.pb, x.k_range):
+        return _Move(p, None)
+    return None
+
+
+def _lift_b(x: _Pair) -> _Move | None:
+    """b lifted above a (and still below c)."""
+    if x.b.band is None:
+        return None
+    p = lift_for_calendar(x.pa, x.pb, x.k_range)
+    if not (x.b.atm_ok(p) and _butterfly_ok(p, x.k_range, x.wb) and _pair_ok(x.pa, p, x.k_range)):
+        return None
+    if x.pc is not None and not _pair_ok(p, x.pc, x.k_range):
+        return None
+    return _Move(None, p)
+
+
+_Plan = Callable[[_Pair], _Move | None]
+
+# The refits tried for each kind of crossing, preferred first, and the method each
+# reports. A crossing in a's extrapolation never raises b alone: b's unquoted wing would
+# be made to follow a's unquoted one.
+_REFITS: dict[_Crossing, tuple[tuple[_Plan, str], ...]] = {
+    _Crossing.SHORT_WING: (
+        (_refit_a, "calendar_wing_refit"),
+        (_joint_refit, "calendar_joint_refit"),
+    ),
+    _Crossing.LONG_WING: (
+        (_refit_b, "calendar_wing_refit"),
+        (_joint_refit, "calendar_joint_refit"),
+        (_refit_a, "calendar_refit"),
+    ),
+    _Crossing.CONFLICT: (
+        (_joint_refit, "calendar_joint_refit"),
+        (_refit_a, "calendar_refit"),
+        (_refit_b, "calendar_refit"),
+    ),
+}
+# The last resort when no refit works: the first parallel shift that does.
+_SHIFTS: dict[_Crossing, tuple[tuple[_Plan, str], ...]] = {
+    _Crossing.SHORT_WING: ((_shift_a, "calendar_shift"), (_lift_b, "calendar_lift")),
+    _Crossing.LONG_WING: ((_lift_b, "calendar_lift"), (_shift_a, "calendar_shift")),
+    _Crossing.CONFLICT: ((_shift_a, "calendar_shift"), (_lift_b, "calendar_lift")),
+}
+
+
+def _cost(x: _Pair, move: _Move) -> float:
+    """What a move costs the quotes: the change of the data objectives."""
+    total = 0.0
+    for s, p, new in ((x.a, x.pa, move.a), (x.b, x.pb, move.b)):
+        if new is not None and s.src.data is not None:
+            total += _objective(new, s.src.data) - _objective(p, s.src.data)
+    return total
+
+
+def _keeps_bands(x: _Pair, move: _Move) -> bool:
+    """No quote ends up further outside its bid/ask band than before (moves inside the
+    bands are free: a fit inside the band is perfect)."""
+    for s, p, new in ((x.a, x.pa, move.a), (x.b, x.pb, move.b)):
+        if new is not None and s.src.data is not None:
+            before, after = _band_miss(p, s.src.data), _band_miss(new, s.src.data)
+            if after > before + 0.01 * (1.0 + before):
+                return False
+    return True
+
+
+def _choose(x: _Pair, kind: _Crossing) -> tuple[str, _Move] | None:
+    """The preferred refit when it keeps the quotes inside their bands; otherwise every
+    refit competes and the one that costs the quotes least wins (minimal change weighted
+    by the data); failing every refit, the first parallel shift that works; None when
+    nothing does. Returns the method and the move."""
+    found: list[tuple[float, str, _Move]] = []
+    for n_tried, (plan, method) in enumerate(_REFITS[kind]):
+        move = plan(x)
+        if move is None:
+            continue
+        found.append((_cost(x, move), method, move))
+        if n_tried == 0 and _keeps_bands(x, move):
+            break
+    if found:
+        _, method, move = min(found, key=lambda f: f[0])
+        return method, move
+    for plan, method in _SHIFTS[kind]:
+        move = plan(x)
+        if move is not None:
+            return method, move
+    return None
+
+
+def _describe(kind: _Crossing, a: _Slice, b: _Slice) -> str:
+    if kind is _Crossing.SHORT_WING:
+        return f"crossing outside its quotes {_fmt_range(a.quoted)}"
+    if kind is _Crossing.LONG_WING:
+        return f"crossing beyond {b.label}'s quotes {_fmt_range(b.quoted)}"
+    return "crossing inside both quoted ranges (data conflict)"
+
+
+def _weakness(s: _Slice) -> tuple[int, float]:
+    """Larger: less informed (fewer quotes; then the wider ATM band)."""
+    width = s.band[1] - s.band[0] if s.band is not None else math.inf
+    return (-s.n_quotes(), width)
+
+
 def _resolve_calendar(
     a: _Slice,
     b: _Slice,
@@ -214,7 +428,7 @@ def _resolve_calendar(
     k_range: tuple[float, float],
     wb: float,
     memo: RefitMemo,
-) -> str:
+) -> _Verdict:
     """Remove the crossing of a (earlier) below b (later, already final; c: b's later
     published neighbour, final). Changes what the data does not pin down first:
 
@@ -227,178 +441,46 @@ def _resolve_calendar(
 
     Then the other refits, then parallel shifts (a down or b up), each accepted only if
     arbitrage-free against the neighbours and keeping every changed slice's ATM vol
-    within its quotes' band. Returns "ok" (params updated), "drop_a" or "drop_b"."""
+    within its quotes' band (_REFITS, _SHIFTS, _choose). When nothing is, the less
+    informed slice is dropped, with the reason."""
     pa, pb = a.params, b.params
     assert pa is not None and pb is not None
-    pc = c.params if c is not None else None
-    viol = _violation_k(pa, pb, k_range)
-    if viol.size == 0:
-        viol = np.array([gap_k])
-    both = (max(a.quoted[0], b.quoted[0]), min(a.quoted[1], b.quoted[1]))
-    if np.any(_inside(viol, both)):
-        kind = "conflict"
-    elif np.any(_inside(viol, a.quoted)):
-        kind = "long_wing"
-    else:
-        kind = "short_wing"
-    where = f"vs {b.label} gap {gap:.3g} at k={gap_k:.3f}"
-
-    # Feasible starting points help the solver: b scaled down to a's ATM variance lies
-    # below b everywhere; a scaled up to b's lies above a.
     w_a0, w_b0 = float(total_variance(pa, 0.0)), float(total_variance(pb, 0.0))
-    scaled_b = _scaled(pb, w_a0 / w_b0) if 0.0 < w_a0 < w_b0 else None
-    scaled_a = _scaled(pa, w_b0 / w_a0) if 0.0 < w_a0 < w_b0 else None
-    solved_a: list[RawSvi] = []
-
-    def refit_a() -> tuple[RawSvi | None, RawSvi | None]:
-        data = a.src.data
-        if data is None:
-            return None, None
-        for start in [x for x in (a.src.warm, pa, scaled_b) if x is not None]:
-            p = memo.single(start, data, None, pb, k_range, wb)
-            if p is not None and a.atm_ok(p):
-                solved_a.append(p)
-                return p, None
-        return None, None
-
-    def refit_b() -> tuple[RawSvi | None, RawSvi | None]:
-        data = b.src.data
-        if data is None or (pc is not None and not _pair_ok(pa, pc, k_range)):
-            return None, None  # nothing fits between a and c when a crosses c
-        for start in [x for x in (b.src.warm, pb, scaled_a) if x is not None]:
-            p = memo.single(start, data, pa, pc, k_range, wb)
-            if p is not None and b.atm_ok(p):
-                return None, p
-        return None, None
-
-    def joint() -> tuple[RawSvi | None, RawSvi | None]:
-        if a.src.data is None or b.src.data is None:
-            return None, None
-        # Starting from a's flattened refit keeps the solve from raising b's unquoted
-        # wings to meet a's unquoted ones (both cost the quotes nothing).
-        starts: list[tuple[RawSvi, RawSvi]] = []
-        if a.src.warm is not None and b.src.warm is not None:
-            starts.append((a.src.warm, b.src.warm))
-        starts.append((solved_a[0] if solved_a else pa, pb))
-        for start_a, start_b in starts:
-            out = memo.chain([start_a, start_b], [a.src.data, b.src.data], None, pc, k_range, wb)
-            if out is not None and a.atm_ok(out[0]) and b.atm_ok(out[1]):
-                return out[0], out[1]
-        return None, None
-
-    # A parallel shift is not driven by the data: only where a quoted band bounds it.
-    def shift_a() -> tuple[RawSvi | None, RawSvi | None]:
-        if a.band is None:
-            return None, None
-        p = pa._replace(a=pa.a - (-gap + CALENDAR_MARGIN))
-        ok = valid_params(p) and min_total_variance(p) > 0.0 and a.atm_ok(p)
-        if ok and _butterfly_ok(p, k_range, wb) and _pair_ok(p, pb, k_range):
-            return p, None
-        return None, None
-
-    def lift_b() -> tuple[RawSvi | None, RawSvi | None]:
-        if b.band is None:
-            return None, None
-        p = lift_for_calendar(pa, pb, k_range)
-        if not (b.atm_ok(p) and _butterfly_ok(p, k_range, wb) and _pair_ok(pa, p, k_range)):
-            return None, None
-        if pc is not None and not _pair_ok(p, pc, k_range):
-            return None, None
-        return None, p
-
-    refit_names = {
-        "short_wing": "calendar_wing_refit" if kind == "short_wing" else "calendar_refit",
-        "long_wing": "calendar_wing_refit" if kind == "long_wing" else "calendar_refit",
-    }
-    # A crossing in a's extrapolation never raises b alone: b's unquoted wing would be
-    # made to follow a's unquoted one.
-    refits = {
-        "short_wing": [(refit_a, refit_names["short_wing"]), (joint, "calendar_joint_refit")],
-        "long_wing": [
-            (refit_b, refit_names["long_wing"]),
-            (joint, "calendar_joint_refit"),
-            (refit_a, refit_names["short_wing"]),
-        ],
-        "conflict": [
-            (joint, "calendar_joint_refit"),
-            (refit_a, refit_names["short_wing"]),
-            (refit_b, refit_names["long_wing"]),
-        ],
-    }[kind]
-    shifts = [(shift_a, "calendar_shift"), (lift_b, "calendar_lift")]
-    if kind == "long_wing":
-        shifts.reverse()
-
-    def cost(new_a: RawSvi | None, new_b: RawSvi | None) -> float:
-        total = 0.0
-        for s, p, new in ((a, pa, new_a), (b, pb, new_b)):
-            if new is not None and s.src.data is not None:
-                total += _objective(new, s.src.data) - _objective(p, s.src.data)
-        return total
-
-    def keeps_bands(new_a: RawSvi | None, new_b: RawSvi | None) -> bool:
-        """No quote ends up further outside its bid/ask band than before (moves inside
-        the bands are free: a fit inside the band is perfect)."""
-        for s, p, new in ((a, pa, new_a), (b, pb, new_b)):
-            if new is not None and s.src.data is not None:
-                before, after = _band_miss(p, s.src.data), _band_miss(new, s.src.data)
-                if after > before + 0.01 * (1.0 + before):
-                    return False
-        return True
-
-    # The preferred refit is taken when it keeps the quotes inside their bands;
-    # otherwise every refit competes and the one that costs the quotes least wins
-    # (minimal change weighted by the data).
-    found: list[tuple[float, str, RawSvi | None, RawSvi | None]] = []
-    for n_tried, (plan, method) in enumerate(refits):
-        new_a, new_b = plan()
-        if new_a is None and new_b is None:
-            continue
-        found.append((cost(new_a, new_b), method, new_a, new_b))
-        if n_tried == 0 and keeps_bands(new_a, new_b):
-            break
-    if not found:
-        for plan, method in shifts:
-            new_a, new_b = plan()
-            if new_a is not None or new_b is not None:
-                found.append((cost(new_a, new_b), method, new_a, new_b))
-                break
-    if found:
-        _, method, new_a, new_b = min(found, key=lambda f: f[0])
-        desc = {
-            "short_wing": f"crossing outside its quotes {_fmt_range(a.quoted)}",
-            "long_wing": f"crossing beyond {b.label}'s quotes {_fmt_range(b.quoted)}",
-            "conflict": "crossing inside both quoted ranges (data conflict)",
-        }[kind]
-        if new_a is not None:
-            a.methods.append(method)
-            a.notes.append(f"calendar {where}: {desc}; {_move_note(a, new_a)}")
-            a.params = new_a
-        if new_b is not None:
-            b.methods.append(method)
-            b.notes.append(
-                f"calendar vs {a.label} gap {gap:.3g} at k={gap_k:.3f}: {desc}; "
-                f"{_move_note(b, new_b)}"
-            )
-            b.params = new_b
-        return "ok"
-
-    # Nothing arbitrage-free keeps both within their quotes: drop the less informed
-    # slice (fewer quotes; then the wider ATM band).
-
-    def weakness(s: _Slice) -> tuple[int, float]:
-        width = s.band[1] - s.band[0] if s.band is not None else math.inf
-        return (-s.n_quotes(), width)
-
-    reason = (
-        f"calendar crossing with {{other}} ({kind}, gap {gap:.3g} at k={gap_k:.3f}) "
-        "cannot be removed within the quotes' ATM band"
+    scalable = 0.0 < w_a0 < w_b0
+    pair = _Pair(
+        a=a,
+        b=b,
+        pa=pa,
+        pb=pb,
+        pc=c.params if c is not None else None,
+        gap=gap,
+        k_range=k_range,
+        wb=wb,
+        memo=memo,
+        scaled_a=_scaled(pa, w_b0 / w_a0) if scalable else None,
+        scaled_b=_scaled(pb, w_a0 / w_b0) if scalable else None,
     )
-    if weakness(a) >= weakness(b):
-        a.reason = reason.format(other=b.label)
-        return "drop_a"
-    b.reason = reason.format(other=a.label)
-    return "drop_b"
+    kind = _crossing(pair, gap_k)
+    chosen = _choose(pair, kind)
+    if chosen is None:
+        # Nothing arbitrage-free keeps both within their quotes.
+        weaker, other = (a, b) if _weakness(a) >= _weakness(b) else (b, a)
+        weaker.reason = (
+            f"calendar crossing with {other.label} ({kind.value}, gap {gap:.3g} at "
+            f"k={gap_k:.3f}) cannot be removed within the quotes' ATM band"
+        )
+        return _Verdict.DROP_A if weaker is a else _Verdict.DROP_B
+    method, move = chosen
+    desc = _describe(kind, a, b)
+    for s, other, new in ((a, b, move.a), (b, a, move.b)):
+        if new is not None:
+            s.methods.append(method)
+            s.notes.append(
+                f"calendar vs {other.label} gap {gap:.3g} at k={gap_k:.3f}: {desc}; "
+                f"{_move_note(s, new)}"
+            )
+            s.params = new
+    return _Verdict.RESOLVED
 
 
 def _scaled(p: RawSvi, factor: float) -> RawSvi:
@@ -508,10 +590,10 @@ def repair_surface(
             verdict = _resolve_calendar(
                 st, up, upper_up, report.min_gap, report.k_at_min_gap, k_range, wing_bound, memo
             )
-            if verdict == "ok":
+            if verdict is _Verdict.RESOLVED:
                 published.append(pos)
                 break
-            if verdict == "drop_a":
+            if verdict is _Verdict.DROP_A:
                 st.params = None
                 break
             up.params = None

@@ -85,11 +85,6 @@ def min_total_variance(p: RawSvi) -> float:
     return p.a + p.b * p.sigma * math.sqrt(max(0.0, 1.0 - p.rho * p.rho))
 
 
-def wing_slopes(p: RawSvi) -> tuple[float, float]:
-    """Asymptotic total-variance slopes |dw/dk| as k -> -inf (put) and k -> +inf (call)."""
-    return p.b * (1.0 - p.rho), p.b * (1.0 + p.rho)
-
-
 def domain_violations(p: RawSvi, wing_bound: float = LEE_WING_BOUND) -> list[str]:
     """Reasons why p is outside the raw-SVI parameter domain (empty list: valid)."""
     reasons: list[str] = []

@@ -17,10 +17,11 @@ import contextlib
 import importlib
 import logging
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from volstream.config import (
     KNOWN_VENUES,
@@ -31,6 +32,9 @@ from volstream.config import (
     parse_list,
     parse_partitions,
 )
+
+if TYPE_CHECKING:
+    import grpc
 
 # Where each service's `run(cfg)` lives.
 SERVICE_MODULES = {
@@ -180,6 +184,97 @@ def setup_logging(level: str, prefix: str = "") -> None:
     logging.basicConfig(level=getattr(logging, level.upper()), format=fmt, stream=sys.stderr)
 
 
+# The API's commands (`surface`, `watch`): grpc and the client load only when they run.
+def _rpc_error(exc: grpc.RpcError) -> int:
+    import grpc
+
+    code = exc.code() if hasattr(exc, "code") else None
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    name = code.name if code is not None else "ERROR"
+    print(f"volstream: {name}: {details}", file=sys.stderr)
+    return 2 if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAUTHENTICATED) else 1
+
+
+def surface_command(
+    server: str,
+    venue: str,
+    currency: str,
+    token: str | None = None,
+    *,
+    tls: bool = False,
+    ca_file: Path | None = None,
+    expiry: str | None = None,
+) -> int:
+    """`volstream surface`: term structure (and one smile with expiry=) as tables."""
+    import grpc
+
+    from volstream.cli_render import render_smile, render_term_structure
+    from volstream.client import SurfaceClient
+
+    roots = ca_file.read_bytes() if ca_file else None
+    try:
+        with SurfaceClient(server, token=token, tls=tls, root_certificates=roots) as client:
+            if expiry:
+                answer = client.get_smile(venue, currency, expiry)
+                print(
+                    render_smile(answer.slice, answer.smile if answer.HasField("smile") else None)
+                )
+            else:
+                print(render_term_structure(client.get_surface(venue, currency, omit_quotes=True)))
+    except grpc.RpcError as exc:
+        return _rpc_error(exc)
+    return 0
+
+
+def watch_command(
+    server: str,
+    venues: Sequence[str],
+    currencies: Sequence[str],
+    min_interval_ms: int = 1000,
+    token: str | None = None,
+    *,
+    tls: bool = False,
+    ca_file: Path | None = None,
+    max_messages: int | None = None,
+) -> int:
+    """`volstream watch`: one line per surface update; reconnects while the server is away."""
+    import grpc
+
+    from volstream.cli_render import render_update_line
+    from volstream.client import SurfaceClient
+
+    roots = ca_file.read_bytes() if ca_file else None
+    backoff_s = 0.5
+    seen = 0
+    with SurfaceClient(server, token=token, tls=tls, root_certificates=roots) as client:
+        while True:
+            try:
+                stream = client.stream(venues, currencies, min_interval_ms, omit_quotes=True)
+                with stream:
+                    for message in stream:
+                        backoff_s = 0.5
+                        for surface in message.surfaces:
+                            print(render_update_line(surface), flush=True)
+                        seen += 1
+                        if max_messages is not None and seen >= max_messages:
+                            return 0
+            except KeyboardInterrupt:
+                return 0
+            except grpc.RpcError as exc:
+                if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+                    return _rpc_error(exc)
+                print(
+                    f"volstream: server unavailable; retrying in {backoff_s:.1f}s", file=sys.stderr
+                )
+            else:
+                print("volstream: stream ended by the server; reconnecting", file=sys.stderr)
+            try:
+                time.sleep(backoff_s)
+            except KeyboardInterrupt:
+                return 0
+            backoff_s = min(backoff_s * 2, 10.0)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -203,12 +298,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             asyncio.run(module.run(cfg, **kwargs))
         return
     if args.command == "surface":
-        from volstream.client import surface_command
-
         raise SystemExit(surface_command(args.server, args.venue, args.currency, args.token))
     if args.command == "watch":
-        from volstream.client import watch_command
-
         raise SystemExit(
             watch_command(
                 args.server,

@@ -5,21 +5,17 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
+from typing import Any
 
 import grpc
 import pytest
 
 from tests.api.conftest import FIRST_EXPIRY_NS, Bus, StartApi, make_smile, make_surface
-from volstream.client import (
-    AsyncSurfaceClient,
-    SurfaceClient,
-    render_smile,
-    render_term_structure,
-    render_update_line,
-    surface_command,
-    to_timestamp,
-    watch_command,
-)
+from volstream import cli_render
+from volstream.cli import surface_command, watch_command
+from volstream.cli_render import render_smile, render_term_structure, render_update_line
+from volstream.client import AsyncSurfaceClient, SurfaceClient, to_timestamp
+from volstream.v1 import surface_pb2 as surface_pb
 
 
 async def test_sync_client_covers_every_method(bus: Bus, start_api: StartApi) -> None:
@@ -111,7 +107,10 @@ def test_tables_render_every_expiry_tenor_and_quote() -> None:
 
 
 async def test_cli_commands_print_tables_and_updates(
-    bus: Bus, start_api: StartApi, capsys: pytest.CaptureFixture[str]
+    bus: Bus,
+    start_api: StartApi,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     await bus.publish_surface(make_surface("deribit", "BTC", 3))
     api = await start_api()
@@ -127,15 +126,25 @@ async def test_cli_commands_print_tables_and_updates(
     captured = capsys.readouterr()
     assert code == 2 and "INVALID_ARGUMENT: unknown venue 'nowhere'" in captured.err
 
-    async def publish_later() -> None:
-        await asyncio.sleep(0.3)
-        await bus.publish_surface(make_surface("deribit", "BTC", 4))
+    rendered: list[str] = []
 
-    publishing = asyncio.create_task(publish_later())
-    code = await asyncio.to_thread(
-        watch_command, api.address, ["deribit"], [], 0, None, max_messages=2
+    def recording(surface: surface_pb.Surface, *args: Any, **kwargs: Any) -> str:
+        line = render_update_line(surface, *args, **kwargs)
+        rendered.append(line)
+        return line
+
+    monkeypatch.setattr(cli_render, "render_update_line", recording)
+    watching = asyncio.create_task(
+        asyncio.to_thread(watch_command, api.address, ["deribit"], [], 0, None, max_messages=2)
     )
-    await publishing
+    # The update goes out once the snapshot is shown: any earlier, the conflating stream
+    # would rightly fold it into the snapshot. The deadline bounds a hang only.
+    deadline = time.monotonic() + 10
+    while not rendered:
+        assert time.monotonic() < deadline and not watching.done(), "no snapshot shown"
+        await asyncio.sleep(0.01)
+    await bus.publish_surface(make_surface("deribit", "BTC", 4))
+    code = await asyncio.wait_for(watching, 10)
     lines = capsys.readouterr().out.splitlines()
     assert code == 0
     assert "rev 3" in lines[0] and "rev 4" in lines[1]

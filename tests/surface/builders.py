@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from svc_surface.synthetic import NS_PER_DAY, QuoteFaults, crypto_like_slice, make_smile
+from tests.surface.synthetic import NS_PER_DAY, QuoteFaults, crypto_like_slice, make_smile
 from volmath.svi import RawSvi
 from volstream.v1 import iv_pb2 as iv_pb
 

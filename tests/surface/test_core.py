@@ -16,8 +16,8 @@ from svc_surface.core import (
     run_fit_job,
 )
 from svc_surface.metrics import PREMIUM_ADJUSTED, smile_metrics
-from svc_surface.synthetic import NS_PER_DAY, QuoteFaults
 from tests.surface.builders import NOW_NS, truth_smiles, truth_surface
+from tests.surface.synthetic import NS_PER_DAY, QuoteFaults
 from volmath.svi import JwSvi, RawSvi, jw_to_raw
 from volstream.v1 import common_pb2 as common_pb
 from volstream.v1 import surface_pb2 as surface_pb

@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from svc_surface.core import ConsolidatedSurfaceCore, SurfaceConfig, SurfaceCore
-from svc_surface.synthetic import NS_PER_DAY, QuoteFaults, make_smile
 from tests.surface.builders import NOW_NS
+from tests.surface.synthetic import NS_PER_DAY, QuoteFaults, make_smile
 from volmath.svi import RawSvi
 from volstream.v1 import iv_pb2 as iv_pb
 from volstream.v1 import surface_pb2 as surface_pb

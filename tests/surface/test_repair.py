@@ -11,8 +11,8 @@ from scipy.optimize import least_squares
 from svc_surface.arbitrage import butterfly_check, calendar_check, gj_butterfly_repair
 from svc_surface.refit import RefitData
 from svc_surface.repair import RepairOutcome, SliceToRepair, repair_surface
-from svc_surface.synthetic import crypto_like_slice
 from tests.surface.builders import g_independent
+from tests.surface.synthetic import crypto_like_slice
 from volmath.svi import RawSvi, total_variance
 
 VOGT = RawSvi(a=-0.0410, b=0.1331, rho=0.3060, m=0.3586, sigma=0.4153)

@@ -10,8 +10,8 @@ import pytest
 from svc_surface.core import SurfaceConfig, SurfaceCore
 from svc_surface.metrics import smile_metrics
 from svc_surface.quotes import Prior
-from svc_surface.synthetic import NS_PER_DAY, crypto_like_slice
 from tests.surface.builders import NOW_NS, truth_smiles
+from tests.surface.synthetic import NS_PER_DAY, crypto_like_slice
 from volmath.svi import RawSvi
 from volstream.v1 import surface_pb2 as surface_pb
 

@@ -128,8 +128,3 @@ async def connect(
     events.nc = nc
     log.info("nats %s: connected to %s", name, nc.connected_url.netloc if nc.connected_url else url)
     return nc
-
-
-def reconnect_count(nc: Client) -> int:
-    """How many times ``nc`` has reconnected (for components that must re-arm after one)."""
-    return int(nc.stats.get("reconnects", 0))

@@ -72,7 +72,6 @@ from volstream.telemetry import Metrics
 
 log = logging.getLogger("volstream.bus")
 
-ACK_PREFIX = "$JS.ACK."
 ACK = b"+ACK"
 NAK = b"-NAK"
 IN_PROGRESS = b"+WPI"

@@ -294,10 +294,6 @@ def parse_instruments_page(
     return result, cursor if isinstance(cursor, str) else ""
 
 
-def _upper_text(value: object) -> str:
-    return value.upper() if isinstance(value, str) else ""
-
-
 def _instrument(entry: dict[str, Any], counts: Counter[str]) -> md_pb.Instrument:
     name = req_text(entry, "symbol", "instrument")
     where = f"instrument {name}"

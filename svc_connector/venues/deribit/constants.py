@@ -34,7 +34,6 @@ def simulator_endpoints(http_base: str, ws_base: str) -> Endpoints:
 # Channel templates. {inst} is the instrument name, {interval} "100ms" | "agg2" | "raw"
 # ("raw" needs an authorised connection), {index} e.g. "btc_usd".
 BOOK_CHANNEL: Final = "book.{inst}.{interval}"
-BOOK_GROUPED_CHANNEL: Final = "book.{inst}.{group}.{depth}.{interval}"
 TICKER_CHANNEL: Final = "ticker.{inst}.{interval}"
 PRICE_INDEX_CHANNEL: Final = "deribit_price_index.{index}"
 VOLATILITY_INDEX_CHANNEL: Final = "deribit_volatility_index.{index}"
@@ -75,5 +74,3 @@ OPTION_USDC_LINEAR: Final = "usdc_linear"  # "false"
 OPTION_INSTRUMENT_STATE: Final = "instrument_state"  # "true"
 # Seconds: the simulator accepts shorter heartbeats than the venue's 10 s (tests only).
 OPTION_MIN_HEARTBEAT: Final = "min_heartbeat_interval_s"  # "10"
-# Seconds between an instrument.state-triggered refresh and the previous refresh.
-OPTION_EARLY_REFRESH_SPACING: Final = "early_refresh_spacing_s"  # "5"
