@@ -95,7 +95,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 def _add_runtime(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grpc-port", type=_port, help="gRPC port (default 50051)")
     p.add_argument("--http-port", type=_port, help="HTTP port: metrics, dashboard (default 8080)")
-    p.add_argument("--sim-rate", type=_positive_float, help="simulator messages/s (default 2000)")
+    p.add_argument(
+        "--sim-rate", type=_positive_float, help="simulator messages/s per venue (default 2000)"
+    )
     p.add_argument(
         "--sim-start",
         help="simulator event time at start, ISO-8601 UTC (e.g. 2026-12-31T07:59:00Z; "

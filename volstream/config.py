@@ -77,7 +77,8 @@ class Config:
     sim_url: str | None = None
     # Use venues' testnet URLs where they have them.
     testnet: bool = False
-    # Simulator total message rate (messages/s across venues).
+    # Simulator message rate per venue (book + ticker notifications/s; four venues at the
+    # default 2000 make 8000/s in all).
     sim_rate: float = 2000.0
     sim_seed: int = 7
     # The simulator's event time at start (ISO-8601 UTC; None: now). Its calendar (which
