@@ -32,6 +32,9 @@ from volstream.v1 import surface_pb2 as surface_pb
 
 VENUES = ("deribit", "okx", "bybit", "binance")
 CURRENCIES = ("BTC", "ETH")
+# A simulator start for tests whose outcome depends on which expiries are listed (accuracy
+# per expiry): a Wednesday 12:00 UTC, so every run fits the same calendar whatever the day.
+PINNED_START_NS = 1_773_230_400 * 1_000_000_000  # 2026-03-11T12:00:00Z
 
 
 @contextlib.asynccontextmanager

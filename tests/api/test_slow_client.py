@@ -18,6 +18,11 @@ PUBLISH_HZ = 50
 PUBLISH_S = 3.5
 SLOW_READ_PERIOD_S = 0.5
 SLOW_READS = 6
+# A reader held back by a slow one (or reading a backlog) sees data about a slow read period
+# old; half of one is the slack for delivery and scheduling on a loaded machine.
+FRESH_S = SLOW_READ_PERIOD_S / 2
+# A fast reader keeps pace with the publisher: half its updates within one publish period.
+FAST_MEDIAN_MS = 1000 / PUBLISH_HZ
 
 
 class Publisher:
@@ -87,14 +92,14 @@ async def test_slow_conflating_client_gets_latest_state_and_fast_client_is_unaff
 
     # The slow consumer always got the newest state: fresh, skipping intermediate revisions.
     for staleness_s, revision, latest in slow_seen[1:]:
-        assert staleness_s < 0.3, slow_seen
-        assert latest - revision <= 3, slow_seen
+        assert staleness_s < FRESH_S, slow_seen
+        assert latest - revision < PUBLISH_HZ * FRESH_S, slow_seen  # FRESH_S in revisions
     revisions = [r for _, r, _ in slow_seen]
     assert revisions == sorted(revisions) and revisions[-1] - revisions[1] > 2 * SLOW_READS
-    # The fast client saw (nearly) every revision, quickly.
+    # The fast client saw (nearly) every revision, quickly: never held up by the slow one.
     assert len(set(fast_revisions)) >= 0.9 * publisher.revision
-    assert statistics.median(latencies) < 30, statistics.median(latencies)
-    assert max(latencies) < 300, max(latencies)
+    assert statistics.median(latencies) < FAST_MEDIAN_MS, statistics.median(latencies)
+    assert max(latencies) < 1000 * FRESH_S, max(latencies)
 
 
 async def test_server_keeps_at_most_one_message_in_flight_for_a_slow_raw_stream(
@@ -129,4 +134,4 @@ async def test_server_keeps_at_most_one_message_in_flight_for_a_slow_raw_stream(
     assert slow_written <= SLOW_READS + 4, (slow_written, publisher.revision)
     # What the window holds is bounded: staleness does not grow read after read.
     assert max(staleness[2:]) < 3 * SLOW_READ_PERIOD_S, staleness
-    assert statistics.median(latencies) < 30
+    assert statistics.median(latencies) < FAST_MEDIAN_MS

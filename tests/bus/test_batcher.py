@@ -48,17 +48,26 @@ async def test_size_trigger_flushes_exactly_max_items_per_key() -> None:
 
 
 async def test_time_trigger_flushes_after_max_delay_from_first_item() -> None:
+    max_delay_s = 0.4
     sink = Sink()
-    batcher: Batcher[int] = Batcher(sink, max_items=1000, max_delay_s=0.05)
-    started = time.monotonic()
+    batcher: Batcher[int] = Batcher(sink, max_items=1000, max_delay_s=max_delay_s)
+    first_at = time.monotonic()
     await batcher.add("a", 1)
-    await asyncio.sleep(0.02)
+    # Blocks the loop on purpose (the timer cannot fire meanwhile), so "a" holds both items
+    # whatever the machine's speed.
+    time.sleep(max_delay_s / 2)  # noqa: ASYNC251
+    second_at = time.monotonic()
     await batcher.add("a", 2)  # does not extend the deadline
     await batcher.add("b", 3)
-    await wait_until(lambda: len(sink.flushed) >= 2)
+    await wait_until(lambda: len(sink.flushed) >= 2, timeout_s=25 * max_delay_s)
     (key_a, items_a, at_a), (key_b, items_b, at_b) = sink.flushed
     assert (key_a, items_a, key_b, items_b) == ("a", [1, 2], "b", [3])
-    assert 0.045 <= at_a - started < 0.3
+    # Never before max_delay_s from a key's first item (exact: the timer re-reads the clock)...
+    assert at_a >= first_at + max_delay_s
+    assert at_b >= second_at + max_delay_s
+    # ... and counted from the first item: "a" flushes before the deadline its second item
+    # would have set (the slack for scheduling is the gap between the two, max_delay_s / 2).
+    assert at_a < second_at + max_delay_s
     assert at_b >= at_a
     # The timer is one task for every key, not one per item.
     timers = [t for t in asyncio.all_tasks() if t.get_name() == "volstream-batcher-timer"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import sys
 import time
 
 import nats
@@ -22,7 +23,15 @@ from simulator import SimConfig
 from simulator.server import SimHandle
 from svc_iv import service as iv_service
 from svc_iv.core import IvCore
-from tests.pipeline import CURRENCIES, VENUES, listed_expiries, pipeline, running, wait_until
+from tests.pipeline import (
+    CURRENCIES,
+    PINNED_START_NS,
+    VENUES,
+    listed_expiries,
+    pipeline,
+    running,
+    wait_until,
+)
 from volmath import black76
 from volmath.svi import RawSvi, implied_vol
 from volstream.bus.embedded import EmbeddedNats
@@ -128,6 +137,7 @@ async def test_sim_to_smiles_over_nats(nats_server: EmbeddedNats) -> None:
         surface_drift=0.0,
         index_interval_s=0.5,
         min_time_to_expiry_s=6 * 86_400.0,
+        start_time_ns=PINNED_START_NS,  # the expiries checked are this day's, not today's
     )
     nc = await nats.connect(nats_server.url)
     latest: dict[Key, iv_pb.Smile] = {}
@@ -240,17 +250,28 @@ async def test_sim_to_smiles_over_nats(nats_server: EmbeddedNats) -> None:
             await js.publish(f"md.{BAD.venue}.{ccy}.instrument", instruments)
             await js.publish(f"md.{BAD.venue}.{ccy}.ticker", ticker_batch(now_ns))
             await js.publish(f"book.{BAD.venue}.{ccy}", tops)
-            await asyncio.sleep(0.5)
-            # MD and BOOK are separate consumers: whatever order they landed in, a later
-            # ticker makes a flush that has seen both (smiles flush on event time).
-            await js.publish(f"md.{BAD.venue}.{ccy}.ticker", ticker_batch(now_ns + 2 * NS))
             bad_key = (BAD.venue, BAD.currency, expiry_ns)
 
             def bad_smile_done() -> bool:
                 smile = latest.get(bad_key)
-                return smile is not None and smile.header.event_time_ns >= now_ns + 2 * NS
+                good = [q for q in smile.quotes if "-GOOD-" in q.symbol] if smile else []
+                return (
+                    smile is not None
+                    and smile.header.event_time_ns >= now_ns + 2 * NS
+                    and any(q.bid_iv_status == iv_pb.IV_STATUS_OK for q in good)
+                )
 
-            assert await wait_until(bad_smile_done, 15), "no smile for the bad chain"
+            # MD and BOOK are separate consumers: whatever order (and however late, on a busy
+            # machine) they land in, a later ticker makes a flush that has seen both (smiles
+            # flush on event time); one goes out every iv_interval_ms until one has.
+            step_ns = pipe.cfg.iv_interval_ms * 1_000_000
+            deadline = time.monotonic() + 30  # bounds a hang only
+            later = now_ns + 2 * NS
+            while not bad_smile_done():
+                assert time.monotonic() < deadline, "no smile for the bad chain"
+                await js.publish(f"md.{BAD.venue}.{ccy}.ticker", ticker_batch(later))
+                later += step_ns
+                await wait_until(bad_smile_done, 10 * step_ns / NS, 0.05)
             quotes = {q.symbol.split("-")[1]: q for q in latest[bad_key].quotes}
             ok, missing_price = iv_pb.IV_STATUS_OK, iv_pb.IV_STATUS_MISSING_PRICE
             statuses = {name: (q.bid_iv_status, q.ask_iv_status) for name, q in quotes.items()}
@@ -410,10 +431,13 @@ async def test_event_loop_stays_responsive_while_solving_large_chains(
         f"loop lag max {1e3 * worst:.1f} ms, p99 {1e3 * float(np.percentile(lags, 99)):.1f} ms "
         f"over {len(lags)} probes"
     )
-    # The work is real (it would stall the loop for longer than this), the loop is not: solving
-    # on the loop stalls it once per round (LAG_ROUNDS times); one scheduler hiccup on a
-    # loaded 2-core machine is tolerated, a stall per round is not.
-    assert work_per_round_s > 0.06
+    # The work is real, the loop is not stalled by it: solving on the loop stalls it once per
+    # round (LAG_ROUNDS times) by about the work's time, measured above on the same machine;
+    # one hiccup is tolerated, a stall per round is not. Offloaded, the solver thread holds
+    # the loop off a GIL switch interval at a time: the stall threshold (half a round's work)
+    # must stand clear of a few of those, and 99% of probes wait less than ten.
+    switch_s = sys.getswitchinterval()
+    assert work_per_round_s / 2 > 4 * switch_s
     stalls = sum(lag > work_per_round_s / 2 for lag in lags)
     assert stalls <= 1, f"{stalls} probes stalled longer than half a round's work"
-    assert float(np.percentile(lags, 99)) < 0.05
+    assert float(np.percentile(lags, 99)) < 10 * switch_s

@@ -14,10 +14,11 @@ from tests.sim.conftest import RpcClient, get_instruments, near_money, option_na
 
 START = int(datetime(2026, 3, 10, 10, 30, tzinfo=UTC).timestamp()) * 1_000_000_000
 TICK_MS = 100
+SPEED = 20.0
 
 
 async def test_fast_clock_runs_ahead_of_the_wall_on_exact_ticks() -> None:
-    handle = await run_simulator(small_config(clock="fast", speed=20.0, start_time_ns=START))
+    handle = await run_simulator(small_config(clock="fast", speed=SPEED, start_time_ns=START))
     try:
         _, body = await get_instruments(handle, "BTC", "option")
         first_expiry = min(i["expiration_timestamp"] for i in body["result"])
@@ -31,7 +32,9 @@ async def test_fast_clock_runs_ahead_of_the_wall_on_exact_ticks() -> None:
         assert len(stamps) >= 5
         assert all((s - START // 1_000_000) % TICK_MS == 0 for s in stamps)
         sim_elapsed = (stamps[-1] - stamps[0]) / 1000
-        assert sim_elapsed > 5 * wall * 0.5, "about 20x faster than the wall clock"
+        # Paced at SPEED simulated seconds per wall second; a starved loop skips ticks
+        # rather than catching up, so an eighth of SPEED is the slack for a loaded machine.
+        assert sim_elapsed > SPEED / 8 * wall, f"{sim_elapsed / wall:.1f}x, not about {SPEED}x"
         now = (await client.call("public/get_time"))["result"]
         assert now >= stamps[-1] and now < START // 1_000_000 + 3_600_000
         await client.close()

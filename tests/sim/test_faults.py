@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -44,6 +47,30 @@ async def stats(sim: SimHandle) -> dict[str, Any]:
     return body
 
 
+def sim_ms(sim: SimHandle) -> int:
+    """The simulator's event time now, in the ms of its notifications' timestamps."""
+    return sim.clock.now_ns() // 1_000_000
+
+
+async def collect_until(
+    client: RpcClient, done: Callable[[list[dict[str, Any]]], bool], timeout_s: float = 10.0
+) -> list[dict[str, Any]]:
+    """Every message (responses included) until ``done(messages)``; ``timeout_s`` only bounds
+    a hang: how long delivery takes on a busy machine is not what these tests check."""
+    out: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout_s
+    while not done(out):
+        left = deadline - time.monotonic()
+        assert left > 0, f"condition not met in {timeout_s}s ({len(out)} messages)"
+        with contextlib.suppress(TimeoutError):
+            out.append(await client.recv(wait=left))
+    return out
+
+
+def notes_of(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [m for m in messages if m.get("method") == "subscription"]
+
+
 async def test_disconnect_all_and_one_connection(sim: SimHandle) -> None:
     a = await RpcClient.connect(sim.urls["deribit"].ws_url)
     b = await RpcClient.connect(sim.urls["deribit"].ws_url)
@@ -65,20 +92,31 @@ async def test_disconnect_all_and_one_connection(sim: SimHandle) -> None:
 
 
 async def test_heartbeat_stall_silences_the_connection(sim: SimHandle, client: RpcClient) -> None:
+    stall_s = 1.2
     names = near_money(sim, await option_names(sim), 30)
     await client.call(
         "public/subscribe",
         {"channels": [f"ticker.{x}.100ms" for x in names] + ["deribit_price_index.btc_usd"]},
     )
-    assert await client.notifications(0.3), "data flows before the stall"
-    await sim.fault("heartbeat_stall", duration_s=1.2)
-    await asyncio.sleep(0.1)  # frames already on the wire may still land
-    req = await client.send("public/test")
-    quiet = await client.notifications(0.9)
-    assert quiet == []
-    resumed = await client.notifications(1.2)
-    assert resumed, "data flows again after the stall"
-    assert req not in [m.get("id") for m in resumed]
+    await collect_until(client, lambda got: bool(notes_of(got)))  # data flows before the stall
+    before = sim_ms(sim)
+    await sim.fault("heartbeat_stall", duration_s=stall_s)
+    after = sim_ms(sim)
+    req = await client.send("public/test")  # read during the stall: never answered
+    # Judged by the notifications' event times, not by when they arrive (frames already on
+    # the wire land late on a busy machine). The stall ends stall_s after it began; the
+    # last quarter of it is left as slack between a tick's event time and its sending.
+    quiet_until = before + int(750 * stall_s)
+    got = await collect_until(
+        client,
+        lambda got: any(
+            m["params"]["data"]["timestamp"] >= before + 1000 * stall_s for m in notes_of(got)
+        ),
+        timeout_s=10 * stall_s,
+    )  # data flows again after the stall
+    during = [m for m in notes_of(got) if after <= m["params"]["data"]["timestamp"] < quiet_until]
+    assert during == []
+    assert req not in [m.get("id") for m in got]
 
 
 async def test_sequence_gap_breaks_the_chain_of_one_book(sim: SimHandle, client: RpcClient) -> None:
@@ -104,10 +142,13 @@ async def test_duplicate_resends_the_last_notification(sim: SimHandle, client: R
     await client.notifications(0.3)
     before = len(client.raw_frames)
     await sim.fault("duplicate")
-    await client.notifications(0.3)
-    frames = client.raw_frames[before - 1 :]
-    repeats = [f for i, f in enumerate(frames[1:]) if f == frames[i]]
-    assert repeats, "the same frame arrived twice in a row"
+
+    def repeated() -> list[str]:
+        frames = client.raw_frames[before - 1 :]
+        return [f for i, f in enumerate(frames[1:]) if f == frames[i]]
+
+    await collect_until(client, lambda _: bool(repeated()))  # the same frame twice in a row
+    repeats = repeated()
     assert orjson.loads(repeats[0])["params"]["data"]["instrument_name"] in names
 
 
@@ -145,14 +186,26 @@ async def test_unknown_and_missing_fields(sim: SimHandle, client: RpcClient) -> 
     names = near_money(sim, await option_names(sim), 30)
     await client.call("public/subscribe", {"channels": [f"ticker.{x}.100ms" for x in names]})
     await client.notifications(0.2)
+
+    more = 20  # the faults change the next few notifications: these would show one more
+
+    def changed(notes: list[dict[str, Any]], is_changed: Callable[[dict[str, Any]], bool]) -> int:
+        """How many notes ``is_changed``, once ``more`` unchanged ones followed the last."""
+        hits = [i for i, m in enumerate(notes) if is_changed(m["params"]["data"])]
+        return len(hits) if hits and len(notes) - hits[-1] > more else -1
+
     await sim.fault("unknown_fields", count=3)
-    notes = await client.notifications(0.5)
-    extra = [m for m in notes if "x_sim_new_field" in m["params"]["data"]]
+    got = await collect_until(
+        client, lambda got: changed(notes_of(got), lambda d: "x_sim_new_field" in d) >= 3
+    )
+    extra = [m for m in notes_of(got) if "x_sim_new_field" in m["params"]["data"]]
     assert len(extra) == 3
     assert all(m.get("sim_unannounced") is True for m in extra)
     await sim.inject(FaultRequest(FaultKind.MISSING_FIELDS, count=2))
-    notes = await client.notifications(0.5)
-    slim = [m["params"]["data"] for m in notes if "greeks" not in m["params"]["data"]]
+    got = await collect_until(
+        client, lambda got: changed(notes_of(got), lambda d: "greeks" not in d) >= 2
+    )
+    slim = [m["params"]["data"] for m in notes_of(got) if "greeks" not in m["params"]["data"]]
     assert len(slim) == 2
     for data in slim:
         assert "stats" not in data and "open_interest" not in data
@@ -170,10 +223,29 @@ async def test_expire_delists_and_closes(sim: SimHandle, client: RpcClient) -> N
         sim, {"venue": "deribit", "kind": "expire", "symbol": target}
     )
     assert status == 200 and body["symbols"] == [target]
-    notes = await client.notifications(0.5)
+
+    def state_at(notes: list[dict[str, Any]]) -> int | None:
+        """Index of the first instrument.state notification."""
+        channels = [m["params"]["channel"] for m in notes]
+        return next((i for i, c in enumerate(channels) if c.startswith("instrument")), None)
+
+    def ticker_after_state(messages: list[dict[str, Any]]) -> bool:
+        notes = notes_of(messages)
+        at = state_at(notes)
+        return at is not None and any(
+            m["params"]["channel"].startswith("ticker") for m in notes[at:]
+        )
+
+    # The expiry's frames follow everything queued before it: its state notification first.
+    got = await collect_until(client, ticker_after_state)
+    got += await client.notifications(0.3)  # anything after the expiry would land here
+    notes = notes_of(got)
+    first = state_at(notes)
+    assert first is not None
     states = [m["params"]["data"] for m in notes if m["params"]["channel"].startswith("instrument")]
     assert {"instrument_name": target, "state": "closed"}.items() <= states[0].items()
-    tickers = [m["params"]["data"] for m in notes if m["params"]["channel"].startswith("ticker")]
+    after = notes[first + 1 :]
+    tickers = [m["params"]["data"] for m in after if m["params"]["channel"].startswith("ticker")]
     assert tickers and tickers[0]["state"] == "closed"
     assert all(t["state"] == "closed" for t in tickers)
     _, live = await get_instruments(sim, "BTC", "option")
@@ -202,13 +274,16 @@ async def test_listing_adds_a_strike_mid_session(sim: SimHandle, client: RpcClie
     names_after = {i["instrument_name"] for i in after["result"]}
     assert set(new) <= names_after
     assert len(names_after) == len(before["result"]) + 2
-    notes = await client.notifications(0.3)
-    created = {
-        m["params"]["data"]["instrument_name"]
-        for m in notes
-        if m["params"]["data"]["state"] == "created"
-    }
-    assert created == set(new)
+
+    def created(messages: list[dict[str, Any]]) -> set[str]:
+        return {
+            m["params"]["data"]["instrument_name"]
+            for m in notes_of(messages)
+            if m["params"]["data"]["state"] == "created"
+        }
+
+    got = await collect_until(client, lambda got: created(got) >= set(new))
+    assert created(got) == set(new)
     resp = await client.call("public/subscribe", {"channels": [f"book.{new[0]}.100ms"]})
     assert resp["result"] == [f"book.{new[0]}.100ms"]
     first = (await client.recv())["params"]["data"]
@@ -220,15 +295,29 @@ async def test_stale_quotes_freeze_one_instrument(sim: SimHandle, client: RpcCli
     await client.call("public/subscribe", {"channels": [f"ticker.{x}.100ms" for x in names]})
     await client.notifications(0.3)
     target = names[0]
-    await sim.fault("stale_quotes", symbol=target, duration_s=2.0)
-    # Quotes already on their way when the fault landed still arrive: skip them.
-    await client.notifications(0.3)
-    during = await client.notifications(1.2)
+    stale_s = 2.0
+    before = sim_ms(sim)
+    await sim.fault("stale_quotes", symbol=target, duration_s=stale_s)
+    after = sim_ms(sim)
+    # Judged by the quotes' event times, not by when they arrive (quotes already on their
+    # way when the fault landed still arrive). The last quarter of the freeze is left as
+    # slack between a tick's event time and its sending.
+    frozen_until = before + int(750 * stale_s)
+
+    def target_updated(notes: list[dict[str, Any]]) -> bool:
+        return any(
+            m["params"]["data"]["instrument_name"] == target
+            and m["params"]["data"]["timestamp"] >= after + 1000 * stale_s
+            for m in notes
+        )
+
+    notes = notes_of(
+        await collect_until(client, lambda got: target_updated(notes_of(got)), 10 * stale_s)
+    )  # the target updates again after the freeze
+    during = [m for m in notes if after <= m["params"]["data"]["timestamp"] < frozen_until]
     got = {m["params"]["data"]["instrument_name"] for m in during}
     assert target not in got
     assert len(got) >= 5, "the others keep updating"
-    after = await client.notifications(3.0)
-    assert target in {m["params"]["data"]["instrument_name"] for m in after}
 
 
 async def test_control_rejects_bad_requests_and_counts_faults(sim: SimHandle) -> None:

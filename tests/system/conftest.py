@@ -20,6 +20,13 @@ from volstream.bus.embedded import free_port
 from volstream.v1 import surface_service_pb2 as api_pb
 from volstream.v1 import surface_service_pb2_grpc as api_grpc
 
+# README: "Ctrl-C stops everything within 5 s" (each service gets STOP_GRACE_S, then NATS
+# stops: volstream/supervisor.py).
+STOP_WITHIN_S = 5.0
+# The simulator's start (`--sim-start`): its calendar, hence the expiries fitted, is this
+# Wednesday's, not today's; no expiry passes during a run (the nearest is >= 12 h away).
+SIM_START = "2026-03-11T12:00:00Z"
+
 
 @dataclass
 class UpSystem:
@@ -99,7 +106,7 @@ def start_up(tmp: Path, *extra: str, env: dict[str, str] | None = None) -> UpSys
     return UpSystem(proc, data_dir, grpc_port, log_path)
 
 
-def stop_up(system: UpSystem, timeout_s: float = 8.0) -> float:
+def stop_up(system: UpSystem, timeout_s: float = 2 * STOP_WITHIN_S) -> float:
     """SIGINT (Ctrl-C) and wait; the seconds it took."""
     started = time.monotonic()
     if system.proc.poll() is None:
@@ -116,7 +123,7 @@ def stop_up(system: UpSystem, timeout_s: float = 8.0) -> float:
 @pytest.fixture(scope="module")
 def up_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpSystem]:
     tmp = tmp_path_factory.mktemp("up-sim")
-    system = start_up(tmp, "--sim", "--venues", "deribit")
+    system = start_up(tmp, "--sim", "--sim-start", SIM_START, "--venues", "deribit")
     system.started_at = time.monotonic()  # type: ignore[attr-defined]
     try:
         yield system

@@ -17,13 +17,18 @@ import nats
 import psutil
 import pytest
 
-from tests.system.conftest import UpSystem, start_up, stop_up
+from tests.system.conftest import STOP_WITHIN_S, UpSystem, start_up, stop_up
+from volstream.config import from_env
+from volstream.supervisor import STOP_GRACE_S
 from volstream.v1 import surface_pb2 as surface_pb
 from volstream.v1 import surface_service_pb2 as api_pb
 
 pytestmark = pytest.mark.slow
 
 ATM_TOLERANCE = 0.01  # one vol point
+# Issue 2's walking-skeleton target: a surface within 30 s of `up` (a stated product bound;
+# about 6 s on a loaded 2-core machine).
+FIRST_SURFACE_WITHIN_S = 30.0
 
 
 def truth_surface(system: UpSystem, currency: str) -> surface_pb.Surface:
@@ -40,7 +45,8 @@ def truth_surface(system: UpSystem, currency: str) -> surface_pb.Surface:
 
 @pytest.mark.parametrize("currency", ["BTC", "ETH"])
 def test_surface_within_30s_and_close_to_truth(up_sim: UpSystem, currency: str) -> None:
-    remaining = 30.0 - (time.monotonic() - up_sim.started_at)  # type: ignore[attr-defined]
+    elapsed = time.monotonic() - up_sim.started_at  # type: ignore[attr-defined]
+    remaining = FIRST_SURFACE_WITHIN_S - elapsed
     resp = up_sim.wait_surface("deribit", currency, min_expiries=5, timeout_s=max(remaining, 1.0))
     truth = {s.expiry_time_ns: s for s in truth_surface(up_sim, currency).slices}
     assert truth, "the simulator published no truth"
@@ -60,22 +66,33 @@ def test_surface_within_30s_and_close_to_truth(up_sim: UpSystem, currency: str) 
 
 def test_stream_delivers_a_snapshot_then_at_least_one_update_per_second(up_sim: UpSystem) -> None:
     up_sim.wait_surface("deribit", "BTC", min_expiries=5, timeout_s=30)
+    # Surfaces are refitted every surface_interval_ms of event time (the default under up).
+    interval_s = from_env().surface_interval_ms / 1000
+    window_s = 12 * interval_s
     stub = up_sim.stub()
     call = stub.StreamSurfaces(
-        api_pb.StreamSurfacesRequest(venues=["deribit"], omit_quotes=True), timeout=20
+        api_pb.StreamSurfacesRequest(venues=["deribit"], omit_quotes=True),
+        timeout=10 * window_s,  # bounds a hang only
     )
     first = next(call)
     assert first.is_snapshot and {s.currency for s in first.surfaces} >= {"BTC", "ETH"}
-    started = time.monotonic()
+    # Timed by the surfaces' event times (the cadence's own clock), not by when they arrive:
+    # a busy machine runs the pipeline later, not less often.
     updates = 0
+    btc: list[int] = []
     for msg in call:
         assert not msg.is_snapshot
         updates += 1
-        if time.monotonic() - started >= 6.0:
+        btc += [s.header.event_time_ns for s in msg.surfaces if s.currency == "BTC"]
+        if btc and (btc[-1] - btc[0]) / 1e9 >= window_s:
             break
     call.cancel()
-    elapsed = time.monotonic() - started
-    assert updates / elapsed >= 1.0, f"{updates} updates in {elapsed:.1f}s"
+    span_s = (btc[-1] - btc[0]) / 1e9
+    # Never refitted sooner than the interval; at least every other interval (the slack for
+    # an interval without new smiles) and so at least one update per 2 x interval_s = 1 s.
+    assert all(b - a >= interval_s * 1e9 for a, b in itertools.pairwise(btc)), btc
+    assert (len(btc) - 1) / span_s >= 1 / (2 * interval_s), f"{len(btc)} in {span_s:.1f}s"
+    assert updates >= len(btc)
 
 
 class SurfaceWatcher(threading.Thread):
@@ -143,13 +160,15 @@ def test_sigkill_of_a_service_is_survived(up_sim: UpSystem, service: str) -> Non
 
 
 def test_ctrl_c_stops_everything_within_5s(up_sim: UpSystem) -> None:
+    assert STOP_GRACE_S < STOP_WITHIN_S  # the services' stop grace fits in the promise
     up_sim.wait_surface("deribit", "BTC", min_expiries=5, timeout_s=30)
     children = [p for p in psutil.Process(up_sim.proc.pid).children(recursive=True)]
     assert len(children) >= 6, children  # nats + sim + connector + book + iv + surface + api
-    took = stop_up(up_sim, timeout_s=10)
-    assert took < 5.0, f"stop took {took:.1f}s"
-    time.sleep(0.3)
-    alive = [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    took = stop_up(up_sim)
+    assert took < STOP_WITHIN_S, f"stop took {took:.1f}s"
+    # Every child gone too, within the same STOP_WITHIN_S of the Ctrl-C.
+    _, alive = psutil.wait_procs(children, timeout=max(0.0, STOP_WITHIN_S - took))
+    alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not alive, f"left behind: {alive}"
 
 
