@@ -4,7 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import shutil
 import signal
+import sys
+
+
+def pdeathsig_prefix() -> list[str]:
+    """``setpriv --pdeathsig KILL --`` where util-linux has it (Linux), to put before a child's
+    argv: the child gets SIGKILL when this process's forking thread dies, and no Python runs
+    between fork and exec. (A ``preexec_fn`` runs the interpreter's and gRPC's fork handlers
+    in the child; in a process serving gRPC that aborted the embedded nats-server.) Empty
+    where setpriv is missing: use ``die_with_parent`` as ``preexec_fn`` there."""
+    setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+    return [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
 
 
 def die_with_parent() -> None:

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from volstream.process import die_with_parent
+from volstream.process import die_with_parent, pdeathsig_prefix
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +37,11 @@ def nats_server_binary() -> str:
     return found
 
 
-def _own_session_bound_to_parent() -> None:
-    """In the child before exec: its own session (Ctrl-C in a terminal goes to us, and we
-    stop it in order), and SIGKILL when we die (a SIGKILLed `volstream up` left its
-    nats-server running). Start() must run on a long-lived thread: the death signal
-    follows the thread that forked."""
-    os.setsid()
-    die_with_parent()
+# The child gets its own session (Ctrl-C in a terminal goes to us, and we stop it in order)
+# and SIGKILL when we die (a SIGKILLed `volstream up` left its nats-server running): through
+# setpriv where there is one (nothing runs between fork and exec), else a preexec_fn.
+# start() must run on a long-lived thread: the death signal follows the thread that forked.
+_DEATH_PREFIX = pdeathsig_prefix()
 
 
 class EmbeddedNats:
@@ -81,11 +79,12 @@ class EmbeddedNats:
             "}\n"
         )
         self.proc = subprocess.Popen(
-            [nats_server_binary(), "-c", str(conf), "-l", str(self.log_file)],
+            [*_DEATH_PREFIX, nats_server_binary(), "-c", str(conf), "-l", str(self.log_file)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            preexec_fn=_own_session_bound_to_parent,
+            start_new_session=True,
+            preexec_fn=None if _DEATH_PREFIX else die_with_parent,
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
