@@ -101,20 +101,22 @@ class Supervisor:
         self.width = max(len(s.name) for s in specs)
         self.state_file = state_file
         self.info = info or {}
+        # Processes kept running outside `children` (the embedded nats-server), by name.
+        self.external: dict[str, dict[str, int | None]] = {}
 
     def write_state(self) -> None:
         """<data-dir>/up.json: URLs, ports and the live pid of every service (for operators
         and tests)."""
         if self.state_file is None:
             return
-        state = dict(self.info)
-        state["services"] = {
+        services: dict[str, dict[str, int | None]] = {
             c.spec.name: {
                 "pid": c.proc.pid if c.proc and c.proc.returncode is None else None,
                 "restarts": c.restarts,
             }
             for c in self.children
         }
+        state = {**self.info, "services": {**services, **self.external}}
         tmp = self.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=2))
         tmp.replace(self.state_file)
@@ -210,6 +212,55 @@ class Supervisor:
                 await c.proc.wait()
 
 
+async def keep_nats_running(
+    nats: EmbeddedNats, stop: asyncio.Event, supervisor: Supervisor, poll_s: float = 0.2
+) -> None:
+    """The embedded nats-server is supervised like every service: when it dies it is
+    restarted with backoff on the same port and store, and the services' connections (which
+    never give up reconnecting, volstream/bus/connection.py) find it again.
+
+    JetStream's file store keeps nats-server's default sync policy: a write is in the OS's
+    page cache when the server acknowledges it and is fsynced within `sync_interval` (2
+    minutes). A killed server therefore loses nothing acknowledged; a power cut or kernel
+    crash can lose up to that interval (docs/architecture.md section 6)."""
+    restarts = 0
+    backoff_s = BACKOFF_START_S
+    started_at = time.monotonic()
+
+    def record() -> None:
+        pid = nats.proc.pid if nats.proc is not None and nats.proc.poll() is None else None
+        supervisor.external["nats"] = {"pid": pid, "restarts": restarts}
+        supervisor.write_state()
+
+    record()
+    while not stop.is_set():
+        if nats.proc is not None and nats.proc.poll() is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), poll_s)
+            continue
+        code = nats.proc.returncode if nats.proc is not None else None
+        if time.monotonic() - started_at > STABLE_AFTER_S:
+            backoff_s = BACKOFF_START_S
+        restarts += 1
+        record()
+        log.warning("nats-server exited with %s; restart %d in %.1fs", code, restarts, backoff_s)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), backoff_s)
+        if stop.is_set():
+            return
+        backoff_s = min(backoff_s * 2, BACKOFF_MAX_S)
+        try:
+            # On this (the main) thread: the server's death signal follows the thread that
+            # started it. It listens within a few hundred ms; the loop waits that long.
+            nats.start()
+        except (OSError, RuntimeError, TimeoutError) as exc:
+            log.error("nats-server did not restart: %s", exc)
+            continue
+        started_at = time.monotonic()
+        log.info("nats-server restarted on %s (same store)", nats.url)
+        record()
+
+
 async def _provision(nats_url: str, cfg: Config, sim: bool) -> None:
     from volstream.runtime import provision_streams
 
@@ -247,7 +298,14 @@ async def _main(cfg: Config, sim: bool) -> int:
             cfg.http_port,
             "simulator at " + str(cfg.sim_url) if sim else "live venues",
         )
+        nats_watch = (
+            asyncio.create_task(keep_nats_running(nats, stop, supervisor))
+            if nats is not None
+            else None
+        )
         await supervisor.run(stop)
+        if nats_watch is not None:
+            await nats_watch
         log.info("all services stopped")
         return 0
     finally:

@@ -123,7 +123,8 @@ class SurfaceWatcher(threading.Thread):
                 time.sleep(0.2)
 
 
-@pytest.mark.parametrize("service", ["connector.deribit", "book", "iv", "surface"])
+# "nats": the embedded nats-server, restarted by `up` on the same port and store.
+@pytest.mark.parametrize("service", ["connector.deribit", "book", "iv", "surface", "nats"])
 def test_sigkill_of_a_service_is_survived(up_sim: UpSystem, service: str) -> None:
     up_sim.wait_surface("deribit", "BTC", min_expiries=5, timeout_s=30)
     watcher = SurfaceWatcher(up_sim)
