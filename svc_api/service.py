@@ -11,7 +11,7 @@ from aiohttp import web
 
 from svc_api.config import ApiConfig
 from svc_api.server import ApiHandle, serve
-from volstream.config import Config
+from volstream.config import Config, is_loopback
 from volstream.runtime import service_context
 
 log = logging.getLogger("svc_api")
@@ -22,6 +22,7 @@ SERVICE = "api"
 def api_config(cfg: Config) -> ApiConfig:
     expected = tuple((p.venue, p.currency) for p in cfg.owned_partitions())
     return ApiConfig(
+        host=cfg.bind_host,
         port=cfg.grpc_port,
         stale_after_ms=cfg.api_stale_ms,
         token=cfg.api_token,
@@ -52,5 +53,18 @@ async def run(cfg: Config) -> None:
         handle = await serve(api_config(cfg), nc=ctx.nc)
         ctx.on_close(handle.stop)  # end streams cleanly and close the port, before NATS
         await ctx.serve_http([cfg.http_port, cfg.metrics_port], pages(handle))
-        log.info("gRPC SurfaceService on :%d", handle.port)
+        log.info("gRPC SurfaceService on %s:%d", cfg.bind_host, handle.port)
+        warning = exposure_warning(cfg)
+        if warning:
+            log.warning(warning)
         await ctx.wait_stopped()
+
+
+def exposure_warning(cfg: Config) -> str | None:
+    """What to tell an operator whose API listens beyond loopback with no token."""
+    if is_loopback(cfg.bind_host) or cfg.api_token:
+        return None
+    return (
+        f"gRPC and HTTP listen on {cfg.bind_host}, beyond loopback, with no API token: anyone "
+        "who reaches this address can read every surface (set --api-token, or --bind 127.0.0.1)"
+    )

@@ -30,6 +30,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
         (["up", "--currencies", "bitcoin!"], {}, "currencies"),
         (["up", "--bogus"], {}, "--bogus"),
         (["up", "--sim-rate", "-5"], {}, "--sim-rate"),
+        (["up", "--bind", "everywhere"], {}, "bind_host: 'everywhere'"),
         (["up", "--sim", "--sim-start", "2026-13-01"], {}, "sim_start: '2026-13-01'"),
         (["up", "--sim"], {"VOLSTREAM_SIM_START": "friday"}, "sim_start: 'friday'"),
         (["svc", "nosuch"], {}, "name"),

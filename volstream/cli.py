@@ -96,6 +96,11 @@ def _add_runtime(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grpc-port", type=_port, help="gRPC port (default 50051)")
     p.add_argument("--http-port", type=_port, help="HTTP port: metrics, dashboard (default 8080)")
     p.add_argument(
+        "--bind",
+        dest="bind_host",
+        help="address gRPC and HTTP listen on (default 127.0.0.1; 0.0.0.0 for every interface)",
+    )
+    p.add_argument(
         "--sim-rate", type=_positive_float, help="simulator messages/s per venue (default 2000)"
     )
     p.add_argument(
@@ -157,6 +162,7 @@ _FLAG_TO_FIELD: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "log_level": ("log_level", str),
     "grpc_port": ("grpc_port", int),
     "http_port": ("http_port", int),
+    "bind_host": ("bind_host", str),
     "metrics_port": ("metrics_port", int),
     "sim_rate": ("sim_rate", float),
     "sim_start": ("sim_start", str),

@@ -6,6 +6,7 @@ the CLI turns that into exit status 2 (the same as argparse for a bad flag).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -24,6 +25,14 @@ _NAMESPACE = re.compile(r"^([a-z0-9_-]+(\.[a-z0-9_-]+)*)?$")
 
 class ConfigError(ValueError):
     """A setting has an invalid value; the message names the setting."""
+
+
+def is_loopback(host: str) -> bool:
+    """Whether listening on ``host`` (an IP address) is reachable from this machine only."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def parse_utc_ns(text: str, name: str) -> int:
@@ -67,6 +76,9 @@ class Config:
     data_dir: Path = Path(".volstream")
     grpc_port: int = 50051
     http_port: int = 8080
+    # Address the gRPC and HTTP servers listen on: loopback unless told otherwise (a
+    # container sets 0.0.0.0; the API warns when it listens beyond loopback with no token).
+    bind_host: str = "127.0.0.1"
     # Per-service Prometheus port (0: none). `volstream up` gives each service its own.
     metrics_port: int = 0
     venues: tuple[str, ...] = KNOWN_VENUES
@@ -126,6 +138,12 @@ class Config:
             raise ConfigError(
                 f"namespace: {self.namespace!r} must be dot-separated [a-z0-9_-] tokens"
             )
+        try:
+            ipaddress.ip_address(self.bind_host)
+        except ValueError:
+            raise ConfigError(
+                f"bind_host: {self.bind_host!r} is not an IP address (127.0.0.1, 0.0.0.0, ::)"
+            ) from None
         for name in ("grpc_port", "http_port", "metrics_port"):
             port = getattr(self, name)
             if not 0 <= port <= 65535:

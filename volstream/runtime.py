@@ -112,8 +112,8 @@ class ServiceContext:
         await runner.setup()
         self.http_runners.append(runner)
         for port in sorted({p for p in ports if p}):
-            await web.TCPSite(runner, "0.0.0.0", port).start()
-            log.info("%s: metrics and health on :%d", self.service, port)
+            await web.TCPSite(runner, self.cfg.bind_host, port).start()
+            log.info("%s: metrics and health on %s:%d", self.service, self.cfg.bind_host, port)
 
     async def _metrics_page(self, _: web.Request) -> web.Response:
         return web.Response(body=self.metrics.render(), content_type="text/plain")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 
 import aiohttp
+import psutil
 
 from svc_api import service as api_service
 from volstream.bus.embedded import EmbeddedNats, free_port
@@ -32,7 +34,32 @@ async def test_api_serves_metrics_and_health_over_http(nats_server: EmbeddedNats
             async with http.get(f"{base}/metrics") as resp:
                 assert resp.status == 200
                 assert "process_resident_memory_bytes" in await resp.text()
+        # By default both servers listen on loopback only, and there is nothing to warn of.
+        listening = [
+            (c.laddr.port, c.laddr.ip)
+            for c in psutil.Process().net_connections(kind="inet")
+            if c.status == psutil.CONN_LISTEN and c.laddr.port in (http_port, grpc_port)
+        ]
+        assert {port for port, _ in listening} == {http_port, grpc_port}
+        # gRPC's IPv4 socket may show as IPv4-mapped IPv6 (::ffff:127.0.0.1).
+        assert all(_unmapped(ip).is_loopback for _, ip in listening), listening
+        assert api_service.exposure_warning(cfg) is None
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+def test_listening_beyond_loopback_without_a_token_is_warned_of() -> None:
+    exposed = Config(bind_host="0.0.0.0")
+    warning = api_service.exposure_warning(exposed)
+    assert warning is not None and "0.0.0.0" in warning and "--api-token" in warning
+    assert api_service.exposure_warning(Config(bind_host="0.0.0.0", api_token="t")) is None
+    assert api_service.exposure_warning(Config(bind_host="::1")) is None
+
+
+def _unmapped(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    address = ipaddress.ip_address(ip)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
