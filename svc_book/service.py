@@ -50,7 +50,13 @@ import orjson
 from google.protobuf.message import DecodeError
 
 from svc_book.core import BookConfig, BookCore
-from volstream.bus.stage import InMessage, Output, StageInput, dead_letter_output
+from volstream.bus.stage import (
+    InMessage,
+    Output,
+    StageInput,
+    dead_letter_output,
+    output_msg_id,
+)
 from volstream.config import Config, Partition
 from volstream.runtime import (
     ServiceContext,
@@ -221,9 +227,7 @@ class BookStage:
     @staticmethod
     def _output(subject: str, batch: book_pb.TopOfBookBatch, msg: InMessage) -> Output:
         batch.header.publish_time_ns = wall_ns()
-        # Deterministic: the same input message always yields the same id (restart dedupe).
-        msg_id = f"svc_book.{subject}.{msg.metadata.stream}.{msg.stream_seq}"
-        return Output(subject, batch.SerializeToString(), msg_id)
+        return Output(subject, batch.SerializeToString(), output_msg_id("svc_book", subject, msg))
 
     async def _request_resync(self, state: PartitionState) -> None:
         invalid = state.core.needs_resync()

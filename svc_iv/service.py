@@ -16,7 +16,13 @@ from google.protobuf.message import DecodeError
 
 from svc_iv import wire
 from svc_iv.core import IvCore
-from volstream.bus.stage import InMessage, Output, StageInput, dead_letter_output
+from volstream.bus.stage import (
+    InMessage,
+    Output,
+    StageInput,
+    dead_letter_output,
+    output_msg_id,
+)
 from volstream.config import Config, Partition
 from volstream.runtime import (
     ServiceContext,
@@ -136,9 +142,8 @@ class IvStage:
                 sequence=last.stream_seq,
             )
             subject = self.ctx.subjects.iv(venue, ccy)
-            msg_id = f"svc_iv.{subject}.{last.metadata.stream}.{last.stream_seq}"
             payload = wire.smile_batch_bytes(header, venue, ccy, smiles)
-            outputs.append(Output(subject, payload, msg_id))
+            outputs.append(Output(subject, payload, output_msg_id("svc_iv", subject, last)))
         return outputs
 
 

@@ -18,7 +18,13 @@ from concurrent.futures import ProcessPoolExecutor
 from google.protobuf.message import DecodeError
 
 from svc_surface.core import ConsolidatedSurfaceCore, SurfaceConfig, SurfaceCore, run_fit_job
-from volstream.bus.stage import InMessage, Output, StageInput, dead_letter_output
+from volstream.bus.stage import (
+    InMessage,
+    Output,
+    StageInput,
+    dead_letter_output,
+    output_msg_id,
+)
 from volstream.config import Config, Partition
 from volstream.process import die_with_parent
 from volstream.runtime import (
@@ -136,9 +142,10 @@ class SurfaceStage:
         surface.header.sequence = last.stream_seq
         subject = self.ctx.subjects.surface(venue, ccy)
         self.fits.add(1, {"venue": venue, "currency": ccy})
-        # Deterministic id: the input message that triggered the fit (restart dedupe).
-        msg_id = f"svc_surface.{subject}.{last.metadata.stream}.{last.stream_seq}"
-        return Output(subject, surface.SerializeToString(), msg_id)
+        # The input message that triggered the fit names it (restart dedupe).
+        return Output(
+            subject, surface.SerializeToString(), output_msg_id("svc_surface", subject, last)
+        )
 
 
 def stage_inputs(ctx: ServiceContext, partitions: tuple[Partition, ...]) -> list[StageInput]:

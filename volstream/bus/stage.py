@@ -9,15 +9,15 @@ For each consumed batch, in this order:
 
 A crash anywhere before 4 redelivers the batch: delivery is at-least-once and the duplicate
 outputs of a re-handled batch are dropped by JetStream's duplicate window, *provided output
-msg-ids are deterministic*. That is the handler's job; the convention:
+msg-ids are deterministic*. Every stage builds them with :func:`output_msg_id`:
 
-    msg_id = f"{service}:{output_subject}:{last_input_stream}:{last_input_seq}"
+    msg_id = f"{source}.{output_subject}.{last_input_stream}.{last_input_seq}"
 
-where ``last_input_seq`` is the stream sequence of the last input that contributed to the
-output (``InMessage.stream_seq``), or, for one output per input, ``f"{service}:{stream}:{seq}"``.
-Never use wall-clock time or counters kept in memory. A handler that conflates (latest wins
-per key) may cut batches differently after a restart and emit a state that was already
-superseded; every event header carries a sequence so downstream keeps the newest.
+where the last input is the last message that contributed to the output (for one output
+per input, that input). Never wall-clock time or counters kept in memory. A handler that
+conflates (latest wins per key) may cut batches differently after a restart and emit a
+state that was already superseded; every event header carries a sequence so downstream
+keeps the newest.
 
 Bad input: nothing is dropped silently. A handler returns a dead letter for a message it
 cannot decode or use as one more output, built with :func:`dead_letter_output`; it is
@@ -64,6 +64,7 @@ __all__ = [
     "StageInput",
     "StageRunner",
     "dead_letter_output",
+    "output_msg_id",
 ]
 
 log = logging.getLogger("volstream.bus")
@@ -101,6 +102,13 @@ class Output:
     payload: bytes
     msg_id: str
     headers: dict[str, str] | None = None
+
+
+def output_msg_id(source: str, subject: str, last: InMessage) -> str:
+    """The ``Nats-Msg-Id`` of an output: its source (e.g. "svc_iv"), its subject and the
+    stream position of the last input that produced it. A batch re-handled after a crash
+    republishes the same ids, and JetStream's duplicate window drops the copies."""
+    return f"{source}.{subject}.{last.metadata.stream}.{last.stream_seq}"
 
 
 class StageHandler(Protocol):
