@@ -42,6 +42,7 @@ from simulator.truth import (
     truth_json,
 )
 from simulator.venue import VenueContext, VenueSim, VenueUrls
+from volstream.bus.connection import credential_options
 from volstream.subjects import Subjects
 from volstream.v1 import surface_pb2
 
@@ -79,6 +80,9 @@ class SimConfig:
     # "fast" clock: simulated seconds per wall second (<= 0: as fast as possible).
     speed: float = 10.0
     nats_url: str | None = None
+    # The simulator's NATS user (volstream up gives it one that may publish sim.truth.> only).
+    nats_user: str | None = None
+    nats_password: str | None = field(default=None, repr=False)
     namespace: str = ""
     # Truth publication period on NATS (simulated seconds).
     truth_interval_s: float = 1.0
@@ -238,7 +242,10 @@ class SimHandle:
             import nats
 
             self._nats = await nats.connect(
-                self.config.nats_url, max_reconnect_attempts=-1, name="volstream-sim"
+                self.config.nats_url,
+                max_reconnect_attempts=-1,
+                name="volstream-sim",
+                **credential_options(self.config.nats_user, self.config.nats_password),
             )
         if self.config.clock != "manual":
             self._tick_task = asyncio.create_task(self._tick_loop(), name="sim-tick")

@@ -26,6 +26,8 @@ async def run(cfg: Config, port: int = 0) -> None:
             messages_per_second=cfg.sim_rate,
             start_time_ns=parse_utc_ns(cfg.sim_start, "sim_start") if cfg.sim_start else None,
             nats_url=cfg.nats_url,
+            nats_user=cfg.nats_user,
+            nats_password=cfg.nats_password,
             namespace=cfg.namespace,
         )
     )

@@ -9,7 +9,8 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from collections.abc import Mapping
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -71,6 +72,10 @@ class Partition:
 class Config:
     # NATS server URL; None starts an embedded nats-server (volstream up) .
     nats_url: str | None = None
+    # This process's NATS user and password (volstream up hands each service its own; with an
+    # external server, give both or neither). Never logged; the password is left out of repr.
+    nats_user: str | None = None
+    nats_password: str | None = field(default=None, repr=False)
     # Subject/stream namespace prefix ('' for live data, e.g. 'replay.run1' for a replay).
     namespace: str = ""
     data_dir: Path = Path(".volstream")
@@ -163,11 +168,17 @@ class Config:
             parse_utc_ns(self.sim_start, "sim_start")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("tls_cert/tls_key: give both or neither")
+        if (self.nats_user is None) != (self.nats_password is None):
+            raise ConfigError("nats_user/nats_password: give both or neither")
         if self.nats_url is not None and not re.match(r"^(nats|tls|ws|wss)://", self.nats_url):
             raise ConfigError(f"nats_url: {self.nats_url!r} must start with nats:// or tls://")
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ConfigError(f"log_level: {self.log_level!r} is not DEBUG/INFO/WARNING/ERROR")
         return self
+
+
+# Text settings whose empty value means "not set".
+_OPTIONAL_TEXT = ("nats_url", "nats_user", "nats_password", "sim_url", "api_token", "sim_start")
 
 
 def parse_list(text: str) -> tuple[str, ...]:
@@ -204,7 +215,7 @@ def _convert(name: str, raw: str, current: Any) -> Any:
             return int(raw)
         if isinstance(current, float):
             return float(raw)
-        return raw or None if name in ("nats_url", "sim_url", "api_token", "sim_start") else raw
+        return raw or None if name in _OPTIONAL_TEXT else raw
     except ValueError as exc:
         raise ConfigError(f"{ENV_PREFIX}{name.upper()}: invalid value {raw!r}") from exc
 
@@ -236,3 +247,34 @@ def to_env(cfg: Config) -> dict[str, str]:
             text = str(value)
         out[ENV_PREFIX + f.name.upper()] = text
     return out
+
+
+def partition_group(partitions: Sequence[Partition], currencies: Sequence[str]) -> str:
+    """The name of the partition group a replica owns (the second half of its durables).
+
+    No explicit partitions (the replica owns everything): "all". Otherwise the venues in
+    sorted order, each as "<venue>" when the replica owns every configured currency of it,
+    else "<venue>_<ccy>" per owned currency, joined by "-":
+    ``deribit:BTC,deribit:ETH`` -> "deribit"; ``okx:*,deribit:*`` -> "deribit-okx".
+    Two replicas own disjoint partitions, so they never share a durable; deploy/ names each
+    group's Deployments and KEDA consumers by this same rule (tests/deploy checks it).
+    """
+    if not partitions:
+        return "all"
+    by_venue: dict[str, set[str]] = defaultdict(set)
+    for p in partitions:
+        by_venue[p.venue].add(p.currency.upper())
+    wanted = {c.upper() for c in currencies}
+    tokens: list[str] = []
+    for venue in sorted(by_venue):
+        owned = by_venue[venue]
+        if owned == wanted:
+            tokens.append(venue)
+        else:
+            tokens.extend(f"{venue}_{ccy.lower()}" for ccy in sorted(owned))
+    return "-".join(tokens)
+
+
+def durable_name(service: str, cfg: Config) -> str:
+    """The durable consumer of this replica of ``service``: ``<service>-<partition group>``."""
+    return f"{service}-{partition_group(cfg.partitions, cfg.currencies)}"

@@ -17,21 +17,26 @@ import contextlib
 import logging
 import signal
 import time
-from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 from aiohttp import web
 from nats.aio.client import Client
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
+from nats.js.errors import NotFoundError, ServiceUnavailableError
 
 from volstream.bus.connection import connect
 from volstream.bus.dlq import DeadLetters
+from volstream.bus.permissions import service_user, stream_info_allowed
 from volstream.bus.publisher import JetStreamPublisher
 from volstream.bus.stage import StageHandler, StageInput, StageRunner
 from volstream.bus.streams import default_stream_specs, ensure_streams
-from volstream.config import Config, Partition
+from volstream.config import Config
+
+# Re-exported: the services and deploy's tests import the durable naming rule from here.
+from volstream.config import durable_name as durable_name
+from volstream.config import partition_group as partition_group
 from volstream.subjects import Subjects
 from volstream.telemetry import Metrics, setup_telemetry
 
@@ -40,9 +45,12 @@ log = logging.getLogger("volstream.runtime")
 ReadyCheck = Callable[[], bool]
 
 
-async def provision_streams(nats_url: str, cfg: Config) -> None:
-    """Create or update every stream for cfg's namespace (idempotent)."""
-    nc = await connect(nats_url, "volstream-provision")
+async def provision_streams(
+    nats_url: str, cfg: Config, *, user: str | None = None, password: str | None = None
+) -> None:
+    """Create or update every stream for cfg's namespace (idempotent), as ``user`` (the
+    admin: no service user may provision)."""
+    nc = await connect(nats_url, "volstream-provision", user=user, password=password)
     try:
         await ensure_streams(nc.jetstream(), default_stream_specs(Subjects(cfg.namespace)))
     finally:
@@ -126,21 +134,56 @@ class ServiceContext:
         return web.Response(text="ready\n" if ok else "not ready\n", status=200 if ok else 503)
 
 
+async def check_streams(js: JetStreamContext, cfg: Config, service: str) -> None:
+    """A service with its own NATS user may not provision streams (volstream up does that as
+    the admin user; deploy/ is meant to do it the same way): check that the streams it uses
+    exist, and say so plainly when one does not (its user may not create it)."""
+    user = service_user(service, cfg)
+    for spec in default_stream_specs(Subjects(cfg.namespace)):
+        if not stream_info_allowed(user, spec.name):
+            continue
+        deadline = time.monotonic() + 30.0
+        while True:
+            try:
+                await js.stream_info(spec.name)
+                break
+            except NotFoundError:
+                raise RuntimeError(
+                    f"stream {spec.name} does not exist and NATS user {user.name} may not "
+                    "create it: provision the streams as the admin user (volstream up does)"
+                ) from None
+            except (TimeoutError, ServiceUnavailableError, NatsTimeoutError):
+                if time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(0.2)
+
+
 @contextlib.asynccontextmanager
 async def service_context(
     cfg: Config, service: str, *, http: bool = True
 ) -> AsyncIterator[ServiceContext]:
-    """Connect, provision streams, start health HTTP, install signal handlers; drain on exit.
+    """Connect (as ``cfg.nats_user`` when set), provision streams (without a user; with one,
+    check that the streams it uses exist), start health HTTP, install signal handlers; drain
+    on exit.
 
     ``http=False`` leaves starting the HTTP server to the service (:meth:`serve_http`), for a
     service whose pages need what it starts first (the API serves HTTP once gRPC is up)."""
     if cfg.nats_url is None:
         raise ValueError("no NATS URL: pass --nats or set VOLSTREAM_NATS_URL")
     metrics = setup_telemetry(service, None)
-    nc = await connect(cfg.nats_url, f"volstream-{service}", metrics=metrics)
+    nc = await connect(
+        cfg.nats_url,
+        f"volstream-{service}",
+        metrics=metrics,
+        user=cfg.nats_user,
+        password=cfg.nats_password,
+    )
     subjects = Subjects(cfg.namespace)
     js = nc.jetstream()
-    await ensure_streams(js, default_stream_specs(subjects))
+    if cfg.nats_user is None:
+        await ensure_streams(js, default_stream_specs(subjects))
+    else:
+        await check_streams(js, cfg, service)
     publisher = JetStreamPublisher(nc, metrics=metrics)
     ctx = ServiceContext(
         cfg=cfg,
@@ -179,37 +222,6 @@ async def service_context(
 def wall_ns() -> int:
     """Wall-clock ns, for receive/publish stamps at the edges only (never inside a core)."""
     return time.time_ns()
-
-
-def partition_group(partitions: Sequence[Partition], currencies: Sequence[str]) -> str:
-    """The name of the partition group a replica owns (the second half of its durables).
-
-    No explicit partitions (the replica owns everything): "all". Otherwise the venues in
-    sorted order, each as "<venue>" when the replica owns every configured currency of it,
-    else "<venue>_<ccy>" per owned currency, joined by "-":
-    ``deribit:BTC,deribit:ETH`` -> "deribit"; ``okx:*,deribit:*`` -> "deribit-okx".
-    Two replicas own disjoint partitions, so they never share a durable; deploy/ names each
-    group's Deployments and KEDA consumers by this same rule (tests/deploy checks it).
-    """
-    if not partitions:
-        return "all"
-    by_venue: dict[str, set[str]] = defaultdict(set)
-    for p in partitions:
-        by_venue[p.venue].add(p.currency.upper())
-    wanted = {c.upper() for c in currencies}
-    tokens: list[str] = []
-    for venue in sorted(by_venue):
-        owned = by_venue[venue]
-        if owned == wanted:
-            tokens.append(venue)
-        else:
-            tokens.extend(f"{venue}_{ccy.lower()}" for ccy in sorted(owned))
-    return "-".join(tokens)
-
-
-def durable_name(service: str, cfg: Config) -> str:
-    """The durable consumer of this replica of ``service``: ``<service>-<partition group>``."""
-    return f"{service}-{partition_group(cfg.partitions, cfg.currencies)}"
 
 
 async def last_message(ctx: ServiceContext, stream_base: str, subject: str) -> bytes | None:

@@ -1,6 +1,8 @@
 """`volstream up`: the whole system on one machine.
 
-Starts an embedded nats-server (unless a URL is given), provisions the streams, then runs
+Starts an embedded nats-server (unless a URL is given) that admits only the users of the
+permission table (volstream/bus/permissions.py), each with a fresh random password: the
+admin (this process: provisioning) and one per service. Provisions the streams, then runs
 every service as its own OS process (`volstream svc NAME`), restarting a crashed one with
 exponential backoff, prefixing each output line with the service name. Ctrl-C (or SIGTERM)
 stops the services, then NATS, within 5 s; children are also bound to this process with
@@ -17,10 +19,13 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from volstream.bus.credentials import CREDENTIALS_FILE, generate_passwords, write_credentials
 from volstream.bus.embedded import EmbeddedNats, free_port
+from volstream.bus.permissions import ADMIN_USER, authorization_block, up_users, user_name
 from volstream.config import Config, to_env
 from volstream.process import die_with_parent
 
@@ -58,8 +63,11 @@ def _bind_to_parent() -> None:
     die_with_parent()
 
 
-def service_specs(cfg: Config, sim: bool, sim_port: int | None) -> list[ChildSpec]:
-    """One process per service; connectors one per venue."""
+def service_specs(
+    cfg: Config, sim: bool, sim_port: int | None, passwords: Mapping[str, str] | None = None
+) -> list[ChildSpec]:
+    """One process per service; connectors one per venue. With ``passwords`` (by NATS user)
+    each process gets its own user from the permission table through its environment."""
     base_env = dict(os.environ)
     cmd = [sys.executable, "-m", "volstream.cli", "svc"]
     specs: list[ChildSpec] = []
@@ -74,18 +82,25 @@ def service_specs(cfg: Config, sim: bool, sim_port: int | None) -> list[ChildSpe
     def with_metrics(c: Config) -> Config:
         return replace(c, metrics_port=next(metrics)) if metrics else c
 
+    def as_user(service: str, c: Config) -> Config:
+        if passwords is None:
+            return c
+        user = user_name(service, c)
+        return replace(c, nats_user=user, nats_password=passwords[user])
+
     if sim and sim_port is not None:
-        specs.append(ChildSpec("sim", [*cmd, "sim", "--port", str(sim_port)], env_for(cfg)))
+        argv = [*cmd, "sim", "--port", str(sim_port)]
+        specs.append(ChildSpec("sim", argv, env_for(as_user("sim", cfg))))
     # Config.validated() admits only KNOWN_VENUES, and each has an adapter
     # (tests/test_architecture.py holds the two lists equal).
     venues = list(cfg.venues)
     for venue in venues:
-        c = with_metrics(replace(cfg, venues=(venue,)))
+        c = as_user("connector", with_metrics(replace(cfg, venues=(venue,))))
         specs.append(ChildSpec(f"connector.{venue}", [*cmd, "connector"], env_for(c)))
     for name in ("book", "iv", "surface"):
-        c = with_metrics(replace(cfg, venues=tuple(venues) or cfg.venues))
+        c = as_user(name, with_metrics(replace(cfg, venues=tuple(venues) or cfg.venues)))
         specs.append(ChildSpec(name, [*cmd, name], env_for(c)))
-    specs.append(ChildSpec("api", [*cmd, "api"], env_for(cfg)))
+    specs.append(ChildSpec("api", [*cmd, "api"], env_for(as_user("api", cfg))))
     return specs
 
 
@@ -261,22 +276,43 @@ async def keep_nats_running(
         record()
 
 
-async def _provision(nats_url: str, cfg: Config, sim: bool) -> None:
+async def _provision(nats_url: str, cfg: Config, admin: tuple[str, str] | None) -> None:
     from volstream.runtime import provision_streams
 
-    await provision_streams(nats_url, cfg)
+    user, password = admin if admin is not None else (None, None)
+    await provision_streams(nats_url, cfg, user=user, password=password)
+
+
+def start_embedded_nats(cfg: Config) -> tuple[EmbeddedNats, dict[str, str], Path]:
+    """The embedded nats-server admitting the admin and every service user of ``cfg``, each
+    with a fresh random password; the passwords by user, and the 0600 file holding them."""
+    users = up_users(cfg)
+    passwords = generate_passwords([ADMIN_USER, *(u.name for u in users)])
+    nats_dir = cfg.data_dir / "nats"
+    credentials = nats_dir / CREDENTIALS_FILE
+    write_credentials(credentials, passwords)
+    admin = (None, ADMIN_USER, passwords[ADMIN_USER])
+    block = authorization_block([admin, *((u, u.name, passwords[u.name]) for u in users)])
+    return EmbeddedNats(data_dir=nats_dir, authorization=block).start(), passwords, credentials
 
 
 async def _main(cfg: Config, sim: bool) -> int:
     nats: EmbeddedNats | None = None
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    # An external server (--nats) is used as the credentials given say (none: anonymous),
+    # by `up` and every service alike.
+    admin = (cfg.nats_user, cfg.nats_password) if cfg.nats_user and cfg.nats_password else None
+    passwords: dict[str, str] | None = None
+    credentials: Path | None = None
     if cfg.nats_url is None:
-        nats = EmbeddedNats(data_dir=cfg.data_dir / "nats").start()
-        cfg = replace(cfg, nats_url=nats.url)
+        nats, passwords, credentials = start_embedded_nats(cfg)
+        admin = (ADMIN_USER, passwords[ADMIN_USER])
+        cfg = replace(cfg, nats_url=nats.url, nats_user=None, nats_password=None)
         log.info("embedded NATS at %s (store %s)", nats.url, nats.data_dir)
+        log.info("NATS users and passwords in %s (mode 0600)", credentials)
     assert cfg.nats_url is not None
     try:
-        await _provision(cfg.nats_url, cfg, sim)
+        await _provision(cfg.nats_url, cfg, admin)
         sim_port = free_port() if sim else None
         if sim_port is not None:
             cfg = replace(cfg, sim_url=f"http://127.0.0.1:{sim_port}")
@@ -287,7 +323,10 @@ async def _main(cfg: Config, sim: bool) -> int:
             "sim_url": cfg.sim_url,
             "supervisor_pid": os.getpid(),
         }
-        supervisor = Supervisor(service_specs(cfg, sim, sim_port), cfg.data_dir / "up.json", info)
+        if credentials is not None:
+            info["nats_credentials"] = str(credentials)  # the file's path, never a password
+        specs = service_specs(cfg, sim, sim_port, passwords)
+        supervisor = Supervisor(specs, cfg.data_dir / "up.json", info)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -11,6 +11,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import grpc
 import nats
@@ -18,6 +19,8 @@ import psutil
 import pytest
 
 from tests.system.conftest import STOP_WITHIN_S, UpSystem, start_up, stop_up
+from volstream.bus.credentials import read_credentials
+from volstream.bus.permissions import ADMIN_USER
 from volstream.config import from_env
 from volstream.supervisor import STOP_GRACE_S
 from volstream.v1 import surface_pb2 as surface_pb
@@ -33,7 +36,9 @@ FIRST_SURFACE_WITHIN_S = 30.0
 
 def truth_surface(system: UpSystem, currency: str) -> surface_pb.Surface:
     async def fetch() -> surface_pb.Surface:
-        nc = await nats.connect(system.state()["nats_url"])
+        state = system.state()  # up's NATS admits only its users: read as its admin
+        password = read_credentials(Path(state["nats_credentials"]))[ADMIN_USER]
+        nc = await nats.connect(state["nats_url"], user=ADMIN_USER, password=password)
         try:
             msg = await nc.jetstream().get_last_msg("SIM", f"sim.truth.deribit.{currency.lower()}")
             return surface_pb.Surface.FromString(msg.data or b"")

@@ -24,6 +24,7 @@ from typing import Any
 import nats
 from nats.aio.client import Client, Server
 
+from volstream.bus.permissions import inbox_prefix
 from volstream.telemetry import Metrics
 
 log = logging.getLogger("volstream.bus")
@@ -88,6 +89,17 @@ def _backoff_with_jitter(
     return choose
 
 
+def credential_options(user: str | None, password: str | None) -> dict[str, Any]:
+    """:func:`nats.connect` options for a NATS user: the user, its password and its own inbox
+    prefix (its permissions allow replies on ``_INBOX_<user>.>`` only,
+    volstream/bus/permissions.py); nothing without a user."""
+    if user is None:
+        return {}
+    if password is None:
+        raise ValueError(f"NATS user {user!r} has no password")
+    return {"user": user, "password": password, "inbox_prefix": inbox_prefix(user)}
+
+
 async def connect(
     url: str,
     name: str,
@@ -99,12 +111,15 @@ async def connect(
     ping_interval_s: float = 10.0,
     max_outstanding_pings: int = 3,
     pending_size: int = DEFAULT_PENDING_SIZE,
+    user: str | None = None,
+    password: str | None = None,
     **options: Any,
 ) -> Client:
     """Connect to ``url`` (comma-separated URLs for a cluster) as client ``name``.
 
-    Retries forever until the first connection succeeds, then reconnects forever. Extra
-    ``options`` go to :func:`nats.connect` (credentials, TLS ...).
+    Retries forever until the first connection succeeds, then reconnects forever. With
+    ``user`` and ``password`` it authenticates as that NATS user (:func:`credential_options`).
+    Extra ``options`` go to :func:`nats.connect` (TLS ...).
     """
     events = _ConnectionEvents(name, metrics)
     servers = [u.strip() for u in url.split(",") if u.strip()]
@@ -123,6 +138,7 @@ async def connect(
         reconnected_cb=events.reconnected,
         error_cb=events.error,
         closed_cb=events.closed,
+        **credential_options(user, password),
         **options,
     )
     events.nc = nc

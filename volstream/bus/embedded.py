@@ -20,6 +20,15 @@ from volstream.process import die_with_parent, pdeathsig_prefix
 log = logging.getLogger(__name__)
 
 
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable and writable by this user only (mode 0600), also
+    when the file existed with a wider mode."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(f.fileno(), 0o600)
+        f.write(text)
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -56,12 +65,16 @@ class EmbeddedNats:
         port: int | None = None,
         max_payload: int = 8 * 1024 * 1024,
         log_file: str | os.PathLike[str] | None = None,
+        authorization: str | None = None,
     ) -> None:
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="volstream-nats-"))
         self.port = port or free_port()
         self.max_payload = max_payload
         self.log_file = Path(log_file) if log_file else self.data_dir / "nats-server.log"
+        # A nats-server `authorization { ... }` block (volstream.bus.permissions); None: any
+        # client may connect and do anything.
+        self.authorization = authorization
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -71,13 +84,14 @@ class EmbeddedNats:
     def start(self, timeout_s: float = 10.0) -> EmbeddedNats:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         conf = self.data_dir / "nats-server.conf"
-        conf.write_text(
+        text = (
             f"listen: 127.0.0.1:{self.port}\n"
             f"max_payload: {self.max_payload}\n"
             "jetstream {\n"
             f'  store_dir: "{self.data_dir / "jetstream"}"\n'
             "}\n"
-        )
+        ) + (self.authorization or "")
+        write_private(conf, text)  # it may hold passwords
         self.proc = subprocess.Popen(
             [*_DEATH_PREFIX, nats_server_binary(), "-c", str(conf), "-l", str(self.log_file)],
             stdin=subprocess.DEVNULL,

@@ -1,9 +1,11 @@
 """JetStream streams and durable consumers defined as code, applied idempotently at start-up.
 
-Every service calls :func:`ensure_streams` with :func:`default_stream_specs` when it starts;
-several services starting together is fine: creation races and "already in use" answers are
-resolved by re-reading the stream and updating it only if its configuration differs. Data is
-never deleted: a change that JetStream cannot apply in place (storage type) raises
+Every service without a NATS user of its own calls :func:`ensure_streams` with
+:func:`default_stream_specs` when it starts (one with a user only checks its streams exist:
+volstream.runtime.check_streams; `volstream up` provisions as its admin user). Several
+services starting together is fine: creation races and "already in use" answers are resolved
+by re-reading the stream and updating it only if its configuration differs. Data is never
+deleted: a change that JetStream cannot apply in place (storage type) raises
 :class:`StreamConfigConflict` instead of recreating the stream.
 
 Stream names come from ``Subjects.stream_name`` so a namespace (a replay run) gets streams of
