@@ -45,18 +45,6 @@ ALL = "all"
 Key = tuple[str, str]  # (venue or "all", currency)
 
 
-def consolidated_currencies(cfg: Config) -> tuple[str, ...]:
-    """Currencies whose consolidated surface this replica produces."""
-    if cfg.consolidate == "off":
-        return ()
-    if cfg.consolidate == "only" or not cfg.partitions:
-        return tuple(c.upper() for c in cfg.currencies)
-    owned = {(p.venue, p.currency.upper()) for p in cfg.partitions}
-    return tuple(
-        c.upper() for c in cfg.currencies if all((v, c.upper()) in owned for v in cfg.venues)
-    )
-
-
 class SurfaceStage:
     def __init__(self, ctx: ServiceContext, partitions: tuple[Partition, ...]) -> None:
         self.ctx = ctx
@@ -72,7 +60,7 @@ class SurfaceStage:
             }
         )
         self.accepted: set[Key] = {(p.venue, p.currency.upper()) for p in partitions}
-        for ccy in consolidated_currencies(ctx.cfg):
+        for ccy in ctx.cfg.consolidated_currencies():
             self.cores[(ALL, ccy)] = ConsolidatedSurfaceCore(ccy, config)
         self.now_ns: dict[Key, int] = {}
         self.last_fit_ns: dict[Key, int] = {}
@@ -167,7 +155,7 @@ async def run(cfg: Config) -> None:
         log.info(
             "surface service owns %s; consolidated: %s",
             ", ".join(str(p) for p in partitions) if stage.cores else "nothing",
-            ", ".join(consolidated_currencies(cfg)) or "none",
+            ", ".join(cfg.consolidated_currencies()) or "none",
         )
         await ctx.wait_stopped()
         stage.pool.shutdown(wait=False, cancel_futures=True)

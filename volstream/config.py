@@ -127,6 +127,19 @@ class Config:
             return self.partitions
         return tuple(Partition(v, c) for v in self.venues for c in self.currencies)
 
+    def consolidated_currencies(self) -> tuple[str, ...]:
+        """Currencies whose consolidated surface (surface.all.<ccy>) this replica produces:
+        every currency whose every configured venue it owns ("auto"), all ("only"), none
+        ("off"). The surface stage and the bus permissions both follow this rule."""
+        if self.consolidate == "off":
+            return ()
+        if self.consolidate == "only" or not self.partitions:
+            return tuple(c.upper() for c in self.currencies)
+        owned = {(p.venue, p.currency.upper()) for p in self.partitions}
+        return tuple(
+            c.upper() for c in self.currencies if all((v, c.upper()) in owned for v in self.venues)
+        )
+
     def validated(self) -> Config:
         for v in self.venues:
             if v not in KNOWN_VENUES:

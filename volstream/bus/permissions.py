@@ -83,19 +83,6 @@ def _by_venue(s: Subjects, stage: str, cfg: Config) -> list[str]:
     return out
 
 
-def _consolidated(cfg: Config) -> tuple[str, ...]:
-    """Currencies of the consolidated surfaces this replica publishes (the rule of
-    svc_surface.service.consolidated_currencies, restated: plumbing imports no service)."""
-    if cfg.consolidate == "off":
-        return ()
-    if cfg.consolidate == "only" or not cfg.partitions:
-        return tuple(c.upper() for c in cfg.currencies)
-    owned = {(p.venue, p.currency.upper()) for p in cfg.partitions}
-    return tuple(
-        c.upper() for c in cfg.currencies if all((v, c.upper()) in owned for v in cfg.venues)
-    )
-
-
 def _stream_info(s: Subjects, *bases: str) -> list[str]:
     return [f"{JS_API}.STREAM.INFO.{s.stream_name(b)}" for b in bases]
 
@@ -157,7 +144,7 @@ def service_user(service: str, cfg: Config) -> NatsUser:
         pub += _msg_get(s, "MD", "BOOK")
     elif service == "surface":
         pub = [] if cfg.consolidate == "only" else _by_venue(s, "surface", cfg)
-        pub += [s.surface("all", c) for c in _consolidated(cfg)]
+        pub += [s.surface("all", c) for c in cfg.consolidated_currencies()]
         pub += [s.stage_filter("dlq", "surface", ">")]
         pub += _stream_info(s, "IV", "SURFACE", "DLQ")
         pub += _durable(s, "IV", name)
