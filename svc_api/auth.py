@@ -32,18 +32,21 @@ def check_authorization(metadata: tuple[tuple[str, str | bytes], ...], token: st
     return None
 
 
+# The grpc handler factory for (request streaming, response streaming).
+HANDLER_KINDS: dict[tuple[bool, bool], Callable[..., Handler]] = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+
 def _deny(handler: Handler, message: str) -> Handler:
     async def abort(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
-    kinds = {
-        (False, False): grpc.unary_unary_rpc_method_handler,
-        (False, True): grpc.unary_stream_rpc_method_handler,
-        (True, False): grpc.stream_unary_rpc_method_handler,
-        (True, True): grpc.stream_stream_rpc_method_handler,
-    }
-    factory: Any = kinds[(bool(handler.request_streaming), bool(handler.response_streaming))]
-    return factory(  # type: ignore[no-any-return]
+    factory = HANDLER_KINDS[(bool(handler.request_streaming), bool(handler.response_streaming))]
+    return factory(
         abort,
         request_deserializer=handler.request_deserializer,
         response_serializer=handler.response_serializer,

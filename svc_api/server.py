@@ -31,7 +31,7 @@ import grpc.aio
 from google.protobuf.message_factory import GetMessageClass
 from nats.aio.client import Client
 
-from svc_api.auth import TokenAuthInterceptor
+from svc_api.auth import HANDLER_KINDS, TokenAuthInterceptor
 from svc_api.config import ApiConfig
 from svc_api.feed import SurfaceFeed
 from svc_api.health import HealthMonitor
@@ -275,13 +275,6 @@ class SurfaceServicer:
 # fails at start-up) and tests/api/test_method_table.py holds it equal to the generated one.
 SURFACE_SERVICE = api_pb.DESCRIPTOR.services_by_name["SurfaceService"]
 
-_HANDLER_KINDS: dict[tuple[bool, bool], Callable[..., grpc.RpcMethodHandler[Any, Any]]] = {
-    (False, False): grpc.unary_unary_rpc_method_handler,
-    (False, True): grpc.unary_stream_rpc_method_handler,
-    (True, False): grpc.stream_unary_rpc_method_handler,
-    (True, True): grpc.stream_stream_rpc_method_handler,
-}
-
 
 def _serializer(message_class: Any) -> Callable[[Any], bytes]:
     """The response message's serializer, passing bytes on as they are: they are the fan-out's
@@ -299,7 +292,7 @@ def method_handlers(servicer: SurfaceServicer) -> dict[str, grpc.RpcMethodHandle
     service descriptor, except that a method may return (or write) its response as bytes."""
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in SURFACE_SERVICE.methods:
-        handler = _HANDLER_KINDS[method.client_streaming, method.server_streaming]
+        handler = HANDLER_KINDS[method.client_streaming, method.server_streaming]
         handlers[method.name] = handler(
             getattr(servicer, method.name),
             request_deserializer=GetMessageClass(method.input_type).FromString,
