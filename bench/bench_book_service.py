@@ -146,7 +146,7 @@ async def service_once(
         stage = TimedStage(ctx, partitions)
         stage.last_seq = last_seq
         stage.done = asyncio.Event()
-        await stage.restore()
+        await stage.restore(ctx)
         runner = StageRunner(
             ctx.nc, "book", ctx.subjects, stage_inputs(ctx, partitions), stage, ctx.metrics
         )

@@ -11,13 +11,14 @@ events of one partition):
 
 Outputs are cut per input message, not per consumed batch, so what is published depends
 only on the partition's input sequence: a replay from the start, or a different split of
-partitions over replicas, publishes exactly the same messages (the
-TopOfBookBatch header names the input message's stream sequence, the msg-id is derived from
-it, and the per-partition TopOfBook sequence counter runs over the partition's input only).
+partitions over replicas, publishes exactly the same messages (the msg-id names the input
+message's stream sequence, and the per-partition sequences, of batches and of tops, run over
+the partition's input only).
 
 Time: "now" for a partition is the highest event time seen in its input (the batch
 header's ``event_time_ns``, which the connector stamps with its latest event time; the
-events' own times when it is absent). Staleness, keyframes and resync spacing all run on it.
+events' own times when it is absent), kept by the stage kit's ``PartitionClock``, which
+also stamps each batch header. Staleness, keyframes and resync spacing all run on it.
 
 Gaps: a venue gap normally reaches this service as a BookReset from the connector (which
 detects it first and resubscribes the book): the book publishes AWAITING_SNAPSHOT, no
@@ -33,8 +34,9 @@ resubscribes it, which makes the venue send a fresh snapshot. Until its snapshot
 book publishes only its status (AWAITING_SNAPSHOT, or GAP), never prices. A symbol is asked
 again at most every RESYNC_INTERVAL_NS of event time while it stays invalid. The TopOfBook
 sequence counter continues from the last one published (read back from the BOOK stream at
-start), so "keep the highest sequence" stays true across restarts. A book that is missing
-from the last keyframe (first seen after it) is rebuilt once it sees a delta again.
+start, like the batch sequence), so "keep the highest sequence" stays true across restarts.
+A book that is missing from the last keyframe (first seen after it) is rebuilt once it sees
+a delta again.
 
 The handler yields to the event loop every YIELD_EVERY input messages, so acks, heartbeats
 and pings keep flowing during a full batch (~0.1 s of CPU at 256 messages).
@@ -53,24 +55,22 @@ from svc_book.core import BookConfig, BookCore
 from volstream.bus.stage import (
     InMessage,
     Output,
+    PartitionClock,
+    StageEnv,
     StageInput,
     dead_letter_output,
     output_msg_id,
+    stamp_header,
 )
 from volstream.config import Config, Partition
-from volstream.runtime import (
-    ServiceContext,
-    durable_name,
-    last_message,
-    service_context,
-    wall_ns,
-)
+from volstream.runtime import ServiceContext, durable_name, last_message, service_context
 from volstream.v1 import book_pb2 as book_pb
 from volstream.v1 import market_data_pb2 as md_pb
 
 log = logging.getLogger("svc_book")
 
 SERVICE = "book"
+SOURCE = "svc_book"
 KEYFRAME_INTERVAL_NS = 5_000_000_000
 RESYNC_INTERVAL_NS = 5_000_000_000
 # Input messages handled between two yields to the event loop.
@@ -88,9 +88,8 @@ class PartitionState:
     core: BookCore
     subject: str
     keyframe_subject: str
-    # Highest event time seen in this partition's input: the partition's "now".
-    now_ns: int = 0
-    last_keyframe_ns: int | None = None
+    # "now" (highest event time in the input), the keyframe cadence, the batch sequence.
+    clock: PartitionClock = field(default_factory=lambda: PartitionClock(KEYFRAME_INTERVAL_NS))
     # symbol -> event time it was last named in a resync request.
     resync_asked_ns: dict[str, int] = field(default_factory=dict)
 
@@ -108,18 +107,18 @@ def _latest_event_ns(md: md_pb.MarketDataBatch) -> int:
 class BookStage:
     """The stage handler: decode, fold into the partition's core, emit changed tops."""
 
-    def __init__(self, ctx: ServiceContext, partitions: tuple[Partition, ...]) -> None:
-        self.ctx = ctx
+    def __init__(self, env: StageEnv, partitions: tuple[Partition, ...]) -> None:
+        self.env = env
         self.owned = {(p.venue, p.currency.upper()) for p in partitions}
         self.partitions: dict[tuple[str, str], PartitionState] = {}
-        self.config = BookConfig(stale_after_ns=ctx.cfg.book_stale_ms * 1_000_000)
+        self.config = BookConfig(stale_after_ns=env.cfg.book_stale_ms * 1_000_000)
         self.resync_requests = 0
 
     def partition(self, venue: str, currency: str) -> PartitionState:
         key = (venue, currency)
         state = self.partitions.get(key)
         if state is None:
-            subject = self.ctx.subjects.book(venue, currency)
+            subject = self.env.subjects.book(venue, currency)
             state = self.partitions[key] = PartitionState(
                 venue,
                 currency,
@@ -129,17 +128,17 @@ class BookStage:
             )
         return state
 
-    async def restore(self) -> None:
-        """Start-up: continue each owned partition's TopOfBook sequence from the BOOK stream,
-        and take the partition's symbols from its last keyframe: each is marked as awaiting
-        a snapshot (published as such with the first output) and the connector is asked to
-        resync them all, so books that see no delta soon are rebuilt too."""
+    async def restore(self, ctx: ServiceContext) -> None:
+        """Start-up: continue each owned partition's TopOfBook and batch sequences from the
+        BOOK stream, and take the partition's symbols from its last keyframe: each is marked
+        as awaiting a snapshot (published as such with the first output) and the connector
+        is asked to resync them all, so books that see no delta soon are rebuilt too."""
         for venue, ccy in sorted(self.owned):
             state = self.partition(venue, ccy)
             highest = 0
             keyframe: book_pb.TopOfBookBatch | None = None
             for subject in (state.subject, state.keyframe_subject):
-                payload = await last_message(self.ctx, "BOOK", subject)
+                payload = await last_message(ctx, "BOOK", subject)
                 if payload is None:
                     continue
                 try:
@@ -150,6 +149,7 @@ class BookStage:
                     keyframe = batch
                 for top in batch.tops:
                     highest = max(highest, top.header.sequence)
+                state.clock.sequence = max(state.clock.sequence, batch.header.sequence)
             state.core.output_sequence = highest
             if keyframe is None:
                 continue
@@ -160,8 +160,10 @@ class BookStage:
                 reset.book_reset.reason = "svc_book restarted: no snapshot yet"
                 reset.book_reset.header.event_time_ns = known_ns
                 state.core.apply(reset)
-            state.now_ns = known_ns
-            await self._request_resync(state)
+            state.clock.observe(known_ns)
+            request = self._resync_request(state)
+            if request is not None:
+                await ctx.nc.publish(request.subject, request.payload)
 
     async def handle(self, batch: list[InMessage]) -> list[Output]:
         outputs: list[Output] = []
@@ -175,12 +177,12 @@ class BookStage:
                 md = _decode_batch(msg.data)
             except DecodeError as exc:
                 reason = f"undecodable MarketDataBatch: {exc}"
-                outputs.append(dead_letter_output(self.ctx.subjects, SERVICE, msg, reason))
+                outputs.append(dead_letter_output(self.env.subjects, SERVICE, msg, reason))
                 continue
             key = (md.venue, md.currency.upper())
             if key not in owned:
                 reason = f"partition {md.venue}:{md.currency} is not owned by this replica"
-                outputs.append(dead_letter_output(self.ctx.subjects, SERVICE, msg, reason))
+                outputs.append(dead_letter_output(self.env.subjects, SERVICE, msg, reason))
                 continue
             state = touched.get(key)
             if state is None:
@@ -188,86 +190,82 @@ class BookStage:
             apply = state.core.apply
             for event in md.events:
                 apply(event)
-            event_ns = md.header.event_time_ns or _latest_event_ns(md)
-            if event_ns > state.now_ns:
-                state.now_ns = event_ns
+            state.clock.observe(md.header.event_time_ns or _latest_event_ns(md))
             self._emit(state, msg, outputs)
         for state in touched.values():
-            await self._request_resync(state)
+            request = self._resync_request(state)
+            if request is not None:
+                outputs.append(request)
         return outputs
 
     def _emit(self, state: PartitionState, msg: InMessage, outputs: list[Output]) -> None:
         core = state.core
-        now_ns = state.now_ns
-        changed = self._batch(state, now_ns, msg, keyframe=False)
-        if core.tops_into(changed, now_ns):
-            outputs.append(self._output(state.subject, changed, msg))
-        last = state.last_keyframe_ns
-        if last is None or now_ns - last >= KEYFRAME_INTERVAL_NS:
-            state.last_keyframe_ns = now_ns
-            every = self._batch(state, now_ns, msg, keyframe=True)
-            core.tops_into(every, now_ns, keyframe=True)
-            outputs.append(self._output(state.keyframe_subject, every, msg))
+        clock = state.clock
+        changed = self._batch(state, keyframe=False)
+        if core.tops_into(changed, clock.now_ns):
+            outputs.append(self._output(state, state.subject, changed, msg))
+        if clock.due():
+            every = self._batch(state, keyframe=True)
+            core.tops_into(every, clock.now_ns, keyframe=True)
+            outputs.append(self._output(state, state.keyframe_subject, every, msg))
 
     @staticmethod
-    def _batch(
-        state: PartitionState, now_ns: int, msg: InMessage, keyframe: bool
-    ) -> book_pb.TopOfBookBatch:
+    def _batch(state: PartitionState, keyframe: bool) -> book_pb.TopOfBookBatch:
         batch = book_pb.TopOfBookBatch()
         batch.venue = state.venue
         batch.currency = state.currency
         if keyframe:
             batch.is_keyframe = True
-        header = batch.header
-        header.source = "svc_book"
-        header.event_time_ns = now_ns
-        header.sequence = msg.stream_seq
         return batch
 
     @staticmethod
-    def _output(subject: str, batch: book_pb.TopOfBookBatch, msg: InMessage) -> Output:
-        batch.header.publish_time_ns = wall_ns()
-        return Output(subject, batch.SerializeToString(), output_msg_id("svc_book", subject, msg))
+    def _output(
+        state: PartitionState, subject: str, batch: book_pb.TopOfBookBatch, msg: InMessage
+    ) -> Output:
+        stamp_header(batch.header, SOURCE, state.clock)
+        return Output(subject, batch.SerializeToString(), output_msg_id(SOURCE, subject, msg))
 
-    async def _request_resync(self, state: PartitionState) -> None:
+    def _resync_request(self, state: PartitionState) -> Output | None:
+        """The partition's invalid books the connector has not been asked about for
+        RESYNC_INTERVAL_NS, as a request on ctl.connector.<venue>.resync (core NATS)."""
         invalid = state.core.needs_resync()
         asked = state.resync_asked_ns
         if not invalid:
             asked.clear()
-            return
-        now_ns = state.now_ns
+            return None
+        now_ns = state.clock.now_ns
         due = [
             s
             for s in invalid
             if now_ns - asked.get(s, now_ns - RESYNC_INTERVAL_NS) >= RESYNC_INTERVAL_NS
         ]
         if not due:
-            return
+            return None
         for symbol in due:
             asked[symbol] = now_ns
         if len(asked) > 2 * len(invalid):
             # Forget symbols that became valid again (or were delisted).
             keep = set(invalid)
             state.resync_asked_ns = {s: t for s, t in asked.items() if s in keep}
-        subject = self.ctx.subjects.control("connector", state.venue, "resync")
+        subject = self.env.subjects.control("connector", state.venue, "resync")
         payload = orjson.dumps({"currency": state.currency, "symbols": due})
-        await self.ctx.nc.publish(subject, payload)
         self.resync_requests += 1
         log.info(
             "%s:%s: asked the connector to resync %d books", state.venue, state.currency, len(due)
         )
+        return Output(subject, payload, "", jetstream=False)
 
 
-def stage_inputs(ctx: ServiceContext, partitions: tuple[Partition, ...]) -> list[StageInput]:
-    filters = [ctx.subjects.md(p.venue, p.currency, "book") for p in partitions]
-    return [StageInput(ctx.subjects.stream_name("MD"), durable_name(SERVICE, ctx.cfg), filters)]
+def stage_inputs(env: StageEnv, partitions: tuple[Partition, ...]) -> list[StageInput]:
+    filters = [env.subjects.md(p.venue, p.currency, "book") for p in partitions]
+    return [StageInput(env.subjects.stream_name("MD"), durable_name(SERVICE, env.cfg), filters)]
 
 
 async def run(cfg: Config) -> None:
     async with service_context(cfg, SERVICE) as ctx:
         partitions = cfg.owned_partitions()
         stage = BookStage(ctx, partitions)
-        await stage.restore()
+        await stage.restore(ctx)
         await ctx.start_stage(stage_inputs(ctx, partitions), stage)
         log.info("book service owns %s", ", ".join(str(p) for p in partitions))
         await ctx.wait_stopped()

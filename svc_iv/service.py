@@ -1,14 +1,17 @@
 """IV service runtime: instruments, tickers, index (md.*) and tops (book.*) -> IvCore per
 partition -> per-expiry smiles on iv.<venue>.<ccy>.
 
-Smiles are flushed on a cadence in event time (cfg.iv_interval_ms). At start-up the latest
-instrument set and book keyframe of each owned partition are read back from JetStream, so a
-restarted replica prices its chains as soon as tickers arrive.
+Smiles are flushed on a cadence in event time (cfg.iv_interval_ms), kept per partition by
+the stage kit's ``PartitionClock``, which also stamps each batch header. At start-up the
+latest instrument set and book keyframe of each owned partition are read back from
+JetStream, so a restarted replica prices its chains as soon as tickers arrive, and the
+batch sequence continues from the last published batch.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
@@ -19,64 +22,72 @@ from svc_iv.core import IvCore
 from volstream.bus.stage import (
     InMessage,
     Output,
+    PartitionClock,
+    StageEnv,
     StageInput,
     dead_letter_output,
     output_msg_id,
+    stamp_header,
 )
 from volstream.config import Config, Partition
-from volstream.runtime import (
-    ServiceContext,
-    durable_name,
-    last_message,
-    service_context,
-    wall_ns,
-)
+from volstream.runtime import ServiceContext, durable_name, last_message, service_context
 from volstream.subjects import parse_partition
 from volstream.v1 import book_pb2 as book_pb
 from volstream.v1 import common_pb2 as common_pb
+from volstream.v1 import iv_pb2 as iv_pb
 from volstream.v1 import market_data_pb2 as md_pb
 
 log = logging.getLogger("svc_iv")
 
 SERVICE = "iv"
+SOURCE = "svc_iv"
 
 
 class IvStage:
-    def __init__(self, ctx: ServiceContext, partitions: tuple[Partition, ...]) -> None:
-        self.ctx = ctx
-        self.interval_ns = ctx.cfg.iv_interval_ms * 1_000_000
-        self.cores: dict[tuple[str, str], IvCore] = {
-            (p.venue, p.currency.upper()): IvCore(p.venue, p.currency.upper()) for p in partitions
-        }
-        self.now_ns: dict[tuple[str, str], int] = {}
-        self.last_flush_ns: dict[tuple[str, str], int] = {}
+    def __init__(self, env: StageEnv, partitions: tuple[Partition, ...]) -> None:
+        self.env = env
+        interval_ns = env.cfg.iv_interval_ms * 1_000_000
+        self.cores: dict[tuple[str, str], IvCore] = {}
+        self.clocks: dict[tuple[str, str], PartitionClock] = {}
+        for p in partitions:
+            key = (p.venue, p.currency.upper())
+            self.cores[key] = IvCore(*key)
+            self.clocks[key] = PartitionClock(interval_ns)
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="iv")
 
     async def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
-    async def bootstrap(self) -> None:
-        """Latest instrument set and book keyframe per partition, before consuming."""
+    async def bootstrap(self, ctx: ServiceContext) -> None:
+        """Latest instrument set and book keyframe per partition, and the last published
+        batch's sequence, before consuming."""
+        subjects = self.env.subjects
         for venue, ccy in self.cores:
             for stream, subject in (
-                ("MD", self.ctx.subjects.md(venue, ccy, "instrument")),
-                ("BOOK", self.ctx.subjects.book(venue, ccy) + ".keyframe"),
+                ("MD", subjects.md(venue, ccy, "instrument")),
+                ("BOOK", subjects.book(venue, ccy) + ".keyframe"),
             ):
-                data = await last_message(self.ctx, stream, subject)
+                data = await last_message(ctx, stream, subject)
                 if data is not None:
                     await asyncio.get_running_loop().run_in_executor(
                         self.pool, self._fold, subject, data
                     )
+            data = await last_message(ctx, "IV", subjects.iv(venue, ccy))
+            if data is not None:
+                with contextlib.suppress(DecodeError):
+                    sequence = iv_pb.SmileBatch.FromString(data).header.sequence
+                    self.clocks[(venue, ccy)].sequence = sequence
         log.info("bootstrapped %d partitions", len(self.cores))
 
     def _fold(self, subject: str, data: bytes) -> tuple[str, str] | None:
         """Apply one input message to its core; the partition key, None if not ours."""
-        stage, venue, ccy_token, _rest = parse_partition(subject, self.ctx.subjects.namespace)
+        stage, venue, ccy_token, _rest = parse_partition(subject, self.env.subjects.namespace)
         key = (venue, ccy_token.upper())
         core = self.cores.get(key)
         if core is None:
             return None
-        latest = self.now_ns.get(key, 0)
+        clock = self.clocks[key]
+        latest = clock.now_ns
         if stage == "book":
             tops = book_pb.TopOfBookBatch.FromString(data)
             for top in tops.tops:
@@ -94,7 +105,7 @@ class IvStage:
                     latest = max(latest, event.index_price.header.event_time_ns)
                 elif case == "instrument_set":
                     core.on_instruments(event.instrument_set)
-        self.now_ns[key] = latest
+        clock.observe(latest)
         return key
 
     async def handle(self, batch: list[InMessage]) -> list[Output]:
@@ -114,51 +125,45 @@ class IvStage:
                 key = self._fold(msg.subject, msg.data)
             except (DecodeError, ValueError) as exc:
                 dead.append(
-                    dead_letter_output(self.ctx.subjects, SERVICE, msg, f"undecodable input: {exc}")
+                    dead_letter_output(self.env.subjects, SERVICE, msg, f"undecodable input: {exc}")
                 )
                 continue
             if key is None:
                 dead.append(
                     dead_letter_output(
-                        self.ctx.subjects, SERVICE, msg, "partition not owned by this replica"
+                        self.env.subjects, SERVICE, msg, "partition not owned by this replica"
                     )
                 )
                 continue
             touched[key] = msg
         outputs: list[Output] = dead
         for key, last in touched.items():
-            now = self.now_ns.get(key, 0)
-            if now <= 0 or now - self.last_flush_ns.get(key, 0) < self.interval_ns:
+            clock = self.clocks[key]
+            if not clock.due():
                 continue
-            self.last_flush_ns[key] = now
-            smiles = self.cores[key].flush_serialized(now)
+            smiles = self.cores[key].flush_serialized(clock.now_ns)
             if not smiles:
                 continue
             venue, ccy = key
-            header = common_pb.EventHeader(
-                event_time_ns=now,
-                publish_time_ns=wall_ns(),
-                source="svc_iv",
-                sequence=last.stream_seq,
-            )
-            subject = self.ctx.subjects.iv(venue, ccy)
+            header = stamp_header(common_pb.EventHeader(), SOURCE, clock)
+            subject = self.env.subjects.iv(venue, ccy)
             payload = wire.smile_batch_bytes(header, venue, ccy, smiles)
-            outputs.append(Output(subject, payload, output_msg_id("svc_iv", subject, last)))
+            outputs.append(Output(subject, payload, output_msg_id(SOURCE, subject, last)))
         return outputs
 
 
-def stage_inputs(ctx: ServiceContext, partitions: tuple[Partition, ...]) -> list[StageInput]:
+def stage_inputs(env: StageEnv, partitions: tuple[Partition, ...]) -> list[StageInput]:
     md_filters = [
-        ctx.subjects.md(p.venue, p.currency, kind)
+        env.subjects.md(p.venue, p.currency, kind)
         for p in partitions
         for kind in ("instrument", "ticker", "index")
     ]
-    book_filters = [ctx.subjects.book(p.venue, p.currency) for p in partitions]
+    book_filters = [env.subjects.book(p.venue, p.currency) for p in partitions]
     # The BOOK durable carries the plain name: deploy/ scales a group on its lag.
-    name = durable_name(SERVICE, ctx.cfg)
+    name = durable_name(SERVICE, env.cfg)
     return [
-        StageInput(ctx.subjects.stream_name("BOOK"), name, book_filters),
-        StageInput(ctx.subjects.stream_name("MD"), f"{name}-md", md_filters),
+        StageInput(env.subjects.stream_name("BOOK"), name, book_filters),
+        StageInput(env.subjects.stream_name("MD"), f"{name}-md", md_filters),
     ]
 
 
@@ -166,7 +171,7 @@ async def run(cfg: Config) -> None:
     async with service_context(cfg, SERVICE) as ctx:
         partitions = cfg.owned_partitions()
         stage = IvStage(ctx, partitions)
-        await stage.bootstrap()
+        await stage.bootstrap(ctx)
         # Closers run last-registered first: the runner finishes its batch, then the pool goes.
         ctx.on_close(stage.close)
         await ctx.start_stage(stage_inputs(ctx, partitions), stage)

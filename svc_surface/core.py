@@ -77,7 +77,6 @@ class SurfaceConfig:
     check_k_range: tuple[float, float] = arbitrage.K_CHECK_RANGE
     # Consolidated surface: weight multiplier per venue (default 1).
     venue_weight_multipliers: tuple[tuple[str, float], ...] = ()
-    source: str = "svc_surface"
     fit: FitConfig = field(default_factory=FitConfig)
     quotes: QuoteConfig = field(default_factory=QuoteConfig)
 
@@ -309,7 +308,6 @@ class SurfaceCore:
         self.revision += 1
         surface = result.surface
         surface.revision = self.revision
-        surface.header.sequence = self.revision
         return surface
 
     def fit(self, now_ns: int) -> surface_pb.Surface | None:
@@ -810,8 +808,6 @@ def _build_surface(
         index_price_usd=job.index_price,
         delta_convention=conv,  # type: ignore[arg-type]
     )
-    surface.header.event_time_ns = job.now_ns
-    surface.header.source = cfg.source
     ts = [w.job.t for w, _, _ in published]
     params = [p for _, _, p in published]
     forwards = [w.job.forward for w, _, _ in published]

@@ -1,7 +1,8 @@
 """Surface service runtime: iv.<venue>.<ccy> smiles -> SurfaceCore per partition ->
 surface.<venue>.<ccy>, and the consolidated cross-venue surface -> surface.all.<ccy>.
 
-Fits run on a cadence in event time (cfg.surface_interval_ms) in a worker process, so the
+Fits run on a cadence in event time (cfg.surface_interval_ms, kept per key by the stage kit's
+``PartitionClock``, which also stamps each surface's header) in a worker process, so the
 event loop keeps serving acks and heartbeats while numpy/scipy work. The consolidated
 surface of a currency is produced by the replica that owns every configured venue of it
 (cfg.consolidate "auto"), or by a dedicated replica (cfg.consolidate "only") when venues are
@@ -21,36 +22,33 @@ from svc_surface.core import ConsolidatedSurfaceCore, SurfaceConfig, SurfaceCore
 from volstream.bus.stage import (
     InMessage,
     Output,
+    PartitionClock,
+    StageEnv,
     StageInput,
     dead_letter_output,
     output_msg_id,
+    stamp_header,
 )
 from volstream.config import Config, Partition
 from volstream.process import die_with_parent
-from volstream.runtime import (
-    ServiceContext,
-    durable_name,
-    last_message,
-    service_context,
-    wall_ns,
-)
+from volstream.runtime import ServiceContext, durable_name, last_message, service_context
 from volstream.v1 import iv_pb2 as iv_pb
 from volstream.v1 import surface_pb2 as surface_pb
 
 log = logging.getLogger("svc_surface")
 
 SERVICE = "surface"
+SOURCE = "svc_surface"
 ALL = "all"
 
 Key = tuple[str, str]  # (venue or "all", currency)
 
 
 class SurfaceStage:
-    def __init__(self, ctx: ServiceContext, partitions: tuple[Partition, ...]) -> None:
-        self.ctx = ctx
-        self.interval_ns = ctx.cfg.surface_interval_ms * 1_000_000
-        only = ctx.cfg.consolidate == "only"
-        config = SurfaceConfig(smoothing_half_life_s=ctx.cfg.surface_smoothing_s)
+    def __init__(self, env: StageEnv, partitions: tuple[Partition, ...]) -> None:
+        self.env = env
+        only = env.cfg.consolidate == "only"
+        config = SurfaceConfig(smoothing_half_life_s=env.cfg.surface_smoothing_s)
         self.cores: dict[Key, SurfaceCore] = (
             {}
             if only
@@ -60,22 +58,27 @@ class SurfaceStage:
             }
         )
         self.accepted: set[Key] = {(p.venue, p.currency.upper()) for p in partitions}
-        for ccy in ctx.cfg.consolidated_currencies():
+        for ccy in env.cfg.consolidated_currencies():
             self.cores[(ALL, ccy)] = ConsolidatedSurfaceCore(ccy, config)
-        self.now_ns: dict[Key, int] = {}
-        self.last_fit_ns: dict[Key, int] = {}
+        interval_ns = env.cfg.surface_interval_ms * 1_000_000
+        self.clocks: dict[Key, PartitionClock] = {
+            key: PartitionClock(interval_ns) for key in self.cores
+        }
         self.pool = ProcessPoolExecutor(max_workers=1, initializer=die_with_parent)
-        self.fits = ctx.metrics.counter("surface_fits", "surfaces fitted and published")
-        self.fit_latency = ctx.metrics.histogram("surface_fit_latency", "time of one fit")
+        self.fits = env.metrics.counter("surface_fits", "surfaces fitted and published")
+        self.fit_latency = env.metrics.histogram("surface_fit_latency", "time of one fit")
 
-    async def bootstrap(self) -> None:
-        """Continue revisions where the last published surface of each key left off."""
+    async def bootstrap(self, ctx: ServiceContext) -> None:
+        """Continue revisions and header sequences where the last published surface of each
+        key left off."""
         for venue, ccy in self.cores:
-            data = await last_message(self.ctx, "SURFACE", self.ctx.subjects.surface(venue, ccy))
+            data = await last_message(ctx, "SURFACE", self.env.subjects.surface(venue, ccy))
             if data is None:
                 continue
             with contextlib.suppress(DecodeError):
-                self.cores[(venue, ccy)].revision = surface_pb.Surface.FromString(data).revision
+                last = surface_pb.Surface.FromString(data)
+                self.cores[(venue, ccy)].revision = last.revision
+                self.clocks[(venue, ccy)].sequence = last.header.sequence
 
     async def handle(self, batch: list[InMessage]) -> list[Output]:
         touched: dict[Key, InMessage] = {}
@@ -85,12 +88,12 @@ class SurfaceStage:
                 smiles = iv_pb.SmileBatch.FromString(msg.data)
             except DecodeError as exc:
                 reason = f"undecodable SmileBatch: {exc}"
-                outputs.append(dead_letter_output(self.ctx.subjects, SERVICE, msg, reason))
+                outputs.append(dead_letter_output(self.env.subjects, SERVICE, msg, reason))
                 continue
             ccy = smiles.currency.upper()
             if (smiles.venue, ccy) not in self.accepted:
                 reason = f"partition {smiles.venue}:{smiles.currency} not owned"
-                outputs.append(dead_letter_output(self.ctx.subjects, SERVICE, msg, reason))
+                outputs.append(dead_letter_output(self.env.subjects, SERVICE, msg, reason))
                 continue
             for key in ((smiles.venue, ccy), (ALL, ccy)):
                 core = self.cores.get(key)
@@ -98,7 +101,7 @@ class SurfaceStage:
                     continue
                 for smile in smiles.smiles:
                     core.on_smile(smile)
-                self.now_ns[key] = max(self.now_ns.get(key, 0), smiles.header.event_time_ns)
+                self.clocks[key].observe(smiles.header.event_time_ns)
                 touched[key] = msg
         for key, last in touched.items():
             output = await self._fit(key, last)
@@ -107,12 +110,11 @@ class SurfaceStage:
         return outputs
 
     async def _fit(self, key: Key, last: InMessage) -> Output | None:
-        now = self.now_ns[key]
-        if now - self.last_fit_ns.get(key, 0) < self.interval_ns:
+        clock = self.clocks[key]
+        if not clock.due():
             return None
-        self.last_fit_ns[key] = now
         core = self.cores[key]
-        job = core.prepare(now)
+        job = core.prepare(clock.now_ns)
         if job is None:
             return None
         loop = asyncio.get_running_loop()
@@ -124,24 +126,19 @@ class SurfaceStage:
         if surface is None:
             return None
         venue, ccy = key
-        surface.header.publish_time_ns = wall_ns()
-        surface.header.source = "svc_surface"
-        surface.header.event_time_ns = now
-        surface.header.sequence = last.stream_seq
-        subject = self.ctx.subjects.surface(venue, ccy)
+        stamp_header(surface.header, SOURCE, clock)
+        subject = self.env.subjects.surface(venue, ccy)
         self.fits.add(1, {"venue": venue, "currency": ccy})
         # The input message that triggered the fit names it (restart dedupe).
-        return Output(
-            subject, surface.SerializeToString(), output_msg_id("svc_surface", subject, last)
-        )
+        return Output(subject, surface.SerializeToString(), output_msg_id(SOURCE, subject, last))
 
 
-def stage_inputs(ctx: ServiceContext, partitions: tuple[Partition, ...]) -> list[StageInput]:
-    durable = durable_name(SERVICE, ctx.cfg)
-    if ctx.cfg.consolidate == "only":
+def stage_inputs(env: StageEnv, partitions: tuple[Partition, ...]) -> list[StageInput]:
+    durable = durable_name(SERVICE, env.cfg)
+    if env.cfg.consolidate == "only":
         durable = f"{SERVICE}-consolidated"
-    filters = [ctx.subjects.iv(p.venue, p.currency) for p in partitions]
-    return [StageInput(ctx.subjects.stream_name("IV"), durable, filters)]
+    filters = [env.subjects.iv(p.venue, p.currency) for p in partitions]
+    return [StageInput(env.subjects.stream_name("IV"), durable, filters)]
 
 
 async def run(cfg: Config) -> None:
@@ -150,7 +147,7 @@ async def run(cfg: Config) -> None:
         if cfg.consolidate == "only":  # every venue of the configured currencies
             partitions = tuple(Partition(v, c) for v in cfg.venues for c in cfg.currencies)
         stage = SurfaceStage(ctx, partitions)
-        await stage.bootstrap()
+        await stage.bootstrap(ctx)
         await ctx.start_stage(stage_inputs(ctx, partitions), stage)
         log.info(
             "surface service owns %s; consolidated: %s",

@@ -91,3 +91,15 @@ def parse_partition(subject: str, namespace: str = "") -> tuple[str, str, str, s
     if len(parts) < 3:
         raise ValueError(f"subject {subject!r} has no venue and currency")
     return parts[0], parts[1], parts[2], ".".join(parts[3:])
+
+
+def subject_matches(pattern: str, subject: str) -> bool:
+    """NATS subject matching: ``*`` matches one token, a final ``>`` one or more."""
+    want = pattern.split(".")
+    have = subject.split(".")
+    for i, part in enumerate(want):
+        if part == ">":
+            return len(have) > i
+        if i >= len(have) or (part != "*" and part != have[i]):
+            return False
+    return len(have) == len(want)

@@ -90,7 +90,9 @@ async def test_book_service_dead_letters_garbage_and_keeps_going(bus) -> None:
         first = await next_message(js, "BOOK", "book.deribit.btc", 0)
         tops = book_pb.TopOfBookBatch.FromString(first.data)
         assert tops.tops[0].best_bid_price_native == 0.01
-        assert tops.header.sequence == ack.seq  # output names the input it came from
+        # The msg-id names the input it came from; the header counts the partition's batches.
+        assert first.headers["Nats-Msg-Id"] == f"svc_book.book.deribit.btc.MD.{ack.seq}"
+        assert tops.header.sequence == 1 and tops.header.source == "svc_book"
 
         await js.publish(
             "md.deribit.btc.book", b"\xff\x00 not a protobuf", headers={"Nats-Msg-Id": "b"}
@@ -103,7 +105,10 @@ async def test_book_service_dead_letters_garbage_and_keeps_going(bus) -> None:
             "md.deribit.btc.book", snapshot_batch(3, 0.015, 0.02), headers={"Nats-Msg-Id": "c"}
         )
         later = await next_message(js, "BOOK", "book.deribit.btc", first.seq)
-        assert book_pb.TopOfBookBatch.FromString(later.data).tops[0].best_bid_price_native == 0.015
+        after = book_pb.TopOfBookBatch.FromString(later.data)
+        assert after.tops[0].best_bid_price_native == 0.015
+        # One sequence per partition over both subjects (the keyframe took 2).
+        assert after.header.sequence == 3
 
 
 @pytest.mark.parametrize(

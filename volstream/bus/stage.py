@@ -1,9 +1,28 @@
-"""The runtime of a derived stage (book, iv, surface): consume -> handle -> publish -> ack.
+"""The stage kit: what every derived stage (book, IV, surface, and the consumers to come)
+shares, so that a stage is its pure core plus a few lines of wiring.
+
+- :class:`PartitionClock`: one partition's "now" (the highest event time seen in its input,
+  never the wall clock, so a replay gives the same output), its cadence in that time, and
+  its output sequence;
+- :func:`stamp_header`: the one writer of an output message's ``EventHeader`` (source,
+  event time, sequence from the partition's clock; publish time from the wall clock);
+- :func:`output_msg_id` and :func:`dead_letter_output`: the message-id rule and dead letters;
+- :class:`StageRunner`: consume -> handle -> publish -> ack over NATS JetStream. The same
+  handlers run without NATS in ``volstream.bus.inprocess`` (replay, equivalence checks).
+
+Header ownership. The kit stamps the header of every message a stage publishes: ``source``
+(the stage), ``event_time_ns`` (the partition's now at the cut), ``sequence`` (the
+partition's output counter: 1, 2, ... over everything the stage publishes for the partition,
+continued across restarts from the last published message) and ``publish_time_ns`` (wall
+clock: the only wall-clock stamp, left out of every replay comparison). Cores fill payloads
+and the headers of the items inside them (e.g. one TopOfBook in a batch), never the header
+of the message itself.
 
 For each consumed batch, in this order:
 
 1. ``outputs = await handler.handle(batch)`` (``batch``: ``list[InMessage]`` in stream order);
-2. every output is published with its ``Nats-Msg-Id``;
+2. every output is published with its ``Nats-Msg-Id`` (core-NATS outputs, e.g. control
+   requests, with a plain publish);
 3. the publisher is flushed: all outputs are stored by JetStream;
 4. only then the input batch is acknowledged.
 
@@ -35,6 +54,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -54,17 +74,22 @@ from volstream.bus.dlq import (
 )
 from volstream.bus.publisher import JetStreamPublisher
 from volstream.bus.streams import ConsumerSpec, ensure_consumer
+from volstream.config import Config
 from volstream.subjects import Subjects, token
 from volstream.telemetry import Metrics, batch_trace_context, inject_trace
+from volstream.v1 import common_pb2 as common_pb
 
 __all__ = [
     "InMessage",
     "Output",
+    "PartitionClock",
+    "StageEnv",
     "StageHandler",
     "StageInput",
     "StageRunner",
     "dead_letter_output",
     "output_msg_id",
+    "stamp_header",
 ]
 
 log = logging.getLogger("volstream.bus")
@@ -96,12 +121,72 @@ class StageInput:
 
 @dataclass
 class Output:
-    """A message to publish. ``msg_id`` must be deterministic (see the module docstring)."""
+    """A message to publish. ``msg_id`` must be deterministic (see the module docstring).
+    ``jetstream`` False: a core-NATS publish (a request to another service, not stored)."""
 
     subject: str
     payload: bytes
     msg_id: str
     headers: dict[str, str] | None = None
+    jetstream: bool = True
+
+
+class StageEnv(Protocol):
+    """What a stage handler needs from its process: configuration, subject names, metrics
+    (a ``volstream.runtime.ServiceContext`` is one; the in-process bus passes a plain one)."""
+
+    @property
+    def cfg(self) -> Config: ...
+    @property
+    def subjects(self) -> Subjects: ...
+    @property
+    def metrics(self) -> Metrics: ...
+
+
+class PartitionClock:
+    """One partition's time and output sequence (see the module docstring).
+
+    ``now_ns`` only moves forward. :meth:`due` says whether the cadence ``interval_ns`` has
+    passed since the last cut (the first cut is due as soon as there is a time) and records
+    the cut when it has. ``sequence`` counts the partition's published messages.
+    """
+
+    __slots__ = ("interval_ns", "last_cut_ns", "now_ns", "sequence")
+
+    def __init__(self, interval_ns: int, now_ns: int = 0, sequence: int = 0) -> None:
+        self.interval_ns = interval_ns
+        self.now_ns = now_ns
+        self.last_cut_ns: int | None = None
+        self.sequence = sequence
+
+    def observe(self, event_time_ns: int) -> int:
+        """Move now to ``event_time_ns`` if later; the partition's now."""
+        if event_time_ns > self.now_ns:
+            self.now_ns = event_time_ns
+        return self.now_ns
+
+    def due(self) -> bool:
+        now = self.now_ns
+        last = self.last_cut_ns
+        if now <= 0 or (last is not None and now - last < self.interval_ns):
+            return False
+        self.last_cut_ns = now
+        return True
+
+    def next_sequence(self) -> int:
+        self.sequence += 1
+        return self.sequence
+
+
+def stamp_header(
+    header: common_pb.EventHeader, source: str, clock: PartitionClock
+) -> common_pb.EventHeader:
+    """Fill an output message's header: the one place that writes one (module docstring)."""
+    header.source = source
+    header.event_time_ns = clock.now_ns
+    header.sequence = clock.next_sequence()
+    header.publish_time_ns = time.time_ns()  # the wall-clock stamp: publish time only
+    return header
 
 
 def output_msg_id(source: str, subject: str, last: InMessage) -> str:
@@ -254,6 +339,9 @@ class StageRunner:
         outputs = await self._handler.handle(batch)
         publisher = self.publisher
         for out in outputs:
+            if not out.jetstream:
+                await self._nc.publish(out.subject, out.payload, headers=out.headers)
+                continue
             headers = out.headers
             if trace_headers:
                 headers = {**trace_headers, **headers} if headers else trace_headers

@@ -1,0 +1,250 @@
+"""Fixed-input equivalence of the derived stages: the same market data through book -> IV ->
+surface gives the same bytes on every subject, before and after a change.
+
+    .venv/bin/python -m bench.golden_stages record md.bin [--seconds 40] [--seed 7]
+    .venv/bin/python -m bench.golden_stages digest md.bin [--dump out.txt]
+
+``record`` runs the simulator (fixed seed, the accuracy tests' pinned start) and the
+connector on a private nats-server for a while and writes the MD stream, in stream order,
+to a file. (The recording itself depends on timing: record once, then digest the same file
+with each version of the code.)
+
+``digest`` runs the production book, IV and surface stage handlers over that file with no
+NATS in between (``volstream.bus.inprocess``: one message per batch, in publish order) and
+prints, per output subject, the message count and a SHA-256 over the payloads in order,
+with the wall-clock fields zeroed (``publish_time_ns``, ``receive_time_ns`` and the
+surface's ``fit_time_ms``). A second digest also zeroes every message header's
+``sequence``, for comparing across a change of what that field counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import struct
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from google.protobuf.message import Message
+
+from simulator import SimConfig, run_simulator
+from svc_book import service as book_service
+from svc_connector import service as connector_service
+from svc_iv import service as iv_service
+from svc_surface import service as surface_service
+from volstream.bus.connection import connect
+from volstream.bus.embedded import EmbeddedNats
+from volstream.bus.inprocess import InProcessBus, LocalStage, Published
+from volstream.config import Config
+from volstream.runtime import provision_streams
+from volstream.subjects import Subjects, parse_partition
+from volstream.telemetry import Metrics, setup_telemetry
+from volstream.v1 import book_pb2 as book_pb
+from volstream.v1 import iv_pb2 as iv_pb
+from volstream.v1 import surface_pb2 as surface_pb
+
+# The accuracy tests' pinned start (tests/pipeline.py::PINNED_START_NS): a fixed calendar.
+START_NS = 1_773_057_600 * 1_000_000_000  # 2026-03-09T12:00:00Z
+VENUES = ("deribit", "okx", "bybit", "binance")
+CURRENCIES = ("BTC", "ETH")
+WALL_CLOCK_FIELDS = frozenset({"publish_time_ns", "receive_time_ns", "fit_time_ms"})
+_LEN = struct.Struct("<II")
+
+
+def write_records(path: Path, records: list[tuple[str, bytes]]) -> None:
+    with path.open("wb") as f:
+        for subject, payload in records:
+            raw = subject.encode()
+            f.write(_LEN.pack(len(raw), len(payload)))
+            f.write(raw)
+            f.write(payload)
+
+
+def read_records(path: Path) -> Iterator[tuple[str, bytes]]:
+    data = path.read_bytes()
+    at = 0
+    while at < len(data):
+        n_subject, n_payload = _LEN.unpack_from(data, at)
+        at += _LEN.size
+        subject = data[at : at + n_subject].decode()
+        at += n_subject
+        yield subject, data[at : at + n_payload]
+        at += n_payload
+
+
+async def record(path: Path, seconds: float, seed: int) -> int:
+    cfg = Config(venues=VENUES, currencies=CURRENCIES)
+    with tempfile.TemporaryDirectory(prefix="golden-") as tmp, EmbeddedNats(Path(tmp)) as nats:
+        sim = SimConfig(venues=VENUES, currencies=CURRENCIES, seed=seed, start_time_ns=START_NS)
+        handle = await run_simulator(sim)
+        cfg = Config(
+            nats_url=nats.url, venues=VENUES, currencies=CURRENCIES, sim_url=handle.base_url
+        )
+        await provision_streams(nats.url, cfg)
+        task = asyncio.create_task(connector_service.run(cfg))
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await handle.stop()
+        nc = await connect(nats.url, "golden-record")
+        try:
+            js = nc.jetstream()
+            info = await js.stream_info("MD")
+            records = []
+            for seq in range(info.state.first_seq, info.state.last_seq + 1):
+                msg = await js.get_msg("MD", seq, direct=True)
+                records.append((msg.subject or "", msg.data or b""))
+        finally:
+            await nc.drain()
+    write_records(path, records)
+    return len(records)
+
+
+@dataclass(frozen=True)
+class Env:
+    """A StageEnv without a process: configuration, subjects and metrics."""
+
+    cfg: Config
+    subjects: Subjects
+    metrics: Metrics
+
+
+def _zero(message: Message, fields: frozenset[str]) -> None:
+    for descriptor, value in message.ListFields():
+        if descriptor.name in fields:
+            message.ClearField(descriptor.name)
+        elif isinstance(value, Message):
+            _zero(value, fields)
+        elif descriptor.message_type is not None:  # repeated messages
+            for item in value:
+                _zero(item, fields)
+
+
+_DECODERS: dict[str, type[Message]] = {
+    "book": book_pb.TopOfBookBatch,
+    "iv": iv_pb.SmileBatch,
+    "surface": surface_pb.Surface,
+}
+
+
+def normalised(subject: str, payload: bytes, zero_sequence: bool) -> bytes:
+    stage = parse_partition(subject)[0]
+    message = _DECODERS[stage].FromString(payload)
+    _zero(message, WALL_CLOCK_FIELDS)
+    if zero_sequence:
+        message.header.ClearField("sequence")  # type: ignore[attr-defined]
+    return message.SerializeToString(deterministic=True)
+
+
+@dataclass
+class Digests:
+    counts: dict[str, int] = field(default_factory=dict)
+    full: dict[str, hashlib._Hash] = field(default_factory=dict)
+    no_seq: dict[str, hashlib._Hash] = field(default_factory=dict)
+    dump: list[str] = field(default_factory=list)
+    keep_dump: bool = False
+
+    def add(self, message: Published) -> None:
+        if message.stream == "MD":
+            return
+        subject = message.subject
+        self.counts[subject] = self.counts.get(subject, 0) + 1
+        full = normalised(subject, message.payload, zero_sequence=False)
+        self.full.setdefault(subject, hashlib.sha256()).update(full)
+        self.no_seq.setdefault(subject, hashlib.sha256()).update(
+            normalised(subject, message.payload, zero_sequence=True)
+        )
+        if self.keep_dump:
+            self.dump.append(f"{subject} {hashlib.sha256(full).hexdigest()[:16]}")
+
+
+def local_stages(env: Env) -> list[LocalStage]:
+    partitions = env.cfg.owned_partitions()
+    return [
+        LocalStage(
+            "book",
+            book_service.stage_inputs(env, partitions),
+            book_service.BookStage(env, partitions),
+        ),
+        LocalStage(
+            "iv", iv_service.stage_inputs(env, partitions), iv_service.IvStage(env, partitions)
+        ),
+        LocalStage(
+            "surface",
+            surface_service.stage_inputs(env, partitions),
+            surface_service.SurfaceStage(env, partitions),
+        ),
+    ]
+
+
+async def digest(path: Path, keep_dump: bool) -> tuple[Digests, int, float]:
+    cfg = Config(venues=VENUES, currencies=CURRENCIES)
+    subjects = Subjects(cfg.namespace)
+    env = Env(cfg, subjects, setup_telemetry("golden"))
+    stages = local_stages(env)
+    digests = Digests(keep_dump=keep_dump)
+    streams = {"md": "MD", "book": "BOOK", "iv": "IV", "surface": "SURFACE"}
+    bus = InProcessBus(stages, lambda s: streams.get(s.split(".", 1)[0]), on_publish=digests.add)
+    started = time.perf_counter()
+    n = 0
+    for subject, payload in read_records(path):
+        await bus.publish(subject, payload)
+        n += 1
+    elapsed = time.perf_counter() - started
+    for stage in stages:
+        close = getattr(stage.handler, "close", None)
+        if close is not None:
+            await close()
+    return digests, n, elapsed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.golden_stages")
+    sub = parser.add_subparsers(dest="command", required=True)
+    rec = sub.add_parser("record")
+    rec.add_argument("path", type=Path)
+    rec.add_argument("--seconds", type=float, default=40.0)
+    rec.add_argument("--seed", type=int, default=7)
+    dig = sub.add_parser("digest")
+    dig.add_argument("path", type=Path)
+    dig.add_argument("--dump", type=Path, help="write one line per output message")
+    args = parser.parse_args(argv)
+    if args.command == "record":
+        n = asyncio.run(record(args.path, args.seconds, args.seed))
+        print(f"recorded {n} MD messages to {args.path}")
+        return 0
+    if not args.path.is_file():
+        print(f"no recording at {args.path}", file=sys.stderr)
+        return 2
+    digests, n, elapsed = asyncio.run(digest(args.path, args.dump is not None))
+    print(f"{n} MD messages in {elapsed:.1f} s")
+    print(f"{'subject':<28} {'messages':>9}  {'sha256 (no wall clock)':<18}  {'(no sequence)':<18}")
+    for subject in sorted(digests.counts):
+        print(
+            f"{subject:<28} {digests.counts[subject]:>9}  "
+            f"{digests.full[subject].hexdigest()[:16]:<18}  "
+            f"{digests.no_seq[subject].hexdigest()[:16]:<18}"
+        )
+    total = hashlib.sha256()
+    total_no_seq = hashlib.sha256()
+    for subject in sorted(digests.counts):
+        total.update(digests.full[subject].digest())
+        total_no_seq.update(digests.no_seq[subject].digest())
+    print(
+        f"{'all':<28} {sum(digests.counts.values()):>9}  {total.hexdigest()[:16]:<18}  "
+        f"{total_no_seq.hexdigest()[:16]:<18}"
+    )
+    if args.dump is not None:
+        args.dump.write_text("\n".join(digests.dump) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
