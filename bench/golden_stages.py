@@ -32,18 +32,17 @@ from pathlib import Path
 
 from google.protobuf.message import Message
 
+from replay.compare import WALL_CLOCK_FIELDS, clear_fields
+from replay.stages import ReplayEnv, close_stages, local_stages
 from simulator import SimConfig, run_simulator
-from svc_book import service as book_service
 from svc_connector import service as connector_service
-from svc_iv import service as iv_service
-from svc_surface import service as surface_service
 from volstream.bus.connection import connect
 from volstream.bus.embedded import EmbeddedNats
-from volstream.bus.inprocess import InProcessBus, LocalStage, Published
+from volstream.bus.inprocess import InProcessBus, Published
 from volstream.config import Config
 from volstream.runtime import provision_streams
 from volstream.subjects import Subjects, parse_partition
-from volstream.telemetry import Metrics, setup_telemetry
+from volstream.telemetry import setup_telemetry
 from volstream.v1 import book_pb2 as book_pb
 from volstream.v1 import iv_pb2 as iv_pb
 from volstream.v1 import surface_pb2 as surface_pb
@@ -52,7 +51,6 @@ from volstream.v1 import surface_pb2 as surface_pb
 START_NS = 1_773_057_600 * 1_000_000_000  # 2026-03-09T12:00:00Z
 VENUES = ("deribit", "okx", "bybit", "binance")
 CURRENCIES = ("BTC", "ETH")
-WALL_CLOCK_FIELDS = frozenset({"publish_time_ns", "receive_time_ns", "fit_time_ms"})
 _LEN = struct.Struct("<II")
 
 
@@ -107,26 +105,6 @@ async def record(path: Path, seconds: float, seed: int) -> int:
     return len(records)
 
 
-@dataclass(frozen=True)
-class Env:
-    """A StageEnv without a process: configuration, subjects and metrics."""
-
-    cfg: Config
-    subjects: Subjects
-    metrics: Metrics
-
-
-def _zero(message: Message, fields: frozenset[str]) -> None:
-    for descriptor, value in message.ListFields():
-        if descriptor.name in fields:
-            message.ClearField(descriptor.name)
-        elif isinstance(value, Message):
-            _zero(value, fields)
-        elif descriptor.message_type is not None:  # repeated messages
-            for item in value:
-                _zero(item, fields)
-
-
 _DECODERS: dict[str, type[Message]] = {
     "book": book_pb.TopOfBookBatch,
     "iv": iv_pb.SmileBatch,
@@ -137,7 +115,7 @@ _DECODERS: dict[str, type[Message]] = {
 def normalised(subject: str, payload: bytes, zero_sequence: bool) -> bytes:
     stage = parse_partition(subject)[0]
     message = _DECODERS[stage].FromString(payload)
-    _zero(message, WALL_CLOCK_FIELDS)
+    clear_fields(message, WALL_CLOCK_FIELDS)
     if zero_sequence:
         message.header.ClearField("sequence")  # type: ignore[attr-defined]
     return message.SerializeToString(deterministic=True)
@@ -165,29 +143,10 @@ class Digests:
             self.dump.append(f"{subject} {hashlib.sha256(full).hexdigest()[:16]}")
 
 
-def local_stages(env: Env) -> list[LocalStage]:
-    partitions = env.cfg.owned_partitions()
-    return [
-        LocalStage(
-            "book",
-            book_service.stage_inputs(env, partitions),
-            book_service.BookStage(env, partitions),
-        ),
-        LocalStage(
-            "iv", iv_service.stage_inputs(env, partitions), iv_service.IvStage(env, partitions)
-        ),
-        LocalStage(
-            "surface",
-            surface_service.stage_inputs(env, partitions),
-            surface_service.SurfaceStage(env, partitions),
-        ),
-    ]
-
-
 async def digest(path: Path, keep_dump: bool) -> tuple[Digests, int, float]:
     cfg = Config(venues=VENUES, currencies=CURRENCIES)
     subjects = Subjects(cfg.namespace)
-    env = Env(cfg, subjects, setup_telemetry("golden"))
+    env = ReplayEnv(cfg, subjects, setup_telemetry("golden"))
     stages = local_stages(env)
     digests = Digests(keep_dump=keep_dump)
     streams = {"md": "MD", "book": "BOOK", "iv": "IV", "surface": "SURFACE"}
@@ -198,10 +157,7 @@ async def digest(path: Path, keep_dump: bool) -> tuple[Digests, int, float]:
         await bus.publish(subject, payload)
         n += 1
     elapsed = time.perf_counter() - started
-    for stage in stages:
-        close = getattr(stage.handler, "close", None)
-        if close is not None:
-            await close()
+    await close_stages(stages)
     return digests, n, elapsed
 
 

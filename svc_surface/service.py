@@ -48,7 +48,10 @@ class SurfaceStage:
     def __init__(self, env: StageEnv, partitions: tuple[Partition, ...]) -> None:
         self.env = env
         only = env.cfg.consolidate == "only"
-        config = SurfaceConfig(smoothing_half_life_s=env.cfg.surface_smoothing_s)
+        model = {"svi": surface_pb.SURFACE_MODEL_SVI, "ssvi": surface_pb.SURFACE_MODEL_SSVI}
+        config = SurfaceConfig(
+            model=model[env.cfg.surface_model], smoothing_half_life_s=env.cfg.surface_smoothing_s
+        )
         self.cores: dict[Key, SurfaceCore] = (
             {}
             if only

@@ -4,6 +4,8 @@
     volstream svc NAME               one service (what a Kubernetes container runs)
     volstream surface --venue V --currency C   term structure and smiles as a table
     volstream watch                  follow the surface stream live
+    volstream replay --from T1 [--to T2] --namespace NAME [settings]   replay market data
+    volstream diff A B [--tolerance VOLPTS]   compare two runs' surfaces
 
 Flags override VOLSTREAM_* environment variables, which override defaults. Any invalid flag
 or value exits with status 2 and a message naming it.
@@ -26,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from volstream.config import (
     KNOWN_VENUES,
     SERVICES,
+    SURFACE_MODELS,
     Config,
     ConfigError,
     from_env,
@@ -109,15 +112,67 @@ def _add_runtime(p: argparse.ArgumentParser) -> None:
         "default now): its expiry calendar follows",
     )
     p.add_argument("--testnet", action="store_true", default=None, help="venue testnet URLs")
-    p.add_argument("--surface-interval-ms", type=_positive_int, help="surface refit cadence")
+    _add_stage_settings(p)
+    p.add_argument("--api-token", help="require 'authorization: Bearer TOKEN' on gRPC calls")
+    p.add_argument("--tls-cert", type=Path, help="gRPC TLS certificate (PEM)")
+    p.add_argument("--tls-key", type=Path, help="gRPC TLS private key (PEM)")
+
+
+def _add_stage_settings(p: argparse.ArgumentParser) -> None:
+    """The settings of the derived stages (live, and what a replay may change)."""
+    p.add_argument(
+        "--surface-interval-ms", type=_positive_int, help="surface refit cadence (event time)"
+    )
     p.add_argument(
         "--surface-smoothing-s",
         type=float,
         help="half life of the surface's temporal smoothing in seconds (0: off)",
     )
-    p.add_argument("--api-token", help="require 'authorization: Bearer TOKEN' on gRPC calls")
-    p.add_argument("--tls-cert", type=Path, help="gRPC TLS certificate (PEM)")
-    p.add_argument("--tls-key", type=Path, help="gRPC TLS private key (PEM)")
+    p.add_argument("--surface-model", choices=SURFACE_MODELS, help="svi (default) or ssvi")
+    p.add_argument("--iv-interval-ms", type=_positive_int, help="IV flush cadence (event time)")
+    p.add_argument(
+        "--book-stale-ms", type=_positive_int, help="a book is stale after this (event time)"
+    )
+    p.add_argument("--consolidate", choices=("auto", "only", "off"), help="consolidated surfaces")
+
+
+def _add_history(sub: Any) -> None:
+    """`replay` and `diff` (their work lives in the replay package, loaded by name)."""
+    rp = sub.add_parser(
+        "replay",
+        help="run a range of market data through book, IV and surface into a namespace",
+        description="Replay MD stored in [--from, --to] through the book, IV and surface "
+        "stages with the given settings into NAMESPACE.* subjects and streams of their own, "
+        "as fast as the machine allows. Times: ISO-8601 UTC (stored time in MD).",
+    )
+    rp.add_argument("--from", dest="from_time", required=True, help="start, e.g. 2026-12-07T09:00Z")
+    rp.add_argument("--to", dest="to_time", help="end (default: the last message in MD now)")
+    rp.add_argument(
+        "--namespace", required=True, help="where outputs go, e.g. replay.run1 (not live)"
+    )
+    rp.add_argument("--replace", action="store_true", help="delete the namespace's streams first")
+    rp.add_argument("--quiet", action="store_true", help="no progress line")
+    rp.add_argument("--nats", dest="nats_url", help="NATS URL (default: from <data-dir>/up.json)")
+    rp.add_argument("--data-dir", type=Path, help="state directory of `up` (default .volstream)")
+    rp.add_argument("--venues", help=f"comma list of venues ({','.join(KNOWN_VENUES)})")
+    rp.add_argument("--currencies", help="comma list of currencies (default BTC,ETH)")
+    _add_stage_settings(rp)
+    dp = sub.add_parser(
+        "diff",
+        help="compare the surfaces of two runs (namespaces, or 'live')",
+        description="Line up the surfaces of A and B by event time and print, per venue, "
+        "currency and expiry, the largest differences. Exit status 1 past --tolerance.",
+    )
+    dp.add_argument("a", help="a namespace, or 'live'")
+    dp.add_argument("b", help="a namespace, or 'live'")
+    dp.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.0,
+        help="largest accepted |dATM|, |dRR25|, |dBF25| in vol points (default 0)",
+    )
+    dp.add_argument("--nats", dest="nats_url", help="NATS URL (default: from <data-dir>/up.json)")
+    dp.add_argument("--data-dir", type=Path, help="state directory of `up` (default .volstream)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -144,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     surface.add_argument("--server", default="127.0.0.1:50051")
     surface.add_argument("--token")
 
+    _add_history(sub)
+
     watch = sub.add_parser("watch", help="follow surface updates live")
     watch.add_argument("--venues", default="")
     watch.add_argument("--currencies", default="")
@@ -169,6 +226,10 @@ _FLAG_TO_FIELD: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "testnet": ("testnet", bool),
     "surface_interval_ms": ("surface_interval_ms", int),
     "surface_smoothing_s": ("surface_smoothing_s", float),
+    "surface_model": ("surface_model", str),
+    "iv_interval_ms": ("iv_interval_ms", int),
+    "book_stale_ms": ("book_stale_ms", int),
+    "consolidate": ("consolidate", str),
     "api_token": ("api_token", str),
     "tls_cert": ("tls_cert", Path),
     "tls_key": ("tls_key", Path),
@@ -287,7 +348,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        cfg = config_from_args(args) if args.command in ("up", "svc") else from_env().validated()
+        configured = ("up", "svc", "replay")
+        cfg = config_from_args(args) if args.command in configured else from_env().validated()
     except ConfigError as exc:
         parser.exit(2, f"volstream: error: {exc}\n")
 
@@ -305,6 +367,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(module.run(cfg, **kwargs))
         return
+    if args.command in ("replay", "diff"):
+        setup_logging("WARNING")
+        history = importlib.import_module("replay.cli")
+        if args.command == "replay":
+            raise SystemExit(history.replay_command(args, cfg))
+        raise SystemExit(history.diff_command(args, cfg))
     if args.command == "surface":
         raise SystemExit(surface_command(args.server, args.venue, args.currency, args.token))
     if args.command == "watch":

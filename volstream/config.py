@@ -18,6 +18,7 @@ from typing import Any
 
 KNOWN_VENUES = ("deribit", "okx", "bybit", "binance")
 SERVICES = ("connector", "book", "iv", "surface", "api", "sim")
+SURFACE_MODELS = ("svi", "ssvi")
 ENV_PREFIX = "VOLSTREAM_"
 
 _CURRENCY = re.compile(r"^[A-Z0-9]{2,10}$")
@@ -106,6 +107,9 @@ class Config:
     # Half life (s) of the surface's temporal smoothing: each refit is pulled toward the
     # last fit inside every quote's bid/ask band (svc_surface.quotes.Prior); 0 turns it off.
     surface_smoothing_s: float = 20.0
+    # Surface model: "svi" (a raw SVI slice per expiry, repaired across expiries) or "ssvi"
+    # (one SSVI surface for all expiries).
+    surface_model: str = "svi"
     # IV flush cadence in event time.
     iv_interval_ms: int = 200
     # Consolidated cross-venue surface (surface.all.<ccy>): "auto" = produced by a surface
@@ -169,6 +173,10 @@ class Config:
         for name in ("surface_interval_ms", "iv_interval_ms", "book_stale_ms", "api_stale_ms"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: must be positive")
+        if self.surface_model not in SURFACE_MODELS:
+            raise ConfigError(
+                f"surface_model: {self.surface_model!r} must be one of {', '.join(SURFACE_MODELS)}"
+            )
         if self.consolidate not in ("auto", "only", "off"):
             raise ConfigError(f"consolidate: {self.consolidate!r} must be auto, only or off")
         if not 0.0 <= self.surface_smoothing_s <= 86_400.0:

@@ -44,6 +44,8 @@ class Published:
     subject: str
     payload: bytes
     headers: dict[str, str] | None
+    # The producing stage's Nats-Msg-Id ("" for input fed in from outside).
+    msg_id: str = ""
 
 
 @dataclass
@@ -73,14 +75,16 @@ class InProcessBus:
         for subject, payload in messages:
             await self.publish(subject, payload)
 
-    def _store(self, subject: str, payload: bytes, headers: dict[str, str] | None) -> None:
+    def _store(
+        self, subject: str, payload: bytes, headers: dict[str, str] | None, msg_id: str = ""
+    ) -> None:
         stream = self.stream_of(subject)
         if stream is None:
             self.control_messages += 1
             return
         seq = self._sequences.get(stream, 0) + 1
         self._sequences[stream] = seq
-        message = Published(stream, seq, subject, payload, headers)
+        message = Published(stream, seq, subject, payload, headers, msg_id)
         if self.on_publish is not None:
             self.on_publish(message)
         self._queue.append(message)
@@ -109,6 +113,6 @@ class InProcessBus:
                         if out.headers and DLQ_REASON in out.headers:
                             self.dead_letters.append(out)
                         elif out.jetstream:
-                            self._store(out.subject, out.payload, out.headers)
+                            self._store(out.subject, out.payload, out.headers, out.msg_id)
                         else:
                             self.control_messages += 1

@@ -141,7 +141,7 @@ def service_user(service: str, cfg: Config) -> NatsUser:
         pub += [s.stage_filter("dlq", "iv", ">")]
         pub += _stream_info(s, "MD", "BOOK", "IV", "DLQ")
         pub += _durable(s, "BOOK", name) + _durable(s, "MD", f"{name}-md")
-        pub += _msg_get(s, "MD", "BOOK")
+        pub += _msg_get(s, "MD", "BOOK", "IV")
     elif service == "surface":
         pub = [] if cfg.consolidate == "only" else _by_venue(s, "surface", cfg)
         pub += [s.surface("all", c) for c in cfg.consolidated_currencies()]

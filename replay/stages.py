@@ -1,0 +1,69 @@
+"""The derived stages a replay runs, built the way each service builds them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from svc_book import service as book_service
+from svc_iv import service as iv_service
+from svc_surface import service as surface_service
+from volstream.bus.inprocess import LocalStage
+from volstream.config import Config
+from volstream.subjects import Subjects
+from volstream.telemetry import Metrics
+
+# Stage name -> stream base name of what it publishes.
+STREAM_BASES = {"md": "MD", "book": "BOOK", "iv": "IV", "surface": "SURFACE", "dlq": "DLQ"}
+
+
+@dataclass(frozen=True)
+class ReplayEnv:
+    """A StageEnv without a process (volstream.bus.stage.StageEnv)."""
+
+    cfg: Config
+    subjects: Subjects
+    metrics: Metrics
+
+
+def local_stages(env: ReplayEnv) -> list[LocalStage]:
+    """Book, IV and surface over every partition of ``env.cfg``, as their services run."""
+    partitions = env.cfg.owned_partitions()
+    return [
+        LocalStage(
+            "book",
+            book_service.stage_inputs(env, partitions),
+            book_service.BookStage(env, partitions),
+        ),
+        LocalStage(
+            "iv", iv_service.stage_inputs(env, partitions), iv_service.IvStage(env, partitions)
+        ),
+        LocalStage(
+            "surface",
+            surface_service.stage_inputs(env, partitions),
+            surface_service.SurfaceStage(env, partitions),
+        ),
+    ]
+
+
+async def close_stages(stages: list[LocalStage]) -> None:
+    """Release the stages' worker pools."""
+    for stage in stages:
+        handler = stage.handler
+        if isinstance(handler, iv_service.IvStage):
+            await handler.close()
+        elif isinstance(handler, surface_service.SurfaceStage):
+            handler.pool.shutdown(wait=True, cancel_futures=True)
+
+
+@dataclass(frozen=True)
+class StreamRouter:
+    """The stream a subject of ``subjects``' namespace is stored in (None: not stored)."""
+
+    subjects: Subjects
+
+    def __call__(self, subject: str) -> str | None:
+        prefix = f"{self.subjects.namespace}." if self.subjects.namespace else ""
+        if not subject.startswith(prefix):
+            return None
+        base = STREAM_BASES.get(subject[len(prefix) :].split(".", 1)[0])
+        return None if base is None else self.subjects.stream_name(base)
