@@ -18,7 +18,7 @@ from nats.js.errors import NotFoundError
 
 from replay.compare import compare, render
 from replay.run import OUTPUT_STREAMS, Progress, replay
-from replay.source import RangeError, check_range, read_range, retained
+from replay.source import RangeError, ReadInterrupted, check_range, read_range, retained
 from volstream.bus.connection import connect
 from volstream.bus.credentials import read_credentials
 from volstream.bus.permissions import ADMIN_USER
@@ -146,6 +146,9 @@ def replay_command(args: argparse.Namespace, cfg: Config) -> int:
     except UsageError as exc:
         print(f"volstream replay: error: {exc}", file=sys.stderr)
         return 2
+    except ReadInterrupted as exc:
+        print(f"volstream replay: {exc}", file=sys.stderr)
+        return 1
 
 
 async def load_surfaces(nc: Client, name: str) -> list[surface_pb.Surface]:
@@ -164,8 +167,10 @@ async def load_surfaces(nc: Client, name: str) -> list[surface_pb.Surface]:
             f"(namespaces with surfaces: {', '.join(known) or 'none'})"
         )
     out: list[surface_pb.Surface] = []
+    # Surfaces are ~150 KB with their quotes: small fetches keep the connection's pending
+    # bytes far below what makes the server cut a slow consumer off.
     async for batch in read_range(
-        js, stream, subjects.stage_all("surface"), have.first_ns, have.last_ns
+        nc, stream, subjects.stage_all("surface"), have.first_ns, have.last_ns, batch=16
     ):
         out.extend(surface_pb.Surface.FromString(m.data) for m in batch)
     return out
@@ -204,3 +209,6 @@ def diff_command(args: argparse.Namespace, cfg: Config) -> int:
     except UsageError as exc:
         print(f"volstream diff: error: {exc}", file=sys.stderr)
         return 2
+    except ReadInterrupted as exc:
+        print(f"volstream diff: {exc}", file=sys.stderr)
+        return 1

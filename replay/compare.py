@@ -2,7 +2,9 @@
 
 Surfaces are lined up per (venue, currency) by event time: each surface of run A is paired
 with run B's latest surface at or before its event time (the same event time when both ran
-the same cadence over the same input). Slices are paired by expiry. Per (venue, currency,
+the same cadence over the same input). Surfaces of A outside B's span for the key (before
+B's first or after B's last: B had not started, or has not got that far yet) are counted,
+not compared. Slices are paired by expiry. Per (venue, currency,
 expiry) the report holds the largest differences of ATM vol, 25-delta risk reversal and
 butterfly (vol points), of the raw SVI parameters, and how many pairs changed arbitrage
 status (butterfly-free, calendar-free, repaired).
@@ -72,7 +74,9 @@ class DiffReport:
     pairs: int = 0
     exact_time_pairs: int = 0
     identical: int = 0
+    # Surfaces of A before B's first / after B's last for their key.
     unmatched: int = 0
+    beyond: int = 0
     # Slices present in one surface of a pair and not the other.
     missing_slices: int = 0
 
@@ -118,7 +122,11 @@ def compare(a: Iterable[surface_pb.Surface], b: Iterable[surface_pb.Surface]) ->
     for left in a:
         key = (left.venue, left.currency.upper())
         at = left.header.event_time_ns
-        index = bisect.bisect_right(times.get(key, []), at) - 1
+        known = times.get(key, [])
+        if known and at > known[-1]:
+            report.beyond += 1
+            continue
+        index = bisect.bisect_right(known, at) - 1
         if index < 0:
             report.unmatched += 1
             continue
@@ -168,8 +176,8 @@ def render(report: DiffReport, a_name: str, b_name: str) -> str:
     lines = [
         f"{a_name} vs {b_name}: {report.pairs} surface pairs ({report.exact_time_pairs} at the "
         f"same event time, {report.identical} byte-identical apart from wall-clock stamps and "
-        f"run counters), {report.unmatched} of {a_name} with nothing before them in {b_name}, "
-        f"{report.missing_slices} slices on one side only",
+        f"run counters); of {a_name}, {report.unmatched} before {b_name} starts and "
+        f"{report.beyond} after it ends; {report.missing_slices} slices on one side only",
         f"{'venue':<8} {'ccy':<4} {'expiry':<10} {'pairs':>6} {'|dATM|':>8} {'|dRR25|':>8} "
         f"{'|dBF25|':>8} {'|dparam|':>9} {'status':>6}",
     ]

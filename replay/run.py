@@ -128,7 +128,7 @@ async def replay(
     keep = selected(cfg.venues, cfg.currencies)
     prefix = f"{cfg.namespace}."
     try:
-        async for batch in read_range(nc.jetstream(), source_stream, "md.>", from_ns, to_ns):
+        async for batch in read_range(nc, source_stream, "md.>", from_ns, to_ns):
             for message in batch:
                 if not keep(message.subject):
                     continue

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
@@ -106,8 +107,12 @@ class Stored:
     stored_ns: int
 
 
+class ReadInterrupted(RuntimeError):
+    """The connection dropped during a read: messages delivered meanwhile were lost."""
+
+
 async def read_range(
-    js: JetStreamContext,
+    nc: Client,
     stream: str,
     subject_filter: str,
     from_ns: int,
@@ -118,7 +123,8 @@ async def read_range(
 ) -> AsyncIterator[list[Stored]]:
     """Messages on ``subject_filter`` stored in [from_ns, to_ns], in stream order, in lists
     of up to ``batch``. An ephemeral pull consumer without acks: the reader sets the pace,
-    so nothing piles up in memory however long the range."""
+    so nothing piles up in memory however long the range. Raises ReadInterrupted if the
+    connection drops meanwhile (what was delivered during the gap is gone)."""
     config = ConsumerConfig(
         deliver_policy=DeliverPolicy.BY_START_TIME,
         opt_start_time=utc_datetime(from_ns),
@@ -127,7 +133,8 @@ async def read_range(
         inactive_threshold=60.0,
         max_waiting=1,
     )
-    sub = await js.pull_subscribe(subject_filter, stream=stream, config=config)
+    reconnects = nc.stats["reconnects"]
+    sub = await nc.jetstream().pull_subscribe(subject_filter, stream=stream, config=config)
     try:
         idle = 0
         while True:
@@ -139,6 +146,11 @@ async def read_range(
                     return
                 continue
             idle = 0
+            if nc.stats["reconnects"] != reconnects:
+                raise ReadInterrupted(
+                    f"the connection to NATS dropped while reading {stream}: the read is "
+                    "incomplete; try again"
+                )
             out: list[Stored] = []
             done = False
             for msg in msgs:

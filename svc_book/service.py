@@ -1,5 +1,9 @@
 """Book service runtime: md.<venue>.<ccy>.book -> BookCore per partition -> book.<venue>.<ccy>.
 
+The partition's other market data (md.<venue>.<ccy>.{ticker,index,instrument}) is relayed
+verbatim on book.<venue>.<ccy>.md in input order, so the IV stage consumes one ordered
+stream and its output depends on the input alone (replay reproduces live).
+
 Output, per consumed input message (one connector MarketDataBatch, itself <= 25 ms or 256
 events of one partition):
 
@@ -64,6 +68,7 @@ from volstream.bus.stage import (
 )
 from volstream.config import Config, Partition
 from volstream.runtime import ServiceContext, durable_name, last_message, service_context
+from volstream.subjects import parse_partition
 from volstream.v1 import book_pb2 as book_pb
 from volstream.v1 import market_data_pb2 as md_pb
 
@@ -77,6 +82,7 @@ RESYNC_INTERVAL_NS = 5_000_000_000
 YIELD_EVERY = 32
 
 _decode_batch = md_pb.MarketDataBatch.FromString
+_BOOK_SUFFIX = ".book"
 
 
 @dataclass
@@ -173,6 +179,9 @@ class BookStage:
             if n % YIELD_EVERY == 0:
                 # A full batch is ~0.1 s of CPU: let acks, heartbeats and pings through.
                 await asyncio.sleep(0)
+            if not msg.subject.endswith(_BOOK_SUFFIX):
+                outputs.append(self._relay(msg))
+                continue
             try:
                 md = _decode_batch(msg.data)
             except DecodeError as exc:
@@ -197,6 +206,21 @@ class BookStage:
             if request is not None:
                 outputs.append(request)
         return outputs
+
+    def _relay(self, msg: InMessage) -> Output:
+        """A ticker, index or instrument message of an owned partition, verbatim on
+        book.<venue>.<ccy>.md, in input order with the tops: the IV stage then reads one
+        ordered stream, so its output depends on the input alone (a replay gives the same
+        bytes). A relay, not a new event: the connector's header is left as it is."""
+        try:
+            _stage, venue, ccy, _kind = parse_partition(msg.subject, self.env.subjects.namespace)
+        except ValueError as exc:
+            return dead_letter_output(self.env.subjects, SERVICE, msg, str(exc))
+        if (venue, ccy.upper()) not in self.owned:
+            reason = f"partition {venue}:{ccy} is not owned by this replica"
+            return dead_letter_output(self.env.subjects, SERVICE, msg, reason)
+        subject = self.env.subjects.book_relay(venue, ccy)
+        return Output(subject, msg.data, output_msg_id(SOURCE, subject, msg))
 
     def _emit(self, state: PartitionState, msg: InMessage, outputs: list[Output]) -> None:
         core = state.core
@@ -257,7 +281,8 @@ class BookStage:
 
 
 def stage_inputs(env: StageEnv, partitions: tuple[Partition, ...]) -> list[StageInput]:
-    filters = [env.subjects.md(p.venue, p.currency, "book") for p in partitions]
+    # Every kind of the partition's market data: books are folded, the rest relayed.
+    filters = [env.subjects.md(p.venue, p.currency, "*") for p in partitions]
     return [StageInput(env.subjects.stream_name("MD"), durable_name(SERVICE, env.cfg), filters)]
 
 

@@ -81,14 +81,14 @@ class IvStage:
 
     def _fold(self, subject: str, data: bytes) -> tuple[str, str] | None:
         """Apply one input message to its core; the partition key, None if not ours."""
-        stage, venue, ccy_token, _rest = parse_partition(subject, self.env.subjects.namespace)
+        stage, venue, ccy_token, rest = parse_partition(subject, self.env.subjects.namespace)
         key = (venue, ccy_token.upper())
         core = self.cores.get(key)
         if core is None:
             return None
         clock = self.clocks[key]
         latest = clock.now_ns
-        if stage == "book":
+        if stage == "book" and rest != "md":  # tops (or a keyframe's, at bootstrap)
             tops = book_pb.TopOfBookBatch.FromString(data)
             for top in tops.tops:
                 core.on_top(top)
@@ -117,27 +117,21 @@ class IvStage:
         return await loop.run_in_executor(self.pool, self.handle_sync, batch)
 
     def handle_sync(self, batch: list[InMessage]) -> list[Output]:
-        """Fold a batch into the cores and flush the partitions due: the outputs to publish."""
-        touched: dict[tuple[str, str], InMessage] = {}
-        dead: list[Output] = []
+        """Fold each message into its core and flush the partition when its cadence is due:
+        the outputs to publish. Cut per message, not per batch, so what is published does
+        not depend on how the consumer happened to batch the stream."""
+        outputs: list[Output] = []
         for msg in batch:
             try:
                 key = self._fold(msg.subject, msg.data)
             except (DecodeError, ValueError) as exc:
-                dead.append(
-                    dead_letter_output(self.env.subjects, SERVICE, msg, f"undecodable input: {exc}")
-                )
+                reason = f"undecodable input: {exc}"
+                outputs.append(dead_letter_output(self.env.subjects, SERVICE, msg, reason))
                 continue
             if key is None:
-                dead.append(
-                    dead_letter_output(
-                        self.env.subjects, SERVICE, msg, "partition not owned by this replica"
-                    )
-                )
+                reason = "partition not owned by this replica"
+                outputs.append(dead_letter_output(self.env.subjects, SERVICE, msg, reason))
                 continue
-            touched[key] = msg
-        outputs: list[Output] = dead
-        for key, last in touched.items():
             clock = self.clocks[key]
             if not clock.due():
                 continue
@@ -148,23 +142,23 @@ class IvStage:
             header = stamp_header(common_pb.EventHeader(), SOURCE, clock)
             subject = self.env.subjects.iv(venue, ccy)
             payload = wire.smile_batch_bytes(header, venue, ccy, smiles)
-            outputs.append(Output(subject, payload, output_msg_id(SOURCE, subject, last)))
+            outputs.append(Output(subject, payload, output_msg_id(SOURCE, subject, msg)))
         return outputs
 
 
 def stage_inputs(env: StageEnv, partitions: tuple[Partition, ...]) -> list[StageInput]:
-    md_filters = [
-        env.subjects.md(p.venue, p.currency, kind)
+    # One ordered input: the tops and, relayed by the book stage in the same order, the
+    # tickers, index prices and instrument sets (svc_book.service).
+    filters = [
+        subject
         for p in partitions
-        for kind in ("instrument", "ticker", "index")
+        for subject in (
+            env.subjects.book(p.venue, p.currency),
+            env.subjects.book_relay(p.venue, p.currency),
+        )
     ]
-    book_filters = [env.subjects.book(p.venue, p.currency) for p in partitions]
-    # The BOOK durable carries the plain name: deploy/ scales a group on its lag.
-    name = durable_name(SERVICE, env.cfg)
-    return [
-        StageInput(env.subjects.stream_name("BOOK"), name, book_filters),
-        StageInput(env.subjects.stream_name("MD"), f"{name}-md", md_filters),
-    ]
+    # deploy/ scales a group on this durable's lag.
+    return [StageInput(env.subjects.stream_name("BOOK"), durable_name(SERVICE, env.cfg), filters)]
 
 
 async def run(cfg: Config) -> None:

@@ -84,7 +84,9 @@ class SurfaceStage:
                 self.clocks[(venue, ccy)].sequence = last.header.sequence
 
     async def handle(self, batch: list[InMessage]) -> list[Output]:
-        touched: dict[Key, InMessage] = {}
+        """Fold each smile batch into its venue's core and the consolidated one, and fit a
+        key when its cadence is due: cut per message, not per batch, so what is published
+        does not depend on how the consumer happened to batch the stream."""
         outputs: list[Output] = []
         for msg in batch:
             try:
@@ -105,11 +107,9 @@ class SurfaceStage:
                 for smile in smiles.smiles:
                     core.on_smile(smile)
                 self.clocks[key].observe(smiles.header.event_time_ns)
-                touched[key] = msg
-        for key, last in touched.items():
-            output = await self._fit(key, last)
-            if output is not None:
-                outputs.append(output)
+                output = await self._fit(key, msg)
+                if output is not None:
+                    outputs.append(output)
         return outputs
 
     async def _fit(self, key: Key, last: InMessage) -> Output | None:

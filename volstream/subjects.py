@@ -48,6 +48,11 @@ class Subjects:
     def book(self, venue: str, currency: str) -> str:
         return self._p("book", token(venue), token(currency))
 
+    def book_relay(self, venue: str, currency: str) -> str:
+        """Where the book stage relays the partition's other market data (tickers, index,
+        instruments), so the IV stage reads one ordered stream (docs/architecture.md s.1)."""
+        return self._p("book", token(venue), token(currency), "md")
+
     def iv(self, venue: str, currency: str) -> str:
         return self._p("iv", token(venue), token(currency))
 

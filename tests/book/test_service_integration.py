@@ -303,8 +303,11 @@ async def sim_stack(nats_server: EmbeddedNats) -> AsyncIterator[Stack]:
     stack = Stack(sim, cfg, nc, nc.jetstream())
 
     async def on_top(msg: Msg) -> None:
-        batch = book_pb.TopOfBookBatch.FromString(msg.data)
         seq = msg.metadata.sequence.stream
+        if msg.subject.endswith(".md"):  # tickers and instruments relayed for the IV stage
+            stack.last_book_seq = seq
+            return
+        batch = book_pb.TopOfBookBatch.FromString(msg.data)
         for top in batch.tops:
             stack.published.append(
                 Published(seq, msg.subject, top, time.monotonic(), batch.header.sequence)

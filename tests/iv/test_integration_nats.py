@@ -247,8 +247,9 @@ async def test_sim_to_smiles_over_nats(nats_server: EmbeddedNats) -> None:
             expiry_ns = now_ns + 30 * 86_400 * NS
             instruments, tops = bad_chain(expiry_ns, now_ns)
             ccy = BAD.currency.lower()
-            await js.publish(f"md.{BAD.venue}.{ccy}.instrument", instruments)
-            await js.publish(f"md.{BAD.venue}.{ccy}.ticker", ticker_batch(now_ns))
+            # The partition has no book replica: publish what one would relay and fold.
+            await js.publish(f"book.{BAD.venue}.{ccy}.md", instruments)
+            await js.publish(f"book.{BAD.venue}.{ccy}.md", ticker_batch(now_ns))
             await js.publish(f"book.{BAD.venue}.{ccy}", tops)
             bad_key = (BAD.venue, BAD.currency, expiry_ns)
 
@@ -269,7 +270,7 @@ async def test_sim_to_smiles_over_nats(nats_server: EmbeddedNats) -> None:
             later = now_ns + 2 * NS
             while not bad_smile_done():
                 assert time.monotonic() < deadline, "no smile for the bad chain"
-                await js.publish(f"md.{BAD.venue}.{ccy}.ticker", ticker_batch(later))
+                await js.publish(f"book.{BAD.venue}.{ccy}.md", ticker_batch(later))
                 later += step_ns
                 await wait_until(bad_smile_done, 10 * step_ns / NS, 0.05)
             quotes = {q.symbol.split("-")[1]: q for q in latest[bad_key].quotes}
@@ -410,11 +411,12 @@ async def test_event_loop_stays_responsive_while_solving_large_chains(
 
     try:
         async with running(iv_service.run, cfg) as task:
-            await js.publish("md.deribit.btc.instrument", instruments)
+            # IV's one input: tops, and the market data the book stage relays.
+            await js.publish("book.deribit.btc.md", instruments)
             prober = asyncio.create_task(probe())
             for tops, tickers in rounds:
                 await js.publish("book.deribit.btc", tops)
-                await js.publish("md.deribit.btc.ticker", tickers)
+                await js.publish("book.deribit.btc.md", tickers)
                 await asyncio.sleep(0.3)
             want = (LAG_ROUNDS - 1) * LAG_EXPIRIES
             await wait_until(lambda: len(smiles_seen) >= want, 20, 0.05)

@@ -114,7 +114,7 @@ async def test_book_service_dead_letters_garbage_and_keeps_going(bus) -> None:
 @pytest.mark.parametrize(
     ("run", "subject", "dlq_subject"),
     [
-        (iv_service.run, "md.deribit.btc.ticker", "dlq.iv.deribit"),
+        (iv_service.run, "book.deribit.btc.md", "dlq.iv.deribit"),
         (iv_service.run, "book.deribit.btc", "dlq.iv.deribit"),
         (surface_service.run, "iv.deribit.btc", "dlq.surface.deribit"),
     ],

@@ -140,7 +140,7 @@ def service_user(service: str, cfg: Config) -> NatsUser:
         pub = _by_venue(s, "iv", cfg)
         pub += [s.stage_filter("dlq", "iv", ">")]
         pub += _stream_info(s, "MD", "BOOK", "IV", "DLQ")
-        pub += _durable(s, "BOOK", name) + _durable(s, "MD", f"{name}-md")
+        pub += _durable(s, "BOOK", name)
         pub += _msg_get(s, "MD", "BOOK", "IV")
     elif service == "surface":
         pub = [] if cfg.consolidate == "only" else _by_venue(s, "surface", cfg)
