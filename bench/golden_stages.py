@@ -45,6 +45,7 @@ from volstream.subjects import Subjects, parse_partition
 from volstream.telemetry import setup_telemetry
 from volstream.v1 import book_pb2 as book_pb
 from volstream.v1 import iv_pb2 as iv_pb
+from volstream.v1 import market_data_pb2 as md_pb
 from volstream.v1 import surface_pb2 as surface_pb
 
 # The accuracy tests' pinned start (tests/pipeline.py::PINNED_START_NS): a fixed calendar.
@@ -113,8 +114,10 @@ _DECODERS: dict[str, type[Message]] = {
 
 
 def normalised(subject: str, payload: bytes, zero_sequence: bool) -> bytes:
-    stage = parse_partition(subject)[0]
-    message = _DECODERS[stage].FromString(payload)
+    stage, _venue, _ccy, rest = parse_partition(subject)
+    # The book stage relays other market data verbatim on book.<venue>.<ccy>.md.
+    decoder = md_pb.MarketDataBatch if rest == "md" else _DECODERS[stage]
+    message = decoder.FromString(payload)
     clear_fields(message, WALL_CLOCK_FIELDS)
     if zero_sequence:
         message.header.ClearField("sequence")  # type: ignore[attr-defined]

@@ -21,6 +21,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 
 from volstream.v1 import surface_pb2 as surface_pb
@@ -31,15 +32,35 @@ VOL_POINTS = 100.0
 
 
 def clear_fields(message: Message, names: frozenset[str]) -> None:
-    """Clear every field called one of ``names``, at any depth."""
+    """Clear every field called one of ``names``, at any depth (descending only into
+    message types that can hold one: a surface's thousands of quotes hold none)."""
     for descriptor, value in message.ListFields():
         if descriptor.name in names:
             message.ClearField(descriptor.name)
+        elif descriptor.message_type is None or not _holds(descriptor.message_type, names):
+            continue
         elif isinstance(value, Message):
             clear_fields(value, names)
-        elif descriptor.message_type is not None:  # repeated messages
+        else:  # repeated messages
             for item in value:
                 clear_fields(item, names)
+
+
+_HOLDS: dict[tuple[str, frozenset[str]], bool] = {}
+
+
+def _holds(descriptor: Descriptor, names: frozenset[str]) -> bool:
+    """Whether messages of this type can contain a field called one of ``names``."""
+    key = (descriptor.full_name, names)
+    known = _HOLDS.get(key)
+    if known is None:
+        _HOLDS[key] = False  # recursive types: assume not while looking
+        known = any(
+            f.name in names or (f.message_type is not None and _holds(f.message_type, names))
+            for f in descriptor.fields
+        )
+        _HOLDS[key] = known
+    return known
 
 
 def comparable_bytes(surface: surface_pb.Surface) -> bytes:

@@ -13,11 +13,29 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from nats.aio.client import Client
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import NotFoundError
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RawStreamMsg, StreamInfo
+from nats.js.errors import NotFoundError, ServiceUnavailableError
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential,
+)
 
 from volstream.bus.consumer import parse_ack_metadata
+
+
+def _unavailable_retries() -> AsyncRetrying:
+    """JetStream answers 503 or times out for a moment when busy (several replays creating
+    streams and consumers at once): retry for up to 30 s."""
+    return AsyncRetrying(
+        retry=retry_if_exception_type((ServiceUnavailableError, NatsTimeoutError, TimeoutError)),
+        stop=stop_after_delay(30),
+        wait=wait_exponential(multiplier=0.05, max=1.0),
+        reraise=True,
+    )
 
 
 class RangeError(ValueError):
@@ -57,14 +75,15 @@ class Retained:
 async def retained(js: JetStreamContext, stream: str) -> Retained | None:
     """The stream's retained range; None when it does not exist or is empty."""
     try:
-        info = await js.stream_info(stream)
+        info: StreamInfo = await _unavailable_retries()(js.stream_info, stream)
     except NotFoundError:
         return None
     state = info.state
     if not state.messages or not state.first_seq:
         return None
-    first = await js.get_msg(stream, state.first_seq, direct=True)
-    last = await js.get_msg(stream, state.last_seq, direct=True)
+    retrying = _unavailable_retries()
+    first: RawStreamMsg = await retrying(js.get_msg, stream, state.first_seq, direct=True)
+    last: RawStreamMsg = await retrying(js.get_msg, stream, state.last_seq, direct=True)
     return Retained(
         stream, state.first_seq, state.last_seq, _stored_ns(first.headers), _stored_ns(last.headers)
     )
@@ -134,7 +153,9 @@ async def read_range(
         max_waiting=1,
     )
     reconnects = nc.stats["reconnects"]
-    sub = await nc.jetstream().pull_subscribe(subject_filter, stream=stream, config=config)
+    sub: JetStreamContext.PullSubscription = await _unavailable_retries()(
+        nc.jetstream().pull_subscribe, subject_filter, stream=stream, config=config
+    )
     try:
         idle = 0
         while True:

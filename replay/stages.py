@@ -26,7 +26,8 @@ class ReplayEnv:
 
 
 def local_stages(env: ReplayEnv) -> list[LocalStage]:
-    """Book, IV and surface over every partition of ``env.cfg``, as their services run."""
+    """Book, IV and surface over every partition of ``env.cfg``, as their services run
+    them, except that the work runs on this thread (nothing to keep responsive)."""
     partitions = env.cfg.owned_partitions()
     return [
         LocalStage(
@@ -35,12 +36,14 @@ def local_stages(env: ReplayEnv) -> list[LocalStage]:
             book_service.BookStage(env, partitions),
         ),
         LocalStage(
-            "iv", iv_service.stage_inputs(env, partitions), iv_service.IvStage(env, partitions)
+            "iv",
+            iv_service.stage_inputs(env, partitions),
+            iv_service.IvStage(env, partitions, offload=False),
         ),
         LocalStage(
             "surface",
             surface_service.stage_inputs(env, partitions),
-            surface_service.SurfaceStage(env, partitions),
+            surface_service.SurfaceStage(env, partitions, offload=False),
         ),
     ]
 
@@ -51,7 +54,7 @@ async def close_stages(stages: list[LocalStage]) -> None:
         handler = stage.handler
         if isinstance(handler, iv_service.IvStage):
             await handler.close()
-        elif isinstance(handler, surface_service.SurfaceStage):
+        elif isinstance(handler, surface_service.SurfaceStage) and handler.pool is not None:
             handler.pool.shutdown(wait=True, cancel_futures=True)
 
 

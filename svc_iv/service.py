@@ -44,8 +44,13 @@ SOURCE = "svc_iv"
 
 
 class IvStage:
-    def __init__(self, env: StageEnv, partitions: tuple[Partition, ...]) -> None:
+    def __init__(
+        self, env: StageEnv, partitions: tuple[Partition, ...], *, offload: bool = True
+    ) -> None:
+        """``offload`` False: solve on the caller's thread (a replay, which has no event loop
+        to keep responsive, saves the hand-over)."""
         self.env = env
+        self.offload = offload
         interval_ns = env.cfg.iv_interval_ms * 1_000_000
         self.cores: dict[tuple[str, str], IvCore] = {}
         self.clocks: dict[tuple[str, str], PartitionClock] = {}
@@ -113,6 +118,8 @@ class IvStage:
         # the heavy parts: all of it runs on the one worker thread, so the event loop keeps
         # acking, heartbeating and reconnecting on time. Handlers are called one at a time
         # (StageRunner), so the cores are only ever touched by that thread.
+        if not self.offload:
+            return self.handle_sync(batch)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.pool, self.handle_sync, batch)
 

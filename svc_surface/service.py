@@ -45,8 +45,13 @@ Key = tuple[str, str]  # (venue or "all", currency)
 
 
 class SurfaceStage:
-    def __init__(self, env: StageEnv, partitions: tuple[Partition, ...]) -> None:
+    def __init__(
+        self, env: StageEnv, partitions: tuple[Partition, ...], *, offload: bool = True
+    ) -> None:
+        """``offload`` False: fit in this process (a replay, which has no event loop to keep
+        responsive, saves pickling every job and result)."""
         self.env = env
+        self.offload = offload
         only = env.cfg.consolidate == "only"
         model = {"svi": surface_pb.SURFACE_MODEL_SVI, "ssvi": surface_pb.SURFACE_MODEL_SSVI}
         config = SurfaceConfig(
@@ -67,7 +72,9 @@ class SurfaceStage:
         self.clocks: dict[Key, PartitionClock] = {
             key: PartitionClock(interval_ns) for key in self.cores
         }
-        self.pool = ProcessPoolExecutor(max_workers=1, initializer=die_with_parent)
+        self.pool = (
+            ProcessPoolExecutor(max_workers=1, initializer=die_with_parent) if offload else None
+        )
         self.fits = env.metrics.counter("surface_fits", "surfaces fitted and published")
         self.fit_latency = env.metrics.histogram("surface_fit_latency", "time of one fit")
 
@@ -123,7 +130,10 @@ class SurfaceStage:
         loop = asyncio.get_running_loop()
         started = loop.time()
         # The fit runs in a worker process: the loop keeps acking and heartbeating.
-        result = await loop.run_in_executor(self.pool, run_fit_job, job)
+        if self.pool is None:
+            result = run_fit_job(job)
+        else:
+            result = await loop.run_in_executor(self.pool, run_fit_job, job)
         self.fit_latency.record(loop.time() - started)
         surface = core.apply(result)
         if surface is None:
@@ -158,4 +168,5 @@ async def run(cfg: Config) -> None:
             ", ".join(cfg.consolidated_currencies()) or "none",
         )
         await ctx.wait_stopped()
-        stage.pool.shutdown(wait=False, cancel_futures=True)
+        if stage.pool is not None:
+            stage.pool.shutdown(wait=False, cancel_futures=True)
