@@ -23,14 +23,10 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wai
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from svc_connector.session import (
-    ChannelAllocator,
-    ConnectionStateMachine,
-    TokenBucket,
-    batched,
-    diff_symbols,
-    safe_token,
-)
+from svc_connector.kit.connection_state import ConnectionStateMachine
+from svc_connector.kit.fields import safe_token
+from svc_connector.kit.pacing import TokenBucket
+from svc_connector.kit.subscriptions import ChannelAllocator, batched, diff_symbols
 from svc_connector.venues.base import (
     ConnectionState,
     ConnectorConfig,
@@ -42,6 +38,7 @@ from svc_connector.venues.base import (
     ResubscribeRequest,
     VenueLimits,
     VenueRequest,
+    VenueSession,
 )
 from volstream.v1 import common_pb2 as common_pb
 from volstream.v1 import market_data_pb2 as md_pb
@@ -168,25 +165,6 @@ class ConnectionPlan:
     max_age_s: float | None = None
 
 
-class WireSession(Protocol):
-    """What the runtime needs from a venue session (a :class:`VenueSession` plus subscribes)."""
-
-    @property
-    def source(self) -> str: ...
-
-    def on_connected(self) -> None: ...
-
-    def on_frame(self, raw: bytes | str, receive_time_ns: int) -> FrameResult: ...
-
-    def encode(self, request: VenueRequest) -> str: ...
-
-    def subscribe(self, channels: Sequence[str]) -> str: ...
-
-    def unsubscribe(self, channels: Sequence[str]) -> str: ...
-
-    def set_instruments(self, instruments: Iterable[md_pb.Instrument]) -> None: ...
-
-
 class WatchdogTimeout(Exception):
     """Nothing arrived for the watchdog period: the connection is treated as dead."""
 
@@ -245,7 +223,7 @@ class WsConnection:
         settings: RuntimeSettings,
         plan: ConnectionPlan,
         sink: EventSink,
-        session: WireSession,
+        session: VenueSession,
         *,
         connect_gate: Callable[[], Awaitable[None]] | None = None,
         on_resubscribe: Callable[[WsConnection, ResubscribeRequest], bool] | None = None,
@@ -520,7 +498,7 @@ class WsConnection:
         ``frames.hot_path`` (a share of ``frames`` that falls means the venue changed a message
         and those frames now take the slower checked path). Done here, not per frame: the
         session's counts must stay the same with the hot path on or off."""
-        hits = getattr(self.session, "hot_hits", 0)
+        hits = self.session.hot_hits
         if hits > self._hot_frames_counted:
             self.sink.count("frames.hot_path", hits - self._hot_frames_counted)
         self._hot_frames_counted = hits
@@ -789,7 +767,7 @@ class PooledConnector:
 
     # ---- what a venue provides ----------------------------------------------------------------
 
-    def new_session(self) -> WireSession:
+    def new_session(self) -> VenueSession:
         raise NotImplementedError
 
     def plan_groups(self, instruments: Sequence[md_pb.Instrument]) -> dict[str, tuple[str, ...]]:

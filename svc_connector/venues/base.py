@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -394,7 +394,14 @@ class ConnectorConfig:
 
 
 class VenueSession(Protocol):
-    """Pure per-connection state (no I/O, no clock). See module docstring, layer 2."""
+    """The one session protocol: pure per-connection state (no I/O, no clock) that every venue
+    session implements and the runtime drives. See module docstring, layer 2."""
+
+    # False: every frame takes the checked path (tests and benches compare the two).
+    hot_path: bool
+    # Frames the hot path answered so far (the runtime reports the rise as
+    # ``frames.hot_path``; a falling share means the venue changed a message).
+    hot_hits: int
 
     @property
     def source(self) -> str:
@@ -411,6 +418,18 @@ class VenueSession(Protocol):
 
     def encode(self, request: VenueRequest) -> str:
         """Wire text for ``request``; remembers it so that the response can be matched."""
+        ...
+
+    def subscribe(self, channels: Sequence[str]) -> str:
+        """Wire text subscribing ``channels`` (encoded and remembered like :meth:`encode`)."""
+        ...
+
+    def unsubscribe(self, channels: Sequence[str]) -> str:
+        """Wire text unsubscribing ``channels``."""
+        ...
+
+    def set_instruments(self, instruments: Iterable[md_pb.Instrument]) -> None:
+        """What discovery knows of the instruments (premium units, contract sizes, ...)."""
         ...
 
 

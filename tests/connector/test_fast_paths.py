@@ -17,12 +17,9 @@ from typing import Any
 import orjson
 import pytest
 
-from svc_connector.service import batch_bytes
-from svc_connector.session import (
+from svc_connector.kit.book_levels import (
     ASKS_TAG,
     BIDS_TAG,
-    FieldError,
-    TickerMerger,
     add_number_levels,
     best_first_pairs,
     levels_wire,
@@ -30,6 +27,9 @@ from svc_connector.session import (
     text_levels,
     wire_levels,
 )
+from svc_connector.kit.fields import FieldError
+from svc_connector.kit.tickers import TickerMerger
+from svc_connector.service import batch_bytes
 from svc_connector.venues.base import FrameResult, NormalisedEvent
 from svc_connector.venues.deribit import parse as deribit_parse
 from svc_connector.venues.okx import parse as okx_parse

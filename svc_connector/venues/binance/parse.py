@@ -30,32 +30,21 @@ from typing import Any, Final
 import msgspec
 import orjson
 
-from svc_connector.session import (
+from svc_connector.kit.book_levels import (
     ASKS_TAG,
     BIDS_TAG,
-    MS_TO_NS,
-    BookSequencer,
-    FieldError,
-    PendingRequests,
-    StampingSession,
-    TickerMerger,
-    as_number,
-    as_object,
     best_first,
     book_levels,
+    text_levels,
+    wire_levels,
+)
+from svc_connector.kit.fields import (
+    MS_TO_NS,
+    FieldError,
+    as_number,
+    as_object,
     cached,
-    collect_instruments,
-    decode_frame,
-    decode_rest_object,
-    each_entry,
-    emit_ticker,
-    fill_usd_fields,
-    fill_usd_per_coin,
-    guarded,
-    internal_error,
     iv_fraction,
-    ms_header,
-    name_venue_errors,
     opt_number,
     positive,
     raw_bytes,
@@ -64,11 +53,25 @@ from svc_connector.session import (
     req_text,
     request_id_of,
     safe_token,
-    sequence_delta,
+)
+from svc_connector.kit.frames import (
+    collect_instruments,
+    decode_frame,
+    decode_rest_object,
+    each_entry,
+    guarded,
+    internal_error,
+)
+from svc_connector.kit.requests import PendingRequests, name_venue_errors
+from svc_connector.kit.sequencing import BookSequencer, sequence_delta
+from svc_connector.kit.stamping import StampingSession, ms_header
+from svc_connector.kit.tickers import (
+    TickerMerger,
+    emit_ticker,
+    fill_usd_fields,
+    fill_usd_per_coin,
     set_best_quotes,
-    text_levels,
     ticker_fields,
-    wire_levels,
 )
 from svc_connector.venues.base import (
     DeadLetter,

@@ -28,24 +28,13 @@ from typing import Any, Final
 import msgspec
 import orjson
 
-from svc_connector.session import (
-    ASKS_TAG,
-    BIDS_TAG,
+from svc_connector.kit.book_levels import ASKS_TAG, BIDS_TAG, wire_levels
+from svc_connector.kit.fields import (
     MS_TO_NS,
-    BookSequencer,
     FieldError,
-    PendingRequests,
-    StampingSession,
     as_number,
-    book_reset_event,
     cached,
-    collect_instruments,
-    decode_frame,
-    decode_rest_object,
-    emit_ticker,
-    guarded,
     iv_fraction,
-    name_venue_errors,
     opt_number,
     positive,
     raw_bytes,
@@ -54,9 +43,12 @@ from svc_connector.session import (
     req_text,
     request_id_of,
     safe_token,
-    sequence_delta,
-    wire_levels,
 )
+from svc_connector.kit.frames import collect_instruments, decode_frame, decode_rest_object, guarded
+from svc_connector.kit.requests import PendingRequests, name_venue_errors
+from svc_connector.kit.sequencing import BookSequencer, book_reset_event, sequence_delta
+from svc_connector.kit.stamping import StampingSession
+from svc_connector.kit.tickers import emit_ticker
 from svc_connector.venues.base import (
     DeadLetter,
     FrameResult,

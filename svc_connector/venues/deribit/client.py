@@ -31,11 +31,10 @@ from svc_connector.runtime import (
     ConnectionPlan,
     PooledConnector,
     RuntimeSettings,
-    WireSession,
     option_flag,
     option_float,
 )
-from svc_connector.venues.base import ConnectorConfig, EventSink, VenueRequest
+from svc_connector.venues.base import ConnectorConfig, EventSink, VenueRequest, VenueSession
 from svc_connector.venues.deribit import constants as c
 from svc_connector.venues.deribit.parse import DeribitSession, parse_instruments
 from svc_connector.venues.deribit.symbols import currency_of, index_name
@@ -170,7 +169,7 @@ class DeribitConnector(PooledConnector):
         super().__init__(self.deribit.runtime, sink)
 
     # Older name of next_sequence (bench/bench_connector.py builds sessions with it).
-    def new_session(self) -> WireSession:
+    def new_session(self) -> VenueSession:
         return DeribitSession(
             resync_timeout_ns=int(self.settings.resync_timeout_s * 1e9),
             sequence=self.next_sequence,

@@ -21,22 +21,12 @@ from typing import Any, Final, TypeGuard
 import msgspec
 import orjson
 
-from svc_connector.session import (
-    BookSequencer,
-    DeltaVerdict,
-    FieldError,
-    add_number_levels,
-    best_first_pairs,
-    cached,
-    collect_instruments,
-    decode_frame,
-    emit_ticker,
-    guarded,
-    ms_header,
-    positive,
-    raw_bytes,
-    safe_token,
-)
+from svc_connector.kit.book_levels import add_number_levels, best_first_pairs
+from svc_connector.kit.fields import FieldError, cached, positive, raw_bytes, safe_token
+from svc_connector.kit.frames import collect_instruments, decode_frame, guarded
+from svc_connector.kit.sequencing import BookSequencer, DeltaVerdict
+from svc_connector.kit.stamping import ms_header
+from svc_connector.kit.tickers import emit_ticker
 from svc_connector.venues.base import (
     DeadLetter,
     FrameResult,

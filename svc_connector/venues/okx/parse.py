@@ -31,33 +31,21 @@ from typing import Any, Final
 import msgspec
 import orjson
 
-from svc_connector.session import (
+from svc_connector.kit.book_levels import (
     ASKS_TAG,
     BIDS_TAG,
-    MS_TO_NS,
-    PRICE_FIELDS,
-    BookSequencer,
-    FieldError,
-    PendingRequests,
-    StampingSession,
     TextLevel,
-    TickerMerger,
     add_book_levels,
+    book_levels,
+    text_levels,
+)
+from svc_connector.kit.fields import (
+    MS_TO_NS,
+    FieldError,
     as_number,
     as_object,
-    book_levels,
-    book_reset_event,
     cached,
-    collect_instruments,
-    decode_frame,
-    decode_rest_object,
-    each_entry,
-    fill_usd_fields,
-    fill_usd_per_coin,
-    guarded,
     iv_fraction,
-    ms_header,
-    name_venue_errors,
     opt_number,
     positive,
     raw_bytes,
@@ -66,9 +54,23 @@ from svc_connector.session import (
     req_text,
     request_id_of,
     safe_token,
-    sequence_delta,
+)
+from svc_connector.kit.frames import (
+    collect_instruments,
+    decode_frame,
+    decode_rest_object,
+    each_entry,
+    guarded,
+)
+from svc_connector.kit.requests import PendingRequests, name_venue_errors
+from svc_connector.kit.sequencing import BookSequencer, book_reset_event, sequence_delta
+from svc_connector.kit.stamping import StampingSession, ms_header
+from svc_connector.kit.tickers import (
+    PRICE_FIELDS,
+    TickerMerger,
+    fill_usd_fields,
+    fill_usd_per_coin,
     set_best_quotes,
-    text_levels,
     ticker_fields,
 )
 from svc_connector.venues.base import (
