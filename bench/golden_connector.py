@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
+import importlib
 import pickle
 import sys
 from collections.abc import Awaitable, Callable
@@ -64,7 +65,6 @@ async def record_venue(
     """Frames received by a real connector's connections (name, frame) and its instruments."""
     # Imported here: digesting a recording needs neither the simulator nor the runtime.
     from simulator import SimConfig, run_simulator
-    from svc_connector.runtime import WsConnection
     from svc_connector.service import connector_config
     from volstream.config import Config
 
@@ -79,9 +79,16 @@ async def record_venue(
             messages_per_second=20_000.0,
         )
     )
+    # Where the connection class lives differs between commits (the recording may be made
+    # with either).
+    try:
+        module = importlib.import_module("svc_connector.runtime.connection")
+    except ImportError:
+        module = importlib.import_module("svc_connector.runtime")
+    ws_connection: Any = module.WsConnection
     recorded: list[tuple[str, str | bytes]] = []
     enough = asyncio.Event()
-    original: Callable[..., Awaitable[None]] = WsConnection._handle
+    original: Callable[..., Awaitable[None]] = ws_connection._handle
 
     async def handle(self: Any, ws: Any, frame: str | bytes) -> None:
         if len(recorded) < frames_wanted:
@@ -90,7 +97,7 @@ async def record_venue(
             enough.set()
         await original(self, ws, frame)
 
-    setattr(WsConnection, "_handle", handle)  # noqa: B010
+    setattr(ws_connection, "_handle", handle)  # noqa: B010
     sink = MemorySink()
     adapter = registry.get(venue)
     cfg = Config(venues=(venue,), sim_url=sim.base_url)
@@ -100,7 +107,7 @@ async def record_venue(
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(enough.wait(), timeout_s)
     finally:
-        setattr(WsConnection, "_handle", original)  # noqa: B010
+        setattr(ws_connection, "_handle", original)  # noqa: B010
         await connector.stop()
         await asyncio.gather(task, return_exceptions=True)
         await sim.stop()

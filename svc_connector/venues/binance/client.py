@@ -34,12 +34,11 @@ from dataclasses import dataclass
 import aiohttp
 
 from svc_connector.kit.pacing import TokenBucket
-from svc_connector.runtime import (
+from svc_connector.runtime.connection import WsConnection
+from svc_connector.runtime.pool import DiscoveryFailed, PooledConnector
+from svc_connector.runtime.settings import (
     ConnectionPlan,
-    DiscoveryFailed,
-    PooledConnector,
     RuntimeSettings,
-    WsConnection,
     option_flag,
     option_float,
 )

@@ -23,12 +23,8 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from svc_connector.runtime import (
-    ConnectionPlan,
-    DiscoveryFailed,
-    PooledConnector,
-    RuntimeSettings,
-)
+from svc_connector.runtime.pool import DiscoveryFailed, PooledConnector
+from svc_connector.runtime.settings import ConnectionPlan, RuntimeSettings
 from svc_connector.venues.base import ConnectorConfig, EventSink, VenueRequest, VenueSession
 from svc_connector.venues.bybit import constants as c
 from svc_connector.venues.bybit.parse import BybitSession, parse_instruments_page

@@ -27,9 +27,9 @@ from dataclasses import dataclass, replace
 
 import aiohttp
 
-from svc_connector.runtime import (
+from svc_connector.runtime.pool import PooledConnector
+from svc_connector.runtime.settings import (
     ConnectionPlan,
-    PooledConnector,
     RuntimeSettings,
     option_flag,
     option_float,

@@ -30,12 +30,8 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from svc_connector.runtime import (
-    ConnectionPlan,
-    PooledConnector,
-    RuntimeSettings,
-    option_flag,
-)
+from svc_connector.runtime.pool import PooledConnector
+from svc_connector.runtime.settings import ConnectionPlan, RuntimeSettings, option_flag
 from svc_connector.venues.base import ConnectorConfig, EventSink, VenueRequest, VenueSession
 from svc_connector.venues.okx import constants as c
 from svc_connector.venues.okx.parse import OkxSession, parse_instruments
