@@ -34,7 +34,8 @@ from svc_connector.runtime.pool import PooledConnector
 from svc_connector.runtime.settings import ConnectionPlan, RuntimeSettings, option_flag
 from svc_connector.venues.base import ConnectorConfig, EventSink, VenueRequest, VenueSession
 from svc_connector.venues.okx import constants as c
-from svc_connector.venues.okx.parse import OkxSession, parse_instruments
+from svc_connector.venues.okx.parse import parse_instruments
+from svc_connector.venues.okx.session import OkxSession
 from svc_connector.venues.okx.symbols import channel_name, currency_of, family_of
 from volstream.v1 import market_data_pb2 as md_pb
 
