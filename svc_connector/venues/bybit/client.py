@@ -27,7 +27,8 @@ from svc_connector.runtime.pool import DiscoveryFailed, PooledConnector
 from svc_connector.runtime.settings import ConnectionPlan, RuntimeSettings
 from svc_connector.venues.base import ConnectorConfig, EventSink, VenueRequest, VenueSession
 from svc_connector.venues.bybit import constants as c
-from svc_connector.venues.bybit.parse import BybitSession, parse_instruments_page
+from svc_connector.venues.bybit.parse import parse_instruments_page
+from svc_connector.venues.bybit.session import BybitSession
 from svc_connector.venues.bybit.symbols import orderbook_topic, tickers_topic
 from volstream.v1 import market_data_pb2 as md_pb
 
