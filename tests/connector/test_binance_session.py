@@ -12,7 +12,8 @@ from svc_connector.venues.binance.client import (
     BinanceSettings,
     plan_channel_groups,
 )
-from svc_connector.venues.binance.parse import BinanceSession, parse_instruments
+from svc_connector.venues.binance.parse import parse_instruments
+from svc_connector.venues.binance.session import BinanceSession
 from svc_connector.venues.binance.symbols import format_symbol, parse_symbol
 from volstream.v1 import common_pb2 as common_pb
 from volstream.v1 import market_data_pb2 as md_pb

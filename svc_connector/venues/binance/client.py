@@ -50,7 +50,8 @@ from svc_connector.venues.base import (
     VenueSession,
 )
 from svc_connector.venues.binance import constants as c
-from svc_connector.venues.binance.parse import BinanceSession, parse_instruments
+from svc_connector.venues.binance.parse import parse_instruments
+from svc_connector.venues.binance.session import BinanceSession
 from svc_connector.venues.binance.symbols import split_stream, underlying_of
 from volstream.v1 import market_data_pb2 as md_pb
 
