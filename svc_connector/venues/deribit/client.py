@@ -36,7 +36,8 @@ from svc_connector.runtime.settings import (
 )
 from svc_connector.venues.base import ConnectorConfig, EventSink, VenueRequest, VenueSession
 from svc_connector.venues.deribit import constants as c
-from svc_connector.venues.deribit.parse import DeribitSession, parse_instruments
+from svc_connector.venues.deribit.parse import parse_instruments
+from svc_connector.venues.deribit.session import DeribitSession
 from svc_connector.venues.deribit.symbols import currency_of, index_name
 from volstream.v1 import market_data_pb2 as md_pb
 
