@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 MS_TO_NS = 1_000_000
 
@@ -91,6 +91,49 @@ def iv_fraction(value: float | None) -> float | None:
     return value if value is not None and value > 0 else None
 
 
+# ---- readers for venues whose JSON numbers are typed (Deribit): a numeric string is refused.
+
+
+def is_json_number(value: object) -> TypeGuard[int | float]:
+    """A finite JSON number (int or float, not a bool, not a numeric string)."""
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(float(value))
+    )
+
+
+def req_json_number(data: Mapping[str, object], key: str, where: str) -> float:
+    value = data.get(key)
+    if not is_json_number(value):
+        raise FieldError(f"{where}: missing or non-numeric '{key}'")
+    return float(value)
+
+
+def req_json_int(data: Mapping[str, object], key: str, where: str) -> int:
+    """A JSON number as an int (a float is truncated, as the venue's integers may be sent)."""
+    value = data.get(key)
+    if not is_json_number(value):
+        raise FieldError(f"{where}: missing or non-numeric '{key}'")
+    return int(value)
+
+
+def opt_json_number(
+    data: Mapping[str, object], key: str, counts: Counter[str], where: str
+) -> float | None:
+    """Optional JSON number: absent/null -> None; a wrong type is counted, then None."""
+    value = data.get(key)
+    if value is None:
+        return None
+    # Fast path: a finite float (inf - inf and nan - nan are nan).
+    if type(value) is float and value - value == 0.0:
+        return value
+    if not is_json_number(value):
+        counts[f"{where}.bad_field.{key}"] += 1
+        return None
+    return float(value)
+
+
 def safe_token(text: str) -> str:
     """A counter-name fragment from venue text (bounded, no spaces)."""
     cleaned = "".join(ch if ch.isalnum() or ch in "_-/" else "_" for ch in text[:40])
@@ -121,9 +164,9 @@ def raw_bytes(raw: bytes | str) -> bytes:
     return raw.encode("utf-8", "replace") if isinstance(raw, str) else bytes(raw)
 
 
-def as_object(value: object, where: str) -> dict[str, Any]:
+def as_object(value: object, where: str, what: str = "data entry") -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise FieldError(f"{where}: data entry is not an object")
+        raise FieldError(f"{where}: {what} is not an object")
     return value
 
 

@@ -121,14 +121,33 @@ def book_reset_event(
     return NormalisedEvent(item.currency, "book", md_pb.MarketDataEvent(book_reset=reset))
 
 
+@dataclass(frozen=True, slots=True)
+class SequenceTerms:
+    """The venue's words for a delta and its sequence fields, in BookReset reasons."""
+
+    delta: str = "delta"
+    prev: str = "prev"
+    last: str = "last"
+    sequence: str = "sequence"
+
+
+GENERIC_TERMS = SequenceTerms()
+
+
 def sequence_delta(
-    books: BookSequencer, item: NormalisedEvent, channel: str, result: FrameResult, now_ns: int
+    books: BookSequencer,
+    item: NormalisedEvent,
+    channel: str,
+    result: FrameResult,
+    now_ns: int,
+    terms: SequenceTerms = GENERIC_TERMS,
 ) -> list[NormalisedEvent]:
     """The events a BookDelta becomes after the sequence check (see :class:`BookSequencer`).
 
     Contiguous -> the delta; duplicate/replayed -> nothing (``book.stale_dropped``); while a
     resync is in flight -> nothing (asked again after the resync timeout); gap or no
-    snapshot -> a BookReset and a ResubscribeRequest for ``channel``.
+    snapshot -> a BookReset (its reason in the venue's ``terms``) and a ResubscribeRequest
+    for ``channel``.
     """
     delta = item.event.book_delta
     symbol, prev, sequence = delta.symbol, delta.prev_venue_sequence, delta.venue_sequence
@@ -149,9 +168,9 @@ def sequence_delta(
         )
         return []
     if verdict == DeltaVerdict.NO_SNAPSHOT:
-        reason = f"delta {sequence} without a snapshot since subscribing"
+        reason = f"{terms.delta} {sequence} without a snapshot since subscribing"
         result.counts["book.no_snapshot"] += 1
     else:
-        reason = f"gap: prev {prev} != last {last} (sequence {sequence})"
+        reason = f"gap: {terms.prev} {prev} != {terms.last} {last} ({terms.sequence} {sequence})"
         result.counts["book.gap"] += 1
     return [book_reset_event(books, item, symbol, channel, reason, result, now_ns)]

@@ -15,6 +15,7 @@ from typing import Final
 import msgspec
 
 from svc_connector.kit.book_levels import add_number_levels, best_first_pairs
+from svc_connector.kit.fields import MS_TO_NS
 from svc_connector.kit.sequencing import BookSequencer
 from svc_connector.kit.stamping import StampingSession
 from svc_connector.venues.base import (
@@ -24,7 +25,7 @@ from svc_connector.venues.base import (
 )
 from svc_connector.venues.deribit import constants as c
 from svc_connector.venues.deribit.messages import HotData, HotNotification
-from svc_connector.venues.deribit.parse import MS_TO_NS, _currency_of
+from svc_connector.venues.deribit.parse import _currency_of
 from svc_connector.venues.deribit.symbols import (
     premium_unit_from_name,
 )

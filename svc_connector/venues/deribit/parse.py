@@ -16,18 +16,29 @@ messages missing required fields are dead-lettered with a reason.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Mapping
-from typing import Any, Final, TypeGuard
+from typing import Any, Final
 
-import orjson
-
-from svc_connector.kit.book_levels import add_number_levels, best_first_pairs
-from svc_connector.kit.fields import FieldError, cached, positive, raw_bytes, safe_token
-from svc_connector.kit.frames import collect_instruments, decode_frame, guarded
+from svc_connector.kit.book_levels import add_number_levels, best_first, best_first_pairs
+from svc_connector.kit.fields import (
+    MS_TO_NS,
+    FieldError,
+    as_object,
+    cached,
+    is_json_number,
+    opt_json_number,
+    positive,
+    raw_bytes,
+    req_json_int,
+    req_json_number,
+    req_text,
+    request_id_of,
+    safe_token,
+)
+from svc_connector.kit.frames import collect_instruments, decode_frame, decode_rest_object, guarded
 from svc_connector.kit.stamping import ms_header
-from svc_connector.kit.tickers import emit_ticker
+from svc_connector.kit.tickers import emit_ticker, fill_usd_fields
 from svc_connector.venues.base import (
     DeadLetter,
     FrameResult,
@@ -47,56 +58,8 @@ from svc_connector.venues.deribit.symbols import (
 from volstream.v1 import common_pb2 as common_pb
 from volstream.v1 import market_data_pb2 as md_pb
 
-MS_TO_NS: Final = 1_000_000
-
-
 US_TO_NS: Final = 1_000
-
-
 _USD_QUOTES: Final = frozenset({"USD", "USDC", "USDT"})
-
-
-def _is_number(value: object) -> TypeGuard[int | float]:
-    return (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and math.isfinite(float(value))
-    )
-
-
-def _req_num(data: Mapping[str, Any], key: str, where: str) -> float:
-    value = data.get(key)
-    if not _is_number(value):
-        raise FieldError(f"{where}: missing or non-numeric '{key}'")
-    return float(value)
-
-
-def _req_int(data: Mapping[str, Any], key: str, where: str) -> int:
-    value = data.get(key)
-    if not _is_number(value):
-        raise FieldError(f"{where}: missing or non-numeric '{key}'")
-    return int(value)
-
-
-def _req_str(data: Mapping[str, Any], key: str, where: str) -> str:
-    value = data.get(key)
-    if not isinstance(value, str) or not value:
-        raise FieldError(f"{where}: missing or non-string '{key}'")
-    return value
-
-
-def _opt_num(data: Mapping[str, Any], key: str, counts: Counter[str], where: str) -> float | None:
-    """Optional number: absent/null -> None; a wrong type is counted and treated as absent."""
-    value = data.get(key)
-    if value is None:
-        return None
-    # Fast path: a finite float (inf - inf and nan - nan are nan).
-    if type(value) is float and value - value == 0.0:
-        return value
-    if not _is_number(value):
-        counts[f"{where}.bad_field.{key}"] += 1
-        return None
-    return float(value)
 
 
 def _iv_fraction(value: float | None) -> float | None:
@@ -134,7 +97,7 @@ def _dispatch(
         params = message.get("params")
         if not isinstance(params, dict):
             raise FieldError("subscription: missing 'params'")
-        channel = _req_str(params, "channel", "subscription")
+        channel = req_text(params, "channel", "subscription")
         result.channel = channel
         if "data" not in params:
             raise FieldError(f"{channel}: missing 'data'")
@@ -160,21 +123,15 @@ def _dispatch(
             VenueError(
                 code=str(error.get("code", "")),
                 message=str(error.get("message", "")),
-                request_id=_request_id(message.get("id")),
+                request_id=request_id_of(message.get("id")),
             )
         )
         result.counts["venue_error"] += 1
     elif "result" in message:
-        result.acks.append(RequestAck(_request_id(message.get("id")), "", message["result"]))
+        result.acks.append(RequestAck(request_id_of(message.get("id")), "", message["result"]))
         result.counts["response"] += 1
     else:
         result.counts["unknown_message"] += 1
-
-
-def _request_id(value: object) -> int | str | None:
-    if isinstance(value, bool):
-        return None
-    return value if isinstance(value, int | str) else None
 
 
 def _parse_notification(
@@ -188,33 +145,27 @@ def _parse_notification(
     head = parts[0]
     if head == "book":
         if len(parts) == 3:
-            _parse_book(_as_dict(data, channel), receive_time_ns, result)
+            _parse_book(as_object(data, channel, "'data'"), receive_time_ns, result)
         elif len(parts) == 5:
-            _parse_grouped_book(_as_dict(data, channel), receive_time_ns, result)
+            _parse_grouped_book(as_object(data, channel, "'data'"), receive_time_ns, result)
         else:
             result.counts["unknown_channel.book_shape"] += 1
     elif head == "ticker" and len(parts) == 3:
-        _parse_ticker(_as_dict(data, channel), receive_time_ns, premium_units, result)
+        _parse_ticker(as_object(data, channel, "'data'"), receive_time_ns, premium_units, result)
     elif head == "deribit_price_index" and len(parts) == 2:
-        _parse_price_index(_as_dict(data, channel), receive_time_ns, result)
+        _parse_price_index(as_object(data, channel, "'data'"), receive_time_ns, result)
     elif head == "deribit_volatility_index" and len(parts) == 2:
-        _parse_volatility_index(_as_dict(data, channel), receive_time_ns, result)
+        _parse_volatility_index(as_object(data, channel, "'data'"), receive_time_ns, result)
     elif head == "instrument" and len(parts) >= 2 and parts[1] == "state":
-        body = _as_dict(data, channel)
+        body = as_object(data, channel, "'data'")
         result.instrument_states.append(
             InstrumentStateChange(
-                _req_str(body, "instrument_name", channel), _req_str(body, "state", channel)
+                req_text(body, "instrument_name", channel), req_text(body, "state", channel)
             )
         )
         result.counts["instrument_state"] += 1
     else:
         result.counts[f"unknown_channel.{safe_token(head)}"] += 1
-
-
-def _as_dict(data: object, channel: str) -> dict[str, Any]:
-    if not isinstance(data, dict):
-        raise FieldError(f"{channel}: 'data' is not an object")
-    return data
 
 
 _currency_of = cached(currency_of)
@@ -239,7 +190,7 @@ def _levels(
         if not isinstance(entry, list) or len(entry) != width:
             raise FieldError(f"{where}: malformed {side} entry {entry!r}")
         price, amount = entry[width - 2], entry[width - 1]
-        if not (_is_number(price) and _is_number(amount)):
+        if not (is_json_number(price) and is_json_number(amount)):
             raise FieldError(f"{where}: non-numeric {side} entry {entry!r}")
         size = float(amount)
         if with_action:
@@ -279,21 +230,12 @@ def _level_pairs(entries: object, where: str, side: str) -> list[tuple[float, fl
     return pairs
 
 
-def _best_first(
-    bids: list[md_pb.BookLevel], asks: list[md_pb.BookLevel]
-) -> tuple[list[md_pb.BookLevel], list[md_pb.BookLevel]]:
-    return (
-        sorted(bids, key=lambda level: -level.price_native),
-        sorted(asks, key=lambda level: level.price_native),
-    )
-
-
 def _parse_book(data: dict[str, Any], receive_time_ns: int, result: FrameResult) -> None:
     where = result.channel
-    symbol = _req_str(data, "instrument_name", where)
+    symbol = req_text(data, "instrument_name", where)
     currency = _currency(symbol, where)
-    header = ms_header(_req_int(data, "timestamp", where), receive_time_ns, c.SOURCE)
-    change_id = _req_int(data, "change_id", where)
+    header = ms_header(req_json_int(data, "timestamp", where), receive_time_ns, c.SOURCE)
+    change_id = req_json_int(data, "change_id", where)
     kind = data.get("type")
     prev = data.get("prev_change_id")
     # Old messages carry no type: the snapshot is the one without prev_change_id. A snapshot
@@ -316,7 +258,7 @@ def _parse_book(data: dict[str, Any], receive_time_ns: int, result: FrameResult)
         snapshot.venue_sequence = change_id
         result.counts["book.snapshot"] += 1
     else:
-        if not _is_number(prev):
+        if not is_json_number(prev):
             raise FieldError(f"{where}: change without numeric 'prev_change_id'")
         delta = event.book_delta
         delta.header.CopyFrom(header)
@@ -331,19 +273,19 @@ def _parse_book(data: dict[str, Any], receive_time_ns: int, result: FrameResult)
 
 def _parse_grouped_book(data: dict[str, Any], receive_time_ns: int, result: FrameResult) -> None:
     where = result.channel
-    symbol = _req_str(data, "instrument_name", where)
+    symbol = req_text(data, "instrument_name", where)
     currency = _currency(symbol, where)
-    header = ms_header(_req_int(data, "timestamp", where), receive_time_ns, c.SOURCE)
+    header = ms_header(req_json_int(data, "timestamp", where), receive_time_ns, c.SOURCE)
     change_id = data.get("change_id")
     bids = _levels(data.get("bids"), where, "bids", False, result)
     asks = _levels(data.get("asks"), where, "asks", False, result)
-    best_bids, best_asks = _best_first(bids, asks)
+    best_bids, best_asks = best_first(bids, asks)
     snapshot = md_pb.BookSnapshot(
         header=header,
         symbol=symbol,
         bids=best_bids,
         asks=best_asks,
-        venue_sequence=int(change_id) if _is_number(change_id) else 0,
+        venue_sequence=int(change_id) if is_json_number(change_id) else 0,
         is_periodic=True,
     )
     result.events.append(
@@ -358,13 +300,6 @@ _IV_KEYS: Final = ("bid_iv", "ask_iv", "mark_iv")
 _GREEKS: Final = ("delta", "gamma", "vega", "theta")
 
 
-_USD_TWINS: Final = (
-    ("mark_price_native", "mark_price_usd_per_coin"),
-    ("best_bid_price_native", "best_bid_price_usd_per_coin"),
-    ("best_ask_price_native", "best_ask_price_usd_per_coin"),
-)
-
-
 def _parse_ticker(
     data: dict[str, Any],
     receive_time_ns: int,
@@ -373,15 +308,15 @@ def _parse_ticker(
 ) -> None:
     where = result.channel
     counts = result.counts
-    symbol = _req_str(data, "instrument_name", where)
+    symbol = req_text(data, "instrument_name", where)
     currency = _currency(symbol, where)
-    timestamp_ms = _req_int(data, "timestamp", where)
+    timestamp_ms = req_json_int(data, "timestamp", where)
     # Collected in a dict and built in one constructor call (cheaper than field by field).
     fields: dict[str, Any] = {}
-    bid_price = _opt_num(data, "best_bid_price", counts, "ticker")
-    bid_size = _opt_num(data, "best_bid_amount", counts, "ticker")
-    ask_price = _opt_num(data, "best_ask_price", counts, "ticker")
-    ask_size = _opt_num(data, "best_ask_amount", counts, "ticker")
+    bid_price = opt_json_number(data, "best_bid_price", counts, "ticker")
+    bid_size = opt_json_number(data, "best_bid_amount", counts, "ticker")
+    ask_price = opt_json_number(data, "best_ask_price", counts, "ticker")
+    ask_size = opt_json_number(data, "best_ask_amount", counts, "ticker")
     # An empty side comes as price 0 (or null) with amount 0.
     if bid_price is not None and bid_size is not None and bid_size > 0:
         fields["best_bid_price_native"] = bid_price
@@ -390,44 +325,37 @@ def _parse_ticker(
         fields["best_ask_price_native"] = ask_price
         fields["best_ask_size_native"] = ask_size
     # A closed instrument is sent with mark 0: no value, not a price.
-    mark = positive(_opt_num(data, "mark_price", counts, "ticker"))
+    mark = positive(opt_json_number(data, "mark_price", counts, "ticker"))
     if mark is not None:
         fields["mark_price_native"] = mark
     for key in _IV_KEYS:
-        iv = _iv_fraction(_opt_num(data, key, counts, "ticker"))
+        iv = _iv_fraction(opt_json_number(data, key, counts, "ticker"))
         if iv is not None:
             fields[key] = iv
-    forward = positive(_opt_num(data, "underlying_price", counts, "ticker"))
+    forward = positive(opt_json_number(data, "underlying_price", counts, "ticker"))
     if forward is not None:
         fields["forward_usd"] = forward
     forward_name = data.get("underlying_index")
     if isinstance(forward_name, str):
         fields["forward_name"] = forward_name
-    index_price = positive(_opt_num(data, "index_price", counts, "ticker"))
+    index_price = positive(opt_json_number(data, "index_price", counts, "ticker"))
     if index_price is not None:
         fields["index_price_usd"] = index_price
-    rate = _opt_num(data, "interest_rate", counts, "ticker")
+    rate = opt_json_number(data, "interest_rate", counts, "ticker")
     if rate is not None:
         fields["interest_rate"] = rate
-    open_interest = _opt_num(data, "open_interest", counts, "ticker")
+    open_interest = opt_json_number(data, "open_interest", counts, "ticker")
     if open_interest is not None:
         fields["open_interest"] = open_interest
     greeks = data.get("greeks")
     if isinstance(greeks, dict):
         for name in _GREEKS:
-            value = _opt_num(greeks, name, counts, "ticker.greeks")
+            value = opt_json_number(greeks, name, counts, "ticker.greeks")
             if value is not None:
                 fields[name] = value
+    # Deribit premiums are coin or USD per coin (no contract size involved).
     unit = premium_units.get(symbol) or premium_unit_from_name(symbol)
-    for native_field, usd_field in _USD_TWINS:
-        native = fields.get(native_field)
-        if native is None:
-            continue
-        if unit == md_pb.PREMIUM_UNIT_COIN_PER_COIN:
-            if forward is not None:
-                fields[usd_field] = native * forward
-        elif unit == md_pb.PREMIUM_UNIT_USD_PER_COIN:
-            fields[usd_field] = native
+    fill_usd_fields(fields, unit, None)
     emit_ticker(
         result, currency, symbol, fields, timestamp_ms * MS_TO_NS, receive_time_ns, c.SOURCE
     )
@@ -443,11 +371,11 @@ def _index_currency(index_name: str, where: str) -> str:
 
 def _parse_price_index(data: dict[str, Any], receive_time_ns: int, result: FrameResult) -> None:
     where = result.channel
-    name = _req_str(data, "index_name", where)
+    name = req_text(data, "index_name", where)
     event = md_pb.IndexPrice(
-        header=ms_header(_req_int(data, "timestamp", where), receive_time_ns, c.SOURCE),
+        header=ms_header(req_json_int(data, "timestamp", where), receive_time_ns, c.SOURCE),
         index_name=name,
-        price_usd=_req_num(data, "price", where),
+        price_usd=req_json_number(data, "price", where),
     )
     result.events.append(
         NormalisedEvent(
@@ -461,11 +389,11 @@ def _parse_volatility_index(
     data: dict[str, Any], receive_time_ns: int, result: FrameResult
 ) -> None:
     where = result.channel
-    name = _req_str(data, "index_name", where)
+    name = req_text(data, "index_name", where)
     event = md_pb.VolatilityIndex(
-        header=ms_header(_req_int(data, "timestamp", where), receive_time_ns, c.SOURCE),
+        header=ms_header(req_json_int(data, "timestamp", where), receive_time_ns, c.SOURCE),
         index_name=name,
-        volatility=_req_num(data, "volatility", where) / 100.0,
+        volatility=req_json_number(data, "volatility", where) / 100.0,
     )
     result.events.append(
         NormalisedEvent(
@@ -487,16 +415,11 @@ def parse_instruments(body: bytes | str, receive_time_ns: int) -> InstrumentPars
     expiry 0 (the venue states year 3000).
     """
     result = InstrumentParseResult()
-    try:
-        message = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        result.dead_letters.append(DeadLetter(raw_bytes(body), f"malformed JSON: {exc}"))
-        return result
-    if not isinstance(message, dict):
-        result.dead_letters.append(DeadLetter(raw_bytes(body), "not a JSON object"))
+    message = decode_rest_object(body, result)
+    if message is None:
         return result
     us_out = message.get("usOut")
-    if _is_number(us_out):
+    if is_json_number(us_out):
         result.venue_time_ns = int(us_out) * US_TO_NS
     error = message.get("error")
     if isinstance(error, dict):
@@ -533,13 +456,13 @@ def _premium(kind: str, base: str, quote: str, instrument_type: str) -> md_pb.Pr
 
 
 def _instrument(entry: dict[str, Any], counts: Counter[str]) -> md_pb.Instrument | None:
-    name = _req_str(entry, "instrument_name", "instrument")
+    name = req_text(entry, "instrument_name", "instrument")
     where = f"instrument {name}"
-    kind = _req_str(entry, "kind", where)
+    kind = req_text(entry, "kind", where)
     if kind not in ("option", "future"):
         counts[f"instrument.skipped.{safe_token(kind)}"] += 1
         return None
-    base = _req_str(entry, "base_currency", where).upper()
+    base = req_text(entry, "base_currency", where).upper()
     quote_value = entry.get("quote_currency")
     quote = quote_value.upper() if isinstance(quote_value, str) else ""
     instrument_type_value = entry.get("instrument_type")
@@ -569,13 +492,13 @@ def _instrument(entry: dict[str, Any], counts: Counter[str]) -> md_pb.Instrument
         or (base if premium_unit == md_pb.PREMIUM_UNIT_COIN_PER_COIN else "USD"),
         settlement_currency=settlement,
         premium_unit=premium_unit,
-        contract_size_coin=_req_num(entry, "contract_size", where),
-        tick_size_native=_req_num(entry, "tick_size", where),
-        min_size_native=_opt_num(entry, "min_trade_amount", counts, "instrument") or 0.0,
+        contract_size_coin=req_json_number(entry, "contract_size", where),
+        tick_size_native=req_json_number(entry, "tick_size", where),
+        min_size_native=opt_json_number(entry, "min_trade_amount", counts, "instrument") or 0.0,
         underlying=underlying,
         is_active=is_active if isinstance(is_active, bool) else True,
     )
-    expiry_ms = _req_int(entry, "expiration_timestamp", where)
+    expiry_ms = req_json_int(entry, "expiration_timestamp", where)
     if kind == "option":
         instrument.kind = md_pb.INSTRUMENT_KIND_OPTION
         option_type = entry.get("option_type")
@@ -585,7 +508,7 @@ def _instrument(entry: dict[str, Any], counts: Counter[str]) -> md_pb.Instrument
             instrument.option_kind = common_pb.OPTION_KIND_PUT
         else:
             raise FieldError(f"{where}: missing or unknown 'option_type'")
-        instrument.strike_usd = _req_num(entry, "strike", where)
+        instrument.strike_usd = req_json_number(entry, "strike", where)
         instrument.expiry_time_ns = expiry_ms * MS_TO_NS
         counts["instrument.option"] += 1
     elif entry.get("settlement_period") == "perpetual" or name.endswith("-PERPETUAL"):
