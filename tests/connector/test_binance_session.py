@@ -63,7 +63,8 @@ def test_diffs_are_buffered_and_bridged_onto_the_rest_snapshot() -> None:
     snapshot = applied.events[0].event.book_snapshot
     assert snapshot.venue_sequence == 108 and not snapshot.is_periodic
     bridge = applied.events[1].event.book_delta
-    assert (bridge.prev_venue_sequence, bridge.venue_sequence) == (105, 110)
+    # Emitted as continuing the snapshot (pu 105 normalised to its u 108): the one rule.
+    assert (bridge.prev_venue_sequence, bridge.venue_sequence) == (108, 110)
     # Header sequences are stamped like a frame's.
     sequences = [e.event.book_delta.header.sequence for e in applied.events[1:]]
     assert sequences[1] == sequences[0] + 1

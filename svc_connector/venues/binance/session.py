@@ -2,6 +2,13 @@
 streams that carry parts of them, the spot index as the forward, diff-book sequencing bridged
 onto REST snapshots, request/response matching, header sequence stamping. Pure: no I/O, no
 clock.
+
+What it normalises for the one sequence rule (a delta applies when its
+``prev_venue_sequence`` equals the book's sequence): diffs carry ``pu`` (the previous diff's
+``u``) as ``prev_venue_sequence``; the first diff applied after a REST snapshot spans the
+snapshot's ``lastUpdateId`` (``pu`` < it < ``u``) and is emitted with
+``prev_venue_sequence`` = that ``lastUpdateId`` (``book.bridged``), so that it continues the
+snapshot like any other diff.
 """
 
 from __future__ import annotations
@@ -236,7 +243,10 @@ class BinanceSession(BinanceHotPath):
                 return []
             self._bridging.discard(symbol)
             if last is not None and delta.prev_venue_sequence <= last:
-                # The first diff spanning the REST snapshot's update id.
+                # The first diff spanning the REST snapshot's update id (pu <= its u < u).
+                # Its levels are absolute sizes, so it applies on the snapshot: emitted as
+                # continuing it (prev = the snapshot's u), the one rule consumers apply.
+                delta.prev_venue_sequence = last
                 self._books.snapshot(symbol, delta.venue_sequence)
                 result.counts["book.bridged"] += 1
                 return [item]
