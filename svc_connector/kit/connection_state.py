@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from svc_connector.venues.base import (
-    ConnectionState,
-)
+from svc_connector.venues.base import ConnectionState
 
 _ALLOWED: dict[ConnectionState, frozenset[ConnectionState]] = {
     ConnectionState.IDLE: frozenset({ConnectionState.CONNECTING, ConnectionState.STOPPED}),

@@ -10,11 +10,7 @@ from typing import Any
 import orjson
 
 from svc_connector.kit.fields import FieldError, as_object, raw_bytes
-from svc_connector.venues.base import (
-    DeadLetter,
-    FrameResult,
-    InstrumentParseResult,
-)
+from svc_connector.venues.base import DeadLetter, FrameResult, InstrumentParseResult
 from volstream.v1 import market_data_pb2 as md_pb
 
 

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from svc_connector.venues.base import (
-    FrameResult,
-    VenueError,
-)
+from svc_connector.venues.base import FrameResult, VenueError
 
 
 class PendingRequests:

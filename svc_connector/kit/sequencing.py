@@ -13,11 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from svc_connector.venues.base import (
-    FrameResult,
-    NormalisedEvent,
-    ResubscribeRequest,
-)
+from svc_connector.venues.base import FrameResult, NormalisedEvent, ResubscribeRequest
 from volstream.v1 import market_data_pb2 as md_pb
 
 

@@ -7,10 +7,7 @@ from collections.abc import Callable, Iterable
 
 from svc_connector.kit.fields import MS_TO_NS
 from svc_connector.kit.frames import internal_error
-from svc_connector.venues.base import (
-    FrameResult,
-    VenueRequest,
-)
+from svc_connector.venues.base import FrameResult, VenueRequest
 from volstream.v1 import common_pb2 as common_pb
 
 

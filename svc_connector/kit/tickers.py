@@ -6,10 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from svc_connector.venues.base import (
-    FrameResult,
-    NormalisedEvent,
-)
+from svc_connector.venues.base import FrameResult, NormalisedEvent
 from volstream.v1 import market_data_pb2 as md_pb
 
 

@@ -6,12 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from svc_connector.venues.base import (
-    ConnectorConfig,
-    Endpoints,
-    VenueLimits,
-    VenueRequest,
-)
+from svc_connector.venues.base import ConnectorConfig, Endpoints, VenueLimits, VenueRequest
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 

@@ -7,8 +7,13 @@ Every venue lives in ``svc_connector/venues/<venue>/`` with the same file set:
 ``messages.py``    Shapes of the venue's wire messages: ``TypedDict`` (documentation + typing)
                    and the ``msgspec.Struct`` decoders of the hot path.
 ``symbols.py``     Instrument-name parsing/formatting (expiry, strike, call/put, currency).
-``parse.py``       PURE functions: one raw frame -> :class:`FrameResult`; REST bodies ->
-                   :class:`InstrumentParseResult`. No I/O, no clock, never raise.
+``parse.py``       The checked path, PURE functions: one raw frame -> :class:`FrameResult`;
+                   REST bodies -> :class:`InstrumentParseResult`. No I/O, no clock, never
+                   raise.
+``hot.py``         The fast path: a base class of the session that answers the venue's
+                   usual frames exactly as the checked path would, or steps aside.
+``session.py``     The :class:`VenueSession`: per-connection state over ``parse`` and ``hot``
+                   (sequencing, request matching, merged tickers, header stamping).
 ``client.py``      The async I/O: websocket connection(s), REST discovery, reconnects.
 ``__init__.py``    Exposes ``ADAPTER: VenueAdapter``, the one object the registry imports.
 =================  ==========================================================================
@@ -23,8 +28,10 @@ Layers, from pure to impure:
    stateless parse and adds what needs memory: book sequence checking (gap -> a
    :class:`BookReset` event plus a :class:`ResubscribeRequest`; stale/duplicate deltas are
    dropped and counted, never applied twice), matching responses to the requests it encoded,
-   and stamping ``header.sequence`` from a per-session counter. Time comes only from the
-   ``receive_time_ns`` argument, so a replay of frames gives the same result.
+   and stamping ``header.sequence`` from a per-session counter. Every delta it emits obeys
+   one rule (the proto's ``BookDelta.prev_venue_sequence``: it applies when that equals the
+   book's sequence); a venue's exceptions are normalised in its ``session.py``. Time comes
+   only from the ``receive_time_ns`` argument, so a replay of frames gives the same result.
    Each session answers its venue's dominant frames on a *hot path* (typed ``msgspec``
    decoding, no per-field Python checks) that must give exactly what the checked path gives,
    or step aside before touching any state (``hot_path = False`` turns it off; the

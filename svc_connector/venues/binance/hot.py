@@ -14,21 +14,11 @@ from typing import Any, Final
 
 import msgspec
 
-from svc_connector.kit.book_levels import (
-    ASKS_TAG,
-    BIDS_TAG,
-)
-from svc_connector.kit.fields import (
-    MS_TO_NS,
-)
+from svc_connector.kit.book_levels import ASKS_TAG, BIDS_TAG
+from svc_connector.kit.fields import MS_TO_NS
 from svc_connector.kit.stamping import StampingSession
-from svc_connector.kit.tickers import (
-    TickerMerger,
-)
-from svc_connector.venues.base import (
-    FrameResult,
-    NormalisedEvent,
-)
+from svc_connector.kit.tickers import TickerMerger
+from svc_connector.venues.base import FrameResult, NormalisedEvent
 from svc_connector.venues.binance import constants as c
 from svc_connector.venues.binance.messages import HotDepthFrame, HotMark, HotMarkFrame
 from svc_connector.venues.binance.parse import (

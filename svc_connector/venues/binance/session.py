@@ -18,20 +18,11 @@ from collections.abc import Callable, Iterable, Mapping
 
 import orjson
 
-from svc_connector.kit.fields import (
-    raw_bytes,
-    safe_token,
-)
-from svc_connector.kit.frames import (
-    internal_error,
-)
+from svc_connector.kit.fields import raw_bytes, safe_token
+from svc_connector.kit.frames import internal_error
 from svc_connector.kit.requests import PendingRequests, name_venue_errors
 from svc_connector.kit.sequencing import BookSequencer, sequence_delta
-from svc_connector.kit.tickers import (
-    TickerMerger,
-    fill_usd_fields,
-    ticker_fields,
-)
+from svc_connector.kit.tickers import TickerMerger, fill_usd_fields, ticker_fields
 from svc_connector.venues.base import (
     DeadLetter,
     FrameResult,

@@ -15,15 +15,10 @@ from typing import Final
 import msgspec
 
 from svc_connector.kit.book_levels import ASKS_TAG, BIDS_TAG
-from svc_connector.kit.fields import (
-    MS_TO_NS,
-)
+from svc_connector.kit.fields import MS_TO_NS
 from svc_connector.kit.sequencing import BookSequencer
 from svc_connector.kit.stamping import StampingSession
-from svc_connector.venues.base import (
-    FrameResult,
-    NormalisedEvent,
-)
+from svc_connector.venues.base import FrameResult, NormalisedEvent
 from svc_connector.venues.bybit import constants as c
 from svc_connector.venues.bybit.messages import StreamData, StreamFrame
 from svc_connector.venues.bybit.parse import _currency_of

@@ -12,9 +12,7 @@ from collections.abc import Callable, Iterable
 
 import orjson
 
-from svc_connector.kit.fields import (
-    safe_token,
-)
+from svc_connector.kit.fields import safe_token
 from svc_connector.kit.requests import PendingRequests, name_venue_errors
 from svc_connector.kit.sequencing import BookSequencer, book_reset_event, sequence_delta
 from svc_connector.venues.base import (

@@ -18,17 +18,11 @@ from svc_connector.kit.book_levels import add_number_levels, best_first_pairs
 from svc_connector.kit.fields import MS_TO_NS
 from svc_connector.kit.sequencing import BookSequencer
 from svc_connector.kit.stamping import StampingSession
-from svc_connector.venues.base import (
-    FrameResult,
-    MdKind,
-    NormalisedEvent,
-)
+from svc_connector.venues.base import FrameResult, MdKind, NormalisedEvent
 from svc_connector.venues.deribit import constants as c
 from svc_connector.venues.deribit.messages import HotData, HotNotification
 from svc_connector.venues.deribit.parse import _currency_of
-from svc_connector.venues.deribit.symbols import (
-    premium_unit_from_name,
-)
+from svc_connector.venues.deribit.symbols import premium_unit_from_name
 from volstream.v1 import common_pb2 as common_pb
 from volstream.v1 import market_data_pb2 as md_pb
 

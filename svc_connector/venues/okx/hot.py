@@ -14,31 +14,17 @@ from typing import Any, Final
 
 import msgspec
 
-from svc_connector.kit.book_levels import (
-    ASKS_TAG,
-    BIDS_TAG,
-)
-from svc_connector.kit.fields import (
-    MS_TO_NS,
-)
+from svc_connector.kit.book_levels import ASKS_TAG, BIDS_TAG
+from svc_connector.kit.fields import MS_TO_NS
 from svc_connector.kit.sequencing import BookSequencer
 from svc_connector.kit.stamping import StampingSession
-from svc_connector.kit.tickers import (
-    PRICE_FIELDS,
-    TickerMerger,
-    fill_usd_fields,
-)
-from svc_connector.venues.base import (
-    FrameResult,
-    NormalisedEvent,
-)
+from svc_connector.kit.tickers import PRICE_FIELDS, TickerMerger, fill_usd_fields
+from svc_connector.venues.base import FrameResult, NormalisedEvent
 from svc_connector.venues.okx import constants as c
 from svc_connector.venues.okx import messages as msg
 from svc_connector.venues.okx.checksum import OkxChecksumBook
 from svc_connector.venues.okx.parse import _EXACT_INT, _currency_of, _fill_header
-from svc_connector.venues.okx.symbols import (
-    premium_unit_from_id,
-)
+from svc_connector.venues.okx.symbols import premium_unit_from_id
 from volstream.v1 import market_data_pb2 as md_pb
 
 # What the hot path checks so that nothing after its decision raises: timestamps whose

@@ -26,12 +26,7 @@ from typing import Any, Final
 
 import orjson
 
-from svc_connector.kit.book_levels import (
-    TextLevel,
-    add_book_levels,
-    book_levels,
-    text_levels,
-)
+from svc_connector.kit.book_levels import TextLevel, add_book_levels, book_levels, text_levels
 from svc_connector.kit.fields import (
     MS_TO_NS,
     FieldError,
@@ -56,10 +51,7 @@ from svc_connector.kit.frames import (
     guarded,
 )
 from svc_connector.kit.stamping import ms_header
-from svc_connector.kit.tickers import (
-    fill_usd_per_coin,
-    set_best_quotes,
-)
+from svc_connector.kit.tickers import fill_usd_per_coin, set_best_quotes
 from svc_connector.venues.base import (
     DeadLetter,
     FrameResult,

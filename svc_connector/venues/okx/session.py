@@ -19,25 +19,13 @@ import orjson
 
 from svc_connector.kit.requests import PendingRequests, name_venue_errors
 from svc_connector.kit.sequencing import BookSequencer, book_reset_event, sequence_delta
-from svc_connector.kit.tickers import (
-    TickerMerger,
-    fill_usd_fields,
-    ticker_fields,
-)
-from svc_connector.venues.base import (
-    FrameResult,
-    NormalisedEvent,
-    RequestAck,
-    VenueRequest,
-)
+from svc_connector.kit.tickers import TickerMerger, fill_usd_fields, ticker_fields
+from svc_connector.venues.base import FrameResult, NormalisedEvent, RequestAck, VenueRequest
 from svc_connector.venues.okx import constants as c
 from svc_connector.venues.okx.checksum import OkxChecksumBook
 from svc_connector.venues.okx.hot import OkxHotPath
 from svc_connector.venues.okx.parse import OWNED_FIELDS, BookText, ParsedFrame, parse_frame_detailed
-from svc_connector.venues.okx.symbols import (
-    channel_arg,
-    premium_unit_from_id,
-)
+from svc_connector.venues.okx.symbols import channel_arg, premium_unit_from_id
 from volstream.v1 import common_pb2 as common_pb
 from volstream.v1 import market_data_pb2 as md_pb
 
