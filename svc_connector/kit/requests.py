@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from svc_connector.venues.base import FrameResult, VenueError
+from svc_connector.venues.base import FrameResult, VenueError, VenueRequest
+
+
+def request_channels(request: VenueRequest) -> list[str]:
+    """The channels of a (un)subscribe request (``params = {"channels": [...]}``), else []."""
+    value = request.params.get("channels")
+    return [str(channel) for channel in value] if isinstance(value, list) else []
 
 
 class PendingRequests:

@@ -10,6 +10,7 @@ session (``venues/<venue>/session.py``) before asking the sequencer.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -170,3 +171,26 @@ def sequence_delta(
         reason = f"gap: {terms.prev} {prev} != {terms.last} {last} ({terms.sequence} {sequence})"
         result.counts["book.gap"] += 1
     return [book_reset_event(books, item, symbol, channel, reason, result, now_ns)]
+
+
+def sequence_book_events(
+    books: BookSequencer,
+    result: FrameResult,
+    on_delta: Callable[[NormalisedEvent], list[NormalisedEvent]],
+) -> None:
+    """Sequence the book events of ``result`` in place: a BookSnapshot (not a periodic one)
+    restarts its book, a BookDelta becomes ``on_delta(item)`` (the venue's rules around
+    :func:`sequence_delta`), every other event passes as it is."""
+    events: list[NormalisedEvent] = []
+    for item in result.events:
+        case = item.event.WhichOneof("event")
+        if case == "book_snapshot":
+            snapshot = item.event.book_snapshot
+            if not snapshot.is_periodic:
+                books.snapshot(snapshot.symbol, snapshot.venue_sequence)
+            events.append(item)
+        elif case == "book_delta":
+            events.extend(on_delta(item))
+        else:
+            events.append(item)
+    result.events = events

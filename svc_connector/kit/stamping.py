@@ -29,8 +29,13 @@ class StampingSession:
     """
 
     def __init__(
-        self, *, first_sequence: int = 1, sequence: Callable[[], int] | None = None
+        self,
+        *,
+        first_request_id: int = 1,
+        first_sequence: int = 1,
+        sequence: Callable[[], int] | None = None,
     ) -> None:
+        self._next_request_id = first_request_id
         self._next_sequence = first_sequence
         self._shared_sequence = sequence
         # Frames the hot path answered (tests check that it keeps taking the usual traffic).
@@ -53,6 +58,12 @@ class StampingSession:
     def unsubscribe(self, channels: Iterable[str]) -> str:
         request = VenueRequest(self.unsubscribe_method, {"channels": list(channels)}, "unsubscribe")
         return self.encode(request)
+
+    def _take_request_id(self) -> int:
+        """The id of the next request :meth:`encode` puts on the wire."""
+        value = self._next_request_id
+        self._next_request_id += 1
+        return value
 
     def _take_sequence(self) -> int:
         if self._shared_sequence is not None:

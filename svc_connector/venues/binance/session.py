@@ -20,7 +20,7 @@ import orjson
 
 from svc_connector.kit.fields import raw_bytes, safe_token
 from svc_connector.kit.frames import internal_error
-from svc_connector.kit.requests import PendingRequests, name_venue_errors
+from svc_connector.kit.requests import PendingRequests, name_venue_errors, request_channels
 from svc_connector.kit.sequencing import BookSequencer, sequence_delta
 from svc_connector.kit.tickers import TickerMerger, fill_usd_fields, ticker_fields
 from svc_connector.venues.base import (
@@ -73,7 +73,9 @@ class BinanceSession(BinanceHotPath):
         first_sequence: int = 1,
         sequence: Callable[[], int] | None = None,
     ) -> None:
-        super().__init__(first_sequence=first_sequence, sequence=sequence)
+        super().__init__(
+            first_request_id=first_request_id, first_sequence=first_sequence, sequence=sequence
+        )
         self._books = BookSequencer(resync_timeout_ns)
         self._contract_sizes: dict[str, float] = dict(contract_sizes or {})
         self._tickers = TickerMerger()
@@ -84,7 +86,6 @@ class BinanceSession(BinanceHotPath):
         self._diff_channels: dict[str, str] = {}
         # Books whose REST snapshot awaits the diff that spans it.
         self._bridging: set[str] = set()
-        self._next_request_id = first_request_id
         self._pending = PendingRequests()
 
     @property
@@ -106,10 +107,8 @@ class BinanceSession(BinanceHotPath):
     # ---- outgoing ----------------------------------------------------------------------------
 
     def encode(self, request: VenueRequest) -> str:
-        request_id = self._next_request_id
-        self._next_request_id += 1
-        channels_value = request.params.get("channels")
-        channels = [str(ch) for ch in channels_value] if isinstance(channels_value, list) else []
+        request_id = self._take_request_id()
+        channels = request_channels(request)
         self._pending.add(request_id, request.method, channels)
         body = {"method": request.method, "params": channels, "id": request_id}
         return orjson.dumps(body).decode()

@@ -14,7 +14,12 @@ import orjson
 
 from svc_connector.kit.fields import safe_token
 from svc_connector.kit.requests import PendingRequests, name_venue_errors
-from svc_connector.kit.sequencing import BookSequencer, book_reset_event, sequence_delta
+from svc_connector.kit.sequencing import (
+    BookSequencer,
+    book_reset_event,
+    sequence_book_events,
+    sequence_delta,
+)
 from svc_connector.venues.base import (
     FrameResult,
     NormalisedEvent,
@@ -59,9 +64,10 @@ class BybitSession(BybitHotPath):
         first_sequence: int = 1,
         sequence: Callable[[], int] | None = None,
     ) -> None:
-        super().__init__(first_sequence=first_sequence, sequence=sequence)
+        super().__init__(
+            first_request_id=first_request_id, first_sequence=first_sequence, sequence=sequence
+        )
         self._books = BookSequencer(resync_timeout_ns)
-        self._next_request_id = first_request_id
         self._pending = PendingRequests()
         # Frames left to the checked path (tests and benches read it beside hot_hits).
         self.hot_misses = 0
@@ -80,8 +86,7 @@ class BybitSession(BybitHotPath):
     # ---- outgoing ----------------------------------------------------------------------------
 
     def encode(self, request: VenueRequest) -> str:
-        request_id = str(self._next_request_id)
-        self._next_request_id += 1
+        request_id = str(self._take_request_id())
         body: dict[str, object] = {"req_id": request_id, "op": request.method}
         channels_value = request.params.get("channels")
         if isinstance(channels_value, list):
@@ -108,13 +113,10 @@ class BybitSession(BybitHotPath):
         result = parse_frame(raw, receive_time_ns)
         if result.acks or result.venue_errors:
             self._match_responses(result)
-        if any(e.event.WhichOneof("event") == "book_delta" for e in result.events):
-            self._sequence_deltas(result, receive_time_ns)
-        else:
-            for item in result.events:
-                if item.event.WhichOneof("event") == "book_snapshot":
-                    snapshot = item.event.book_snapshot
-                    self._books.snapshot(snapshot.symbol, snapshot.venue_sequence)
+        if any(e.kind == "book" for e in result.events):
+            sequence_book_events(
+                self._books, result, lambda item: self._on_delta(item, result, receive_time_ns)
+            )
         return result
 
     def _match_responses(self, result: FrameResult) -> None:
@@ -146,27 +148,17 @@ class BybitSession(BybitHotPath):
         # A failed-topics error answers a request popped above: it stays as it is.
         name_venue_errors(result, self._pending)
 
-    def _sequence_deltas(self, result: FrameResult, now_ns: int) -> None:
-        events: list[NormalisedEvent] = []
-        for item in result.events:
-            case = item.event.WhichOneof("event")
-            if case == "book_snapshot":
-                snapshot = item.event.book_snapshot
-                self._books.snapshot(snapshot.symbol, snapshot.venue_sequence)
-                events.append(item)
-            elif case == "book_delta":
-                delta = item.event.book_delta
-                last = self._books.last_sequence(delta.symbol)
-                if delta.venue_sequence == 1 and last not in (None, 0):
-                    result.counts["book.venue_restart"] += 1
-                    reason = f"venue restart: delta u 1 after u {last}"
-                    events.append(
-                        book_reset_event(
-                            self._books, item, delta.symbol, result.channel, reason, result, now_ns
-                        )
-                    )
-                else:
-                    events.extend(sequence_delta(self._books, item, result.channel, result, now_ns))
-            else:
-                events.append(item)
-        result.events = events
+    def _on_delta(
+        self, item: NormalisedEvent, result: FrameResult, now_ns: int
+    ) -> list[NormalisedEvent]:
+        delta = item.event.book_delta
+        last = self._books.last_sequence(delta.symbol)
+        if delta.venue_sequence == 1 and last not in (None, 0):
+            result.counts["book.venue_restart"] += 1
+            reason = f"venue restart: delta u 1 after u {last}"
+            return [
+                book_reset_event(
+                    self._books, item, delta.symbol, result.channel, reason, result, now_ns
+                )
+            ]
+        return sequence_delta(self._books, item, result.channel, result, now_ns)

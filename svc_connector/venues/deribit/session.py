@@ -15,8 +15,13 @@ from collections.abc import Callable, Iterable, Mapping
 import orjson
 
 from svc_connector.kit.fields import safe_token
-from svc_connector.kit.requests import PendingRequests, name_venue_errors
-from svc_connector.kit.sequencing import BookSequencer, SequenceTerms, sequence_delta
+from svc_connector.kit.requests import PendingRequests, name_venue_errors, request_channels
+from svc_connector.kit.sequencing import (
+    BookSequencer,
+    SequenceTerms,
+    sequence_book_events,
+    sequence_delta,
+)
 from svc_connector.venues.base import FrameResult, NormalisedEvent, RequestAck, VenueRequest
 from svc_connector.venues.deribit import constants as c
 from svc_connector.venues.deribit.hot import DeribitHotPath
@@ -63,10 +68,11 @@ class DeribitSession(DeribitHotPath):
         first_sequence: int = 1,
         sequence: Callable[[], int] | None = None,
     ) -> None:
-        super().__init__(first_sequence=first_sequence, sequence=sequence)
+        super().__init__(
+            first_request_id=first_request_id, first_sequence=first_sequence, sequence=sequence
+        )
         self._books = BookSequencer(resync_timeout_ns)
         self._premium_units = dict(premium_units or {})
-        self._next_request_id = first_request_id
         self._pending = PendingRequests()
 
     @property
@@ -85,10 +91,8 @@ class DeribitSession(DeribitHotPath):
     # ---- outgoing ----------------------------------------------------------------------------
 
     def encode(self, request: VenueRequest) -> str:
-        request_id = self._next_request_id
-        self._next_request_id += 1
-        channels_value = request.params.get("channels")
-        channels = [str(ch) for ch in channels_value] if isinstance(channels_value, list) else []
+        request_id = self._take_request_id()
+        channels = request_channels(request)
         self._pending.add(request_id, request.method, channels)
         body = {
             "jsonrpc": "2.0",
@@ -116,7 +120,9 @@ class DeribitSession(DeribitHotPath):
         if result.acks or result.venue_errors:
             self._match_responses(result)
         if any(e.kind == "book" for e in result.events):
-            self._sequence_books(result, receive_time_ns)
+            sequence_book_events(
+                self._books, result, lambda item: self._on_delta(item, result, receive_time_ns)
+            )
         return result
 
     def _match_responses(self, result: FrameResult) -> None:
@@ -144,21 +150,6 @@ class DeribitSession(DeribitHotPath):
                 )
         result.acks = acks
         name_venue_errors(result, self._pending)
-
-    def _sequence_books(self, result: FrameResult, now_ns: int) -> None:
-        events: list[NormalisedEvent] = []
-        for item in result.events:
-            case = item.event.WhichOneof("event")
-            if case == "book_snapshot":
-                snapshot = item.event.book_snapshot
-                if not snapshot.is_periodic:
-                    self._books.snapshot(snapshot.symbol, snapshot.venue_sequence)
-                events.append(item)
-            elif case == "book_delta":
-                events.extend(self._on_delta(item, result, now_ns))
-            else:
-                events.append(item)
-        result.events = events
 
     def _on_delta(
         self, item: NormalisedEvent, result: FrameResult, now_ns: int

@@ -17,7 +17,7 @@ from typing import Any, Final
 
 import orjson
 
-from svc_connector.kit.requests import PendingRequests, name_venue_errors
+from svc_connector.kit.requests import PendingRequests, name_venue_errors, request_channels
 from svc_connector.kit.sequencing import BookSequencer, book_reset_event, sequence_delta
 from svc_connector.kit.tickers import TickerMerger, fill_usd_fields, ticker_fields
 from svc_connector.venues.base import FrameResult, NormalisedEvent, RequestAck, VenueRequest
@@ -77,14 +77,15 @@ class OkxSession(OkxHotPath):
         first_sequence: int = 1,
         sequence: Callable[[], int] | None = None,
     ) -> None:
-        super().__init__(first_sequence=first_sequence, sequence=sequence)
+        super().__init__(
+            first_request_id=first_request_id, first_sequence=first_sequence, sequence=sequence
+        )
         self._books = BookSequencer(resync_timeout_ns)
         self._strings: dict[str, OkxChecksumBook] = {}
         self._verify_checksums = verify_checksums
         self._premium_units: dict[str, md_pb.PremiumUnit] = dict(premium_units or {})
         self._contract_sizes: dict[str, float] = {}
         self._tickers = TickerMerger()
-        self._next_request_id = first_request_id
         self._pending = PendingRequests(_MAX_PENDING)
         # request id -> channels whose ack has not arrived yet (OKX acks one per argument).
         self._unacked: dict[str, set[str]] = {}
@@ -111,10 +112,8 @@ class OkxSession(OkxHotPath):
         """``ping`` -> the text ``ping``; (un)subscribe ``{"channels": [...]}`` -> op + args."""
         if request.method == c.PING:
             return c.PING
-        request_id = str(self._next_request_id)
-        self._next_request_id += 1
-        channels_value = request.params.get("channels")
-        channels = [str(ch) for ch in channels_value] if isinstance(channels_value, list) else []
+        request_id = str(self._take_request_id())
+        channels = request_channels(request)
         args = [arg for arg in (channel_arg(ch) for ch in channels) if arg is not None]
         self._pending.add(request_id, request.method, channels)
         if request.method in (c.SUBSCRIBE, c.UNSUBSCRIBE):
