@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
-from svc_connector.venues.base import FrameResult, VenueError, VenueRequest
+from svc_connector.kit.fields import safe_token
+from svc_connector.venues.base import FrameResult, RequestAck, VenueError, VenueRequest
 
 
 def request_channels(request: VenueRequest) -> list[str]:
@@ -50,3 +51,28 @@ def name_venue_errors(result: FrameResult, pending: PendingRequests) -> None:
                 VenueError(error.code, error.message, error.request_id, request[0], request[1])
             )
     result.venue_errors = named
+
+
+def match_acks(
+    result: FrameResult,
+    pending: PendingRequests,
+    confirm: Callable[[RequestAck, tuple[str, ...]], None],
+) -> None:
+    """Name each ack of ``result`` with the method of the request it answers (popped from
+    ``pending``) and count it (``response.<method>``, else ``response.unmatched``); each
+    matched one goes with the channels it asked for to ``confirm``, which records what the
+    venue (un)subscribed. Then the venue errors are named likewise."""
+    acks: list[RequestAck] = []
+    for ack in result.acks:
+        request = pending.pop(ack.request_id)
+        if request is None:
+            result.counts["response.unmatched"] += 1
+            acks.append(ack)
+            continue
+        method, channels = request
+        named = RequestAck(ack.request_id, method, ack.result)
+        acks.append(named)
+        result.counts[f"response.{safe_token(method)}"] += 1
+        confirm(named, channels)
+    result.acks = acks
+    name_venue_errors(result, pending)

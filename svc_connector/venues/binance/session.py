@@ -18,9 +18,9 @@ from collections.abc import Callable, Iterable, Mapping
 
 import orjson
 
-from svc_connector.kit.fields import raw_bytes, safe_token
+from svc_connector.kit.fields import raw_bytes
 from svc_connector.kit.frames import internal_error
-from svc_connector.kit.requests import PendingRequests, name_venue_errors, request_channels
+from svc_connector.kit.requests import PendingRequests, match_acks, request_channels
 from svc_connector.kit.sequencing import BookSequencer, sequence_delta
 from svc_connector.kit.tickers import TickerMerger, fill_usd_fields, ticker_fields
 from svc_connector.venues.base import (
@@ -169,19 +169,12 @@ class BinanceSession(BinanceHotPath):
         return self.stamp(result)
 
     def _match_responses(self, result: FrameResult) -> None:
-        acks: list[RequestAck] = []
-        for ack in result.acks:
-            pending = self._pending.pop(ack.request_id)
-            if pending is None:
-                result.counts["response.unmatched"] += 1
-                acks.append(ack)
-                continue
-            method, channels = pending
-            acks.append(RequestAck(ack.request_id, method, ack.result))
-            result.counts[f"response.{safe_token(method)}"] += 1
-            (result.subscribed if method == c.SUBSCRIBE else result.unsubscribed).extend(channels)
-        result.acks = acks
-        name_venue_errors(result, self._pending)
+        def confirm(ack: RequestAck, channels: tuple[str, ...]) -> None:
+            (result.subscribed if ack.method == c.SUBSCRIBE else result.unsubscribed).extend(
+                channels
+            )
+
+        match_acks(result, self._pending, confirm)
 
     def _post_process(self, result: FrameResult, now_ns: int) -> None:
         events = result.events

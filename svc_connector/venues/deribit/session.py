@@ -14,8 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 import orjson
 
-from svc_connector.kit.fields import safe_token
-from svc_connector.kit.requests import PendingRequests, name_venue_errors, request_channels
+from svc_connector.kit.requests import PendingRequests, match_acks, request_channels
 from svc_connector.kit.sequencing import (
     BookSequencer,
     SequenceTerms,
@@ -126,30 +125,22 @@ class DeribitSession(DeribitHotPath):
         return result
 
     def _match_responses(self, result: FrameResult) -> None:
-        acks: list[RequestAck] = []
-        for ack in result.acks:
-            pending = self._pending.pop(ack.request_id)
-            if pending is None:
-                result.counts["response.unmatched"] += 1
-                acks.append(ack)
-                continue
-            method, requested = pending
-            acks.append(RequestAck(ack.request_id, method, ack.result))
-            result.counts[f"response.{safe_token(method)}"] += 1
-            if method in (c.SUBSCRIBE, c.UNSUBSCRIBE):
-                if not isinstance(ack.result, list):
-                    result.counts["response.bad_channel_list"] += 1
-                    continue
-                channels = [ch for ch in ack.result if isinstance(ch, str)]
-                if method == c.SUBSCRIBE:
-                    refused = len(set(requested) - set(channels))
-                    if refused:
-                        result.counts["subscribe.unconfirmed_channels"] += refused
-                (result.subscribed if method == c.SUBSCRIBE else result.unsubscribed).extend(
-                    channels
-                )
-        result.acks = acks
-        name_venue_errors(result, self._pending)
+        def confirm(ack: RequestAck, requested: tuple[str, ...]) -> None:
+            method = ack.method
+            if method not in (c.SUBSCRIBE, c.UNSUBSCRIBE):
+                return
+            # Deribit answers a (un)subscribe with the channels it now (un)subscribed.
+            if not isinstance(ack.result, list):
+                result.counts["response.bad_channel_list"] += 1
+                return
+            channels = [ch for ch in ack.result if isinstance(ch, str)]
+            if method == c.SUBSCRIBE:
+                refused = len(set(requested) - set(channels))
+                if refused:
+                    result.counts["subscribe.unconfirmed_channels"] += refused
+            (result.subscribed if method == c.SUBSCRIBE else result.unsubscribed).extend(channels)
+
+        match_acks(result, self._pending, confirm)
 
     def _on_delta(
         self, item: NormalisedEvent, result: FrameResult, now_ns: int
