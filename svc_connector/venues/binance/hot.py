@@ -180,6 +180,14 @@ class BinanceHotPath(StampingSession):
     # currency -> (index name, price) of the latest IndexPrice.
     _indices: dict[str, tuple[str, float]]
 
+    def _hot_frame(self, raw: bytes | str, receive_time_ns: int) -> FrameResult | None:
+        """A partial depth push (it only advances the header sequence, so its result and
+        state are the checked path's) or an ``optionMarkPrice`` push; else None."""
+        result = hot_partial_depth(raw, receive_time_ns, self._take_sequence)
+        if result is None:
+            result = self._hot_marks(raw, receive_time_ns)
+        return result
+
     def _hot_marks(self, raw: bytes | str, receive_time_ns: int) -> FrameResult | None:
         """An ``optionMarkPrice`` push -> the stamped result of the checked path, with the same
         merges and index update; None (no state touched) unless every entry is the usual shape.

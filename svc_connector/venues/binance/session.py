@@ -31,7 +31,7 @@ from svc_connector.venues.base import (
     VenueRequest,
 )
 from svc_connector.venues.binance import constants as c
-from svc_connector.venues.binance.hot import BinanceHotPath, hot_partial_depth
+from svc_connector.venues.binance.hot import BinanceHotPath
 from svc_connector.venues.binance.parse import (
     OWNED_FIELDS,
     PER_CONTRACT,
@@ -114,22 +114,6 @@ class BinanceSession(BinanceHotPath):
         return orjson.dumps(body).decode()
 
     # ---- incoming ----------------------------------------------------------------------------
-
-    def on_frame(self, raw: bytes | str, receive_time_ns: int) -> FrameResult:
-        """The hot paths (:func:`hot_partial_depth`, :meth:`_hot_marks`) first, else the
-        checked path. A partial depth push only advances the header sequence, so the hot
-        path's result and state are the checked path's; mark pushes see below."""
-        if self.hot_path:
-            try:
-                result = hot_partial_depth(raw, receive_time_ns, self._take_sequence)
-                if result is None:
-                    result = self._hot_marks(raw, receive_time_ns)
-            except Exception:  # e.g. a receive time out of range: the checked path reports it
-                result = None
-            if result is not None:
-                self.hot_hits += 1
-                return result
-        return super().on_frame(raw, receive_time_ns)
 
     def _on_frame(self, raw: bytes | str, receive_time_ns: int) -> FrameResult:
         result = parse_frame(raw, receive_time_ns, self._contract_sizes)

@@ -69,8 +69,6 @@ class BybitSession(BybitHotPath):
         )
         self._books = BookSequencer(resync_timeout_ns)
         self._pending = PendingRequests()
-        # Frames left to the checked path (tests and benches read it beside hot_hits).
-        self.hot_misses = 0
 
     @property
     def source(self) -> str:
@@ -96,18 +94,6 @@ class BybitSession(BybitHotPath):
         return orjson.dumps(body).decode()
 
     # ---- incoming ----------------------------------------------------------------------------
-
-    def on_frame(self, raw: bytes | str, receive_time_ns: int) -> FrameResult:
-        if self.hot_path:
-            try:
-                hot = self._hot_frame(raw, receive_time_ns)
-            except Exception:  # anything unexpected: the checked path decides (and reports)
-                hot = None
-            if hot is not None:
-                self.hot_hits += 1
-                return hot
-            self.hot_misses += 1
-        return super().on_frame(raw, receive_time_ns)
 
     def _on_frame(self, raw: bytes | str, receive_time_ns: int) -> FrameResult:
         result = parse_frame(raw, receive_time_ns)

@@ -103,17 +103,6 @@ class DeribitSession(DeribitHotPath):
 
     # ---- incoming ----------------------------------------------------------------------------
 
-    def on_frame(self, raw: bytes | str, receive_time_ns: int) -> FrameResult:
-        if self.hot_path:
-            try:
-                hot = self._hot_frame(raw, receive_time_ns)
-            except Exception:  # it changes state only after its last possible failure
-                hot = None
-            if hot is not None:
-                self.hot_hits += 1
-                return hot
-        return super().on_frame(raw, receive_time_ns)
-
     def _on_frame(self, raw: bytes | str, receive_time_ns: int) -> FrameResult:
         result = parse_frame(raw, receive_time_ns, self._premium_units)
         if result.acks or result.venue_errors:

@@ -125,17 +125,6 @@ class OkxSession(OkxHotPath):
 
     # ---- incoming ----------------------------------------------------------------------------
 
-    def on_frame(self, raw: bytes | str, receive_time_ns: int) -> FrameResult:
-        if self.hot_path:
-            try:
-                result = self._hot_frame(raw, receive_time_ns)
-            except Exception:  # decided before any state changed: the checked path reports it
-                result = None
-            if result is not None:
-                self.hot_hits += 1
-                return result
-        return super().on_frame(raw, receive_time_ns)
-
     def _on_frame(self, raw: bytes | str, receive_time_ns: int) -> FrameResult:
         parsed = parse_frame_detailed(raw, receive_time_ns, self._premium_units, defer_tickers=True)
         result = parsed.result
