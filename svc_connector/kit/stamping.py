@@ -20,12 +20,14 @@ def ms_header(timestamp_ms: int, receive_time_ns: int, source: str) -> common_pb
 
 class StampingSession:
     """What every venue session shares (the base of each :class:`VenueSession`): the
-    never-raise guard, header sequence stamping and the hot-path switch and counter.
+    hot-then-checked dispatch with its switch and counters, the never-raise guard, request
+    ids and header sequence stamping.
 
     ``header.sequence`` comes from a counter that runs for the session's lifetime (across
     reconnects), or from ``sequence()`` when given (a connector shares one counter between
-    its connections so that (source, sequence) stays unique). Subclasses implement
-    :meth:`_on_frame` and :meth:`encode`, and name their (un)subscribe methods.
+    its connections so that (source, sequence) stays unique). A venue implements
+    :meth:`_on_frame` (the checked path, in its ``session.py``), :meth:`_hot_frame` (the fast
+    path, in its ``hot.py``) and :meth:`encode`, and names its (un)subscribe methods.
     """
 
     def __init__(

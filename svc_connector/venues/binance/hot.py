@@ -23,9 +23,9 @@ from svc_connector.venues.binance import constants as c
 from svc_connector.venues.binance.messages import HotDepthFrame, HotMark, HotMarkFrame
 from svc_connector.venues.binance.parse import (
     OWNED_FIELDS,
-    _currency_of,
-    _index_event,
-    _stream_head_kind,
+    cached_currency_of,
+    index_event,
+    stream_head_kind,
 )
 from volstream.v1 import market_data_pb2 as md_pb
 
@@ -62,7 +62,7 @@ def hot_partial_depth(
     except (msgspec.DecodeError, TypeError):
         return None
     stream = frame.stream
-    kind = _stream_head_kind(stream)[1]
+    kind = stream_head_kind(stream)[1]
     if kind[:5] != "depth" or kind[5:] not in c.PARTIAL_DEPTH_LEVELS:
         return None
     data = frame.data
@@ -70,7 +70,7 @@ def hot_partial_depth(
     if type(timestamp_ms) is not int:
         return None  # a float or a string: the checked path's rules
     symbol = data.s
-    currency = _currency_of(symbol)
+    currency = cached_currency_of(symbol)
     if currency is None:
         return None
     bids = _hot_levels(data.b, BIDS_TAG, True)
@@ -200,7 +200,7 @@ class BinanceHotPath(StampingSession):
         except (msgspec.DecodeError, TypeError):
             return None
         stream = frame.stream
-        head, kind = _stream_head_kind(stream)
+        head, kind = stream_head_kind(stream)
         entries = frame.data
         if kind != "optionmarkprice" or not head or not entries:
             return None
@@ -211,7 +211,7 @@ class BinanceHotPath(StampingSession):
         sizes = self._contract_sizes
         parsed: list[tuple[HotMark, int, str, dict[str, Any]]] = []
         for entry in entries:
-            currency = _currency_of(entry.s)
+            currency = cached_currency_of(entry.s)
             timestamp_ms = entry.E
             if currency is None or type(timestamp_ms) is not int:
                 return None
@@ -245,12 +245,12 @@ class BinanceHotPath(StampingSession):
             event = md_pb.MarketDataEvent(ticker=merged)
             events.append(NormalisedEvent(currency, "ticker", event, event.ticker.header))
         counts["ticker.mark_price"] = len(parsed)
-        index_currency = _currency_of(underlying)
+        index_currency = cached_currency_of(underlying)
         if index_currency is not None:
             for entry, timestamp_ms, _, _ in parsed:
                 index = entry.i
                 if index is not None and index > 0:
-                    event = _index_event(underlying, index, timestamp_ms, receive_time_ns)
+                    event = index_event(underlying, index, timestamp_ms, receive_time_ns)
                     header = event.index_price.header
                     events.append(NormalisedEvent(index_currency, "index", event, header))
                     counts["index_price.from_marks"] = 1

@@ -173,7 +173,7 @@ def _stream(
     sizes: Mapping[str, float],
     result: FrameResult,
 ) -> None:
-    head, kind = _stream_head_kind(stream)
+    head, kind = stream_head_kind(stream)
     result.channel = stream
     if kind == "optionmarkprice":
         entries = _as_list(data, stream)
@@ -211,7 +211,7 @@ def _stream(
 _STREAM_PARTS: dict[str, tuple[str, str]] = {}
 
 
-def _stream_head_kind(stream: str) -> tuple[str, str]:
+def stream_head_kind(stream: str) -> tuple[str, str]:
     parts = _STREAM_PARTS.get(stream)
     if parts is None:
         head, kind, _ = split_stream(stream)
@@ -228,11 +228,11 @@ def _as_list(data: object, where: str) -> list[object]:
     return data
 
 
-_currency_of = cached(currency_of)
+cached_currency_of = cached(currency_of)
 
 
 def _currency(name: str, where: str) -> str:
-    currency = _currency_of(name)
+    currency = cached_currency_of(name)
     if currency is None:
         raise FieldError(f"{where}: cannot tell the currency of {name!r}")
     return currency
@@ -241,7 +241,7 @@ def _currency(name: str, where: str) -> str:
 def _emit_ticker(ticker: md_pb.VenueTicker, result: FrameResult, name: str) -> None:
     result.events.append(
         NormalisedEvent(
-            _currency_of(ticker.symbol) or "", "ticker", md_pb.MarketDataEvent(ticker=ticker)
+            cached_currency_of(ticker.symbol) or "", "ticker", md_pb.MarketDataEvent(ticker=ticker)
         )
     )
     result.counts[name] += 1
@@ -353,7 +353,7 @@ def _book_ticker(
     _emit_ticker(ticker, result, "ticker.book_ticker")
 
 
-def _index_event(
+def index_event(
     name: str, price: float, event_time_ms: int, receive_time_ns: int
 ) -> md_pb.MarketDataEvent:
     index = md_pb.IndexPrice(
@@ -365,7 +365,7 @@ def _index_event(
 def _index(data: dict[str, Any], receive_time_ns: int, result: FrameResult) -> None:
     where = result.channel
     name = req_text(data, "s", where)
-    event = _index_event(
+    event = index_event(
         name, req_number(data, "p", where), req_integer(data, "E", where), receive_time_ns
     )
     result.events.append(NormalisedEvent(_currency(name, where), "index", event))
@@ -383,7 +383,7 @@ def _index_from_marks(
         price = positive(as_number(entry.get("i")))
         event_time = as_number(entry.get("E"))
         if price is not None and event_time is not None and currency is not None:
-            event = _index_event(underlying, price, int(event_time), receive_time_ns)
+            event = index_event(underlying, price, int(event_time), receive_time_ns)
             result.events.append(NormalisedEvent(currency, "index", event))
             result.counts["index_price.from_marks"] += 1
             return

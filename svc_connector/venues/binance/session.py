@@ -35,9 +35,9 @@ from svc_connector.venues.binance.hot import BinanceHotPath
 from svc_connector.venues.binance.parse import (
     OWNED_FIELDS,
     PER_CONTRACT,
-    _stream_head_kind,
     parse_depth_snapshot,
     parse_frame,
+    stream_head_kind,
 )
 from volstream.v1 import market_data_pb2 as md_pb
 
@@ -164,7 +164,7 @@ class BinanceSession(BinanceHotPath):
         events = result.events
         if len(events) == 1 and events[0].event.WhichOneof("event") == "book_snapshot":
             return  # a partial depth push, the usual frame: nothing to do
-        owned = OWNED_FIELDS.get(_stream_head_kind(result.channel)[1], ())
+        owned = OWNED_FIELDS.get(stream_head_kind(result.channel)[1], ())
         events = []
         for item in result.events:
             case = item.event.WhichOneof("event")

@@ -21,7 +21,7 @@ from svc_connector.kit.stamping import StampingSession
 from svc_connector.venues.base import FrameResult, NormalisedEvent
 from svc_connector.venues.bybit import constants as c
 from svc_connector.venues.bybit.messages import StreamData, StreamFrame
-from svc_connector.venues.bybit.parse import _currency_of
+from svc_connector.venues.bybit.parse import cached_currency_of
 from volstream.v1 import market_data_pb2 as md_pb
 
 _STREAM_DECODER: Final = msgspec.json.Decoder(StreamFrame, strict=False)
@@ -293,7 +293,7 @@ class BybitHotPath(StampingSession):
             return None
         if not symbol:
             return None
-        currency = _currency_of(symbol)
+        currency = cached_currency_of(symbol)
         if currency is None:
             return None
         message.symbol = symbol

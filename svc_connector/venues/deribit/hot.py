@@ -21,7 +21,7 @@ from svc_connector.kit.stamping import StampingSession
 from svc_connector.venues.base import FrameResult, MdKind, NormalisedEvent
 from svc_connector.venues.deribit import constants as c
 from svc_connector.venues.deribit.messages import HotData, HotNotification
-from svc_connector.venues.deribit.parse import _currency_of
+from svc_connector.venues.deribit.parse import cached_currency_of
 from svc_connector.venues.deribit.symbols import premium_unit_from_name
 from volstream.v1 import common_pb2 as common_pb
 from volstream.v1 import market_data_pb2 as md_pb
@@ -163,7 +163,7 @@ class DeribitHotPath(StampingSession):
             or not 0 <= receive_time_ns <= _INT64_MAX
         ):
             return None
-        currency = _currency_of(symbol)
+        currency = cached_currency_of(symbol)
         if currency is None:
             return None
         event = md_pb.MarketDataEvent()

@@ -168,11 +168,11 @@ def _parse_notification(
         result.counts[f"unknown_channel.{safe_token(head)}"] += 1
 
 
-_currency_of = cached(currency_of)
+cached_currency_of = cached(currency_of)
 
 
 def _currency(symbol: str, where: str) -> str:
-    currency = _currency_of(symbol)
+    currency = cached_currency_of(symbol)
     if currency is None:
         raise FieldError(f"{where}: cannot tell the currency of {symbol!r}")
     return currency

@@ -23,7 +23,7 @@ from svc_connector.venues.base import FrameResult, NormalisedEvent
 from svc_connector.venues.okx import constants as c
 from svc_connector.venues.okx import messages as msg
 from svc_connector.venues.okx.checksum import OkxChecksumBook
-from svc_connector.venues.okx.parse import _EXACT_INT, _currency_of, _fill_header
+from svc_connector.venues.okx.parse import EXACT_INT, cached_currency_of, fill_header
 from svc_connector.venues.okx.symbols import premium_unit_from_id
 from volstream.v1 import market_data_pb2 as md_pb
 
@@ -189,7 +189,7 @@ class OkxHotPath(StampingSession):
         self, raw: bytes | str, push: msg.HotBookPush, now_ns: int
     ) -> FrameResult | None:
         symbol = push.arg.instId
-        currency = _currency_of(symbol) if symbol else None
+        currency = cached_currency_of(symbol) if symbol else None
         if currency is None or len(push.data) != 1:
             return None
         entry = push.data[0]
@@ -197,7 +197,7 @@ class OkxHotPath(StampingSession):
         if (
             sequence is None
             or prev is None
-            or not -_EXACT_INT < sequence < _EXACT_INT
+            or not -EXACT_INT < sequence < EXACT_INT
             or prev != self._books.last_sequence(symbol)  # also None: no book, resyncing
             or symbol in self._strings  # its checksum book needs the venue's strings
         ):
@@ -211,7 +211,7 @@ class OkxHotPath(StampingSession):
         delta = event.book_delta
         delta.MergeFromString(levels)
         header = delta.header
-        _fill_header(header, timestamp_ms, now_ns)
+        fill_header(header, timestamp_ms, now_ns)
         delta.symbol = symbol
         delta.venue_sequence = sequence
         delta.prev_venue_sequence = prev
@@ -234,12 +234,12 @@ class OkxHotPath(StampingSession):
         self, raw: bytes | str, push: msg.HotBookPush, now_ns: int
     ) -> FrameResult | None:
         symbol = push.arg.instId
-        currency = _currency_of(symbol) if symbol else None
+        currency = cached_currency_of(symbol) if symbol else None
         if currency is None or len(push.data) != 1:
             return None
         entry = push.data[0]
         sequence = entry.seqId
-        if sequence is None or not -_EXACT_INT < sequence < _EXACT_INT:
+        if sequence is None or not -EXACT_INT < sequence < EXACT_INT:
             return None
         # A snapshot keeps the levels with a size (size 0 deletes only in updates).
         body = self._hot_book_body(raw, entry, skip_empty=True)
@@ -250,7 +250,7 @@ class OkxHotPath(StampingSession):
         snapshot = event.book_snapshot
         snapshot.MergeFromString(levels)
         header = snapshot.header
-        _fill_header(header, timestamp_ms, now_ns)
+        fill_header(header, timestamp_ms, now_ns)
         snapshot.symbol = symbol
         snapshot.venue_sequence = sequence
         # Decided: from here on nothing raises.
@@ -300,7 +300,7 @@ class OkxHotPath(StampingSession):
         zeros = False
         for entry in push.data:
             symbol = entry.instId
-            currency = _currency_of(symbol) if symbol else None
+            currency = cached_currency_of(symbol) if symbol else None
             timestamp_ms = _hot_ts(entry.ts)
             values = _hot_summary_values(entry)
             if currency is None or timestamp_ms is None or values is None:

@@ -255,25 +255,25 @@ def _on_push(
         result.counts[f"unknown_channel.{safe_token(channel)}"] += 1
 
 
-_currency_of = cached(currency_of)
+cached_currency_of = cached(currency_of)
 
 
 def _currency(symbol: str, where: str) -> str:
-    currency = _currency_of(symbol)
+    currency = cached_currency_of(symbol)
     if currency is None:
         raise FieldError(f"{where}: cannot tell the currency of {symbol!r}")
     return currency
 
 
 # Integers a float holds exactly (what the checked path's float round trip returns as is).
-_EXACT_INT: Final = 2**53
+EXACT_INT: Final = 2**53
 
 
 def _optional_int(entry: Mapping[str, Any], key: str, where: str) -> int | None:
     value = entry.get(key)
     if value is None:
         return None
-    if type(value) is int and -_EXACT_INT < value < _EXACT_INT:
+    if type(value) is int and -EXACT_INT < value < EXACT_INT:
         return value
     number = as_number(value)
     if number is None or not number.is_integer():
@@ -306,7 +306,7 @@ def _incremental_book(
     event = md_pb.MarketDataEvent()
     if action == "snapshot":
         snapshot = event.book_snapshot
-        _fill_header(snapshot.header, timestamp_ms, receive_time_ns)
+        fill_header(snapshot.header, timestamp_ms, receive_time_ns)
         snapshot.symbol = symbol
         add_book_levels(snapshot.bids, [level for level in bids if float(level[1]) > 0])
         add_book_levels(snapshot.asks, [level for level in asks if float(level[1]) > 0])
@@ -316,7 +316,7 @@ def _incremental_book(
         if has_sequence and prev is None:
             raise FieldError(f"{where}: update with 'seqId' but no 'prevSeqId'")
         delta = event.book_delta
-        _fill_header(delta.header, timestamp_ms, receive_time_ns)
+        fill_header(delta.header, timestamp_ms, receive_time_ns)
         delta.symbol = symbol
         add_book_levels(delta.bids, bids)
         add_book_levels(delta.asks, asks)
@@ -332,7 +332,7 @@ def _incremental_book(
     parsed.books.append((item, BookText(symbol, bids, asks, checksum, has_sequence)))
 
 
-def _fill_header(header: common_pb.EventHeader, timestamp_ms: int, receive_time_ns: int) -> None:
+def fill_header(header: common_pb.EventHeader, timestamp_ms: int, receive_time_ns: int) -> None:
     """:func:`ms_header` written into an event's own header."""
     header.event_time_ns = timestamp_ms * MS_TO_NS
     header.receive_time_ns = receive_time_ns
