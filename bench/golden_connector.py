@@ -16,9 +16,10 @@ digest per venue and path of the normalised events (serialised protobuf, with
 (counters, dead letters, resyncs, replies, acks).
 
 The recording is a plain pickle, and step 2 uses only the venue registry and the session's
-``set_instruments``/``on_frame``/``hot_path``: the same file can be digested by another
-checkout's interpreter (``/other/.venv/bin/python bench/golden_connector.py --recording F``,
-run from the other checkout) to compare two commits on identical input.
+``set_instruments``/``on_frame``/``hot_path``: another checkout's interpreter digests the same
+file with this script (``cd /other && .venv/bin/python /this/bench/golden_connector.py
+--recording F``; it imports the other checkout's code), to compare two commits on identical
+input. The digests print in full for the events, the first 16 hex digits for the rest.
 """
 
 from __future__ import annotations
@@ -214,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
             frames = len(rec["frames"])
             print(
                 f"{venue:<8} {path:<7} {frames:>7} {count:>7} {exceptional:>6}"
-                f"  {events[:16]} / {others[:16]}"
+                f"  {events} / {others[:16]}"
             )
 
 
