@@ -55,10 +55,8 @@ from websockets.frames import Frame as WsFrame
 from websockets.frames import Opcode
 
 from simulator import SimConfig, run_simulator
-from svc_connector.runtime import (
-    PooledConnector,
-    WsConnection,
-)
+from svc_connector.runtime.connection import WsConnection
+from svc_connector.runtime.pool import PooledConnector
 from svc_connector.service import NatsSink, connector_config
 from svc_connector.venues import registry
 from svc_connector.venues.base import ConnectorConfig, FrameResult, MemorySink

@@ -8,12 +8,14 @@ delta, and no float is hashed on the hot path. (A price->size dict beside a sort
 list was measured too: level updates cost about the same, but the depth summary read on
 every top-of-book emission cost ~2.5x more in dict lookups.)
 
-Sequencing (see `L2Book.apply_delta`): a delta applies when its `prev_sequence` equals the
-book's sequence (this also accepts OKX keep-alives and OKX sequence resets after
-maintenance, whose prevSeqId is the last seqId); venue rules add Deribit's
-`prev_change_id == 0` for a just-listed option and Binance's first diff bridging a REST
-snapshot. Otherwise a delta whose sequence is at or below the book's is a duplicate (ignored),
-and anything else is a gap: the book is cleared and stays invalid until the next snapshot.
+Sequencing (see `L2Book.apply_delta`) has one venue-neutral rule, the one the proto states
+for `BookDelta.prev_venue_sequence`: a delta applies when its `prev_sequence` equals the
+book's sequence (this also accepts keep-alives, prev == sequence == the book's, and a
+sequence that restarts lower after venue maintenance, whose prev is still the book's).
+Otherwise a delta whose sequence is at or below the book's is a duplicate (ignored), and
+anything else is a gap: the book is cleared and stays invalid until the next snapshot. Venue
+exceptions (Deribit's just-listed option, Binance's first diff after a REST snapshot) are
+normalised by the connector, in each venue's session, before they reach the bus.
 
 Bad input never raises. A level is valid when its price is finite and > 0 and its size is
 finite and >= 0. A snapshot with any invalid level is rejected (book awaits another
@@ -28,7 +30,6 @@ import enum
 import math
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 Level = tuple[float, float]
@@ -84,28 +85,6 @@ _APPLIED_AT_TOP = DeltaResult.APPLIED_AT_TOP
 _NOT_VALID = DeltaResult.NOT_VALID
 
 
-@dataclass(frozen=True, slots=True)
-class SequenceRules:
-    """Venue-specific exceptions to 'prev_sequence must equal the book's sequence'."""
-
-    # Deribit: the first change of a just-listed option (empty book) has prev_change_id 0.
-    zero_prev_on_empty_book: bool = False
-    # Binance diff stream after a REST snapshot: the first diff straddles the snapshot's
-    # update id (pu < lastUpdateId < u); levels are absolute sizes, so applying it is safe.
-    bridge_first_delta_after_snapshot: bool = False
-
-
-_RULES_BY_VENUE = {
-    "deribit": SequenceRules(zero_prev_on_empty_book=True),
-    "binance": SequenceRules(bridge_first_delta_after_snapshot=True),
-}
-
-
-def rules_for_venue(venue: str) -> SequenceRules:
-    """OKX and Bybit need nothing beyond the generic rule (Bybit u-1 is normalised upstream)."""
-    return _RULES_BY_VENUE.get(venue.lower(), SequenceRules())
-
-
 def _all_valid(levels: Sequence[Level]) -> bool:
     # Written so NaN fails every comparison. A plain loop: faster than all(<generator>).
     for price, size in levels:  # noqa: SIM110
@@ -118,7 +97,6 @@ class L2Book:
     """L2 book of one instrument. Not thread-safe; one owner (the partition's core)."""
 
     __slots__ = (
-        "_deltas_since_snapshot",
         "ask_prices",
         "ask_sizes",
         "bid_prices",
@@ -127,13 +105,11 @@ class L2Book:
         "last_event_ns",
         "last_seen_ns",
         "periodic",
-        "rules",
         "sequence",
         "status",
     )
 
-    def __init__(self, rules: SequenceRules | None = None) -> None:
-        self.rules = rules if rules is not None else SequenceRules()
+    def __init__(self) -> None:
         # Prices ascending (best bid last, best ask first); sizes aligned with them.
         self.bid_prices: list[float] = []
         self.bid_sizes: list[float] = []
@@ -149,7 +125,6 @@ class L2Book:
         self.last_seen_ns = 0
         # Event time of the last message that touched the book at all (incl. gap, reset).
         self.last_event_ns = 0
-        self._deltas_since_snapshot = 0
 
     # -- updates -----------------------------------------------------------------------
 
@@ -175,7 +150,6 @@ class L2Book:
         self.sequence = sequence
         self.status = BookStatus.VALID
         self.periodic = periodic
-        self._deltas_since_snapshot = 0
         self._touch_change(event_time_ns)
         return True
 
@@ -215,7 +189,7 @@ class L2Book:
             self.last_event_ns = event_time_ns
         if self.status is not _VALID:
             return _NOT_VALID
-        if prev_sequence != self.sequence and not self._is_contiguous(sequence, prev_sequence):
+        if prev_sequence != self.sequence:
             if sequence <= self.sequence:
                 return DeltaResult.DUPLICATE
             self._invalidate(BookStatus.GAP)
@@ -242,7 +216,6 @@ class L2Book:
             self._invalidate(BookStatus.GAP)
             return DeltaResult.REJECTED
         self.sequence = sequence
-        self._deltas_since_snapshot += 1
         if event_time_ns > self.last_change_ns:
             self.last_change_ns = event_time_ns
         if event_time_ns > self.last_seen_ns:
@@ -256,31 +229,12 @@ class L2Book:
         self._touch_event(event_time_ns)
         self._invalidate(BookStatus.AWAITING_SNAPSHOT)
 
-    def _is_contiguous(self, sequence: int, prev_sequence: int) -> bool:
-        if prev_sequence == self.sequence:
-            return True
-        rules = self.rules
-        if (
-            rules.zero_prev_on_empty_book
-            and prev_sequence == 0
-            and sequence > self.sequence
-            and not self.bid_prices
-            and not self.ask_prices
-        ):
-            return True
-        return (
-            rules.bridge_first_delta_after_snapshot
-            and self._deltas_since_snapshot == 0
-            and prev_sequence < self.sequence < sequence
-        )
-
     def _invalidate(self, status: BookStatus) -> None:
         self.status = status
         self.bid_prices = []
         self.bid_sizes = []
         self.ask_prices = []
         self.ask_sizes = []
-        self._deltas_since_snapshot = 0
 
     def _touch_event(self, event_time_ns: int) -> None:
         if event_time_ns > self.last_event_ns:

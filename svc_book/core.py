@@ -31,8 +31,6 @@ from svc_book.book import (
     DeltaResult,
     L2Book,
     Level,
-    SequenceRules,
-    rules_for_venue,
 )
 from volstream.v1 import book_pb2 as book_pb
 from volstream.v1 import market_data_pb2 as md_pb
@@ -65,8 +63,6 @@ class BookConfig:
     stale_after_ns: int = DEFAULT_STALE_AFTER_NS
     # Depth summary: levels counted per side, best first.
     depth_levels: int = 10
-    # Override the venue's sequencing exceptions (default: `rules_for_venue(venue)`).
-    rules: SequenceRules | None = None
 
 
 @dataclass(slots=True)
@@ -114,7 +110,6 @@ class BookCore:
         self.venue = venue
         self.currency = currency
         self.config = config if config is not None else BookConfig()
-        self._rules = self.config.rules if self.config.rules is not None else rules_for_venue(venue)
         self._depth = self.config.depth_levels
         self._books: dict[str, L2Book] = {}
         # Symbols touched since the last tops(); a dict keeps output order deterministic.
@@ -252,7 +247,7 @@ class BookCore:
         return True
 
     def _new_book(self, symbol: str) -> L2Book:
-        book = L2Book(self._rules)
+        book = L2Book()
         self._books[symbol] = book
         # A book first seen via a delta or reset publishes its AWAITING status once.
         self._dirty[symbol] = None

@@ -12,13 +12,15 @@ from tests.conftest import REPO
 from volstream.config import KNOWN_VENUES
 
 # Every adapter: the package (ADAPTER), the connector client, URLs and limits, typed wire
-# messages, the checked parser and session, symbol naming.
+# messages, the checked parser, the fast path, the session, symbol naming.
 ADAPTER_FILES = {
     "__init__.py",
     "client.py",
     "constants.py",
+    "hot.py",
     "messages.py",
     "parse.py",
+    "session.py",
     "symbols.py",
 }
 # A venue's own protocol rule, named by what it is.

@@ -7,8 +7,13 @@ Every venue lives in ``svc_connector/venues/<venue>/`` with the same file set:
 ``messages.py``    Shapes of the venue's wire messages: ``TypedDict`` (documentation + typing)
                    and the ``msgspec.Struct`` decoders of the hot path.
 ``symbols.py``     Instrument-name parsing/formatting (expiry, strike, call/put, currency).
-``parse.py``       PURE functions: one raw frame -> :class:`FrameResult`; REST bodies ->
-                   :class:`InstrumentParseResult`. No I/O, no clock, never raise.
+``parse.py``       The checked path, PURE functions: one raw frame -> :class:`FrameResult`;
+                   REST bodies -> :class:`InstrumentParseResult`. No I/O, no clock, never
+                   raise.
+``hot.py``         The fast path: a base class of the session that answers the venue's
+                   usual frames exactly as the checked path would, or steps aside.
+``session.py``     The :class:`VenueSession`: per-connection state over ``parse`` and ``hot``
+                   (sequencing, request matching, merged tickers, header stamping).
 ``client.py``      The async I/O: websocket connection(s), REST discovery, reconnects.
 ``__init__.py``    Exposes ``ADAPTER: VenueAdapter``, the one object the registry imports.
 =================  ==========================================================================
@@ -23,8 +28,10 @@ Layers, from pure to impure:
    stateless parse and adds what needs memory: book sequence checking (gap -> a
    :class:`BookReset` event plus a :class:`ResubscribeRequest`; stale/duplicate deltas are
    dropped and counted, never applied twice), matching responses to the requests it encoded,
-   and stamping ``header.sequence`` from a per-session counter. Time comes only from the
-   ``receive_time_ns`` argument, so a replay of frames gives the same result.
+   and stamping ``header.sequence`` from a per-session counter. Every delta it emits obeys
+   one rule (the proto's ``BookDelta.prev_venue_sequence``: it applies when that equals the
+   book's sequence); a venue's exceptions are normalised in its ``session.py``. Time comes
+   only from the ``receive_time_ns`` argument, so a replay of frames gives the same result.
    Each session answers its venue's dominant frames on a *hot path* (typed ``msgspec``
    decoding, no per-field Python checks) that must give exactly what the checked path gives,
    or step aside before touching any state (``hot_path = False`` turns it off; the
@@ -50,7 +57,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -394,7 +401,14 @@ class ConnectorConfig:
 
 
 class VenueSession(Protocol):
-    """Pure per-connection state (no I/O, no clock). See module docstring, layer 2."""
+    """The one session protocol: pure per-connection state (no I/O, no clock) that every venue
+    session implements and the runtime drives. See module docstring, layer 2."""
+
+    # False: every frame takes the checked path (tests and benches compare the two).
+    hot_path: bool
+    # Frames the hot path answered so far (the runtime reports the rise as
+    # ``frames.hot_path``; a falling share means the venue changed a message).
+    hot_hits: int
 
     @property
     def source(self) -> str:
@@ -411,6 +425,18 @@ class VenueSession(Protocol):
 
     def encode(self, request: VenueRequest) -> str:
         """Wire text for ``request``; remembers it so that the response can be matched."""
+        ...
+
+    def subscribe(self, channels: Sequence[str]) -> str:
+        """Wire text subscribing ``channels`` (encoded and remembered like :meth:`encode`)."""
+        ...
+
+    def unsubscribe(self, channels: Sequence[str]) -> str:
+        """Wire text unsubscribing ``channels``."""
+        ...
+
+    def set_instruments(self, instruments: Iterable[md_pb.Instrument]) -> None:
+        """What discovery knows of the instruments (premium units, contract sizes, ...)."""
         ...
 
 

@@ -16,12 +16,7 @@ from svc_api.requests import (
     parse_stream_request,
     parse_time,
 )
-from svc_api.store import (
-    StreamFilter,
-    SurfaceKey,
-    SurfaceStore,
-    stream_message,
-)
+from svc_api.store import StreamFilter, SurfaceKey, SurfaceStore, stream_message
 from tests.api.conftest import FIRST_EXPIRY_NS, make_smile, make_surface
 from volstream.v1 import common_pb2 as common_pb
 from volstream.v1 import iv_pb2 as iv_pb

@@ -1,4 +1,4 @@
-"""L2Book: levels, sequencing rules per venue, garbage handling, depth summary."""
+"""L2Book: levels, the one sequencing rule, garbage handling, depth summary."""
 
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ import math
 
 import pytest
 
-from svc_book.book import BookStatus, DeltaResult, L2Book, SequenceRules, rules_for_venue
+from svc_book.book import BookStatus, DeltaResult, L2Book
 
 APPLIED = {DeltaResult.APPLIED, DeltaResult.APPLIED_AT_TOP}
 
 
-def _valid_book(rules: SequenceRules | None = None, seq: int = 10) -> L2Book:
-    book = L2Book(rules)
+def _valid_book(seq: int = 10) -> L2Book:
+    book = L2Book()
     assert book.apply_snapshot(
         [(100.0, 1.0), (99.0, 2.0), (98.0, 3.0)], [(101.0, 4.0), (102.0, 5.0)], seq, 1_000
     )
@@ -85,7 +85,7 @@ def test_reset_invalidates() -> None:
 
 
 def test_okx_keepalive_is_a_valid_no_op_that_refreshes_liveness() -> None:
-    book = _valid_book(rules_for_venue("okx"), seq=500)
+    book = _valid_book(seq=500)
     levels = book.bid_levels()
     # Empty sides, prevSeqId == seqId == last seqId.
     assert book.apply_delta([], [], 500, 500, 60_000) is DeltaResult.KEEPALIVE
@@ -95,7 +95,7 @@ def test_okx_keepalive_is_a_valid_no_op_that_refreshes_liveness() -> None:
 
 
 def test_okx_sequence_reset_after_maintenance_is_accepted() -> None:
-    book = _valid_book(rules_for_venue("okx"), seq=123_456)
+    book = _valid_book(seq=123_456)
     # seqId goes backwards but prevSeqId is the last seqId.
     assert book.apply_delta([(100.0, 9.0)], [], 7, 123_456, 2) in APPLIED
     assert book.sequence == 7 and book.best_bid() == (100.0, 9.0)
@@ -109,52 +109,33 @@ def test_empty_delta_that_advances_the_sequence_is_applied_not_keepalive() -> No
     assert book.sequence == 11
 
 
-def test_deribit_just_listed_option_prev_change_id_zero() -> None:
-    book = L2Book(rules_for_venue("deribit"))
-    assert book.apply_snapshot([], [], 13167318455, 1)
-    assert book.apply_delta([], [(0.05, 3.0)], 13167318999, 0, 2) in APPLIED
-    assert book.best_ask() == (0.05, 3.0)
-    # Redelivery of that first change: not re-applied.
-    assert book.apply_delta([], [(0.05, 3.0)], 13167318999, 0, 3) is DeltaResult.DUPLICATE
-    # prev 0 on a non-empty book is an ordinary break.
-    assert book.apply_delta([], [(0.06, 1.0)], 13167319500, 0, 4) is DeltaResult.GAP
-
-
-def test_deribit_zero_prev_redelivery_on_an_emptied_book_is_a_duplicate() -> None:
-    book = L2Book(rules_for_venue("deribit"))
-    assert book.apply_snapshot([], [], 100, 1)
-    assert book.apply_delta([], [(0.05, 3.0)], 105, 0, 2) in APPLIED
-    assert book.apply_delta([], [(0.05, 0.0)], 109, 105, 3) in APPLIED
-    # Empty again; the listing change redelivered must not resurrect the ask.
-    assert book.apply_delta([], [(0.05, 3.0)], 105, 0, 4) is DeltaResult.DUPLICATE
-    assert book.best_ask() is None and book.sequence == 109
-
-
-def test_prev_zero_is_a_gap_for_venues_without_the_deribit_rule() -> None:
-    book = L2Book(rules_for_venue("okx"))
+def test_prev_zero_on_a_book_not_at_zero_is_a_gap_for_every_venue() -> None:
+    # Deribit's just-listed option (prev_change_id 0) reaches the book after an empty
+    # snapshot at 0 (the connector normalises it: tests/connector/test_sequence_rule.py).
+    book = L2Book()
     assert book.apply_snapshot([], [], 500, 1)
     assert book.apply_delta([], [(0.05, 3.0)], 501, 0, 2) is DeltaResult.GAP
 
 
-def test_binance_first_diff_bridging_the_rest_snapshot() -> None:
-    rules = rules_for_venue("binance")
-    book = L2Book(rules)
-    assert book.apply_snapshot([(10.0, 1.0)], [(11.0, 1.0)], 1000, 1)  # lastUpdateId 1000
-    assert book.apply_delta([(10.0, 2.0)], [], 995, 990, 2) is DeltaResult.DUPLICATE
-    # U <= 1001 <= u with pu < lastUpdateId: the first diff to apply.
-    assert book.apply_delta([(10.0, 3.0)], [], 1003, 998, 3) in APPLIED
-    assert book.apply_delta([(10.0, 4.0)], [], 1007, 1003, 4) in APPLIED
-    assert book.best_bid() == (10.0, 4.0)
-    # Bridging only right after a snapshot.
-    assert book.apply_delta([(10.0, 5.0)], [], 1012, 1005, 5) is DeltaResult.GAP
-    # Other venues never bridge.
-    okx = L2Book(rules_for_venue("okx"))
-    assert okx.apply_snapshot([(10.0, 1.0)], [(11.0, 1.0)], 1000, 1)
-    assert okx.apply_delta([(10.0, 3.0)], [], 1003, 998, 3) is DeltaResult.GAP
+def test_a_delta_from_an_empty_book_at_zero_applies() -> None:
+    book = L2Book()
+    assert book.apply_snapshot([], [], 0, 1)
+    assert book.apply_delta([], [(0.05, 3.0)], 13167318999, 0, 2) in APPLIED
+    assert book.best_ask() == (0.05, 3.0)
+    # Redelivered: at or below the book's sequence, a duplicate.
+    assert book.apply_delta([], [(0.05, 3.0)], 13167318999, 0, 3) is DeltaResult.DUPLICATE
+
+
+def test_a_delta_spanning_the_books_sequence_is_a_gap_for_every_venue() -> None:
+    # Binance's first diff after a REST snapshot (pu < lastUpdateId < u) reaches the book
+    # with prev = lastUpdateId (the connector normalises it).
+    book = L2Book()
+    assert book.apply_snapshot([(10.0, 1.0)], [(11.0, 1.0)], 1000, 1)
+    assert book.apply_delta([(10.0, 3.0)], [], 1003, 998, 3) is DeltaResult.GAP
 
 
 def test_bybit_snapshot_always_resets_even_with_lower_u() -> None:
-    book = _valid_book(rules_for_venue("bybit"), seq=24_642)
+    book = _valid_book(seq=24_642)
     assert book.apply_snapshot([(5.0, 1.0)], [], 1, 2)  # u = 1: venue restart
     assert book.bid_levels() == [(5.0, 1.0)] and book.sequence == 1
     assert book.apply_delta([], [(6.0, 1.0)], 2, 1, 3) in APPLIED

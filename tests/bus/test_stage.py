@@ -11,13 +11,7 @@ from volstream.bus.connection import connect
 from volstream.bus.dlq import DLQ_REASON, DLQ_SUBJECT
 from volstream.bus.embedded import EmbeddedNats
 from volstream.bus.publisher import JetStreamPublisher
-from volstream.bus.stage import (
-    InMessage,
-    Output,
-    StageInput,
-    StageRunner,
-    dead_letter_output,
-)
+from volstream.bus.stage import InMessage, Output, StageInput, StageRunner, dead_letter_output
 from volstream.bus.streams import StreamLimits, default_stream_specs, ensure_streams
 from volstream.subjects import Subjects, parse_partition
 from volstream.telemetry import setup_telemetry

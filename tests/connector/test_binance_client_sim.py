@@ -78,23 +78,17 @@ async def test_binance_diff_books_bridge_onto_rest_snapshots_and_resync() -> Non
         assert sink.dead_letters == []
         # No reconnect: the resync is a REST snapshot plus the buffered diffs.
         assert sink.counters["connection.reconnect"] == 0
-        # The consumer's rule (svc_book's Binance bridge): after a snapshot at u, the first
-        # diff may span it (pu <= u < its u); every later one continues (pu == last u).
+        # The one rule consumers apply (svc_book has no Binance rule): every delta continues
+        # the book, also the first one after a REST snapshot, which the connector emits
+        # with prev = the snapshot's u (its pu is below it).
         last: dict[str, int] = {}
-        bridged: set[str] = set()
         for event in sink.events:
             case = event.event.WhichOneof("event")
             if case == "book_snapshot":
                 last[event.event.book_snapshot.symbol] = event.event.book_snapshot.venue_sequence
-                bridged.discard(event.event.book_snapshot.symbol)
             elif case == "book_reset":
                 last.pop(event.event.book_reset.symbol, None)
             elif case == "book_delta":
                 delta = event.event.book_delta
-                held = last[delta.symbol]
-                if delta.symbol in bridged:
-                    assert delta.prev_venue_sequence == held
-                else:
-                    assert delta.prev_venue_sequence <= held < delta.venue_sequence
-                    bridged.add(delta.symbol)
+                assert delta.prev_venue_sequence == last[delta.symbol]
                 last[delta.symbol] = delta.venue_sequence

@@ -21,7 +21,7 @@ import orjson
 import pytest
 
 from bench import bench_connector
-from svc_connector.venues.binance.parse import BinanceSession
+from svc_connector.venues.binance.session import BinanceSession
 from tests.connector.hot_path import frame_view
 from volstream.v1 import market_data_pb2 as md_pb
 

@@ -9,7 +9,8 @@ import orjson
 import pytest
 
 from svc_connector.venues.base import FrameResult
-from svc_connector.venues.binance.parse import BinanceSession, parse_frame
+from svc_connector.venues.binance.parse import parse_frame
+from svc_connector.venues.binance.session import BinanceSession
 from tests.connector.deribit_fixtures import lines
 from volstream.v1 import market_data_pb2 as md_pb
 

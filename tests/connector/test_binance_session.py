@@ -12,7 +12,8 @@ from svc_connector.venues.binance.client import (
     BinanceSettings,
     plan_channel_groups,
 )
-from svc_connector.venues.binance.parse import BinanceSession, parse_instruments
+from svc_connector.venues.binance.parse import parse_instruments
+from svc_connector.venues.binance.session import BinanceSession
 from svc_connector.venues.binance.symbols import format_symbol, parse_symbol
 from volstream.v1 import common_pb2 as common_pb
 from volstream.v1 import market_data_pb2 as md_pb
@@ -62,7 +63,8 @@ def test_diffs_are_buffered_and_bridged_onto_the_rest_snapshot() -> None:
     snapshot = applied.events[0].event.book_snapshot
     assert snapshot.venue_sequence == 108 and not snapshot.is_periodic
     bridge = applied.events[1].event.book_delta
-    assert (bridge.prev_venue_sequence, bridge.venue_sequence) == (105, 110)
+    # Emitted as continuing the snapshot (pu 105 normalised to its u 108): the one rule.
+    assert (bridge.prev_venue_sequence, bridge.venue_sequence) == (108, 110)
     # Header sequences are stamped like a frame's.
     sequences = [e.event.book_delta.header.sequence for e in applied.events[1:]]
     assert sequences[1] == sequences[0] + 1

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from bench import bench_connector
-from svc_connector.venues.bybit.parse import BybitSession
+from svc_connector.venues.bybit.session import BybitSession
 from tests.connector.hot_path import frame_view
 from volstream.v1 import market_data_pb2 as md_pb
 

@@ -9,7 +9,8 @@ import orjson
 import pytest
 
 from svc_connector.venues.base import FrameResult, VenueRequest
-from svc_connector.venues.bybit.parse import BybitSession, parse_frame
+from svc_connector.venues.bybit.parse import parse_frame
+from svc_connector.venues.bybit.session import BybitSession
 from tests.connector.deribit_fixtures import Books, lines
 
 TARDIS_FILE = "tardis_node_mappers_test_bybit_options.jsonl"

@@ -6,15 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from svc_connector.session import (
-    BookSequencer,
-    ChannelAllocator,
-    ConnectionStateMachine,
-    DeltaVerdict,
-    TokenBucket,
-    batched,
-    diff_symbols,
-)
+from svc_connector.kit.connection_state import ConnectionStateMachine
+from svc_connector.kit.pacing import TokenBucket
+from svc_connector.kit.sequencing import BookSequencer, DeltaVerdict
+from svc_connector.kit.subscriptions import ChannelAllocator, batched, diff_symbols
 from svc_connector.venues import registry
 from svc_connector.venues.base import ConnectionState, ConnectorConfig, Endpoints, VenueSession
 from svc_connector.venues.deribit.client import DeribitSettings, plan_channel_groups

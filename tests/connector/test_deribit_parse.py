@@ -9,7 +9,8 @@ import orjson
 import pytest
 
 from svc_connector.venues.base import VenueRequest
-from svc_connector.venues.deribit.parse import DeribitSession, parse_frame
+from svc_connector.venues.deribit.parse import parse_frame
+from svc_connector.venues.deribit.session import DeribitSession
 from tests.connector.deribit_fixtures import deribit_dir, lines, receive_times_ns
 
 

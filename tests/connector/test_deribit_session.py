@@ -8,7 +8,7 @@ from pathlib import Path
 import orjson
 
 from svc_connector.venues.base import FrameResult
-from svc_connector.venues.deribit.parse import DeribitSession
+from svc_connector.venues.deribit.session import DeribitSession
 from tests.connector.deribit_fixtures import Books, deribit_dir, lines
 
 SYMBOL = "BTC-24SEP21-8000-P"

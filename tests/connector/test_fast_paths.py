@@ -17,12 +17,9 @@ from typing import Any
 import orjson
 import pytest
 
-from svc_connector.service import batch_bytes
-from svc_connector.session import (
+from svc_connector.kit.book_levels import (
     ASKS_TAG,
     BIDS_TAG,
-    FieldError,
-    TickerMerger,
     add_number_levels,
     best_first_pairs,
     levels_wire,
@@ -30,9 +27,13 @@ from svc_connector.session import (
     text_levels,
     wire_levels,
 )
+from svc_connector.kit.fields import FieldError
+from svc_connector.kit.tickers import TickerMerger
+from svc_connector.service import batch_bytes
 from svc_connector.venues.base import FrameResult, NormalisedEvent
 from svc_connector.venues.deribit import parse as deribit_parse
 from svc_connector.venues.okx import parse as okx_parse
+from svc_connector.venues.okx import session as okx_session
 from svc_connector.venues.okx.checksum import OkxChecksumBook, okx_checksum
 from volstream.v1 import market_data_pb2 as md_pb
 
@@ -89,7 +90,7 @@ def test_okx_session_tickers_equal_the_stateless_parse_merged(venue_fixtures: Pa
     path = venue_fixtures / "okx" / "tardis_node_mappers_test_okex_options_v5.jsonl"
     lines = [line for line in path.read_text().splitlines() if '"opt-summary"' in line]
     assert lines
-    session = okx_parse.OkxSession()
+    session = okx_session.OkxSession()
     for line in lines:
         stateless = okx_parse.parse_frame(line, 5)
         stamped = session.on_frame(line, 5)

@@ -15,9 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from simulator import SimConfig, SimHandle, run_simulator
-from svc_connector.runtime import (
-    PooledConnector,
-)
+from svc_connector.runtime.pool import PooledConnector
 from svc_connector.venues import registry
 from svc_connector.venues.base import ConnectionState, ConnectorConfig, MemorySink
 from tests.connector.test_deribit_client_sim import _assert_books_consistent as consistent_books

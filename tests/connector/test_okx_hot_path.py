@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from bench.bench_connector import Capture, _new_session, capture
-from svc_connector.venues.okx.parse import OkxSession
+from svc_connector.venues.okx.session import OkxSession
 from tests.connector.hot_path import frame_view
 
 NOW_NS = 1_795_000_000_000_000_000

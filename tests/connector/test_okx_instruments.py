@@ -8,7 +8,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from svc_connector.session import ChannelAllocator
+from svc_connector.kit.subscriptions import ChannelAllocator
 from svc_connector.venues import registry
 from svc_connector.venues.base import ConnectorConfig, Endpoints
 from svc_connector.venues.okx.client import OkxSettings, plan_channel_groups

@@ -9,7 +9,8 @@ import orjson
 import pytest
 
 from svc_connector.venues.base import VenueRequest
-from svc_connector.venues.okx.parse import OkxSession, parse_frame
+from svc_connector.venues.okx.parse import parse_frame
+from svc_connector.venues.okx.session import OkxSession
 from tests.connector.deribit_fixtures import lines
 
 OPTIONS_FILE = "tardis_node_mappers_test_okex_options_v5.jsonl"

@@ -10,7 +10,7 @@ import pytest
 
 from svc_connector.venues.base import FrameResult
 from svc_connector.venues.okx.checksum import okx_checksum
-from svc_connector.venues.okx.parse import OkxSession
+from svc_connector.venues.okx.session import OkxSession
 from tests.connector.deribit_fixtures import Books, lines
 from volstream.v1 import market_data_pb2 as md_pb
 

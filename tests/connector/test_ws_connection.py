@@ -9,7 +9,8 @@ import dataclasses
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.http11 import Request, Response
 
-from svc_connector.runtime import PooledConnector, WsConnection
+from svc_connector.runtime.connection import WsConnection
+from svc_connector.runtime.pool import PooledConnector
 from svc_connector.venues import registry
 from svc_connector.venues.base import ConnectionState, ConnectorConfig, MemorySink
 

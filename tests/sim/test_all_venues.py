@@ -15,12 +15,7 @@ import websockets
 
 from bench.bench_sim import count_frames, sim_stats, simulator_process, subscribe_all
 from simulator import SimConfig, run_simulator
-from tests.sim.push_clients import (
-    BinanceClient,
-    BybitClient,
-    OkxClient,
-    VenueClient,
-)
+from tests.sim.push_clients import BinanceClient, BybitClient, OkxClient, VenueClient
 from volstream.bus.embedded import EmbeddedNats
 from volstream.subjects import Subjects
 from volstream.v1 import surface_pb2

@@ -14,13 +14,7 @@ import pytest
 import websockets
 
 from simulator import FaultKind, FaultRequest, SimHandle
-from tests.sim.conftest import (
-    RpcClient,
-    control_fault,
-    get_instruments,
-    near_money,
-    option_names,
-)
+from tests.sim.conftest import RpcClient, control_fault, get_instruments, near_money, option_names
 
 
 async def book_stream(

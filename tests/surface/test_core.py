@@ -9,12 +9,7 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 import pytest
 
-from svc_surface.core import (
-    ConsolidatedSurfaceCore,
-    SurfaceConfig,
-    SurfaceCore,
-    run_fit_job,
-)
+from svc_surface.core import ConsolidatedSurfaceCore, SurfaceConfig, SurfaceCore, run_fit_job
 from svc_surface.metrics import PREMIUM_ADJUSTED, smile_metrics
 from tests.surface.builders import NOW_NS, truth_smiles, truth_surface
 from tests.surface.synthetic import NS_PER_DAY, QuoteFaults

@@ -9,12 +9,8 @@ from svc_connector.venues.binance.client import (
     BinanceSettings,
     plan_channel_groups,
 )
-from svc_connector.venues.binance.parse import (
-    BinanceSession,
-    parse_depth_snapshot,
-    parse_frame,
-    parse_instruments,
-)
+from svc_connector.venues.binance.parse import parse_depth_snapshot, parse_frame, parse_instruments
+from svc_connector.venues.binance.session import BinanceSession
 
 
 def _make_connector(config: ConnectorConfig, sink: EventSink) -> VenueConnector:

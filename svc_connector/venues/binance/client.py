@@ -33,22 +33,25 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from svc_connector.runtime import (
+from svc_connector.kit.pacing import TokenBucket
+from svc_connector.runtime.connection import WsConnection
+from svc_connector.runtime.pool import DiscoveryFailed, PooledConnector
+from svc_connector.runtime.settings import (
     ConnectionPlan,
-    DiscoveryFailed,
-    PooledConnector,
     RuntimeSettings,
-    WireSession,
-    WsConnection,
     option_flag,
     option_float,
 )
-from svc_connector.session import (
-    TokenBucket,
+from svc_connector.venues.base import (
+    ConnectorConfig,
+    EventSink,
+    FrameResult,
+    ResubscribeRequest,
+    VenueSession,
 )
-from svc_connector.venues.base import ConnectorConfig, EventSink, FrameResult, ResubscribeRequest
 from svc_connector.venues.binance import constants as c
-from svc_connector.venues.binance.parse import BinanceSession, parse_instruments
+from svc_connector.venues.binance.parse import parse_instruments
+from svc_connector.venues.binance.session import BinanceSession
 from svc_connector.venues.binance.symbols import split_stream, underlying_of
 from volstream.v1 import market_data_pb2 as md_pb
 
@@ -156,7 +159,7 @@ class BinanceConnector(PooledConnector):
         self._depth_in_flight: set[str] = set()
         self._depth_tasks: set[asyncio.Task[None]] = set()
 
-    def new_session(self) -> WireSession:
+    def new_session(self) -> VenueSession:
         return BinanceSession(
             resync_timeout_ns=int(self.settings.resync_timeout_s * 1e9),
             buffer_diffs=self.binance.book_mode == c.BOOK_MODE_DIFF,

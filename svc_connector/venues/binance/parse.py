@@ -1,12 +1,12 @@
-"""Pure Binance options decoding: frames and REST bodies -> normalised protobuf. No I/O, no clock.
+"""Checked Binance options parsing: frames and REST bodies -> normalised protobuf. Stateless,
+no I/O, no clock.
 
-- :func:`parse_frame`: one combined-stream frame -> :class:`FrameResult` (stateless); both
-  the current stream API and the older ``eoptions`` one.
+- :func:`parse_frame`: one combined-stream frame -> :class:`FrameResult`; both the current
+  stream API and the older ``eoptions`` one.
 - :func:`parse_instruments`: an ``/eapi/v1/exchangeInfo`` body -> instruments.
 - :func:`parse_depth_snapshot`: an ``/eapi/v1/depth`` body -> a BookSnapshot.
-- :class:`BinanceSession`: per-connection state: tickers assembled from the streams that
-  carry parts of them, the spot index as the forward, diff-book sequencing bridged onto
-  REST snapshots, request/response matching, header sequence stamping.
+
+The per-connection state is in ``session.py``, the fast path in ``hot.py``.
 
 Normalisation: premiums are USDT per contract of ``unit`` coins, so USD per coin =
 premium / unit (the unit comes from exchangeInfo: XRP options have unit 100); IVs are
@@ -21,41 +21,27 @@ messages missing required fields are dead-lettered with a reason.
 
 from __future__ import annotations
 
-import struct
-from collections import Counter, deque
-from collections.abc import Callable, Iterable, Mapping
-from operator import itemgetter
+from collections import Counter
+from collections.abc import Mapping
 from typing import Any, Final
 
-import msgspec
 import orjson
 
-from svc_connector.session import (
+from svc_connector.kit.book_levels import (
     ASKS_TAG,
     BIDS_TAG,
-    MS_TO_NS,
-    BookSequencer,
-    FieldError,
-    PendingRequests,
-    StampingSession,
-    TickerMerger,
-    as_number,
-    as_object,
     best_first,
     book_levels,
+    text_levels,
+    wire_levels,
+)
+from svc_connector.kit.fields import (
+    MS_TO_NS,
+    FieldError,
+    as_number,
+    as_object,
     cached,
-    collect_instruments,
-    decode_frame,
-    decode_rest_object,
-    each_entry,
-    emit_ticker,
-    fill_usd_fields,
-    fill_usd_per_coin,
-    guarded,
-    internal_error,
     iv_fraction,
-    ms_header,
-    name_venue_errors,
     opt_number,
     positive,
     raw_bytes,
@@ -64,11 +50,20 @@ from svc_connector.session import (
     req_text,
     request_id_of,
     safe_token,
-    sequence_delta,
+)
+from svc_connector.kit.frames import (
+    collect_instruments,
+    decode_frame,
+    decode_rest_object,
+    each_entry,
+    guarded,
+)
+from svc_connector.kit.stamping import ms_header
+from svc_connector.kit.tickers import (
+    emit_ticker,
+    fill_usd_fields,
+    fill_usd_per_coin,
     set_best_quotes,
-    text_levels,
-    ticker_fields,
-    wire_levels,
 )
 from svc_connector.venues.base import (
     DeadLetter,
@@ -77,15 +72,14 @@ from svc_connector.venues.base import (
     NormalisedEvent,
     RequestAck,
     VenueError,
-    VenueRequest,
 )
 from svc_connector.venues.binance import constants as c
-from svc_connector.venues.binance.messages import HotDepthFrame, HotMark, HotMarkFrame
 from svc_connector.venues.binance.symbols import currency_of, parse_symbol, split_stream
 from volstream.v1 import common_pb2 as common_pb
 from volstream.v1 import market_data_pb2 as md_pb
 
 PER_CONTRACT: Final = md_pb.PREMIUM_UNIT_USD_PER_CONTRACT
+
 
 _TOP_FIELDS: Final = (
     "best_bid_price_native",
@@ -95,7 +89,11 @@ _TOP_FIELDS: Final = (
     "best_bid_price_usd_per_coin",
     "best_ask_price_usd_per_coin",
 )
+
+
 _MARK_FIELDS: Final = ("mark_price_native", "mark_price_usd_per_coin")
+
+
 _QUOTE_FIELDS: Final = (
     *_MARK_FIELDS,
     *_TOP_FIELDS,
@@ -107,7 +105,11 @@ _QUOTE_FIELDS: Final = (
     "vega",
     "theta",
 )
+
+
 _FORWARD_FIELDS: Final = ("forward_usd", "forward_name", "index_price_usd", "interest_rate")
+
+
 # The VenueTicker fields each stream kind owns (TickerMerger replaces exactly these).
 OWNED_FIELDS: Final[Mapping[str, tuple[str, ...]]] = {
     "optionmarkprice": (*_QUOTE_FIELDS, *_FORWARD_FIELDS),
@@ -115,11 +117,6 @@ OWNED_FIELDS: Final[Mapping[str, tuple[str, ...]]] = {
     "markprice": _MARK_FIELDS,
     "bookticker": _TOP_FIELDS,
 }
-
-
-# ---------------------------------------------------------------------------------------------
-# websocket frames
-# ---------------------------------------------------------------------------------------------
 
 
 def parse_frame(
@@ -176,7 +173,7 @@ def _stream(
     sizes: Mapping[str, float],
     result: FrameResult,
 ) -> None:
-    head, kind = _stream_head_kind(stream)
+    head, kind = stream_head_kind(stream)
     result.channel = stream
     if kind == "optionmarkprice":
         entries = _as_list(data, stream)
@@ -214,7 +211,7 @@ def _stream(
 _STREAM_PARTS: dict[str, tuple[str, str]] = {}
 
 
-def _stream_head_kind(stream: str) -> tuple[str, str]:
+def stream_head_kind(stream: str) -> tuple[str, str]:
     parts = _STREAM_PARTS.get(stream)
     if parts is None:
         head, kind, _ = split_stream(stream)
@@ -231,11 +228,11 @@ def _as_list(data: object, where: str) -> list[object]:
     return data
 
 
-_currency_of = cached(currency_of)
+cached_currency_of = cached(currency_of)
 
 
 def _currency(name: str, where: str) -> str:
-    currency = _currency_of(name)
+    currency = cached_currency_of(name)
     if currency is None:
         raise FieldError(f"{where}: cannot tell the currency of {name!r}")
     return currency
@@ -244,7 +241,7 @@ def _currency(name: str, where: str) -> str:
 def _emit_ticker(ticker: md_pb.VenueTicker, result: FrameResult, name: str) -> None:
     result.events.append(
         NormalisedEvent(
-            _currency_of(ticker.symbol) or "", "ticker", md_pb.MarketDataEvent(ticker=ticker)
+            cached_currency_of(ticker.symbol) or "", "ticker", md_pb.MarketDataEvent(ticker=ticker)
         )
     )
     result.counts[name] += 1
@@ -356,7 +353,7 @@ def _book_ticker(
     _emit_ticker(ticker, result, "ticker.book_ticker")
 
 
-def _index_event(
+def index_event(
     name: str, price: float, event_time_ms: int, receive_time_ns: int
 ) -> md_pb.MarketDataEvent:
     index = md_pb.IndexPrice(
@@ -368,7 +365,7 @@ def _index_event(
 def _index(data: dict[str, Any], receive_time_ns: int, result: FrameResult) -> None:
     where = result.channel
     name = req_text(data, "s", where)
-    event = _index_event(
+    event = index_event(
         name, req_number(data, "p", where), req_integer(data, "E", where), receive_time_ns
     )
     result.events.append(NormalisedEvent(_currency(name, where), "index", event))
@@ -386,7 +383,7 @@ def _index_from_marks(
         price = positive(as_number(entry.get("i")))
         event_time = as_number(entry.get("E"))
         if price is not None and event_time is not None and currency is not None:
-            event = _index_event(underlying, price, int(event_time), receive_time_ns)
+            event = index_event(underlying, price, int(event_time), receive_time_ns)
             result.events.append(NormalisedEvent(currency, "index", event))
             result.counts["index_price.from_marks"] += 1
             return
@@ -429,149 +426,6 @@ def _depth(
     header.source = c.SOURCE
     book.symbol = symbol
     result.events.append(NormalisedEvent(currency, "book", event))
-
-
-# ---------------------------------------------------------------------------------------------
-# hot path
-# ---------------------------------------------------------------------------------------------
-# Partial depth pushes (``<symbol>@depth20@100ms``) are nearly all of the traffic. The checked
-# path reads them through orjson dicts, per-field checks and per-level float() calls; here
-# msgspec decodes and checks the whole frame in C (messages.HotDepthFrame) and only the level
-# order and the wire bytes are left to Python. Anything the shapes do not accept as is
-# returns None before any state is touched, and the checked path handles the frame.
-
-_HOT_DECODER: Final = msgspec.json.Decoder(HotDepthFrame, strict=False)
-_HOT_LEVEL: Final = struct.Struct("<BBBdBd")  # as session.levels_wire writes a BookLevel
-_HOT_PRICE: Final = itemgetter(0)
-
-
-def _hot_levels(levels: list[tuple[float, float]], tag: int, descending: bool) -> bytes | None:
-    """The live levels (size > 0) as wire bytes, in venue order, when that order is already
-    best first (what session.wire_levels gives then); None when the checked path would sort."""
-    if len(levels) > 1 and sorted(levels, key=_HOT_PRICE, reverse=descending) != levels:
-        return None
-    pack = _HOT_LEVEL.pack
-    return b"".join([pack(tag, 18, 0x09, price, 0x11, size) for price, size in levels if size])
-
-
-def hot_partial_depth(
-    raw: bytes | str, receive_time_ns: int, next_sequence: Callable[[], int]
-) -> FrameResult | None:
-    """A partial depth frame -> the stamped FrameResult the checked path gives for it, or None
-    (nothing read from ``next_sequence``) when the frame is anything but the usual shape."""
-    try:
-        frame = _HOT_DECODER.decode(raw)
-    except (msgspec.DecodeError, TypeError):
-        return None
-    stream = frame.stream
-    kind = _stream_head_kind(stream)[1]
-    if kind[:5] != "depth" or kind[5:] not in c.PARTIAL_DEPTH_LEVELS:
-        return None
-    data = frame.data
-    timestamp_ms = data.E
-    if type(timestamp_ms) is not int:
-        return None  # a float or a string: the checked path's rules
-    symbol = data.s
-    currency = _currency_of(symbol)
-    if currency is None:
-        return None
-    bids = _hot_levels(data.b, BIDS_TAG, True)
-    asks = _hot_levels(data.a, ASKS_TAG, False)
-    if bids is None or asks is None:
-        return None
-    event = md_pb.MarketDataEvent()
-    snapshot = event.book_snapshot
-    snapshot.MergeFromString(bids + asks)
-    snapshot.venue_sequence = data.u
-    snapshot.is_periodic = True
-    snapshot.symbol = symbol
-    header = snapshot.header
-    header.event_time_ns = timestamp_ms * MS_TO_NS
-    header.receive_time_ns = receive_time_ns
-    header.source = c.SOURCE
-    header.sequence = next_sequence()
-    result = FrameResult([NormalisedEvent(currency, "book", event, header)], stream)
-    counts = result.counts
-    counts["frames"] = 1
-    counts["book.partial_snapshot"] = 1
-    return result
-
-
-# ``<underlying>@optionMarkPrice`` pushes are rare (one per underlying a second) but carry one
-# entry per listed option (~350): the checked path builds each ticker from a dict, reads its
-# fields back and builds it again merged. Here each entry is decoded and checked in C
-# (messages.HotMark), its fields go straight into the merge and its ticker is built once.
-
-_HOT_MARKS_DECODER: Final = msgspec.json.Decoder(HotMarkFrame, strict=False)
-_INT64: Final = range(-(2**63), 2**63)
-
-
-def _odd_text(raw: bytes | str) -> bool:
-    """Spellings msgspec reads unlike the checked path: "-0" (msgspec: +0.0) and, to be sure
-    of no other such case, any escape."""
-    if isinstance(raw, str):
-        return "\\" in raw or '"-0"' in raw
-    return b"\\" in raw or b'"-0"' in raw
-
-
-def _hot_mark_fields(
-    entry: HotMark, underlying: str, sizes: Mapping[str, float], counts: Counter[str]
-) -> dict[str, Any]:
-    """The fields the checked path's ticker of ``entry`` has set (what ``ticker_fields`` reads
-    back: every field here has presence, but ``forward_name`` which is never empty)."""
-    fields: dict[str, Any] = {}
-    price, size = entry.bo, entry.bq
-    if price is not None and price > 0 and size is not None and size > 0:
-        fields["best_bid_price_native"] = price
-        fields["best_bid_size_native"] = size
-    price, size = entry.ao, entry.aq
-    if price is not None and price > 0 and size is not None and size > 0:
-        fields["best_ask_price_native"] = price
-        fields["best_ask_size_native"] = size
-    mark = entry.mp
-    if mark is not None and mark > 0:
-        fields["mark_price_native"] = mark
-    value = entry.b
-    if value is not None and value > 0:
-        fields["bid_iv"] = value
-    value = entry.a
-    if value is not None and value > 0:
-        fields["ask_iv"] = value
-    value = entry.vo
-    if value is not None and value > 0:
-        fields["mark_iv"] = value
-    if entry.d is not None:
-        fields["delta"] = entry.d
-    if entry.g is not None:
-        fields["gamma"] = entry.g
-    if entry.v is not None:
-        fields["vega"] = entry.v
-    if entry.t is not None:
-        fields["theta"] = entry.t
-    index = entry.i
-    if index is not None and index > 0:
-        fields["forward_usd"] = index
-        fields["index_price_usd"] = index
-        fields["forward_name"] = underlying
-    if entry.rf is not None:
-        fields["interest_rate"] = entry.rf
-    contract_size = sizes.get(entry.s)
-    if contract_size is None:
-        counts["ticker.unknown_contract_size"] += 1
-    elif contract_size > 0:
-        # fill_usd_fields with PER_CONTRACT: native / contract size (same field order).
-        if mark is not None and mark > 0:
-            fields["mark_price_usd_per_coin"] = mark / contract_size
-        if "best_bid_price_native" in fields:
-            fields["best_bid_price_usd_per_coin"] = fields["best_bid_price_native"] / contract_size
-        if "best_ask_price_native" in fields:
-            fields["best_ask_price_usd_per_coin"] = fields["best_ask_price_native"] / contract_size
-    return fields
-
-
-# ---------------------------------------------------------------------------------------------
-# REST
-# ---------------------------------------------------------------------------------------------
 
 
 def parse_depth_snapshot(
@@ -693,286 +547,3 @@ def _instrument(entry: dict[str, Any], counts: Counter[str]) -> md_pb.Instrument
         underlying=underlying or f"{currency}{quote}",
         is_active=status in (None, "TRADING"),
     )
-
-
-# ---------------------------------------------------------------------------------------------
-# per-connection session
-# ---------------------------------------------------------------------------------------------
-
-
-class BinanceSession(StampingSession):
-    """Pure per-connection state: merged tickers, index forward, diff books, acks.
-
-    Tickers: ``optionMarkPrice`` carries everything (quotes, IVs, greeks, mark, the index
-    ``i`` = forward); the older streams split it (``ticker``: quotes, IVs, greeks, mark;
-    ``markPrice``: the mark; ``bookTicker``: best bid/ask). Each stream owns its fields and
-    the session emits the merged ticker (see :class:`TickerMerger`); a ticker without a
-    forward of its own gets the latest index of its currency (``<UNDERLYING>@index``).
-
-    Books: partial depth snapshots (``is_periodic``) pass through. Diffs
-    (``@depth@100ms``) apply when ``pu`` equals the last ``u``; a duplicate is dropped; a
-    gap or a diff without a snapshot gives a ``BookReset`` and a resync request. The
-    venue's answer to a resync is a REST snapshot, fed in with :meth:`on_rest_depth`; with
-    ``buffer_diffs`` the diffs that arrive meanwhile are kept (bounded) and replayed onto it:
-    those at or below its ``u`` are dropped, the first one spanning it (``pu`` <= ``u`` <
-    its ``u``) bridges, the rest must be contiguous.
-    """
-
-    subscribe_method = c.SUBSCRIBE
-    unsubscribe_method = c.UNSUBSCRIBE
-    # False: every frame takes the checked path (tests and benches compare the two).
-    hot_path: bool = True
-
-    def __init__(
-        self,
-        *,
-        resync_timeout_ns: int = 10_000_000_000,
-        contract_sizes: Mapping[str, float] | None = None,
-        buffer_diffs: bool = False,
-        first_request_id: int = 1,
-        first_sequence: int = 1,
-        sequence: Callable[[], int] | None = None,
-    ) -> None:
-        super().__init__(first_sequence=first_sequence, sequence=sequence)
-        self._books = BookSequencer(resync_timeout_ns)
-        self._contract_sizes: dict[str, float] = dict(contract_sizes or {})
-        self._tickers = TickerMerger()
-        # currency -> (index name, price) of the latest IndexPrice.
-        self._indices: dict[str, tuple[str, float]] = {}
-        self._buffer_diffs = buffer_diffs
-        self._buffers: dict[str, deque[NormalisedEvent]] = {}
-        self._diff_channels: dict[str, str] = {}
-        # Books whose REST snapshot awaits the diff that spans it.
-        self._bridging: set[str] = set()
-        self._next_request_id = first_request_id
-        self._pending = PendingRequests()
-        # Frames the hot path answered (tests check that it keeps taking the usual traffic).
-        self.hot_hits = 0
-
-    @property
-    def source(self) -> str:
-        return c.SOURCE
-
-    def set_instruments(self, instruments: Iterable[md_pb.Instrument]) -> None:
-        """Contract sizes (``unit``) of known instruments (USD-per-coin conversion)."""
-        for instrument in instruments:
-            if instrument.contract_size_coin > 0:
-                self._contract_sizes[instrument.symbol] = instrument.contract_size_coin
-
-    def on_connected(self) -> None:
-        self._books.reset()
-        self._buffers.clear()
-        self._bridging.clear()
-        self._pending.clear()
-
-    # ---- outgoing ----------------------------------------------------------------------------
-
-    def encode(self, request: VenueRequest) -> str:
-        request_id = self._next_request_id
-        self._next_request_id += 1
-        channels_value = request.params.get("channels")
-        channels = [str(ch) for ch in channels_value] if isinstance(channels_value, list) else []
-        self._pending.add(request_id, request.method, channels)
-        body = {"method": request.method, "params": channels, "id": request_id}
-        return orjson.dumps(body).decode()
-
-    # ---- incoming ----------------------------------------------------------------------------
-
-    def on_frame(self, raw: bytes | str, receive_time_ns: int) -> FrameResult:
-        """The hot paths (:func:`hot_partial_depth`, :meth:`_hot_marks`) first, else the
-        checked path. A partial depth push only advances the header sequence, so the hot
-        path's result and state are the checked path's; mark pushes see below."""
-        if self.hot_path:
-            try:
-                result = hot_partial_depth(raw, receive_time_ns, self._take_sequence)
-                if result is None:
-                    result = self._hot_marks(raw, receive_time_ns)
-            except Exception:  # e.g. a receive time out of range: the checked path reports it
-                result = None
-            if result is not None:
-                self.hot_hits += 1
-                return result
-        return super().on_frame(raw, receive_time_ns)
-
-    def _hot_marks(self, raw: bytes | str, receive_time_ns: int) -> FrameResult | None:
-        """An ``optionMarkPrice`` push -> the stamped result of the checked path, with the same
-        merges and index update; None (no state touched) unless every entry is the usual shape.
-        Only an unknown contract size is counted here; anything else the checked path would
-        count or dead-letter makes the decode or the checks below refuse the frame."""
-        if type(receive_time_ns) is not int or receive_time_ns not in _INT64 or _odd_text(raw):
-            return None
-        try:
-            frame = _HOT_MARKS_DECODER.decode(raw)
-        except (msgspec.DecodeError, TypeError):
-            return None
-        stream = frame.stream
-        head, kind = _stream_head_kind(stream)
-        entries = frame.data
-        if kind != "optionmarkprice" or not head or not entries:
-            return None
-        underlying = head.upper()
-        result = FrameResult([], stream)
-        counts = result.counts
-        counts["frames"] = 1
-        sizes = self._contract_sizes
-        parsed: list[tuple[HotMark, int, str, dict[str, Any]]] = []
-        for entry in entries:
-            currency = _currency_of(entry.s)
-            timestamp_ms = entry.E
-            if currency is None or type(timestamp_ms) is not int:
-                return None
-            fields = _hot_mark_fields(entry, underlying, sizes, counts)
-            parsed.append((entry, timestamp_ms, currency, fields))
-        # Every entry is good: now what _post_process/_merged do, in the same order (tickers
-        # see the index of earlier pushes; this push's index is taken after them).
-        owned = OWNED_FIELDS["optionmarkprice"]
-        merge = self._tickers.merge_fields
-        indices = self._indices
-        events = result.events
-        for entry, timestamp_ms, currency, fields in parsed:
-            symbol = entry.s
-            merged = merge(symbol, fields, owned)
-            if "forward_usd" not in merged:
-                latest_index = indices.get(currency)
-                if latest_index is not None:
-                    name, price = latest_index
-                    merged["forward_usd"] = price
-                    merged["index_price_usd"] = price
-                    merged["forward_name"] = name
-            # No second fill_usd_fields (as _merged does): every field a ticker may hold is
-            # one this stream owns, so ``merged`` is ``fields`` (plus an index forward,
-            # which per-contract premiums do not use) and its USD values are already set.
-            merged["header"] = {
-                "event_time_ns": timestamp_ms * MS_TO_NS,
-                "receive_time_ns": receive_time_ns,
-                "source": c.SOURCE,
-            }
-            merged["symbol"] = symbol
-            event = md_pb.MarketDataEvent(ticker=merged)
-            events.append(NormalisedEvent(currency, "ticker", event, event.ticker.header))
-        counts["ticker.mark_price"] = len(parsed)
-        index_currency = _currency_of(underlying)
-        if index_currency is not None:
-            for entry, timestamp_ms, _, _ in parsed:
-                index = entry.i
-                if index is not None and index > 0:
-                    event = _index_event(underlying, index, timestamp_ms, receive_time_ns)
-                    header = event.index_price.header
-                    events.append(NormalisedEvent(index_currency, "index", event, header))
-                    counts["index_price.from_marks"] = 1
-                    indices[index_currency] = (underlying, index)
-                    break
-        return self.stamp(result)
-
-    def _on_frame(self, raw: bytes | str, receive_time_ns: int) -> FrameResult:
-        result = parse_frame(raw, receive_time_ns, self._contract_sizes)
-        if result.acks or result.venue_errors:
-            self._match_responses(result)
-        if result.events:
-            self._post_process(result, receive_time_ns)
-        return result
-
-    def expect_snapshot(self, symbol: str, channel: str, now_ns: int) -> None:
-        """A REST snapshot of a newly subscribed diff book is on its way: keep its diffs for it
-        (no reset: there was no book yet)."""
-        self._diff_channels[symbol] = channel
-        if self._books.last_sequence(symbol) is None and not self._books.is_resyncing(symbol):
-            self._books.start_resync(symbol, now_ns)
-
-    def on_rest_depth(self, body: bytes | str, symbol: str, receive_time_ns: int) -> FrameResult:
-        """A REST book snapshot for a diff book: restart the book on it, replay buffered
-        diffs. Stamped like a frame's result; never raises."""
-        result = FrameResult()
-        try:
-            event, reason = parse_depth_snapshot(body, symbol, receive_time_ns)
-            if event is None:
-                result.counts["book.rest_snapshot_bad"] += 1
-                result.dead_letters.append(DeadLetter(raw_bytes(body), reason))
-                return result
-            sequence = event.event.book_snapshot.venue_sequence
-            self._books.snapshot(symbol, sequence)
-            self._bridging.add(symbol)
-            result.counts["book.rest_snapshot"] += 1
-            result.channel = self._diff_channels.get(symbol, "")
-            result.events.append(event)
-            for delta in self._buffers.pop(symbol, deque()):
-                result.events.extend(self._on_diff(delta, result, receive_time_ns))
-        except Exception as exc:  # the client must never see an exception
-            result = internal_error(body, "session", exc)
-        return self.stamp(result)
-
-    def _match_responses(self, result: FrameResult) -> None:
-        acks: list[RequestAck] = []
-        for ack in result.acks:
-            pending = self._pending.pop(ack.request_id)
-            if pending is None:
-                result.counts["response.unmatched"] += 1
-                acks.append(ack)
-                continue
-            method, channels = pending
-            acks.append(RequestAck(ack.request_id, method, ack.result))
-            result.counts[f"response.{safe_token(method)}"] += 1
-            (result.subscribed if method == c.SUBSCRIBE else result.unsubscribed).extend(channels)
-        result.acks = acks
-        name_venue_errors(result, self._pending)
-
-    def _post_process(self, result: FrameResult, now_ns: int) -> None:
-        events = result.events
-        if len(events) == 1 and events[0].event.WhichOneof("event") == "book_snapshot":
-            return  # a partial depth push, the usual frame: nothing to do
-        owned = OWNED_FIELDS.get(_stream_head_kind(result.channel)[1], ())
-        events = []
-        for item in result.events:
-            case = item.event.WhichOneof("event")
-            if case == "index_price":
-                index = item.event.index_price
-                self._indices[item.currency] = (index.index_name, index.price_usd)
-                events.append(item)
-            elif case == "ticker":
-                events.append(self._merged(item, owned))
-            elif case == "book_delta":
-                events.extend(self._on_diff(item, result, now_ns))
-            else:
-                events.append(item)
-        result.events = events
-
-    def _merged(self, item: NormalisedEvent, owned: tuple[str, ...]) -> NormalisedEvent:
-        ticker = item.event.ticker
-        symbol = ticker.symbol
-        merged = self._tickers.merge_fields(symbol, ticker_fields(ticker, owned), owned)
-        latest_index = self._indices.get(item.currency)
-        if "forward_usd" not in merged and latest_index is not None:
-            name, price = latest_index
-            merged["forward_usd"] = price
-            merged["index_price_usd"] = price
-            merged["forward_name"] = name
-        fill_usd_fields(merged, PER_CONTRACT, self._contract_sizes.get(symbol))
-        merged["header"] = ticker.header
-        merged["symbol"] = symbol
-        return NormalisedEvent(item.currency, "ticker", md_pb.MarketDataEvent(ticker=merged))
-
-    def _on_diff(
-        self, item: NormalisedEvent, result: FrameResult, now_ns: int
-    ) -> list[NormalisedEvent]:
-        delta = item.event.book_delta
-        symbol = delta.symbol
-        if result.channel:
-            self._diff_channels[symbol] = result.channel
-        channel = self._diff_channels.get(symbol, result.channel)
-        if symbol in self._bridging:
-            last = self._books.last_sequence(symbol)
-            if last is not None and delta.venue_sequence <= last:
-                result.counts["book.stale_dropped"] += 1
-                return []
-            self._bridging.discard(symbol)
-            if last is not None and delta.prev_venue_sequence <= last:
-                # The first diff spanning the REST snapshot's update id.
-                self._books.snapshot(symbol, delta.venue_sequence)
-                result.counts["book.bridged"] += 1
-                return [item]
-        events = sequence_delta(self._books, item, channel, result, now_ns)
-        if self._buffer_diffs and events != [item] and self._books.is_resyncing(symbol):
-            buffer = self._buffers.setdefault(symbol, deque(maxlen=c.MAX_BUFFERED_DELTAS))
-            buffer.append(item)
-            result.counts["book.buffered"] += 1
-        return events

@@ -14,7 +14,7 @@ from datetime import date
 from decimal import Decimal
 from typing import Final
 
-from svc_connector.session import expiry_ns, parse_yymmdd
+from svc_connector.kit.expiry import expiry_ns, parse_yymmdd
 from volstream.v1 import common_pb2 as common_pb
 
 _OPTION_RE: Final = re.compile(

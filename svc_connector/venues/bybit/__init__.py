@@ -5,12 +5,8 @@ from __future__ import annotations
 from svc_connector.venues.base import ConnectorConfig, EventSink, VenueAdapter, VenueConnector
 from svc_connector.venues.bybit import constants
 from svc_connector.venues.bybit.client import BybitConnector, BybitSettings, plan_channel_groups
-from svc_connector.venues.bybit.parse import (
-    BybitSession,
-    parse_frame,
-    parse_instruments,
-    parse_instruments_page,
-)
+from svc_connector.venues.bybit.parse import parse_frame, parse_instruments, parse_instruments_page
+from svc_connector.venues.bybit.session import BybitSession
 
 
 def _make_connector(config: ConnectorConfig, sink: EventSink) -> VenueConnector:

@@ -23,16 +23,12 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from svc_connector.runtime import (
-    ConnectionPlan,
-    DiscoveryFailed,
-    PooledConnector,
-    RuntimeSettings,
-    WireSession,
-)
-from svc_connector.venues.base import ConnectorConfig, EventSink, VenueRequest
+from svc_connector.runtime.pool import DiscoveryFailed, PooledConnector
+from svc_connector.runtime.settings import ConnectionPlan, RuntimeSettings
+from svc_connector.venues.base import ConnectorConfig, EventSink, VenueRequest, VenueSession
 from svc_connector.venues.bybit import constants as c
-from svc_connector.venues.bybit.parse import BybitSession, parse_instruments_page
+from svc_connector.venues.bybit.parse import parse_instruments_page
+from svc_connector.venues.bybit.session import BybitSession
 from svc_connector.venues.bybit.symbols import orderbook_topic, tickers_topic
 from volstream.v1 import market_data_pb2 as md_pb
 
@@ -72,7 +68,7 @@ class BybitConnector(PooledConnector):
         self.bybit = BybitSettings.from_config(config)
         super().__init__(self.bybit.runtime, sink)
 
-    def new_session(self) -> WireSession:
+    def new_session(self) -> VenueSession:
         return BybitSession(
             resync_timeout_ns=int(self.settings.resync_timeout_s * 1e9),
             sequence=self.next_sequence,

@@ -13,7 +13,7 @@ from datetime import date
 from decimal import Decimal
 from typing import Final
 
-from svc_connector.session import MONTH_CODES, expiry_ns, parse_dmmmyy
+from svc_connector.kit.expiry import MONTH_CODES, expiry_ns, parse_dmmmyy
 from svc_connector.venues.bybit import constants as c
 from volstream.v1 import common_pb2 as common_pb
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from svc_connector.venues.base import ConnectorConfig, EventSink, VenueAdapter, VenueConnector
 from svc_connector.venues.deribit import constants
 from svc_connector.venues.deribit.client import DeribitConnector, DeribitSettings
-from svc_connector.venues.deribit.parse import DeribitSession, parse_frame, parse_instruments
+from svc_connector.venues.deribit.parse import parse_frame, parse_instruments
+from svc_connector.venues.deribit.session import DeribitSession
 
 
 def _make_connector(config: ConnectorConfig, sink: EventSink) -> VenueConnector:

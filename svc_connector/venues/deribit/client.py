@@ -27,17 +27,17 @@ from dataclasses import dataclass, replace
 
 import aiohttp
 
-from svc_connector.runtime import (
+from svc_connector.runtime.pool import PooledConnector
+from svc_connector.runtime.settings import (
     ConnectionPlan,
-    PooledConnector,
     RuntimeSettings,
-    WireSession,
     option_flag,
     option_float,
 )
-from svc_connector.venues.base import ConnectorConfig, EventSink, VenueRequest
+from svc_connector.venues.base import ConnectorConfig, EventSink, VenueRequest, VenueSession
 from svc_connector.venues.deribit import constants as c
-from svc_connector.venues.deribit.parse import DeribitSession, parse_instruments
+from svc_connector.venues.deribit.parse import parse_instruments
+from svc_connector.venues.deribit.session import DeribitSession
 from svc_connector.venues.deribit.symbols import currency_of, index_name
 from volstream.v1 import market_data_pb2 as md_pb
 
@@ -170,7 +170,7 @@ class DeribitConnector(PooledConnector):
         super().__init__(self.deribit.runtime, sink)
 
     # Older name of next_sequence (bench/bench_connector.py builds sessions with it).
-    def new_session(self) -> WireSession:
+    def new_session(self) -> VenueSession:
         return DeribitSession(
             resync_timeout_ns=int(self.settings.resync_timeout_s * 1e9),
             sequence=self.next_sequence,

@@ -1,5 +1,5 @@
 """Venue message shapes: Deribit's JSON-RPC messages as ``TypedDict``s (documentation and
-typing), and the msgspec Structs the hot path of parse.py decodes into.
+typing), and the msgspec Structs the hot path (hot.py) decodes into.
 
 Only the fields volstream reads are listed; the venue adds fields over time and parse.py
 ignores the ones it does not know. ``NotRequired`` marks fields absent in some recordings.
@@ -183,7 +183,7 @@ class InstrumentInfo(TypedDict):
 
 
 # ---- hot-path shapes (msgspec) ---------------------------------------------------------------
-# Decoded in C by parse.py's hot path, which checks every field's type in the same pass. One
+# Decoded in C by hot.py, which checks every field's type in the same pass. One
 # ``data`` shape covers book and ticker notifications: every field either channel sends, the
 # others defaulting to None. Strict: numbers must be JSON numbers (a numeric string or a bool
 # fails, and the frame takes the checked path). Unknown fields are refused, not skipped:

@@ -1,11 +1,14 @@
-"""Pure Deribit decoding: raw frames and REST bodies -> normalised protobuf. No I/O, no clock.
+"""Checked Deribit parsing: raw frames and REST bodies -> normalised protobuf. Stateless, no
+I/O, no clock.
 
-- :func:`parse_frame`: one websocket frame -> :class:`FrameResult` (stateless).
+- :func:`parse_frame`: one websocket frame -> :class:`FrameResult`.
 - :func:`parse_instruments`: a ``public/get_instruments`` body -> :class:`InstrumentParseResult`.
-- :class:`DeribitSession`: per-connection state on top of ``parse_frame``: book sequencing
-  (``change_id``/``prev_change_id``), request/response matching, header sequence stamping.
-  Its hot path (msgspec decode, see "hot path" below) answers the usual book and ticker
-  notifications with the same result and state changes; everything else is parsed here.
+
+The per-connection state is in ``session.py``, the fast path in ``hot.py``.
+
+Normalisation: IVs are percent on the wire and fractions here (0 and negatives -> absent);
+prices of inverse options are coin per coin (USD per coin = native x ``underlying_price``);
+the volatility index (DVOL) is a fraction too.
 
 Nothing here raises on bad input: unknown messages and channels are counted and ignored,
 messages missing required fields are dead-lettered with a reason.
@@ -13,44 +16,40 @@ messages missing required fields are dead-lettered with a reason.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Final, TypeGuard
+from collections.abc import Mapping
+from typing import Any, Final
 
-import msgspec
-import orjson
-
-from svc_connector.session import (
-    BookSequencer,
-    DeltaVerdict,
+from svc_connector.kit.book_levels import add_number_levels, best_first, best_first_pairs
+from svc_connector.kit.fields import (
+    MS_TO_NS,
     FieldError,
-    add_number_levels,
-    best_first_pairs,
+    as_object,
     cached,
-    collect_instruments,
-    decode_frame,
-    emit_ticker,
-    guarded,
-    ms_header,
+    is_json_number,
+    opt_json_number,
     positive,
     raw_bytes,
+    req_json_int,
+    req_json_number,
+    req_text,
+    request_id_of,
     safe_token,
 )
+from svc_connector.kit.frames import collect_instruments, decode_frame, decode_rest_object, guarded
+from svc_connector.kit.stamping import ms_header
+from svc_connector.kit.tickers import emit_ticker, fill_usd_fields
 from svc_connector.venues.base import (
     DeadLetter,
     FrameResult,
     InstrumentParseResult,
     InstrumentStateChange,
-    MdKind,
     NormalisedEvent,
     RequestAck,
-    ResubscribeRequest,
     VenueError,
     VenueRequest,
 )
 from svc_connector.venues.deribit import constants as c
-from svc_connector.venues.deribit.messages import HotData, HotNotification
 from svc_connector.venues.deribit.symbols import (
     currency_of,
     currency_of_index,
@@ -59,68 +58,13 @@ from svc_connector.venues.deribit.symbols import (
 from volstream.v1 import common_pb2 as common_pb
 from volstream.v1 import market_data_pb2 as md_pb
 
-MS_TO_NS: Final = 1_000_000
 US_TO_NS: Final = 1_000
-
 _USD_QUOTES: Final = frozenset({"USD", "USDC", "USDT"})
-
-
-# ---------------------------------------------------------------------------------------------
-# field readers
-# ---------------------------------------------------------------------------------------------
-
-
-def _is_number(value: object) -> TypeGuard[int | float]:
-    return (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and math.isfinite(float(value))
-    )
-
-
-def _req_num(data: Mapping[str, Any], key: str, where: str) -> float:
-    value = data.get(key)
-    if not _is_number(value):
-        raise FieldError(f"{where}: missing or non-numeric '{key}'")
-    return float(value)
-
-
-def _req_int(data: Mapping[str, Any], key: str, where: str) -> int:
-    value = data.get(key)
-    if not _is_number(value):
-        raise FieldError(f"{where}: missing or non-numeric '{key}'")
-    return int(value)
-
-
-def _req_str(data: Mapping[str, Any], key: str, where: str) -> str:
-    value = data.get(key)
-    if not isinstance(value, str) or not value:
-        raise FieldError(f"{where}: missing or non-string '{key}'")
-    return value
-
-
-def _opt_num(data: Mapping[str, Any], key: str, counts: Counter[str], where: str) -> float | None:
-    """Optional number: absent/null -> None; a wrong type is counted and treated as absent."""
-    value = data.get(key)
-    if value is None:
-        return None
-    # Fast path: a finite float (inf - inf and nan - nan are nan).
-    if type(value) is float and value - value == 0.0:
-        return value
-    if not _is_number(value):
-        counts[f"{where}.bad_field.{key}"] += 1
-        return None
-    return float(value)
 
 
 def _iv_fraction(value: float | None) -> float | None:
     """Deribit IVs are percent; 0 (empty side) and negatives mean "no value"."""
     return value / 100.0 if value is not None and value > 0 else None
-
-
-# ---------------------------------------------------------------------------------------------
-# websocket frames
-# ---------------------------------------------------------------------------------------------
 
 
 def parse_frame(
@@ -153,7 +97,7 @@ def _dispatch(
         params = message.get("params")
         if not isinstance(params, dict):
             raise FieldError("subscription: missing 'params'")
-        channel = _req_str(params, "channel", "subscription")
+        channel = req_text(params, "channel", "subscription")
         result.channel = channel
         if "data" not in params:
             raise FieldError(f"{channel}: missing 'data'")
@@ -179,21 +123,15 @@ def _dispatch(
             VenueError(
                 code=str(error.get("code", "")),
                 message=str(error.get("message", "")),
-                request_id=_request_id(message.get("id")),
+                request_id=request_id_of(message.get("id")),
             )
         )
         result.counts["venue_error"] += 1
     elif "result" in message:
-        result.acks.append(RequestAck(_request_id(message.get("id")), "", message["result"]))
+        result.acks.append(RequestAck(request_id_of(message.get("id")), "", message["result"]))
         result.counts["response"] += 1
     else:
         result.counts["unknown_message"] += 1
-
-
-def _request_id(value: object) -> int | str | None:
-    if isinstance(value, bool):
-        return None
-    return value if isinstance(value, int | str) else None
 
 
 def _parse_notification(
@@ -207,22 +145,22 @@ def _parse_notification(
     head = parts[0]
     if head == "book":
         if len(parts) == 3:
-            _parse_book(_as_dict(data, channel), receive_time_ns, result)
+            _parse_book(as_object(data, channel, "'data'"), receive_time_ns, result)
         elif len(parts) == 5:
-            _parse_grouped_book(_as_dict(data, channel), receive_time_ns, result)
+            _parse_grouped_book(as_object(data, channel, "'data'"), receive_time_ns, result)
         else:
             result.counts["unknown_channel.book_shape"] += 1
     elif head == "ticker" and len(parts) == 3:
-        _parse_ticker(_as_dict(data, channel), receive_time_ns, premium_units, result)
+        _parse_ticker(as_object(data, channel, "'data'"), receive_time_ns, premium_units, result)
     elif head == "deribit_price_index" and len(parts) == 2:
-        _parse_price_index(_as_dict(data, channel), receive_time_ns, result)
+        _parse_price_index(as_object(data, channel, "'data'"), receive_time_ns, result)
     elif head == "deribit_volatility_index" and len(parts) == 2:
-        _parse_volatility_index(_as_dict(data, channel), receive_time_ns, result)
+        _parse_volatility_index(as_object(data, channel, "'data'"), receive_time_ns, result)
     elif head == "instrument" and len(parts) >= 2 and parts[1] == "state":
-        body = _as_dict(data, channel)
+        body = as_object(data, channel, "'data'")
         result.instrument_states.append(
             InstrumentStateChange(
-                _req_str(body, "instrument_name", channel), _req_str(body, "state", channel)
+                req_text(body, "instrument_name", channel), req_text(body, "state", channel)
             )
         )
         result.counts["instrument_state"] += 1
@@ -230,17 +168,11 @@ def _parse_notification(
         result.counts[f"unknown_channel.{safe_token(head)}"] += 1
 
 
-def _as_dict(data: object, channel: str) -> dict[str, Any]:
-    if not isinstance(data, dict):
-        raise FieldError(f"{channel}: 'data' is not an object")
-    return data
-
-
-_currency_of = cached(currency_of)
+cached_currency_of = cached(currency_of)
 
 
 def _currency(symbol: str, where: str) -> str:
-    currency = _currency_of(symbol)
+    currency = cached_currency_of(symbol)
     if currency is None:
         raise FieldError(f"{where}: cannot tell the currency of {symbol!r}")
     return currency
@@ -258,7 +190,7 @@ def _levels(
         if not isinstance(entry, list) or len(entry) != width:
             raise FieldError(f"{where}: malformed {side} entry {entry!r}")
         price, amount = entry[width - 2], entry[width - 1]
-        if not (_is_number(price) and _is_number(amount)):
+        if not (is_json_number(price) and is_json_number(amount)):
             raise FieldError(f"{where}: non-numeric {side} entry {entry!r}")
         size = float(amount)
         if with_action:
@@ -298,21 +230,12 @@ def _level_pairs(entries: object, where: str, side: str) -> list[tuple[float, fl
     return pairs
 
 
-def _best_first(
-    bids: list[md_pb.BookLevel], asks: list[md_pb.BookLevel]
-) -> tuple[list[md_pb.BookLevel], list[md_pb.BookLevel]]:
-    return (
-        sorted(bids, key=lambda level: -level.price_native),
-        sorted(asks, key=lambda level: level.price_native),
-    )
-
-
 def _parse_book(data: dict[str, Any], receive_time_ns: int, result: FrameResult) -> None:
     where = result.channel
-    symbol = _req_str(data, "instrument_name", where)
+    symbol = req_text(data, "instrument_name", where)
     currency = _currency(symbol, where)
-    header = ms_header(_req_int(data, "timestamp", where), receive_time_ns, c.SOURCE)
-    change_id = _req_int(data, "change_id", where)
+    header = ms_header(req_json_int(data, "timestamp", where), receive_time_ns, c.SOURCE)
+    change_id = req_json_int(data, "change_id", where)
     kind = data.get("type")
     prev = data.get("prev_change_id")
     # Old messages carry no type: the snapshot is the one without prev_change_id. A snapshot
@@ -335,7 +258,7 @@ def _parse_book(data: dict[str, Any], receive_time_ns: int, result: FrameResult)
         snapshot.venue_sequence = change_id
         result.counts["book.snapshot"] += 1
     else:
-        if not _is_number(prev):
+        if not is_json_number(prev):
             raise FieldError(f"{where}: change without numeric 'prev_change_id'")
         delta = event.book_delta
         delta.header.CopyFrom(header)
@@ -350,19 +273,19 @@ def _parse_book(data: dict[str, Any], receive_time_ns: int, result: FrameResult)
 
 def _parse_grouped_book(data: dict[str, Any], receive_time_ns: int, result: FrameResult) -> None:
     where = result.channel
-    symbol = _req_str(data, "instrument_name", where)
+    symbol = req_text(data, "instrument_name", where)
     currency = _currency(symbol, where)
-    header = ms_header(_req_int(data, "timestamp", where), receive_time_ns, c.SOURCE)
+    header = ms_header(req_json_int(data, "timestamp", where), receive_time_ns, c.SOURCE)
     change_id = data.get("change_id")
     bids = _levels(data.get("bids"), where, "bids", False, result)
     asks = _levels(data.get("asks"), where, "asks", False, result)
-    best_bids, best_asks = _best_first(bids, asks)
+    best_bids, best_asks = best_first(bids, asks)
     snapshot = md_pb.BookSnapshot(
         header=header,
         symbol=symbol,
         bids=best_bids,
         asks=best_asks,
-        venue_sequence=int(change_id) if _is_number(change_id) else 0,
+        venue_sequence=int(change_id) if is_json_number(change_id) else 0,
         is_periodic=True,
     )
     result.events.append(
@@ -372,12 +295,9 @@ def _parse_grouped_book(data: dict[str, Any], receive_time_ns: int, result: Fram
 
 
 _IV_KEYS: Final = ("bid_iv", "ask_iv", "mark_iv")
+
+
 _GREEKS: Final = ("delta", "gamma", "vega", "theta")
-_USD_TWINS: Final = (
-    ("mark_price_native", "mark_price_usd_per_coin"),
-    ("best_bid_price_native", "best_bid_price_usd_per_coin"),
-    ("best_ask_price_native", "best_ask_price_usd_per_coin"),
-)
 
 
 def _parse_ticker(
@@ -388,15 +308,15 @@ def _parse_ticker(
 ) -> None:
     where = result.channel
     counts = result.counts
-    symbol = _req_str(data, "instrument_name", where)
+    symbol = req_text(data, "instrument_name", where)
     currency = _currency(symbol, where)
-    timestamp_ms = _req_int(data, "timestamp", where)
+    timestamp_ms = req_json_int(data, "timestamp", where)
     # Collected in a dict and built in one constructor call (cheaper than field by field).
     fields: dict[str, Any] = {}
-    bid_price = _opt_num(data, "best_bid_price", counts, "ticker")
-    bid_size = _opt_num(data, "best_bid_amount", counts, "ticker")
-    ask_price = _opt_num(data, "best_ask_price", counts, "ticker")
-    ask_size = _opt_num(data, "best_ask_amount", counts, "ticker")
+    bid_price = opt_json_number(data, "best_bid_price", counts, "ticker")
+    bid_size = opt_json_number(data, "best_bid_amount", counts, "ticker")
+    ask_price = opt_json_number(data, "best_ask_price", counts, "ticker")
+    ask_size = opt_json_number(data, "best_ask_amount", counts, "ticker")
     # An empty side comes as price 0 (or null) with amount 0.
     if bid_price is not None and bid_size is not None and bid_size > 0:
         fields["best_bid_price_native"] = bid_price
@@ -405,44 +325,37 @@ def _parse_ticker(
         fields["best_ask_price_native"] = ask_price
         fields["best_ask_size_native"] = ask_size
     # A closed instrument is sent with mark 0: no value, not a price.
-    mark = positive(_opt_num(data, "mark_price", counts, "ticker"))
+    mark = positive(opt_json_number(data, "mark_price", counts, "ticker"))
     if mark is not None:
         fields["mark_price_native"] = mark
     for key in _IV_KEYS:
-        iv = _iv_fraction(_opt_num(data, key, counts, "ticker"))
+        iv = _iv_fraction(opt_json_number(data, key, counts, "ticker"))
         if iv is not None:
             fields[key] = iv
-    forward = positive(_opt_num(data, "underlying_price", counts, "ticker"))
+    forward = positive(opt_json_number(data, "underlying_price", counts, "ticker"))
     if forward is not None:
         fields["forward_usd"] = forward
     forward_name = data.get("underlying_index")
     if isinstance(forward_name, str):
         fields["forward_name"] = forward_name
-    index_price = positive(_opt_num(data, "index_price", counts, "ticker"))
+    index_price = positive(opt_json_number(data, "index_price", counts, "ticker"))
     if index_price is not None:
         fields["index_price_usd"] = index_price
-    rate = _opt_num(data, "interest_rate", counts, "ticker")
+    rate = opt_json_number(data, "interest_rate", counts, "ticker")
     if rate is not None:
         fields["interest_rate"] = rate
-    open_interest = _opt_num(data, "open_interest", counts, "ticker")
+    open_interest = opt_json_number(data, "open_interest", counts, "ticker")
     if open_interest is not None:
         fields["open_interest"] = open_interest
     greeks = data.get("greeks")
     if isinstance(greeks, dict):
         for name in _GREEKS:
-            value = _opt_num(greeks, name, counts, "ticker.greeks")
+            value = opt_json_number(greeks, name, counts, "ticker.greeks")
             if value is not None:
                 fields[name] = value
+    # Deribit premiums are coin or USD per coin (no contract size involved).
     unit = premium_units.get(symbol) or premium_unit_from_name(symbol)
-    for native_field, usd_field in _USD_TWINS:
-        native = fields.get(native_field)
-        if native is None:
-            continue
-        if unit == md_pb.PREMIUM_UNIT_COIN_PER_COIN:
-            if forward is not None:
-                fields[usd_field] = native * forward
-        elif unit == md_pb.PREMIUM_UNIT_USD_PER_COIN:
-            fields[usd_field] = native
+    fill_usd_fields(fields, unit, None)
     emit_ticker(
         result, currency, symbol, fields, timestamp_ms * MS_TO_NS, receive_time_ns, c.SOURCE
     )
@@ -458,11 +371,11 @@ def _index_currency(index_name: str, where: str) -> str:
 
 def _parse_price_index(data: dict[str, Any], receive_time_ns: int, result: FrameResult) -> None:
     where = result.channel
-    name = _req_str(data, "index_name", where)
+    name = req_text(data, "index_name", where)
     event = md_pb.IndexPrice(
-        header=ms_header(_req_int(data, "timestamp", where), receive_time_ns, c.SOURCE),
+        header=ms_header(req_json_int(data, "timestamp", where), receive_time_ns, c.SOURCE),
         index_name=name,
-        price_usd=_req_num(data, "price", where),
+        price_usd=req_json_number(data, "price", where),
     )
     result.events.append(
         NormalisedEvent(
@@ -476,11 +389,11 @@ def _parse_volatility_index(
     data: dict[str, Any], receive_time_ns: int, result: FrameResult
 ) -> None:
     where = result.channel
-    name = _req_str(data, "index_name", where)
+    name = req_text(data, "index_name", where)
     event = md_pb.VolatilityIndex(
-        header=ms_header(_req_int(data, "timestamp", where), receive_time_ns, c.SOURCE),
+        header=ms_header(req_json_int(data, "timestamp", where), receive_time_ns, c.SOURCE),
         index_name=name,
-        volatility=_req_num(data, "volatility", where) / 100.0,
+        volatility=req_json_number(data, "volatility", where) / 100.0,
     )
     result.events.append(
         NormalisedEvent(
@@ -488,104 +401,6 @@ def _parse_volatility_index(
         )
     )
     result.counts["volatility_index"] += 1
-
-
-# ---------------------------------------------------------------------------------------------
-# hot path
-# ---------------------------------------------------------------------------------------------
-# Book changes and tickers are ~96% of the traffic. The checked path above spends most of a
-# frame in Python (dict lookups, per-field type checks, generic dispatch); the hot path lets
-# msgspec decode and type-check the frame in C and builds the one event directly. It only
-# takes frames whose result it can prove identical to the checked path's, and returns None
-# before touching any state for anything else (the checked path then handles the frame).
-
-_hot_decode: Final = msgspec.json.Decoder(HotNotification).decode
-_INT64_MAX: Final = 2**63 - 1
-# Timestamps whose nanoseconds fit an int64 (msgspec ints are unbounded; orjson turns
-# integers beyond 64 bits into floats, so only in-range ints read the same both ways).
-_MAX_TIMESTAMP_MS: Final = _INT64_MAX // MS_TO_NS
-
-
-def _fill_ticker(data: HotData, ticker: md_pb.VenueTicker, unit: md_pb.PremiumUnit) -> None:
-    """:func:`_parse_ticker`'s fields from a decoded ticker (same rules), set in place (cheaper
-    than its dict and constructor here: the values are at hand)."""
-    bid_price, bid_size = data.best_bid_price, data.best_bid_amount
-    # An empty side comes as price 0 (or null) with amount 0.
-    if bid_price is not None and bid_size is not None and bid_size > 0:
-        ticker.best_bid_price_native = bid_price
-        ticker.best_bid_size_native = bid_size
-    else:
-        bid_price = None
-    ask_price, ask_size = data.best_ask_price, data.best_ask_amount
-    if ask_price is not None and ask_size is not None and ask_size > 0:
-        ticker.best_ask_price_native = ask_price
-        ticker.best_ask_size_native = ask_size
-    else:
-        ask_price = None
-    mark = data.mark_price
-    if mark is not None:
-        if mark > 0:
-            ticker.mark_price_native = mark
-        else:
-            mark = None
-    iv = data.bid_iv
-    if iv is not None and iv > 0:
-        ticker.bid_iv = iv / 100.0
-    iv = data.ask_iv
-    if iv is not None and iv > 0:
-        ticker.ask_iv = iv / 100.0
-    iv = data.mark_iv
-    if iv is not None and iv > 0:
-        ticker.mark_iv = iv / 100.0
-    forward = data.underlying_price
-    if forward is not None:
-        if forward > 0:
-            ticker.forward_usd = forward
-        else:
-            forward = None
-    value = data.underlying_index
-    if value is not None:
-        ticker.forward_name = value
-    number = data.index_price
-    if number is not None and number > 0:
-        ticker.index_price_usd = number
-    number = data.interest_rate
-    if number is not None:
-        ticker.interest_rate = number
-    number = data.open_interest
-    if number is not None:
-        ticker.open_interest = number
-    greeks = data.greeks
-    if greeks is not None:
-        if greeks.delta is not None:
-            ticker.delta = greeks.delta
-        if greeks.gamma is not None:
-            ticker.gamma = greeks.gamma
-        if greeks.vega is not None:
-            ticker.vega = greeks.vega
-        if greeks.theta is not None:
-            ticker.theta = greeks.theta
-    if unit == md_pb.PREMIUM_UNIT_COIN_PER_COIN:
-        if forward is None:
-            return
-        if mark is not None:
-            ticker.mark_price_usd_per_coin = mark * forward
-        if bid_price is not None:
-            ticker.best_bid_price_usd_per_coin = bid_price * forward
-        if ask_price is not None:
-            ticker.best_ask_price_usd_per_coin = ask_price * forward
-    elif unit == md_pb.PREMIUM_UNIT_USD_PER_COIN:
-        if mark is not None:
-            ticker.mark_price_usd_per_coin = mark
-        if bid_price is not None:
-            ticker.best_bid_price_usd_per_coin = bid_price
-        if ask_price is not None:
-            ticker.best_ask_price_usd_per_coin = ask_price
-
-
-# ---------------------------------------------------------------------------------------------
-# REST instruments
-# ---------------------------------------------------------------------------------------------
 
 
 def parse_instruments(body: bytes | str, receive_time_ns: int) -> InstrumentParseResult:
@@ -600,16 +415,11 @@ def parse_instruments(body: bytes | str, receive_time_ns: int) -> InstrumentPars
     expiry 0 (the venue states year 3000).
     """
     result = InstrumentParseResult()
-    try:
-        message = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        result.dead_letters.append(DeadLetter(raw_bytes(body), f"malformed JSON: {exc}"))
-        return result
-    if not isinstance(message, dict):
-        result.dead_letters.append(DeadLetter(raw_bytes(body), "not a JSON object"))
+    message = decode_rest_object(body, result)
+    if message is None:
         return result
     us_out = message.get("usOut")
-    if _is_number(us_out):
+    if is_json_number(us_out):
         result.venue_time_ns = int(us_out) * US_TO_NS
     error = message.get("error")
     if isinstance(error, dict):
@@ -646,13 +456,13 @@ def _premium(kind: str, base: str, quote: str, instrument_type: str) -> md_pb.Pr
 
 
 def _instrument(entry: dict[str, Any], counts: Counter[str]) -> md_pb.Instrument | None:
-    name = _req_str(entry, "instrument_name", "instrument")
+    name = req_text(entry, "instrument_name", "instrument")
     where = f"instrument {name}"
-    kind = _req_str(entry, "kind", where)
+    kind = req_text(entry, "kind", where)
     if kind not in ("option", "future"):
         counts[f"instrument.skipped.{safe_token(kind)}"] += 1
         return None
-    base = _req_str(entry, "base_currency", where).upper()
+    base = req_text(entry, "base_currency", where).upper()
     quote_value = entry.get("quote_currency")
     quote = quote_value.upper() if isinstance(quote_value, str) else ""
     instrument_type_value = entry.get("instrument_type")
@@ -682,13 +492,13 @@ def _instrument(entry: dict[str, Any], counts: Counter[str]) -> md_pb.Instrument
         or (base if premium_unit == md_pb.PREMIUM_UNIT_COIN_PER_COIN else "USD"),
         settlement_currency=settlement,
         premium_unit=premium_unit,
-        contract_size_coin=_req_num(entry, "contract_size", where),
-        tick_size_native=_req_num(entry, "tick_size", where),
-        min_size_native=_opt_num(entry, "min_trade_amount", counts, "instrument") or 0.0,
+        contract_size_coin=req_json_number(entry, "contract_size", where),
+        tick_size_native=req_json_number(entry, "tick_size", where),
+        min_size_native=opt_json_number(entry, "min_trade_amount", counts, "instrument") or 0.0,
         underlying=underlying,
         is_active=is_active if isinstance(is_active, bool) else True,
     )
-    expiry_ms = _req_int(entry, "expiration_timestamp", where)
+    expiry_ms = req_json_int(entry, "expiration_timestamp", where)
     if kind == "option":
         instrument.kind = md_pb.INSTRUMENT_KIND_OPTION
         option_type = entry.get("option_type")
@@ -698,7 +508,7 @@ def _instrument(entry: dict[str, Any], counts: Counter[str]) -> md_pb.Instrument
             instrument.option_kind = common_pb.OPTION_KIND_PUT
         else:
             raise FieldError(f"{where}: missing or unknown 'option_type'")
-        instrument.strike_usd = _req_num(entry, "strike", where)
+        instrument.strike_usd = req_json_number(entry, "strike", where)
         instrument.expiry_time_ns = expiry_ms * MS_TO_NS
         counts["instrument.option"] += 1
     elif entry.get("settlement_period") == "perpetual" or name.endswith("-PERPETUAL"):
@@ -709,336 +519,3 @@ def _instrument(entry: dict[str, Any], counts: Counter[str]) -> md_pb.Instrument
         instrument.expiry_time_ns = expiry_ms * MS_TO_NS
         counts["instrument.future"] += 1
     return instrument
-
-
-# ---------------------------------------------------------------------------------------------
-# per-connection session
-# ---------------------------------------------------------------------------------------------
-
-_MAX_PENDING: Final = 10_000
-
-
-class DeribitSession:
-    """Pure per-connection state: book sequencing, request matching, header sequences.
-
-    Book rules (``book.{inst}.{interval}``), on top of :class:`BookSequencer`:
-
-    - a snapshot (re)starts the book at its ``change_id`` and ends any resync;
-    - a change applies when ``prev_change_id`` equals the last ``change_id``;
-    - a change with ``change_id`` <= the last one is a duplicate or replayed old change:
-      dropped and counted (``book.stale_dropped``), never applied twice, not a gap;
-    - a change with ``prev_change_id`` 0 (a just-listed option) is relative to an empty
-      book: it is emitted as an empty snapshot at sequence 0 followed by the change, so
-      that consumers applying "prev == last" stay consistent;
-    - any other mismatch, or a change with no snapshot since subscribing, is a gap: the
-      change is dropped, a ``BookReset`` is emitted and the book channel is resubscribed
-      (the venue answers with a fresh snapshot); changes in between are dropped, and the
-      resubscribe is requested again if no snapshot came within ``resync_timeout_ns``.
-
-    ``header.sequence`` is stamped from a counter that runs for the session's lifetime
-    (across reconnects), or from ``sequence()`` when given (the connector shares one counter
-    between its connections so that (source, sequence) stays unique).
-    """
-
-    def __init__(
-        self,
-        *,
-        resync_timeout_ns: int = 10_000_000_000,
-        premium_units: Mapping[str, md_pb.PremiumUnit] | None = None,
-        first_request_id: int = 1,
-        first_sequence: int = 1,
-        sequence: Callable[[], int] | None = None,
-    ) -> None:
-        self._books = BookSequencer(resync_timeout_ns)
-        self._premium_units: dict[str, md_pb.PremiumUnit] = dict(premium_units or {})
-        self._next_request_id = first_request_id
-        self._next_sequence = first_sequence
-        # A shared counter (one per connector) keeps sequences unique across connections.
-        self._shared_sequence = sequence
-        self._pending: dict[int, tuple[str, tuple[str, ...]]] = {}
-        # False: every frame takes the checked path (tests and benches compare the two).
-        self.hot_path: bool = True
-        # Frames the hot path answered (so a test notices when it silently stops doing so).
-        self.hot_hits = 0
-
-    @property
-    def source(self) -> str:
-        return c.SOURCE
-
-    def _take_sequence(self) -> int:
-        if self._shared_sequence is not None:
-            return self._shared_sequence()
-        value = self._next_sequence
-        self._next_sequence += 1
-        return value
-
-    def set_instruments(self, instruments: Iterable[md_pb.Instrument]) -> None:
-        """Premium units of known instruments (for USD-per-coin conversion of tickers)."""
-        for instrument in instruments:
-            self._premium_units[instrument.symbol] = instrument.premium_unit
-
-    def on_connected(self) -> None:
-        self._books.reset()
-        self._pending.clear()
-
-    # ---- outgoing ----------------------------------------------------------------------------
-
-    def encode(self, request: VenueRequest) -> str:
-        request_id = self._next_request_id
-        self._next_request_id += 1
-        channels_value = request.params.get("channels")
-        channels = (
-            tuple(str(ch) for ch in channels_value) if isinstance(channels_value, list) else ()
-        )
-        if len(self._pending) >= _MAX_PENDING:
-            self._pending.pop(next(iter(self._pending)))
-        self._pending[request_id] = (request.method, channels)
-        body = {
-            "jsonrpc": "2.0",
-            "id": request_id,
-            "method": request.method,
-            "params": dict(request.params),
-        }
-        return orjson.dumps(body).decode()
-
-    def subscribe(self, channels: Iterable[str]) -> str:
-        return self.encode(VenueRequest(c.SUBSCRIBE, {"channels": list(channels)}, "subscribe"))
-
-    def unsubscribe(self, channels: Iterable[str]) -> str:
-        return self.encode(VenueRequest(c.UNSUBSCRIBE, {"channels": list(channels)}, "unsubscribe"))
-
-    # ---- incoming ----------------------------------------------------------------------------
-
-    def on_frame(self, raw: bytes | str, receive_time_ns: int) -> FrameResult:
-        if self.hot_path:
-            try:
-                hot = self._hot_frame(raw, receive_time_ns)
-            except Exception:  # it changes state only after its last possible failure
-                hot = None
-            if hot is not None:
-                self.hot_hits += 1
-                return hot
-        try:
-            result = parse_frame(raw, receive_time_ns, self._premium_units)
-            self._match_responses(result)
-            if any(e.kind == "book" for e in result.events):
-                self._sequence_books(result, receive_time_ns)
-        except Exception as exc:  # belt and braces: the client must never see an exception
-            result = FrameResult()
-            result.counts["session_internal_error"] += 1
-            result.dead_letters.append(
-                DeadLetter(raw_bytes(raw), f"internal session error: {type(exc).__name__}: {exc}")
-            )
-        for event in result.events:
-            case = event.event.WhichOneof("event")
-            if case is not None:
-                getattr(event.event, case).header.sequence = self._take_sequence()
-        return result
-
-    def _hot_frame(self, raw: bytes | str, receive_time_ns: int) -> FrameResult | None:
-        """The hot path: a book or ticker notification's FrameResult, exactly as the checked
-        path would return it, with the same state changes; or None, with no state touched,
-        for any frame it does not cover (the checked path then takes it).
-
-        Covered: ``book.{inst}.{interval}`` snapshots and changes that continue the book
-        (``prev_change_id`` = the book's last ``change_id``, no resync in flight), and
-        ``ticker.{inst}.{interval}``, when every field has the JSON type the checked path
-        takes without counting or dead-lettering anything.
-        """
-        # Deribit frames are ASCII; this also keeps out invalid UTF-8 (msgspec lets it
-        # through in unread places, orjson refuses it).
-        if not raw.isascii():
-            return None
-        try:
-            message = _hot_decode(raw)
-        except msgspec.MsgspecError:
-            return None
-        params = message.params
-        channel = params.channel
-        data = params.data
-        symbol = data.instrument_name
-        timestamp_ms = data.timestamp
-        # Out-of-range values would make protobuf raise halfway (the checked path then
-        # dead-letters the frame).
-        if (
-            message.method != "subscription"
-            or channel.count(".") != 2
-            or not symbol
-            or not 0 <= timestamp_ms <= _MAX_TIMESTAMP_MS
-            or not 0 <= receive_time_ns <= _INT64_MAX
-        ):
-            return None
-        currency = _currency_of(symbol)
-        if currency is None:
-            return None
-        event = md_pb.MarketDataEvent()
-        if channel.startswith("ticker."):
-            ticker = event.ticker
-            ticker.symbol = symbol
-            unit = self._premium_units.get(symbol) or premium_unit_from_name(symbol)
-            _fill_ticker(data, ticker, unit)
-            header = ticker.header
-            count = "ticker"
-            md_kind: MdKind = "ticker"
-        elif channel.startswith("book."):
-            header_or_none = self._hot_book(data, symbol, event, receive_time_ns)
-            if header_or_none is None:
-                return None
-            header = header_or_none
-            count = "book.change" if data.type == "change" else "book.snapshot"
-            md_kind = "book"
-        else:
-            return None
-        header.event_time_ns = timestamp_ms * MS_TO_NS
-        header.receive_time_ns = receive_time_ns
-        header.source = c.SOURCE
-        header.sequence = self._take_sequence()
-        result = FrameResult(
-            events=[NormalisedEvent(currency, md_kind, event, header)], channel=channel
-        )
-        counts = result.counts
-        counts["frames"] = 1
-        counts[count] = 1
-        return result
-
-    def _hot_book(
-        self, data: HotData, symbol: str, event: md_pb.MarketDataEvent, now_ns: int
-    ) -> common_pb.EventHeader | None:
-        """A book snapshot or a change that continues the book into ``event``, and the book's
-        state moved on as the checked path would; None (nothing touched) for anything else."""
-        kind, change_id, bids, asks = data.type, data.change_id, data.bids, data.asks
-        if change_id is None or bids is None or asks is None or not 0 <= change_id <= _INT64_MAX:
-            return None
-        if kind == "change":
-            prev = data.prev_change_id
-            # 0 (just listed), gaps, duplicates, a resync or no snapshot yet: checked path.
-            if prev is None or prev == 0 or prev != self._books.last_sequence(symbol):
-                return None
-            delta = event.book_delta
-            delta.symbol = symbol
-            add = delta.bids.add
-            for action, price, amount in bids:
-                add(price_native=price, size_native=0.0 if action == "delete" else amount)
-            add = delta.asks.add
-            for action, price, amount in asks:
-                add(price_native=price, size_native=0.0 if action == "delete" else amount)
-            delta.venue_sequence = change_id
-            delta.prev_venue_sequence = prev
-            self._books.check_delta(symbol, prev, change_id, now_ns)  # APPLY: prev == last
-            return delta.header
-        if kind == "snapshot":
-            snapshot = event.book_snapshot
-            snapshot.symbol = symbol
-            # Deletes have size 0: best_first_pairs drops them, as from the checked path.
-            live_bids, live_asks = best_first_pairs(
-                [(price, amount) for action, price, amount in bids if action != "delete"],
-                [(price, amount) for action, price, amount in asks if action != "delete"],
-            )
-            add_number_levels(snapshot.bids, live_bids)
-            add_number_levels(snapshot.asks, live_asks)
-            snapshot.venue_sequence = change_id
-            self._books.snapshot(symbol, change_id)
-            return snapshot.header
-        return None
-
-    def _match_responses(self, result: FrameResult) -> None:
-        acks: list[RequestAck] = []
-        for ack in result.acks:
-            pending = (
-                self._pending.pop(ack.request_id, None) if isinstance(ack.request_id, int) else None
-            )
-            if pending is None:
-                result.counts["response.unmatched"] += 1
-                acks.append(ack)
-                continue
-            method, _ = pending
-            acks.append(RequestAck(ack.request_id, method, ack.result))
-            result.counts[f"response.{safe_token(method)}"] += 1
-            if method in (c.SUBSCRIBE, c.UNSUBSCRIBE):
-                if not isinstance(ack.result, list):
-                    result.counts["response.bad_channel_list"] += 1
-                    continue
-                channels = [ch for ch in ack.result if isinstance(ch, str)]
-                if method == c.SUBSCRIBE:
-                    refused = len(set(pending[1]) - set(channels))
-                    if refused:
-                        result.counts["subscribe.unconfirmed_channels"] += refused
-                (result.subscribed if method == c.SUBSCRIBE else result.unsubscribed).extend(
-                    channels
-                )
-        result.acks = acks
-        errors: list[VenueError] = []
-        for error in result.venue_errors:
-            pending = (
-                self._pending.pop(error.request_id, None)
-                if isinstance(error.request_id, int)
-                else None
-            )
-            if pending is None:
-                errors.append(error)
-            else:
-                errors.append(
-                    VenueError(error.code, error.message, error.request_id, pending[0], pending[1])
-                )
-        result.venue_errors = errors
-
-    def _sequence_books(self, result: FrameResult, now_ns: int) -> None:
-        events: list[NormalisedEvent] = []
-        for item in result.events:
-            case = item.event.WhichOneof("event")
-            if case == "book_snapshot":
-                snapshot = item.event.book_snapshot
-                if not snapshot.is_periodic:
-                    self._books.snapshot(snapshot.symbol, snapshot.venue_sequence)
-                events.append(item)
-            elif case == "book_delta":
-                events.extend(self._on_delta(item, result, now_ns))
-            else:
-                events.append(item)
-        result.events = events
-
-    def _on_delta(
-        self, item: NormalisedEvent, result: FrameResult, now_ns: int
-    ) -> list[NormalisedEvent]:
-        delta = item.event.book_delta
-        symbol, prev, sequence = delta.symbol, delta.prev_venue_sequence, delta.venue_sequence
-        last = self._books.last_sequence(symbol)
-        if prev == 0 and last != 0 and not self._books.is_resyncing(symbol):
-            if last is not None and sequence <= last:
-                result.counts["book.stale_dropped"] += 1
-                return []
-            # Just-listed instrument: the change is relative to an empty book.
-            result.counts["book.restart_from_empty"] += 1
-            empty = md_pb.BookSnapshot(symbol=symbol, venue_sequence=0)
-            empty.header.CopyFrom(delta.header)
-            self._books.snapshot(symbol, sequence)
-            return [
-                NormalisedEvent(item.currency, "book", md_pb.MarketDataEvent(book_snapshot=empty)),
-                item,
-            ]
-        verdict = self._books.check_delta(symbol, prev, sequence, now_ns)
-        if verdict == DeltaVerdict.APPLY:
-            return [item]
-        if verdict == DeltaVerdict.STALE:
-            result.counts["book.stale_dropped"] += 1
-            return []
-        if verdict == DeltaVerdict.RESYNCING:
-            result.counts["book.dropped_while_resyncing"] += 1
-            return []
-        if verdict == DeltaVerdict.RESYNC_AGAIN:
-            result.counts["book.resync_again"] += 1
-            result.resubscribes.append(
-                ResubscribeRequest(symbol, result.channel, "no snapshot after resubscribing")
-            )
-            return []
-        if verdict == DeltaVerdict.NO_SNAPSHOT:
-            reason = f"change {sequence} without a snapshot since subscribing"
-            result.counts["book.no_snapshot"] += 1
-        else:
-            reason = f"gap: prev_change_id {prev} != last change_id {last} (change_id {sequence})"
-            result.counts["book.gap"] += 1
-        self._books.start_resync(symbol, now_ns)
-        reset = md_pb.BookReset(symbol=symbol, reason=reason)
-        reset.header.CopyFrom(delta.header)
-        result.resubscribes.append(ResubscribeRequest(symbol, result.channel, reason))
-        return [NormalisedEvent(item.currency, "book", md_pb.MarketDataEvent(book_reset=reset))]

@@ -5,7 +5,8 @@ from __future__ import annotations
 from svc_connector.venues.base import ConnectorConfig, EventSink, VenueAdapter, VenueConnector
 from svc_connector.venues.okx import constants
 from svc_connector.venues.okx.client import OkxConnector, OkxSettings, plan_channel_groups
-from svc_connector.venues.okx.parse import OkxSession, parse_frame, parse_instruments
+from svc_connector.venues.okx.parse import parse_frame, parse_instruments
+from svc_connector.venues.okx.session import OkxSession
 
 
 def _make_connector(config: ConnectorConfig, sink: EventSink) -> VenueConnector:

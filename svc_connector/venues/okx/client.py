@@ -30,16 +30,12 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from svc_connector.runtime import (
-    ConnectionPlan,
-    PooledConnector,
-    RuntimeSettings,
-    WireSession,
-    option_flag,
-)
-from svc_connector.venues.base import ConnectorConfig, EventSink, VenueRequest
+from svc_connector.runtime.pool import PooledConnector
+from svc_connector.runtime.settings import ConnectionPlan, RuntimeSettings, option_flag
+from svc_connector.venues.base import ConnectorConfig, EventSink, VenueRequest, VenueSession
 from svc_connector.venues.okx import constants as c
-from svc_connector.venues.okx.parse import OkxSession, parse_instruments
+from svc_connector.venues.okx.parse import parse_instruments
+from svc_connector.venues.okx.session import OkxSession
 from svc_connector.venues.okx.symbols import channel_name, currency_of, family_of
 from volstream.v1 import market_data_pb2 as md_pb
 
@@ -128,7 +124,7 @@ class OkxConnector(PooledConnector):
         self.okx = OkxSettings.from_config(config)
         super().__init__(self.okx.runtime, sink, connects_per_second=c.CONNECTS_PER_SECOND)
 
-    def new_session(self) -> WireSession:
+    def new_session(self) -> VenueSession:
         return OkxSession(
             resync_timeout_ns=int(self.settings.resync_timeout_s * 1e9),
             verify_checksums=self.okx.verify_checksum,

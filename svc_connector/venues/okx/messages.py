@@ -170,7 +170,7 @@ class InstrumentsResponse(TypedDict):
 
 
 # ---- venue message shapes (msgspec, for the hot path) -----------------------------------------
-# What parse.py's hot path decodes in one C pass, every field's type checked there. A frame
+# What hot.py decodes in one C pass, every field's type checked there. A frame
 # that does not fit (a field missing or of another type) fails to decode and takes the
 # checked path. Unknown fields are ignored, as the checked path ignores them. The decoders
 # are lax (strict=False): numeric strings become numbers ("0.0585" -> 0.0585, "12" -> 12),

@@ -1,14 +1,11 @@
-"""Pure OKX v5 decoding: raw frames and REST bodies -> normalised protobuf. No I/O, no clock.
+"""Checked OKX v5 parsing: raw frames and REST bodies -> normalised protobuf. Stateless, no I/O,
+no clock.
 
-- :func:`parse_frame`: one websocket frame -> :class:`FrameResult` (stateless).
+- :func:`parse_frame`: one websocket frame -> :class:`FrameResult`;
+  :func:`parse_frame_detailed` adds what the session needs (book strings, replies).
 - :func:`parse_instruments`: a ``/api/v5/public/instruments`` body -> instruments.
-- :class:`OkxSession`: per-connection state on top of the stateless parse: book sequencing
-  (``seqId``/``prevSeqId``) and checksum verification on a string-level book, tickers
-  assembled from ``opt-summary`` + ``tickers`` + ``mark-price``, request/ack matching,
-  header sequence stamping. The live venue sends checksum 0 since June 2026: the string
-  book is kept only for books whose snapshot carried a checksum, and a non-zero checksum on
-  a book without one resyncs it (``book.checksum_unexpected``). A hot path answers books
-  pushes and ``opt-summary`` with msgspec Structs (see :meth:`OkxSession._hot_frame`).
+
+The per-connection state is in ``session.py``, the fast path in ``hot.py``.
 
 Normalisation: IVs are fractions already ("0"/"" -> absent); ``opt-summary`` ``fwdPx`` is
 the ticker's ``forward_usd``; ``deltaBS`` is ``delta`` and ``delta`` (premium-adjusted) is
@@ -22,42 +19,21 @@ messages missing required fields are dead-lettered with a reason.
 from __future__ import annotations
 
 import math
-import struct
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-import msgspec
 import orjson
 
-from svc_connector.session import (
-    ASKS_TAG,
-    BIDS_TAG,
+from svc_connector.kit.book_levels import TextLevel, add_book_levels, book_levels, text_levels
+from svc_connector.kit.fields import (
     MS_TO_NS,
-    PRICE_FIELDS,
-    BookSequencer,
     FieldError,
-    PendingRequests,
-    StampingSession,
-    TextLevel,
-    TickerMerger,
-    add_book_levels,
     as_number,
     as_object,
-    book_levels,
-    book_reset_event,
     cached,
-    collect_instruments,
-    decode_frame,
-    decode_rest_object,
-    each_entry,
-    fill_usd_fields,
-    fill_usd_per_coin,
-    guarded,
     iv_fraction,
-    ms_header,
-    name_venue_errors,
     opt_number,
     positive,
     raw_bytes,
@@ -66,27 +42,27 @@ from svc_connector.session import (
     req_text,
     request_id_of,
     safe_token,
-    sequence_delta,
-    set_best_quotes,
-    text_levels,
-    ticker_fields,
 )
+from svc_connector.kit.frames import (
+    collect_instruments,
+    decode_frame,
+    decode_rest_object,
+    each_entry,
+    guarded,
+)
+from svc_connector.kit.stamping import ms_header
+from svc_connector.kit.tickers import fill_usd_per_coin, set_best_quotes
 from svc_connector.venues.base import (
     DeadLetter,
     FrameResult,
     InstrumentParseResult,
     InstrumentStateChange,
     NormalisedEvent,
-    RequestAck,
     VenueError,
-    VenueRequest,
 )
 from svc_connector.venues.okx import constants as c
-from svc_connector.venues.okx import messages as msg
-from svc_connector.venues.okx.checksum import OkxChecksumBook
 from svc_connector.venues.okx.symbols import (
     USD_QUOTES,
-    channel_arg,
     channel_of_arg,
     currency_of,
     parse_instrument_id,
@@ -107,6 +83,8 @@ OPT_SUMMARY_FIELDS: Final = (
     "vega",
     "theta",
 )
+
+
 TICKER_FIELDS: Final = (
     "best_bid_price_native",
     "best_bid_size_native",
@@ -115,7 +93,11 @@ TICKER_FIELDS: Final = (
     "best_bid_price_usd_per_coin",
     "best_ask_price_usd_per_coin",
 )
+
+
 MARK_FIELDS: Final = ("mark_price_native", "mark_price_usd_per_coin")
+
+
 OWNED_FIELDS: Final[Mapping[str, tuple[str, ...]]] = {
     c.OPT_SUMMARY: OPT_SUMMARY_FIELDS,
     c.TICKERS: TICKER_FIELDS,
@@ -150,11 +132,6 @@ class ParsedFrame:
     # in ``ticker_parts`` (id(event) -> parts), so the message is built once, merged.
     defer_tickers: bool = False
     ticker_parts: dict[int, tuple[str, int, dict[str, float]]] = field(default_factory=dict)
-
-
-# ---------------------------------------------------------------------------------------------
-# websocket frames
-# ---------------------------------------------------------------------------------------------
 
 
 def parse_frame(
@@ -278,25 +255,25 @@ def _on_push(
         result.counts[f"unknown_channel.{safe_token(channel)}"] += 1
 
 
-_currency_of = cached(currency_of)
+cached_currency_of = cached(currency_of)
 
 
 def _currency(symbol: str, where: str) -> str:
-    currency = _currency_of(symbol)
+    currency = cached_currency_of(symbol)
     if currency is None:
         raise FieldError(f"{where}: cannot tell the currency of {symbol!r}")
     return currency
 
 
 # Integers a float holds exactly (what the checked path's float round trip returns as is).
-_EXACT_INT: Final = 2**53
+EXACT_INT: Final = 2**53
 
 
 def _optional_int(entry: Mapping[str, Any], key: str, where: str) -> int | None:
     value = entry.get(key)
     if value is None:
         return None
-    if type(value) is int and -_EXACT_INT < value < _EXACT_INT:
+    if type(value) is int and -EXACT_INT < value < EXACT_INT:
         return value
     number = as_number(value)
     if number is None or not number.is_integer():
@@ -329,7 +306,7 @@ def _incremental_book(
     event = md_pb.MarketDataEvent()
     if action == "snapshot":
         snapshot = event.book_snapshot
-        _fill_header(snapshot.header, timestamp_ms, receive_time_ns)
+        fill_header(snapshot.header, timestamp_ms, receive_time_ns)
         snapshot.symbol = symbol
         add_book_levels(snapshot.bids, [level for level in bids if float(level[1]) > 0])
         add_book_levels(snapshot.asks, [level for level in asks if float(level[1]) > 0])
@@ -339,7 +316,7 @@ def _incremental_book(
         if has_sequence and prev is None:
             raise FieldError(f"{where}: update with 'seqId' but no 'prevSeqId'")
         delta = event.book_delta
-        _fill_header(delta.header, timestamp_ms, receive_time_ns)
+        fill_header(delta.header, timestamp_ms, receive_time_ns)
         delta.symbol = symbol
         add_book_levels(delta.bids, bids)
         add_book_levels(delta.asks, asks)
@@ -355,7 +332,7 @@ def _incremental_book(
     parsed.books.append((item, BookText(symbol, bids, asks, checksum, has_sequence)))
 
 
-def _fill_header(header: common_pb.EventHeader, timestamp_ms: int, receive_time_ns: int) -> None:
+def fill_header(header: common_pb.EventHeader, timestamp_ms: int, receive_time_ns: int) -> None:
     """:func:`ms_header` written into an event's own header."""
     header.event_time_ns = timestamp_ms * MS_TO_NS
     header.receive_time_ns = receive_time_ns
@@ -403,6 +380,8 @@ def _emit_ticker(ticker: md_pb.VenueTicker, result: FrameResult, name: str) -> N
 
 # (VenueTicker field, opt-summary key) pairs: IVs ("0"/"" = no value) and greeks.
 _SUMMARY_IVS: Final = (("bid_iv", "bidVol"), ("ask_iv", "askVol"), ("mark_iv", "markVol"))
+
+
 _SUMMARY_GREEKS: Final = (
     ("delta", "deltaBS"),
     ("delta_premium_adjusted", "delta"),
@@ -576,11 +555,6 @@ def _index_ticker(entry: dict[str, Any], receive_time_ns: int, result: FrameResu
     result.counts["index_price"] += 1
 
 
-# ---------------------------------------------------------------------------------------------
-# REST instruments
-# ---------------------------------------------------------------------------------------------
-
-
 def parse_instruments(body: bytes | str, receive_time_ns: int) -> InstrumentParseResult:
     """Decode a ``/api/v5/public/instruments`` body (options, futures, swaps).
 
@@ -692,575 +666,3 @@ def _expiry_ns(value: object, symbol: Any, where: str) -> int:
     if symbol is not None and symbol.expiry_time_ns is not None:
         return int(symbol.expiry_time_ns)
     raise FieldError(f"{where}: missing or non-numeric 'expTime'")
-
-
-# ---------------------------------------------------------------------------------------------
-# per-connection session
-# ---------------------------------------------------------------------------------------------
-
-_MAX_PENDING: Final = 10_000
-
-
-class OkxSession(StampingSession):
-    """Pure per-connection state: book sequencing + checksums, merged tickers, acks.
-
-    Books of incremental channels (``books``, ``books-l2-tbt``, ``books50-l2-tbt``):
-
-    - a snapshot (re)starts the book at its ``seqId`` and ends any resync;
-    - an update applies when ``prevSeqId`` equals the last ``seqId``; this also accepts the
-      keep-alive (empty, ``prevSeqId == seqId``) and the ``seqId`` going backwards after
-      maintenance (its ``prevSeqId`` still equals the last ``seqId``);
-    - an update with ``seqId`` <= the last one (otherwise not contiguous) is a duplicate:
-      dropped and counted, never applied twice;
-    - older messages without ``seqId`` are numbered here: the snapshot is 1 and each update
-      continues from the last number (only the checksum can then detect a loss);
-    - after applying, the top 25 levels of a string-level book (the venue's own strings)
-      are hashed and compared with the message's ``checksum`` when it is non-zero. The
-      string-level book is kept only for books whose snapshot carried a non-zero checksum
-      (the venue sends 0 since June 2026); a non-zero checksum on an update of a book
-      without one resyncs it like a mismatch (``book.checksum_unexpected``);
-    - a gap, an update without a snapshot, or a checksum mismatch: the message is dropped,
-      a ``BookReset`` is emitted and the book channel is resubscribed (the venue answers
-      with a fresh snapshot); updates in between are dropped, the resubscribe is requested
-      again if no snapshot came within ``resync_timeout_ns``.
-
-    Tickers: ``opt-summary`` (IVs, forward, greeks), ``tickers`` (best bid/ask) and
-    ``mark-price`` each own some VenueTicker fields; the session emits the merged ticker of
-    the instrument each time (see :class:`TickerMerger`) with USD-per-coin prices from the
-    latest forward.
-
-    ``on_frame`` tries a hot path first (see :meth:`_hot_frame`); ``hot_path = False``
-    leaves every frame to the checked path, ``hot_hits`` counts the frames it answered.
-    """
-
-    subscribe_method = c.SUBSCRIBE
-    unsubscribe_method = c.UNSUBSCRIBE
-    # False: every frame takes the checked path (tests and benchmarks compare the two).
-    hot_path: bool = True
-
-    def __init__(
-        self,
-        *,
-        resync_timeout_ns: int = 10_000_000_000,
-        premium_units: Mapping[str, md_pb.PremiumUnit] | None = None,
-        verify_checksums: bool = True,
-        first_request_id: int = 1,
-        first_sequence: int = 1,
-        sequence: Callable[[], int] | None = None,
-    ) -> None:
-        super().__init__(first_sequence=first_sequence, sequence=sequence)
-        self._books = BookSequencer(resync_timeout_ns)
-        self._strings: dict[str, OkxChecksumBook] = {}
-        self._verify_checksums = verify_checksums
-        self._premium_units: dict[str, md_pb.PremiumUnit] = dict(premium_units or {})
-        self._contract_sizes: dict[str, float] = {}
-        self._tickers = TickerMerger()
-        self._next_request_id = first_request_id
-        self._pending = PendingRequests(_MAX_PENDING)
-        # request id -> channels whose ack has not arrived yet (OKX acks one per argument).
-        self._unacked: dict[str, set[str]] = {}
-        # Frames the hot path answered (the rest took the checked path).
-        self.hot_hits = 0
-
-    @property
-    def source(self) -> str:
-        return c.SOURCE
-
-    def set_instruments(self, instruments: Iterable[md_pb.Instrument]) -> None:
-        """Premium units and contract sizes of known instruments (USD-per-coin conversion)."""
-        for instrument in instruments:
-            self._premium_units[instrument.symbol] = instrument.premium_unit
-            self._contract_sizes[instrument.symbol] = instrument.contract_size_coin
-
-    def on_connected(self) -> None:
-        self._books.reset()
-        self._strings.clear()
-        self._pending.clear()
-        self._unacked.clear()
-
-    # ---- outgoing ----------------------------------------------------------------------------
-
-    def encode(self, request: VenueRequest) -> str:
-        """``ping`` -> the text ``ping``; (un)subscribe ``{"channels": [...]}`` -> op + args."""
-        if request.method == c.PING:
-            return c.PING
-        request_id = str(self._next_request_id)
-        self._next_request_id += 1
-        channels_value = request.params.get("channels")
-        channels = [str(ch) for ch in channels_value] if isinstance(channels_value, list) else []
-        args = [arg for arg in (channel_arg(ch) for ch in channels) if arg is not None]
-        self._pending.add(request_id, request.method, channels)
-        if request.method in (c.SUBSCRIBE, c.UNSUBSCRIBE):
-            if len(self._unacked) >= _MAX_PENDING:
-                self._unacked.pop(next(iter(self._unacked)))
-            self._unacked[request_id] = set(channels)
-        body = {"id": request_id, "op": request.method, "args": args}
-        return orjson.dumps(body).decode()
-
-    # ---- incoming ----------------------------------------------------------------------------
-
-    def on_frame(self, raw: bytes | str, receive_time_ns: int) -> FrameResult:
-        if self.hot_path:
-            try:
-                result = self._hot_frame(raw, receive_time_ns)
-            except Exception:  # decided before any state changed: the checked path reports it
-                result = None
-            if result is not None:
-                self.hot_hits += 1
-                return result
-        return super().on_frame(raw, receive_time_ns)
-
-    def _hot_frame(self, raw: bytes | str, now_ns: int) -> FrameResult | None:
-        """The hot path: the usual push frames (``books`` updates and snapshots,
-        ``opt-summary``) decoded into msgspec Structs (messages.py) and normalised without
-        the checked path's generic layers, which cost several times the decode per frame.
-
-        Returns exactly what the checked path would (events stamped), or None before
-        changing any state for anything else: replies, other channels, a decode or type
-        error, a value the checked path would reject, count or read another way, a sequence
-        that does not continue the book, a checksum to verify. Everything that can raise
-        happens before the first state change.
-        """
-        try:
-            book = msg.BOOK_PUSH_DECODER.decode(raw)
-        except msgspec.MsgspecError:
-            pass
-        else:
-            if book.event is not None or book.arg.channel not in c.INCREMENTAL_BOOKS:
-                return None
-            if book.action == "update":
-                return self._hot_update(raw, book, now_ns)
-            if book.action == "snapshot":
-                return self._hot_snapshot(raw, book, now_ns)
-            return None
-        try:
-            summary = msg.SUMMARY_PUSH_DECODER.decode(raw)
-        except msgspec.MsgspecError:
-            return None
-        if summary.event is not None or summary.arg.channel != c.OPT_SUMMARY:
-            return None
-        return self._hot_summaries(raw, summary, now_ns)
-
-    def _hot_update(
-        self, raw: bytes | str, push: msg.HotBookPush, now_ns: int
-    ) -> FrameResult | None:
-        symbol = push.arg.instId
-        currency = _currency_of(symbol) if symbol else None
-        if currency is None or len(push.data) != 1:
-            return None
-        entry = push.data[0]
-        sequence, prev, checksum = entry.seqId, entry.prevSeqId, entry.checksum
-        if (
-            sequence is None
-            or prev is None
-            or not -_EXACT_INT < sequence < _EXACT_INT
-            or prev != self._books.last_sequence(symbol)  # also None: no book, resyncing
-            or symbol in self._strings  # its checksum book needs the venue's strings
-        ):
-            return None
-        body = self._hot_book_body(raw, entry, skip_empty=False)
-        if body is None:
-            return None
-        checksum_count, levels, timestamp_ms = body
-        bids, asks = entry.bids, entry.asks
-        event = md_pb.MarketDataEvent()
-        delta = event.book_delta
-        delta.MergeFromString(levels)
-        header = delta.header
-        _fill_header(header, timestamp_ms, now_ns)
-        delta.symbol = symbol
-        delta.venue_sequence = sequence
-        delta.prev_venue_sequence = prev
-        delta.checksum = checksum
-        # Decided: from here on nothing raises.
-        self._books.check_delta(symbol, prev, sequence, now_ns)  # APPLY: prev == last
-        header.sequence = self._take_sequence()
-        result = FrameResult(
-            [NormalisedEvent(currency, "book", event, header)], f"{push.arg.channel}:{symbol}"
-        )
-        counts = result.counts
-        counts["frames"] = 1
-        counts[
-            "book.keepalive" if not bids and not asks and prev == sequence else "book.update"
-        ] = 1
-        counts[checksum_count] = 1
-        return result
-
-    def _hot_snapshot(
-        self, raw: bytes | str, push: msg.HotBookPush, now_ns: int
-    ) -> FrameResult | None:
-        symbol = push.arg.instId
-        currency = _currency_of(symbol) if symbol else None
-        if currency is None or len(push.data) != 1:
-            return None
-        entry = push.data[0]
-        sequence = entry.seqId
-        if sequence is None or not -_EXACT_INT < sequence < _EXACT_INT:
-            return None
-        # A snapshot keeps the levels with a size (size 0 deletes only in updates).
-        body = self._hot_book_body(raw, entry, skip_empty=True)
-        if body is None:
-            return None
-        checksum_count, levels, timestamp_ms = body
-        event = md_pb.MarketDataEvent()
-        snapshot = event.book_snapshot
-        snapshot.MergeFromString(levels)
-        header = snapshot.header
-        _fill_header(header, timestamp_ms, now_ns)
-        snapshot.symbol = symbol
-        snapshot.venue_sequence = sequence
-        # Decided: from here on nothing raises.
-        self._books.snapshot(symbol, sequence)
-        self._strings.pop(symbol, None)
-        header.sequence = self._take_sequence()
-        result = FrameResult(
-            [NormalisedEvent(currency, "book", event, header)], f"{push.arg.channel}:{symbol}"
-        )
-        counts = result.counts
-        counts["frames"] = 1
-        counts["book.snapshot"] = 1
-        counts[checksum_count] = 1
-        return result
-
-    def _hot_book_body(
-        self, raw: bytes | str, entry: msg.HotBook, skip_empty: bool
-    ) -> tuple[str, bytes, int] | None:
-        """What a books update and a snapshot check alike: (checksum counter, the levels'
-        wire bytes, the venue timestamp in ms); None for the checked path."""
-        checksum = entry.checksum
-        if checksum == 0:
-            checksum_count = "book.checksum_absent"
-        elif not self._verify_checksums and -_MAX_CHECKSUM <= checksum < _MAX_CHECKSUM:
-            checksum_count = "book.checksum_not_verified"
-        else:
-            return None  # to verify (or out of range): the checked path
-        timestamp_ms = _hot_ts(entry.ts)
-        if timestamp_ms is None:
-            return None
-        wire: list[bytes] = []
-        bid_zeros = _hot_levels(wire, BIDS_TAG, entry.bids, skip_empty=skip_empty)
-        ask_zeros = _hot_levels(wire, ASKS_TAG, entry.asks, skip_empty=skip_empty)
-        if (
-            bid_zeros is None
-            or ask_zeros is None
-            or ((bid_zeros or ask_zeros) and _minus_zero(raw))
-        ):
-            return None
-        return checksum_count, b"".join(wire), timestamp_ms
-
-    def _hot_summaries(
-        self, raw: bytes | str, push: msg.HotSummaryPush, now_ns: int
-    ) -> FrameResult | None:
-        units = self._premium_units
-        parsed: list[tuple[str, str, int, tuple[float, ...], md_pb.PremiumUnit]] = []
-        zeros = False
-        for entry in push.data:
-            symbol = entry.instId
-            currency = _currency_of(symbol) if symbol else None
-            timestamp_ms = _hot_ts(entry.ts)
-            values = _hot_summary_values(entry)
-            if currency is None or timestamp_ms is None or values is None:
-                return None
-            unit = units.get(symbol) or premium_unit_from_id(symbol)
-            parsed.append((symbol, currency, timestamp_ms * MS_TO_NS, values, unit))
-            zeros = zeros or 0.0 in values[4:]
-        if zeros and _minus_zero(raw):
-            return None
-        # Decided: from here on nothing raises.
-        arg = push.arg
-        key = arg.instId or arg.instFamily or arg.uly
-        result = FrameResult(channel=f"{c.OPT_SUMMARY}:{key}" if key else c.OPT_SUMMARY)
-        merger = self._tickers
-        sizes = self._contract_sizes
-        events = result.events
-        take_sequence = self._take_sequence
-        source = c.SOURCE
-        for symbol, currency, event_time_ns, values, unit in parsed:
-            merged = _merge_summary(merger, symbol, values)
-            if not _NATIVE_PRICES.isdisjoint(merged):
-                merged = dict(merged)  # gets USD twins the merger does not keep
-                fill_usd_fields(merged, unit, sizes.get(symbol))
-            event = md_pb.MarketDataEvent()
-            ticker = event.ticker
-            header = ticker.header
-            header.event_time_ns = event_time_ns
-            header.receive_time_ns = now_ns
-            header.source = source
-            ticker.symbol = symbol
-            for name, value in merged.items():
-                setattr(ticker, name, value)
-            header.sequence = take_sequence()
-            events.append(NormalisedEvent(currency, "ticker", event, header))
-        counts = result.counts
-        counts["frames"] = 1
-        if parsed:
-            counts["ticker.opt_summary"] = len(parsed)
-        return result
-
-    def _on_frame(self, raw: bytes | str, receive_time_ns: int) -> FrameResult:
-        parsed = parse_frame_detailed(raw, receive_time_ns, self._premium_units, defer_tickers=True)
-        result = parsed.result
-        if parsed.replies or result.venue_errors:
-            self._match_replies(parsed)
-        if parsed.books:
-            self._sequence_books(parsed, receive_time_ns)
-        if any(e.kind == "ticker" for e in result.events):
-            self._merge_tickers(parsed, receive_time_ns)
-        return result
-
-    def _match_replies(self, parsed: ParsedFrame) -> None:
-        result = parsed.result
-        for request_id, op, channel in parsed.replies:
-            key = self._request_of(request_id, op, channel)
-            if key is None:
-                result.counts["response.unmatched"] += 1
-                continue
-            unacked = self._unacked[key]
-            unacked.discard(channel)
-            if not unacked:
-                del self._unacked[key]
-                request = self._pending.pop(key)
-                channels = list(request[1]) if request is not None else []
-                result.acks.append(RequestAck(key, op, channels))
-                result.counts[f"response.{op}"] += 1
-        name_venue_errors(result, self._pending)
-        for error in result.venue_errors:
-            if error.method in (c.SUBSCRIBE, c.UNSUBSCRIBE):
-                self._unacked.pop(str(error.request_id), None)
-
-    def _request_of(self, request_id: int | str | None, op: str, channel: str) -> str | None:
-        if isinstance(request_id, str) and request_id in self._unacked:
-            return request_id
-        # Older venue versions do not echo the id: the oldest request awaiting this channel.
-        for key, unacked in self._unacked.items():
-            pending = self._pending.get(key)
-            if pending is not None and pending[0] == op and channel in unacked:
-                return key
-        return None
-
-    def _sequence_books(self, parsed: ParsedFrame, now_ns: int) -> None:
-        result = parsed.result
-        books = parsed.books
-        if len(books) == 1 and len(result.events) == 1 and books[0][0] is result.events[0]:
-            # The usual frame: one book message and nothing else.
-            item, text = books[0]
-            if item.event.WhichOneof("event") == "book_snapshot":
-                result.events = self._on_snapshot(item, text, result, now_ns)
-            else:
-                result.events = self._on_update(item, text, result, now_ns)
-            return
-        texts = {id(book): book_text for book, book_text in books}
-        events: list[NormalisedEvent] = []
-        for event in result.events:
-            found = texts.get(id(event))
-            if found is None:
-                events.append(event)
-            elif event.event.WhichOneof("event") == "book_snapshot":
-                events.extend(self._on_snapshot(event, found, result, now_ns))
-            else:
-                events.extend(self._on_update(event, found, result, now_ns))
-        result.events = events
-
-    def _on_snapshot(
-        self, item: NormalisedEvent, text: BookText, result: FrameResult, now_ns: int
-    ) -> list[NormalisedEvent]:
-        snapshot = item.event.book_snapshot
-        if not text.has_sequence:
-            snapshot.venue_sequence = 1
-        self._books.snapshot(text.symbol, snapshot.venue_sequence)
-        # A checksum book only for books the venue checksums (it sends 0 since June 2026).
-        if text.checksum and self._verify_checksums:
-            strings = OkxChecksumBook()
-            strings.apply_snapshot(text.bids, text.asks)
-            self._strings[text.symbol] = strings
-        else:
-            self._strings.pop(text.symbol, None)
-        return self._checked(item, text, result, now_ns)
-
-    def _on_update(
-        self, item: NormalisedEvent, text: BookText, result: FrameResult, now_ns: int
-    ) -> list[NormalisedEvent]:
-        delta = item.event.book_delta
-        if not text.has_sequence:
-            last = self._books.last_sequence(text.symbol)
-            if last is not None:
-                delta.prev_venue_sequence = last
-                delta.venue_sequence = last + 1
-        events = sequence_delta(self._books, item, result.channel, result, now_ns)
-        if len(events) != 1 or events[0] is not item:
-            return events
-        strings = self._strings.get(text.symbol)
-        if strings is not None:
-            strings.apply_update(text.bids, text.asks)
-        return self._checked(item, text, result, now_ns)
-
-    def _checked(
-        self, item: NormalisedEvent, text: BookText, result: FrameResult, now_ns: int
-    ) -> list[NormalisedEvent]:
-        """The event if the book's top 25 levels hash to the venue's checksum, else a reset."""
-        if text.checksum == 0:
-            result.counts["book.checksum_absent"] += 1
-            return [item]
-        if not self._verify_checksums:
-            result.counts["book.checksum_not_verified"] += 1
-            return [item]
-        strings = self._strings.get(text.symbol)
-        if strings is None:
-            # A checksum on a book whose snapshot had none: nothing to verify it against.
-            result.counts["book.checksum_unexpected"] += 1
-            reason = f"checksum {text.checksum} on a book whose snapshot had none"
-            return [
-                book_reset_event(
-                    self._books, item, text.symbol, result.channel, reason, result, now_ns
-                )
-            ]
-        actual = strings.checksum()
-        if actual == text.checksum:
-            result.counts["book.checksum_ok"] += 1
-            return [item]
-        result.counts["book.checksum_mismatch"] += 1
-        del self._strings[text.symbol]
-        reason = f"checksum mismatch: venue {text.checksum}, book {actual}"
-        return [
-            book_reset_event(self._books, item, text.symbol, result.channel, reason, result, now_ns)
-        ]
-
-    def _merge_tickers(self, parsed: ParsedFrame, receive_time_ns: int) -> None:
-        result = parsed.result
-        owned = OWNED_FIELDS.get(result.channel.partition(":")[0], ())
-        deferred = parsed.ticker_parts
-        units = self._premium_units
-        sizes = self._contract_sizes
-        merger = self._tickers
-        events: list[NormalisedEvent] = []
-        for item in result.events:
-            if item.kind != "ticker":
-                events.append(item)
-                continue
-            parts = deferred.get(id(item.event))
-            header: common_pb.EventHeader | dict[str, Any]
-            if parts is None:
-                ticker = item.event.ticker
-                symbol, header = ticker.symbol, ticker.header
-                fields = ticker_fields(ticker, owned)
-            else:
-                symbol, event_time_ns, fields = parts
-                header = {
-                    "event_time_ns": event_time_ns,
-                    "receive_time_ns": receive_time_ns,
-                    "source": c.SOURCE,
-                }
-            merged = merger.merge_fields(symbol, fields, owned)
-            unit = units.get(symbol) or premium_unit_from_id(symbol)
-            fill_usd_fields(merged, unit, sizes.get(symbol))
-            merged["header"] = header
-            merged["symbol"] = symbol
-            events.append(
-                NormalisedEvent(item.currency, "ticker", md_pb.MarketDataEvent(ticker=merged))
-            )
-        result.events = events
-
-
-# ---------------------------------------------------------------------------------------------
-# hot path
-# ---------------------------------------------------------------------------------------------
-# What the hot path checks so that nothing after its decision raises: timestamps whose
-# nanoseconds fit an int64, sequences a float holds exactly (the checked path's float round
-# trip alters others), checksums that fit the int32 field.
-_MAX_TS_MS: Final = 9_000_000_000_000  # x 1e6 ns < 2**63
-_MAX_CHECKSUM: Final = 2**31
-_INF: Final = math.inf
-_MINUS_ZERO_TEXT: Final = '"-0"'
-_MINUS_ZERO_BYTES: Final = b'"-0"'
-# One BookLevel on the wire, as svc_connector.session.levels_wire writes it.
-_pack_level: Final = struct.Struct("<BBBdBd").pack
-
-
-def _hot_ts(text: str) -> int | None:
-    """A millisecond timestamp string as the checked path reads it, or None to fall back."""
-    if not (text.isascii() and text.isdigit()):
-        return None
-    value = int(text)
-    return value if value < _MAX_TS_MS else None
-
-
-def _minus_zero(raw: bytes | str) -> bool:
-    """Whether ``raw`` has a "-0" string, the one number msgspec reads differently (0.0,
-    float() -0.0). Asked only when a decoded value is 0 (a search of the whole frame)."""
-    return _MINUS_ZERO_TEXT in raw if isinstance(raw, str) else _MINUS_ZERO_BYTES in raw
-
-
-def _hot_levels(
-    wire: list[bytes], tag: int, levels: list[list[float]], skip_empty: bool = False
-) -> bool | None:
-    """Append ``levels`` to ``wire`` as a book's ``bids``/``asks`` (``tag``) wire bytes
-    (:func:`levels_wire`), the levels :func:`text_levels` + :func:`add_book_levels` would
-    add; None for anything the checked path would reject (the caller then falls back),
-    else whether a size was 0 (see :func:`_minus_zero`)."""
-    zeros = False
-    for level in levels:
-        if len(level) < 2:
-            return None
-        price, size = level[0], level[1]
-        if not (0.0 < price < _INF and 0.0 <= size < _INF):
-            return None
-        if size == 0.0:
-            zeros = True
-            if skip_empty:
-                continue
-        wire.append(_pack_level(tag, 18, 0x09, price, 0x11, size))
-    return zeros
-
-
-def _hot_summary_values(entry: msg.HotSummary) -> tuple[float, ...] | None:
-    """(bid IV, ask IV, mark IV, forward, delta, delta premium adjusted, gamma, vega, theta)
-    as :func:`_summary_fields_fast` reads them (0 = no value for the first four); None to
-    fall back."""
-    bid_text, ask_text, mark_text, forward_text = (
-        entry.bidVol,
-        entry.askVol,
-        entry.markVol,
-        entry.fwdPx,
-    )
-    try:
-        bid = float(bid_text) if bid_text else 0.0
-        ask = float(ask_text) if ask_text else 0.0
-        mark = float(mark_text) if mark_text else 0.0
-        forward = float(forward_text) if forward_text else 0.0
-    except ValueError:
-        return None
-    delta, delta_adjusted = entry.deltaBS, entry.delta
-    gamma, vega, theta = entry.gammaBS, entry.vegaBS, entry.thetaBS
-    total = bid + ask + mark + forward + delta + delta_adjusted + gamma + vega + theta
-    if not math.isfinite(total):
-        return None
-    return (bid, ask, mark, forward, delta, delta_adjusted, gamma, vega, theta)
-
-
-# Merged ticker fields that make fill_usd_fields add or drop a USD twin.
-_NATIVE_PRICES: Final = frozenset(native for native, _ in PRICE_FIELDS)
-
-
-def _merge_summary(merger: TickerMerger, symbol: str, values: tuple[float, ...]) -> dict[str, Any]:
-    """:meth:`TickerMerger.merge_fields` of an opt-summary entry's fields
-    (:func:`_hot_summary_values`) for ``OPT_SUMMARY_FIELDS``, without a dict per entry;
-    returns the merger's own dict (read it, do not change it)."""
-    current = merger.current(symbol)
-    bid, ask, mark, forward, delta, delta_adjusted, gamma, vega, theta = values
-    # An IV or forward of 0 (or less) is "no value": cleared, as merge_fields does.
-    for name, value in (
-        ("bid_iv", bid),
-        ("ask_iv", ask),
-        ("mark_iv", mark),
-        ("forward_usd", forward),
-    ):
-        if value > 0:
-            current[name] = value
-        else:
-            current.pop(name, None)
-    current["delta"] = delta
-    current["delta_premium_adjusted"] = delta_adjusted
-    current["gamma"] = gamma
-    current["vega"] = vega
-    current["theta"] = theta
-    return current

@@ -18,7 +18,7 @@ from datetime import date
 from decimal import Decimal
 from typing import Final
 
-from svc_connector.session import expiry_ns, parse_yymmdd
+from svc_connector.kit.expiry import expiry_ns, parse_yymmdd
 from svc_connector.venues.okx import constants as c
 from volstream.v1 import common_pb2 as common_pb
 from volstream.v1 import market_data_pb2 as md_pb
