@@ -76,22 +76,32 @@ def read_records(path: Path) -> Iterator[tuple[str, bytes]]:
         at += n_payload
 
 
+async def fill_md(
+    nats_url: str,
+    seconds: float,
+    venues: tuple[str, ...] = VENUES,
+    currencies: tuple[str, ...] = CURRENCIES,
+    seed: int = 7,
+) -> None:
+    """The simulator (fixed seed and start, default rate) and the connector for ``seconds``
+    on ``nats_url``: the MD stream fills as it would live."""
+    handle = await run_simulator(
+        SimConfig(venues=venues, currencies=currencies, seed=seed, start_time_ns=START_NS)
+    )
+    cfg = Config(nats_url=nats_url, venues=venues, currencies=currencies, sim_url=handle.base_url)
+    await provision_streams(nats_url, cfg)
+    task = asyncio.create_task(connector_service.run(cfg))
+    try:
+        await asyncio.sleep(seconds)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await handle.stop()
+
+
 async def record(path: Path, seconds: float, seed: int) -> int:
-    cfg = Config(venues=VENUES, currencies=CURRENCIES)
     with tempfile.TemporaryDirectory(prefix="golden-") as tmp, EmbeddedNats(Path(tmp)) as nats:
-        sim = SimConfig(venues=VENUES, currencies=CURRENCIES, seed=seed, start_time_ns=START_NS)
-        handle = await run_simulator(sim)
-        cfg = Config(
-            nats_url=nats.url, venues=VENUES, currencies=CURRENCIES, sim_url=handle.base_url
-        )
-        await provision_streams(nats.url, cfg)
-        task = asyncio.create_task(connector_service.run(cfg))
-        try:
-            await asyncio.sleep(seconds)
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            await handle.stop()
+        await fill_md(nats.url, seconds, seed=seed)
         nc = await connect(nats.url, "golden-record")
         try:
             js = nc.jetstream()

@@ -10,8 +10,10 @@ import argparse
 import asyncio
 import json
 import sys
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from nats.aio.client import Client
 from nats.js.errors import NotFoundError
@@ -140,15 +142,20 @@ async def _replay(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
-def replay_command(args: argparse.Namespace, cfg: Config) -> int:
+def _run(command: str, work: Coroutine[Any, Any, int]) -> int:
+    """Run a command: bad input exits 2, a read cut short 1 (each with its message)."""
     try:
-        return asyncio.run(_replay(args, cfg))
+        return asyncio.run(work)
     except UsageError as exc:
-        print(f"volstream replay: error: {exc}", file=sys.stderr)
+        print(f"volstream {command}: error: {exc}", file=sys.stderr)
         return 2
     except ReadInterrupted as exc:
-        print(f"volstream replay: {exc}", file=sys.stderr)
+        print(f"volstream {command}: {exc}", file=sys.stderr)
         return 1
+
+
+def replay_command(args: argparse.Namespace, cfg: Config) -> int:
+    return _run("replay", _replay(args, cfg))
 
 
 async def load_surfaces(nc: Client, name: str) -> list[surface_pb.Surface]:
@@ -204,11 +211,4 @@ def diff_command(args: argparse.Namespace, cfg: Config) -> int:
     if args.tolerance < 0:
         print(f"volstream diff: error: --tolerance {args.tolerance} is negative", file=sys.stderr)
         return 2
-    try:
-        return asyncio.run(_diff(args, cfg))
-    except UsageError as exc:
-        print(f"volstream diff: error: {exc}", file=sys.stderr)
-        return 2
-    except ReadInterrupted as exc:
-        print(f"volstream diff: {exc}", file=sys.stderr)
-        return 1
+    return _run("diff", _diff(args, cfg))

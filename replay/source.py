@@ -182,6 +182,11 @@ async def read_range(
                     done = True
                     break
                 out.append(Stored(msg.subject, msg.data, meta.stream_seq, meta.timestamp_ns))
+                if meta.num_pending == 0:
+                    # Caught up with the stream: what is stored later is past ``to_ns``
+                    # (check_range keeps it at or before the newest message).
+                    done = True
+                    break
             if out:
                 yield out
             if done:

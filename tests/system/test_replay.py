@@ -102,7 +102,7 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, st
         }
         for ns, proc in procs.items():
             out, err = proc.communicate(timeout=900)
-            assert proc.returncode == 0, (ns, out, err)
+            assert proc.returncode == 0, (ns, out, err[-3000:])
             assert "surfaces on" in out, out
         yield nats.url, start
 
