@@ -42,6 +42,7 @@ SERVICE_MODULES = {
     "book": "svc_book.service",
     "iv": "svc_iv.service",
     "surface": "svc_surface.service",
+    "archive": "svc_archive.service",
     "api": "svc_api.service",
     "sim": "simulator.service",
 }

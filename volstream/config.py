@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 KNOWN_VENUES = ("deribit", "okx", "bybit", "binance")
-SERVICES = ("connector", "book", "iv", "surface", "api", "sim")
+SERVICES = ("connector", "book", "iv", "surface", "archive", "api", "sim")
 ENV_PREFIX = "VOLSTREAM_"
 
 _CURRENCY = re.compile(r"^[A-Z0-9]{2,10}$")
@@ -119,6 +119,13 @@ class Config:
     api_token: str | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # The Parquet archive of every surface (svc_archive writes it, the API reads it for
+    # history past the SURFACE stream's retention); None: <data_dir>/archive.
+    archive_dir: Path | None = None
+    # An archive file is written per partition every archive_roll_s, or at archive_roll_rows
+    # rows: the longest a surface waits in memory (SURFACE must retain at least that long).
+    archive_roll_s: float = 300.0
+    archive_roll_rows: int = 200_000
     log_level: str = "INFO"
     extra: Mapping[str, str] = field(default_factory=dict)
 
@@ -169,6 +176,10 @@ class Config:
         for name in ("surface_interval_ms", "iv_interval_ms", "book_stale_ms", "api_stale_ms"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: must be positive")
+        if not 0 < self.archive_roll_s <= 86_400.0:
+            raise ConfigError(f"archive_roll_s: {self.archive_roll_s} must be in (0, 86400]")
+        if self.archive_roll_rows <= 0:
+            raise ConfigError(f"archive_roll_rows: {self.archive_roll_rows} must be positive")
         if self.consolidate not in ("auto", "only", "off"):
             raise ConfigError(f"consolidate: {self.consolidate!r} must be auto, only or off")
         if not 0.0 <= self.surface_smoothing_s <= 86_400.0:
@@ -216,7 +227,7 @@ def _convert(name: str, raw: str, current: Any) -> Any:
             return tuple(c.upper() for c in parse_list(raw))
         if name == "partitions":
             return parse_partitions(raw)
-        if name in ("data_dir", "tls_cert", "tls_key"):
+        if name in ("data_dir", "tls_cert", "tls_key", "archive_dir"):
             return Path(raw) if raw else None
         if name == "testnet":
             if raw.lower() not in {"1", "0", "true", "false", "yes", "no"}:

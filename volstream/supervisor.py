@@ -97,7 +97,7 @@ def service_specs(
     for venue in venues:
         c = as_user("connector", with_metrics(replace(cfg, venues=(venue,))))
         specs.append(ChildSpec(f"connector.{venue}", [*cmd, "connector"], env_for(c)))
-    for name in ("book", "iv", "surface"):
+    for name in ("book", "iv", "surface", "archive"):
         c = as_user(name, with_metrics(replace(cfg, venues=tuple(venues) or cfg.venues)))
         specs.append(ChildSpec(name, [*cmd, name], env_for(c)))
     specs.append(ChildSpec("api", [*cmd, "api"], env_for(as_user("api", cfg))))
