@@ -85,9 +85,7 @@ class ArchiveCore:
             return self.handled_through
         return min(b.first_seq for b in self.buffers.values()) - 1
 
-    def add(
-        self, data: bytes, stream_seq: int, stored_time_ns: int, now_ns: int
-    ) -> Added:
+    def add(self, data: bytes, stream_seq: int, stored_time_ns: int, now_ns: int) -> Added:
         """Buffer one published surface; the files that became due by size. Raises
         NotASurface for a payload that cannot be archived."""
         try:

@@ -90,7 +90,9 @@ class ArchiveFiles:
             self.write_manifest(self.durable_through, ())
         name = file_name(flush.first_seq, flush.last_seq)
         staged = self.staging / name
-        pq.write_table(to_arrow(flush.key.table, flush.columns), staged, compression=self.compression)
+        pq.write_table(
+            to_arrow(flush.key.table, flush.columns), staged, compression=self.compression
+        )
         fd = os.open(staged, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -116,9 +118,7 @@ class ArchiveFiles:
         body = {
             "version": 1,
             "durable_through": self.durable_through,
-            "partitions": [
-                [k.table, k.date, k.venue, k.currency] for k in sorted(self.partitions)
-            ],
+            "partitions": [[k.table, k.date, k.venue, k.currency] for k in sorted(self.partitions)],
         }
         tmp = self.staging / (MANIFEST + ".tmp")
         with tmp.open("w") as f:

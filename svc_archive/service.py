@@ -24,7 +24,7 @@ from svc_archive.files import ArchiveFiles
 from volstream.bus.stage import InMessage, Output, StageInput, dead_letter_output
 from volstream.bus.streams import ensure_consumer
 from volstream.config import Config
-from volstream.runtime import ServiceContext, durable_name, service_context, wall_ns
+from volstream.runtime import ServiceContext, durable_name, service_context
 
 log = logging.getLogger("svc_archive")
 

@@ -38,9 +38,7 @@ _FILE = re.compile(r"^part-(\d{12,})-(\d{12,})\.parquet$")
 
 _TS = pa.timestamp("ns", tz="UTC")
 _WEIGHTS = pa.list_(
-    pa.struct(
-        [("venue", pa.string()), ("weight", pa.float64()), ("quotes_used", pa.int32())]
-    )
+    pa.struct([("venue", pa.string()), ("weight", pa.float64()), ("quotes_used", pa.int32())])
 )
 
 # Columns every table starts with: which publication a row belongs to.
@@ -140,7 +138,10 @@ class PartitionKey:
 
     def path(self, root: Path) -> Path:
         return (
-            root / self.table / f"date={self.date}" / f"venue={self.venue}"
+            root
+            / self.table
+            / f"date={self.date}"
+            / f"venue={self.venue}"
             / f"currency={self.currency}"
         )
 
@@ -166,11 +167,12 @@ def _enum(enum: Any, value: int) -> str:
         return str(value)
 
 
-def _enum_value(enum: Any, name: str | None) -> int:
+def _enum_value(enum: Any, name: str | None) -> Any:
+    """The enum value named ``name`` (an enum's ValueType, typed Any for the generated code)."""
     if not name:
         return 0
     try:
-        return int(enum.Value(name))
+        return enum.Value(name)
     except ValueError:
         return int(name) if name.lstrip("-").isdigit() else 0
 
