@@ -3,9 +3,14 @@ metric history, bad requests, and a damaged file that is reported and skipped.""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
+import polars as pl
 import pytest
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -18,6 +23,7 @@ from svc_archive.files import ArchiveFiles
 from tests.api.conftest import Bus
 from tests.archive.surfaces import T0_NS, surface, without_quotes
 from volstream.archive import SURFACES, TENORS, PartitionKey, partition_files
+from volstream.cli import history_command, main
 from volstream.v1 import surface_pb2 as surface_pb
 from volstream.v1 import surface_service_pb2 as api_pb
 from volstream.v1 import surface_service_pb2_grpc as api_grpc
@@ -54,21 +60,31 @@ def ts(ns: int) -> Timestamp:
     return t
 
 
+@dataclass
+class Api:
+    stub: api_grpc.SurfaceServiceStub
+    published: list[surface_pb.Surface]
+    root: Path
+    damaged: list[Path]
+    address: str
+
+
 @pytest.fixture
-async def api(bus: Bus, tmp_path: Path):
+async def api(bus: Bus, tmp_path: Path) -> AsyncIterator[Api]:
     published = write_archive(tmp_path / "archive")
     await bus.publish_surface(surface(REVISIONS + 1))  # the stream holds only today's
     damaged: list[Path] = []
     reader = ArchiveReader(tmp_path / "archive", on_damaged=lambda p, _why: damaged.append(p))
     handle = await serve(ApiConfig(host="127.0.0.1", port=0), bus.server.url, archive=reader)
     channel = grpc.aio.insecure_channel(handle.address)
-    yield api_grpc.SurfaceServiceStub(channel), published, tmp_path / "archive", damaged
+    stub = api_grpc.SurfaceServiceStub(channel)
+    yield Api(stub, published, tmp_path / "archive", damaged, handle.address)
     await channel.close(None)
     await handle.stop(grace_s=0.5)
 
 
-async def test_get_surface_at_past_the_stream_answers_from_the_archive(api) -> None:
-    stub, published, _, _ = api
+async def test_get_surface_at_past_the_stream_answers_from_the_archive(api: Api) -> None:
+    stub, published = api.stub, api.published
     for rev in (1, 17, REVISIONS):
         for when in (stored_ns(rev), stored_ns(rev) + S // 2):  # at, and between two
             reply = await stub.GetSurfaceAt(
@@ -91,8 +107,8 @@ def history(**fields) -> api_pb.GetMetricHistoryRequest:
     return api_pb.GetMetricHistoryRequest(**fields)
 
 
-async def test_metric_history_of_a_tenor_and_of_an_expiry(api) -> None:
-    stub, published, _, _ = api
+async def test_metric_history_of_a_tenor_and_of_an_expiry(api: Api) -> None:
+    stub, published = api.stub, api.published
     reply = await stub.GetMetricHistory(history(tenor_days=30))
     assert [p.revision for p in reply.points] == list(range(1, REVISIONS + 1))
     assert [p.metrics.atm_vol for p in reply.points] == [
@@ -130,24 +146,26 @@ async def test_metric_history_of_a_tenor_and_of_an_expiry(api) -> None:
         ({"tenor_days": 30, "step": Duration(seconds=-1)}, "step -1s 0ns is negative"),
     ],
 )
-async def test_bad_history_requests_say_what_is_wrong(api, fields, says) -> None:
-    stub = api[0]
+async def test_bad_history_requests_say_what_is_wrong(api: Api, fields, says) -> None:
+    stub = api.stub
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.GetMetricHistory(history(**fields))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert says in str(err.value.details())
 
 
-async def test_a_range_the_archive_does_not_hold_is_not_found_and_says_what_it_holds(api) -> None:
-    stub = api[0]
+async def test_a_range_the_archive_does_not_hold_is_not_found_and_says_what_it_holds(
+    api: Api,
+) -> None:
+    stub = api.stub
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.GetMetricHistory(history(tenor_days=30, start_time=ts(S), end_time=ts(2 * S)))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     assert "it holds 2026-03-11 to 2026-03-11 of deribit/BTC" in str(err.value.details())
 
 
-async def test_a_damaged_file_is_reported_and_skipped(api) -> None:
-    stub, published, root, damaged = api
+async def test_a_damaged_file_is_reported_and_skipped(api: Api) -> None:
+    stub, published, root, damaged = api.stub, api.published, api.root, api.damaged
     key = PartitionKey(TENORS, "2026-03-11", "deribit", "BTC")
     second = partition_files(root, key)[1]  # revisions 11-20
     data = bytearray(second.read_bytes())
@@ -165,3 +183,67 @@ async def test_a_damaged_file_is_reported_and_skipped(api) -> None:
     )
     assert reply.surface == without_quotes(published[29])  # the last of the intact files
     assert damaged == [second, surfaces[-1]]
+
+
+async def test_the_history_command_prints_a_table_and_writes_csv_and_parquet(
+    api: Api, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    published, server = api.published, api.address
+    common: dict[str, Any] = {
+        "start": "2026-03-11T12:00:00Z",
+        "end": "2026-03-11T13:00:00Z",
+        "tenor_days": 30,
+    }
+    code = await asyncio.to_thread(history_command, server, "deribit", "BTC", **common)
+    assert code == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == [
+        "time",
+        "revision",
+        "atm",
+        "rr25",
+        "bf25",
+        "rr10",
+        "bf10",
+        "forward",
+    ]
+    assert len(lines) == 2 + REVISIONS
+    first = published[0].tenors[1].metrics
+    assert lines[2].split()[2:6] == ["1", f"{first.atm_vol * 100:.2f}", "-2.00", "0.40"]
+    for name in ("points.csv", "points.parquet"):
+        out = tmp_path / name
+        code = await asyncio.to_thread(
+            history_command, server, "deribit", "BTC", **common, step_s=10.0, out=out
+        )
+        assert code == 0
+        frame = pl.read_csv(out) if name.endswith(".csv") else pl.read_parquet(out)
+        assert frame["revision"].to_list() == [9, 19, 29, 39, 40]  # last of each 10 s step
+        assert frame["atm_vol"].to_list() == [
+            published[r - 1].tenors[1].metrics.atm_vol for r in (9, 19, 29, 39, 40)
+        ]
+        assert str(frame["time"][0]).startswith("2026-03-11")
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (
+            ["--from", "2026-03-11T13:00:00Z", "--to", "2026-03-11T12:00:00Z"],
+            "--from 2026-03-11T13",
+        ),
+        (["--from", "yesterday", "--to", "2026-03-11T12:00:00Z"], "--from: 'yesterday'"),
+        (["--out", "points.xlsx"], "--out points.xlsx"),
+        (["--venue", "kraken"], "unknown venue 'kraken'"),
+        (["--step", "soon"], "'soon' is not a duration"),
+    ],
+)
+async def test_the_history_command_exits_2_naming_the_bad_value(
+    api: Api, args: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = api.address
+    argv = ["history", "--server", server, "--venue", "deribit", "--currency", "BTC"]
+    argv += ["--tenor", "30", "--from", "2026-03-11T12:00:00Z", "--to", "2026-03-11T13:00:00Z"]
+    with pytest.raises(SystemExit) as exit_:
+        await asyncio.to_thread(main, [*argv, *args])
+    assert exit_.value.code == 2
+    assert says in capsys.readouterr().err
