@@ -119,7 +119,7 @@ class StreamLimits:
     md_duplicate_window_s: float = 120.0
     book_max_age_s: float = 9 * 60.0
     book_max_bytes: int = 512 * MIB
-    iv_max_age_s: float = 80.0
+    iv_max_age_s: float = 85.0
     iv_max_bytes: int = 512 * MIB
     # At least twice the archive's roll (300 s): a restarted archiver finds what it buffered.
     surface_max_age_s: float = 17 * 60.0
