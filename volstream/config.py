@@ -126,6 +126,9 @@ class Config:
     # rows: the longest a surface waits in memory (SURFACE must retain at least that long).
     archive_roll_s: float = 300.0
     archive_roll_rows: int = 200_000
+    # `volstream up` logs how long each stream holds at the current rate this long after
+    # start (the warm-up), then every 15 minutes.
+    retention_log_s: float = 120.0
     log_level: str = "INFO"
     extra: Mapping[str, str] = field(default_factory=dict)
 
@@ -178,6 +181,8 @@ class Config:
                 raise ConfigError(f"{name}: must be positive")
         if not 0 < self.archive_roll_s <= 86_400.0:
             raise ConfigError(f"archive_roll_s: {self.archive_roll_s} must be in (0, 86400]")
+        if self.retention_log_s <= 0:
+            raise ConfigError(f"retention_log_s: {self.retention_log_s} must be positive")
         if self.archive_roll_rows <= 0:
             raise ConfigError(f"archive_roll_rows: {self.archive_roll_rows} must be positive")
         if self.consolidate not in ("auto", "only", "off"):
