@@ -10,9 +10,10 @@ two refits a second). The reference, side by side: the same revisions appended a
 length-delimited protobuf (what the SURFACE stream stores: with quotes, and without), fsynced
 per file the same way.
 
-``--live SECONDS`` also runs `volstream up --sim` (four venues, default rate) with a 10 s
-archive roll for that long and reports what its archive holds: bytes per revision of real
-surfaces, and the bytes per day at the rate observed.
+``--live SECONDS`` also runs `volstream up --sim` (four venues, default rate) with an archive
+roll of ``--live-roll`` seconds (60) for that long and reports what its archive holds: bytes
+per revision of real surfaces, and the bytes per day at the rate observed (files rolled
+more often than the default 300 s cost more per revision: each carries its own footer).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import pyarrow.parquet as pq
 from svc_archive.core import ArchiveCore, ArchiveSettings
 from svc_archive.files import ArchiveFiles
 from volstream.archive import SURFACES, TABLES
+from volstream.v1 import common_pb2 as common_pb
 from volstream.v1 import surface_pb2 as surface_pb
 
 T0_NS = 1_773_230_400 * 1_000_000_000
@@ -48,7 +50,9 @@ def surfaces(n: int, seed: int = 7) -> list[surface_pb.Surface]:
     out = []
     for r in range(n):
         w = walk[r]
-        s = surface_pb.Surface(venue="deribit", currency="BTC", revision=r + 1, model=1)
+        s = surface_pb.Surface(
+            venue="deribit", currency="BTC", revision=r + 1, model=surface_pb.SURFACE_MODEL_SVI
+        )
         s.header.event_time_ns = T0_NS + r * 500_000_000 + int(rng.integers(0, 1_000_000))
         s.header.receive_time_ns = s.header.event_time_ns + int(rng.integers(0, 10**6))
         s.header.publish_time_ns = s.header.receive_time_ns + int(rng.integers(0, 10**6))
@@ -68,7 +72,8 @@ def surfaces(n: int, seed: int = 7) -> list[surface_pb.Surface]:
             e.jw.call_wing_slope, e.jw.min_variance = w[36], w[37] * 0.9
             m = e.metrics
             m.atm_vol, m.rr25, m.bf25 = w[40 + i % 12], w[52] - 0.52, w[53] - 0.49
-            m.rr10, m.bf10, m.delta_convention = w[54] - 0.55, w[55] - 0.48, 2
+            m.rr10, m.bf10 = w[54] - 0.55, w[55] - 0.48
+            m.delta_convention = common_pb.DELTA_CONVENTION_PREMIUM_ADJUSTED
             d = e.diagnostics
             d.quotes_used, d.quotes_dropped = QUOTES - 4, 4
             d.rmse_bp, d.max_abs_residual_bp, d.min_g = w[56] * 80, w[57] * 200, w[58] * 0.1
@@ -98,7 +103,8 @@ def surfaces(n: int, seed: int = 7) -> list[surface_pb.Surface]:
                 forward_usd=120_000 * w[3],
             )
             t.metrics.atm_vol, t.metrics.rr25, t.metrics.bf25 = w[44], w[52] - 0.5, w[53] - 0.5
-            t.metrics.rr10, t.metrics.bf10, t.metrics.delta_convention = w[54] - 0.5, w[55], 2
+            t.metrics.rr10, t.metrics.bf10 = w[54] - 0.5, w[55]
+            t.metrics.delta_convention = common_pb.DELTA_CONVENTION_PREMIUM_ADJUSTED
             for label, delta in NODES:
                 t.nodes.add(
                     label=label, delta=delta, vol=w[44] + delta * w[45] * 0.1, strike_usd=6e4 * w[3]
@@ -146,10 +152,10 @@ def without_quotes(s: surface_pb.Surface) -> bytes:
     return light.SerializeToString()
 
 
-def live(seconds: float) -> None:
+def live(seconds: float, roll_s: float) -> None:
     with tempfile.TemporaryDirectory(prefix="volstream-archive-live-") as tmp:
         data_dir = Path(tmp) / "data"
-        env = {**os.environ, "VOLSTREAM_ARCHIVE_ROLL_S": "10"}
+        env = {**os.environ, "VOLSTREAM_ARCHIVE_ROLL_S": str(roll_s)}
         cmd = [sys.executable, "-m", "volstream.cli", "up", "--sim", "--data-dir", str(data_dir)]
         cmd += ["--grpc-port", "0", "--http-port", "0"]
         with (Path(tmp) / "up.log").open("wb") as log:
@@ -164,6 +170,7 @@ def live(seconds: float) -> None:
         root = data_dir / "archive"
         size = sum(p.stat().st_size for t in TABLES for p in (root / t).rglob("*.parquet"))
         revisions = 0
+        files = sum(1 for t in TABLES for _ in (root / t).rglob("*.parquet"))
         first, last = None, None
         for p in (root / SURFACES).rglob("*.parquet"):
             t = pq.read_table(p, columns=["stream_seq", "event_time"])
@@ -179,7 +186,8 @@ def live(seconds: float) -> None:
         print(
             f"\nlive `up --sim` (four venues, default rate), {span_s:.0f} s of surfaces: "
             f"{revisions} revisions ({revisions / span_s:.1f}/s), {size / 1e6:.2f} MB, "
-            f"{per_rev / 1e3:.2f} KB per revision -> {size / span_s * 86400 / 1e9:.2f} GB per day"
+            f"{per_rev / 1e3:.2f} KB per revision in {files} files -> "
+            f"{size / span_s * 86400 / 1e9:.2f} GB per day at this rate"
         )
 
 
@@ -188,6 +196,8 @@ def main() -> None:
     parser.add_argument("--revisions", type=int, default=5000)
     parser.add_argument("--per-file", type=int, default=600)
     parser.add_argument("--live", type=float, default=0.0)
+    # Each file carries its schema and statistics: short rolls make small files cost more.
+    parser.add_argument("--live-roll", type=float, default=60.0)
     args = parser.parse_args()
     built = surfaces(args.revisions)
     full = [s.SerializeToString() for s in built]
@@ -211,7 +221,7 @@ def main() -> None:
         # Ten surfaces (4 venues x 2 currencies + 2 consolidated) refitted every 500 ms.
         print(f"{name:24} {n / elapsed:12,.0f} {per:15,.0f} {per * 20 * 86400 / 1e9:15.2f}")
     if args.live > 0:
-        live(args.live)
+        live(args.live, args.live_roll)
 
 
 if __name__ == "__main__":

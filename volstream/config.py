@@ -127,7 +127,8 @@ class Config:
     archive_roll_s: float = 300.0
     archive_roll_rows: int = 200_000
     # `volstream up` logs how long each stream holds at the current rate this long after
-    # start (the warm-up), then every 15 minutes.
+    # start (the warm-up), then every 15 minutes, and looks this often for a stream whose
+    # traffic started later.
     retention_log_s: float = 120.0
     log_level: str = "INFO"
     extra: Mapping[str, str] = field(default_factory=dict)

@@ -3,7 +3,8 @@
 A stream's limits are a byte budget and an age; which one binds depends on the rate. The
 rate is measured from the stream itself (its bytes over the span between its first and last
 message), so the estimate needs no history of its own: after a warm-up, ``up`` logs per
-stream "holds N min at X MB/s", and which limit binds.
+stream "holds N min at X MB/s" and which limit binds, every 15 minutes, and at once for a
+stream whose traffic starts later.
 """
 
 from __future__ import annotations
@@ -122,18 +123,27 @@ async def stream_usage(nc: Any, stream: str, timeout_s: float = 5.0) -> StreamUs
 
 
 async def report_retention(
-    nc: Any, streams: list[str], stop: asyncio.Event, first_after_s: float
+    nc: Any, streams: list[str], stop: asyncio.Event, every_s: float
 ) -> None:
-    """Log what each stream holds after ``first_after_s``, then every REPORT_EVERY_S."""
-    wait_s = first_after_s
+    """Log what each stream holds ``every_s`` after start, then every REPORT_EVERY_S; a
+    stream whose rate was not known yet (no traffic) is logged as soon as it is."""
+    known: set[str] = set()
+    since_full = REPORT_EVERY_S  # the first tick is a full report
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), wait_s)
+            await asyncio.wait_for(stop.wait(), every_s)
         if stop.is_set():
             return
+        full = since_full >= REPORT_EVERY_S
+        since_full = 0.0 if full else since_full + every_s
         for name in streams:
             try:
-                log.info(describe(await stream_usage(nc, name)))
+                u = await stream_usage(nc, name)
             except Exception as exc:  # a report is best effort; never stops up
                 log.warning("stream %s: retention not known: %s", name, exc)
-        wait_s = REPORT_EVERY_S
+                continue
+            now_known = holds(u).seconds is not None
+            if full or (now_known and name not in known):
+                log.info(describe(u))
+            if now_known:
+                known.add(name)

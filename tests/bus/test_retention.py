@@ -3,12 +3,15 @@ of as a real nats-server reports them."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 
+import pytest
 from nats.aio.client import Client
 
 from volstream.bus.streams import StreamLimits, default_stream_specs, ensure_streams
-from volstream.retention import StreamUsage, describe, holds, stream_usage
+from volstream.retention import StreamUsage, describe, holds, report_retention, stream_usage
 from volstream.subjects import Subjects
 
 S = 1_000_000_000
@@ -52,3 +55,35 @@ async def test_usage_is_read_from_the_stream_itself(nc: Client) -> None:
     h = holds(u)
     assert h.seconds is not None and h.rate_bytes_s > 0
     assert h.seconds == min(u.max_bytes / h.rate_bytes_s, u.max_age_s)
+
+
+async def test_a_stream_is_reported_as_soon_as_its_rate_is_known(
+    nc: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    js = nc.jetstream()
+    await ensure_streams(js, default_stream_specs(Subjects(), StreamLimits.compact()))
+    await js.publish("md.deribit.btc.book", b"x" * 100, headers={"Nats-Msg-Id": "a"})
+    await js.publish("md.deribit.btc.book", b"x" * 100, headers={"Nats-Msg-Id": "b"})
+    stop = asyncio.Event()
+    caplog.set_level(logging.INFO, logger="volstream.retention")
+    task = asyncio.create_task(report_retention(nc, ["MD", "SURFACE"], stop, 0.2))
+
+    async def logged(text: str) -> int:
+        for _ in range(100):
+            found = sum(text in r.getMessage() for r in caplog.records)
+            if found:
+                return found
+            await asyncio.sleep(0.05)
+        return 0
+
+    try:
+        assert await logged("stream MD holds")
+        assert await logged("stream SURFACE: 0 messages, rate not known yet")
+        for i in range(2):
+            await js.publish("surface.deribit.btc", b"s" * 100, headers={"Nats-Msg-Id": str(i)})
+        assert await logged("stream SURFACE holds")
+        await asyncio.sleep(0.6)  # three more ticks: nothing new, nothing repeated
+        assert sum("stream MD holds" in r.getMessage() for r in caplog.records) == 1
+    finally:
+        stop.set()
+        await task
