@@ -91,7 +91,7 @@ class ApiConfig:
             "venues": venues,
             "expected_surfaces": expected,
             "namespace": cfg.namespace,
-            "archive_dir": cfg.archive_dir or cfg.data_dir / "archive",
+            "archive_dir": cfg.archive_root(),
         }
         values.update(overrides)
         return cls(**values).validated()  # type: ignore[arg-type]

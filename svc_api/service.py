@@ -31,7 +31,7 @@ def api_config(cfg: Config) -> ApiConfig:
         tls_key=cfg.tls_key,
         namespace=cfg.namespace,
         expected_surfaces=expected,
-        archive_dir=cfg.archive_dir or cfg.data_dir / "archive",
+        archive_dir=cfg.archive_root(),
     )
 
 

@@ -17,7 +17,6 @@ import contextlib
 import logging
 import os
 import time
-from pathlib import Path
 
 from svc_archive.core import ArchiveCore, ArchiveSettings, Flush, NotASurface
 from svc_archive.files import ArchiveFiles
@@ -30,10 +29,6 @@ log = logging.getLogger("svc_archive")
 
 SERVICE = "archive"
 EXIT_WRITE_FAILED = 70
-
-
-def archive_root(cfg: Config) -> Path:
-    return cfg.archive_dir if cfg.archive_dir is not None else cfg.data_dir / "archive"
 
 
 class ArchiveStage:
@@ -110,7 +105,7 @@ async def _roll(stage: ArchiveStage, every_s: float, stop: asyncio.Event) -> Non
 
 
 async def run(cfg: Config) -> None:
-    root = archive_root(cfg)
+    root = cfg.archive_root()
     files = ArchiveFiles(root)
     high_water = await asyncio.to_thread(files.open)
     settings = ArchiveSettings(

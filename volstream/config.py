@@ -138,6 +138,15 @@ class Config:
             return self.partitions
         return tuple(Partition(v, c) for v in self.venues for c in self.currencies)
 
+    def archive_root(self) -> Path:
+        """Where the surface archive is: archive_dir, else <data_dir>/archive, and
+        <data_dir>/archive-<namespace> for a namespace (a replay never mixes into live's)."""
+        if self.archive_dir is not None:
+            return self.archive_dir
+        if self.namespace:
+            return self.data_dir / f"archive-{self.namespace}"
+        return self.data_dir / "archive"
+
     def consolidated_currencies(self) -> tuple[str, ...]:
         """Currencies whose consolidated surface (surface.all.<ccy>) this replica produces:
         every currency whose every configured venue it owns ("auto"), all ("only"), none
