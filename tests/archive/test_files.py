@@ -10,6 +10,7 @@ from svc_archive.core import ArchiveCore, ArchiveSettings
 from svc_archive.files import MANIFEST, STAGING, ArchiveFiles
 from tests.archive.surfaces import T0_NS, surface
 from volstream.archive import SURFACES, PartitionKey, partition_files
+from volstream.config import Config
 
 
 def archive(root: Path, seqs: range, files: ArchiveFiles | None = None) -> ArchiveCore:
@@ -72,3 +73,10 @@ def test_a_file_renamed_in_before_the_manifest_caught_up_is_not_written_twice(
     key = PartitionKey(SURFACES, "2026-03-11", "deribit", "BTC")
     revisions = pq.read_table(key.path(tmp_path)).column("revision").to_pylist()
     assert sorted(set(revisions)) == [1, 2, 3, 4, 5] and len(revisions) == 5 * 3
+
+
+def test_a_namespace_gets_an_archive_of_its_own(tmp_path: Path) -> None:
+    assert Config(data_dir=tmp_path).archive_root() == tmp_path / "archive"
+    replay = Config(data_dir=tmp_path, namespace="replay.run1")
+    assert replay.archive_root() == tmp_path / "archive-replay.run1"
+    assert Config(archive_dir=tmp_path / "x", namespace="r").archive_root() == tmp_path / "x"
