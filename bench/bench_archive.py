@@ -10,7 +10,8 @@ two refits a second). The reference, side by side: the same revisions appended a
 length-delimited protobuf (what the SURFACE stream stores: with quotes, and without), fsynced
 per file the same way.
 
-``--live SECONDS`` also runs `volstream up --sim` (four venues, default rate) with an archive
+``--live SECONDS`` also runs `volstream up --sim` (four venues, default rate, the market-data
+archive on) with an archive
 roll of ``--live-roll`` seconds (60) for that long and reports what its archive holds: bytes
 per revision of real surfaces, and the bytes per day at the rate observed (files rolled
 more often than the default 300 s cost more per revision: each carries its own footer).
@@ -32,7 +33,7 @@ import pyarrow.parquet as pq
 
 from svc_archive.core import ArchiveCore, ArchiveSettings
 from svc_archive.files import ArchiveFiles
-from volstream.archive import SURFACES, TABLES
+from volstream.archive import MD, SURFACES, TABLES
 from volstream.v1 import common_pb2 as common_pb
 from volstream.v1 import surface_pb2 as surface_pb
 
@@ -155,7 +156,11 @@ def without_quotes(s: surface_pb.Surface) -> bytes:
 def live(seconds: float, roll_s: float) -> None:
     with tempfile.TemporaryDirectory(prefix="volstream-archive-live-") as tmp:
         data_dir = Path(tmp) / "data"
-        env = {**os.environ, "VOLSTREAM_ARCHIVE_ROLL_S": str(roll_s)}
+        env = {
+            **os.environ,
+            "VOLSTREAM_ARCHIVE_ROLL_S": str(roll_s),
+            "VOLSTREAM_ARCHIVE_MD": "1",
+        }
         cmd = [sys.executable, "-m", "volstream.cli", "up", "--sim", "--data-dir", str(data_dir)]
         cmd += ["--grpc-port", "0", "--http-port", "0"]
         with (Path(tmp) / "up.log").open("wb") as log:
@@ -189,6 +194,23 @@ def live(seconds: float, roll_s: float) -> None:
             f"{per_rev / 1e3:.2f} KB per revision in {files} files -> "
             f"{size / span_s * 86400 / 1e9:.2f} GB per day at this rate"
         )
+        md_files = list((root / MD).rglob("*.parquet"))
+        md_size = sum(p.stat().st_size for p in md_files)
+        payload = 0
+        md_first, md_last = None, None
+        for p in md_files:
+            t = pq.read_table(p, columns=["data", "event_time"])
+            payload += sum(len(d) for d in t.column("data").to_pylist())
+            times = t.column("event_time").cast("int64").to_pylist()
+            md_first = min([*times, *([md_first] if md_first is not None else [])])
+            md_last = max([*times, *([md_last] if md_last is not None else [])])
+        if md_size and md_first is not None and md_last is not None and md_last > md_first:
+            md_span = (md_last - md_first) / 1e9
+            print(
+                f"market data archive: {payload / md_span / 1e6:.2f} MB/s of MD messages stored "
+                f"as {md_size / md_span / 1e6:.2f} MB/s ({payload / md_size:.1f}x) -> "
+                f"{md_size / md_span * 86400 / 1e9:.1f} GB per day at this rate"
+            )
 
 
 def main() -> None:

@@ -18,7 +18,15 @@ from dataclasses import dataclass, field
 
 from google.protobuf.message import DecodeError
 
-from volstream.archive import TABLES, Columns, PartitionKey, surface_columns, utc_date
+from volstream.archive import (
+    MD,
+    TABLES,
+    Columns,
+    PartitionKey,
+    md_columns,
+    surface_columns,
+    utc_date,
+)
 from volstream.v1 import surface_pb2 as surface_pb
 
 
@@ -63,6 +71,9 @@ class NotASurface(ValueError):
     """The message cannot be archived (the reason is the message)."""
 
 
+NotArchivable = NotASurface
+
+
 class ArchiveCore:
     def __init__(
         self,
@@ -96,11 +107,44 @@ class ArchiveCore:
             raise NotASurface("Surface without venue or currency")
         if surface.header.event_time_ns <= 0:
             raise NotASurface("Surface without an event time")
-        self.handled_through = max(self.handled_through, stream_seq)
         date = utc_date(surface.header.event_time_ns)
         venue, currency = surface.venue.lower(), surface.currency.upper()
+        tables = surface_columns(surface, stream_seq, stored_time_ns)
+        return self.add_columns(tables, date, venue, currency, stream_seq, now_ns)
+
+    def add_md(
+        self,
+        subject: str,
+        data: bytes,
+        stream_seq: int,
+        stored_time_ns: int,
+        now_ns: int,
+        namespace: str = "",
+    ) -> Added:
+        """Buffer one market-data message (its payload as it is, for replays). Raises
+        NotArchivable for a payload that is not a MarketDataBatch."""
+        try:
+            date, venue, currency, columns = md_columns(
+                subject, data, stream_seq, stored_time_ns, namespace
+            )
+        except ValueError as exc:
+            raise NotASurface(str(exc)) from None
+        return self.add_columns({MD: columns}, date, venue, currency, stream_seq, now_ns)
+
+    def add_columns(
+        self,
+        tables: Mapping[str, Columns],
+        date: str,
+        venue: str,
+        currency: str,
+        stream_seq: int,
+        now_ns: int,
+    ) -> Added:
+        """Buffer the rows of one stream message, per table (skipping a table whose partition
+        already holds this sequence); the files that became due by size."""
+        self.handled_through = max(self.handled_through, stream_seq)
         added = Added()
-        for table, columns in surface_columns(surface, stream_seq, stored_time_ns).items():
+        for table, columns in tables.items():
             n = len(columns["stream_seq"])
             if n == 0:
                 continue
@@ -143,4 +187,12 @@ class ArchiveCore:
         return Flush(key, buf.columns, buf.first_seq, buf.last_seq, buf.rows)
 
 
-__all__ = ["TABLES", "Added", "ArchiveCore", "ArchiveSettings", "Flush", "NotASurface"]
+__all__ = [
+    "TABLES",
+    "Added",
+    "ArchiveCore",
+    "ArchiveSettings",
+    "Flush",
+    "NotASurface",
+    "NotArchivable",
+]

@@ -31,6 +31,9 @@ from volstream.archive import PartitionKey, file_name, parse_file_name, partitio
 
 MANIFEST = "_manifest.json"
 STAGING = ".staging"
+# The market-data archive (VOLSTREAM_ARCHIVE_MD) resumes from its own stream's sequences.
+MD_MANIFEST = "_manifest-md.json"
+MD_STAGING = ".staging-md"
 
 
 def _fsync_dir(path: Path) -> None:
@@ -54,9 +57,17 @@ def _mkdirs(path: Path) -> None:
 
 
 class ArchiveFiles:
-    def __init__(self, root: Path, compression: str = "zstd") -> None:
+    def __init__(
+        self,
+        root: Path,
+        compression: str = "zstd",
+        *,
+        manifest: str = MANIFEST,
+        staging: str = STAGING,
+    ) -> None:
         self.root = root
-        self.staging = root / STAGING
+        self.staging = root / staging
+        self.manifest = manifest
         self.compression = compression
         self.partitions: set[PartitionKey] = set()
         self.durable_through = 0
@@ -69,7 +80,7 @@ class ArchiveFiles:
             shutil.rmtree(self.staging)
         self.staging.mkdir()
         _fsync_dir(self.root)
-        path = self.root / MANIFEST
+        path = self.root / self.manifest
         if path.exists():
             manifest = json.loads(path.read_text())
             self.durable_through = int(manifest["durable_through"])
@@ -120,10 +131,10 @@ class ArchiveFiles:
             "durable_through": self.durable_through,
             "partitions": [[k.table, k.date, k.venue, k.currency] for k in sorted(self.partitions)],
         }
-        tmp = self.staging / (MANIFEST + ".tmp")
+        tmp = self.staging / (self.manifest + ".tmp")
         with tmp.open("w") as f:
             json.dump(body, f)
             f.flush()
             os.fsync(f.fileno())
-        os.rename(tmp, self.root / MANIFEST)
+        os.rename(tmp, self.root / self.manifest)
         _fsync_dir(self.root)

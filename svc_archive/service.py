@@ -1,5 +1,7 @@
 """Archive service runtime: surface.> (stream SURFACE, durable ``archive-<group>``) -> Parquet
-files under ``<archive>/`` (volstream/archive.py has the layout, docs/archive.md the schema).
+files under ``<archive>/`` (volstream/archive.py has the layout, docs/archive.md the schema);
+with ``archive_md`` also md.> (stream MD, durable ``archive-<group>-md``) -> ``<archive>/md``,
+each stream with its own manifest.
 
 The commit point is the manifest, not the consumer's ack: the stage acknowledges a batch as
 soon as its rows are buffered, and the rows become durable when their file is renamed in
@@ -17,9 +19,11 @@ import contextlib
 import logging
 import os
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
-from svc_archive.core import ArchiveCore, ArchiveSettings, Flush, NotASurface
-from svc_archive.files import ArchiveFiles
+from svc_archive.core import ArchiveCore, ArchiveSettings, Flush, NotArchivable
+from svc_archive.files import MD_MANIFEST, MD_STAGING, ArchiveFiles
 from volstream.bus.stage import InMessage, Output, StageInput, dead_letter_output
 from volstream.bus.streams import ensure_consumer
 from volstream.config import Config
@@ -31,62 +35,84 @@ SERVICE = "archive"
 EXIT_WRITE_FAILED = 70
 
 
+@dataclass
+class Pipeline:
+    """One input stream into its own files and manifest."""
+
+    stream: str
+    files: ArchiveFiles
+    core: ArchiveCore
+
+
 class ArchiveStage:
-    def __init__(self, ctx: ServiceContext, files: ArchiveFiles, core: ArchiveCore) -> None:
+    def __init__(self, ctx: ServiceContext, pipelines: dict[str, Pipeline]) -> None:
         self.ctx = ctx
-        self.files = files
-        self.core = core
+        self.pipelines = pipelines  # by stream name
         self.lock = asyncio.Lock()
         m = ctx.metrics
         self.rows = m.counter("archive_rows", "rows written to archive files")
         self.skipped = m.counter("archive_rows_skipped", "rows already archived (redelivered)")
         self.file_count = m.counter("archive_files", "archive files committed")
         self.bytes = m.counter("archive_bytes", "bytes of archive files committed")
-        self.surfaces = m.counter("archive_surfaces", "surfaces archived")
+        self.messages = m.counter("archive_messages", "stream messages archived")
         self.lag = m.gauge("archive_pending_rows", "rows buffered, not yet in a file")
+        self.namespace = ctx.subjects.namespace
 
     async def handle(self, batch: list[InMessage]) -> list[Output]:
         outputs: list[Output] = []
         async with self.lock:
-            flushes: list[Flush] = []
+            flushes: dict[str, list[Flush]] = {}
             for msg in batch:
-                stored_ns = msg.metadata.timestamp_ns
+                p = self.pipelines[msg.metadata.stream]
+                stored_ns, now = msg.metadata.timestamp_ns, time.monotonic_ns()
                 try:
-                    added = self.core.add(msg.data, msg.stream_seq, stored_ns, time.monotonic_ns())
-                except NotASurface as exc:
+                    if p.stream == self.md_stream:
+                        added = p.core.add_md(
+                            msg.subject, msg.data, msg.stream_seq, stored_ns, now, self.namespace
+                        )
+                    else:
+                        added = p.core.add(msg.data, msg.stream_seq, stored_ns, now)
+                except NotArchivable as exc:
                     outputs.append(
                         dead_letter_output(self.ctx.subjects, SERVICE, msg, f"archive: {exc}")
                     )
                     continue
-                self.surfaces.add(1)
+                self.messages.add(1, {"stream": p.stream})
                 if added.skipped:
                     self.skipped.add(added.skipped)
-                flushes += added.flushes
-            await self._commit(flushes)
+                flushes.setdefault(p.stream, []).extend(added.flushes)
+            for stream, due in flushes.items():
+                await self._commit(self.pipelines[stream], due)
         return outputs
+
+    @property
+    def md_stream(self) -> str:
+        return self.ctx.subjects.stream_name("MD")
 
     async def tick(self) -> None:
         async with self.lock:
-            await self._commit(self.core.due(time.monotonic_ns()))
+            for p in self.pipelines.values():
+                await self._commit(p, p.core.due(time.monotonic_ns()))
 
     async def drain(self) -> None:
         async with self.lock:
-            await self._commit(self.core.drain())
+            for p in self.pipelines.values():
+                await self._commit(p, p.core.drain())
 
-    async def _commit(self, flushes: list[Flush]) -> None:
+    async def _commit(self, p: Pipeline, flushes: list[Flush]) -> None:
         try:
             for flush in flushes:
-                path, size = await asyncio.to_thread(self.files.commit, flush)
-                self.core.mark_committed(flush)
+                path, size = await asyncio.to_thread(p.files.commit, flush)
+                p.core.mark_committed(flush)
                 self.rows.add(flush.rows, {"table": flush.key.table})
                 self.file_count.add(1, {"table": flush.key.table})
                 self.bytes.add(size, {"table": flush.key.table})
                 log.debug("archived %d rows in %s", flush.rows, path)
             if flushes:
                 await asyncio.to_thread(
-                    self.files.write_manifest,
-                    self.core.durable_through,
-                    list(self.core.high_water.items()),
+                    p.files.write_manifest,
+                    p.core.durable_through,
+                    list(p.core.high_water.items()),
                 )
         except OSError:
             # Rows taken from the buffers and not on disk must not be acknowledged as kept:
@@ -94,7 +120,7 @@ class ArchiveStage:
             log.critical("archive write failed: exiting so the restart can redo it", exc_info=True)
             logging.shutdown()
             os._exit(EXIT_WRITE_FAILED)
-        self.lag.set(self.core.pending_rows())
+        self.lag.set(sum(q.core.pending_rows() for q in self.pipelines.values()))
 
 
 async def _roll(stage: ArchiveStage, every_s: float, stop: asyncio.Event) -> None:
@@ -104,29 +130,44 @@ async def _roll(stage: ArchiveStage, every_s: float, stop: asyncio.Event) -> Non
         await stage.tick()
 
 
+async def _open(root: Path, stream: str, settings: ArchiveSettings, md: bool) -> Pipeline:
+    files = (
+        ArchiveFiles(root, manifest=MD_MANIFEST, staging=MD_STAGING) if md else ArchiveFiles(root)
+    )
+    high_water = await asyncio.to_thread(files.open)
+    return Pipeline(stream, files, ArchiveCore(settings, high_water, files.durable_through))
+
+
 async def run(cfg: Config) -> None:
     root = cfg.archive_root()
-    files = ArchiveFiles(root)
-    high_water = await asyncio.to_thread(files.open)
     settings = ArchiveSettings(
         roll_rows=cfg.archive_roll_rows, roll_age_ns=int(cfg.archive_roll_s * 1e9)
     )
-    core = ArchiveCore(settings, high_water, files.durable_through)
     async with service_context(cfg, SERVICE) as ctx:
-        stage = ArchiveStage(ctx, files, core)
-        stream = ctx.subjects.stream_name("SURFACE")
-        spec = StageInput(stream, durable_name(SERVICE, cfg), [ctx.subjects.stage_all("surface")])
-        await ensure_consumer(ctx.js, spec.consumer_spec())
-        if files.durable_through > 0:
-            # Redeliver what was acknowledged but not yet in a file (module docstring).
-            await ctx.js.reset_consumer(stream, spec.durable, files.durable_through + 1)
-        log.info(
-            "archiving %s into %s (durable through stream sequence %d, %d partitions open)",
-            stream,
-            root,
-            files.durable_through,
-            len(high_water),
-        )
+        durable = durable_name(SERVICE, cfg)
+        inputs = [
+            StageInput(
+                ctx.subjects.stream_name("SURFACE"), durable, [ctx.subjects.stage_all("surface")]
+            )
+        ]
+        if cfg.archive_md:
+            md_stream = ctx.subjects.stream_name("MD")
+            inputs.append(StageInput(md_stream, f"{durable}-md", [ctx.subjects.md_all()]))
+        pipelines: dict[str, Pipeline] = {}
+        for spec, md in zip(inputs, (False, True), strict=False):
+            p = pipelines[spec.stream] = await _open(root, spec.stream, settings, md)
+            await ensure_consumer(ctx.js, spec.consumer_spec())
+            if p.files.durable_through > 0:
+                # Redeliver what was acknowledged but not yet in a file (module docstring).
+                await ctx.js.reset_consumer(spec.stream, spec.durable, p.files.durable_through + 1)
+            log.info(
+                "archiving %s into %s (durable through stream sequence %d, %d partitions open)",
+                spec.stream,
+                root,
+                p.files.durable_through,
+                len(p.core.committed),
+            )
+        stage = ArchiveStage(ctx, pipelines)
         ctx.on_close(stage.drain)  # after the runner's last batch (closers run last first)
         stop = asyncio.Event()
         roller = asyncio.create_task(_roll(stage, min(1.0, cfg.archive_roll_s / 4), stop))
@@ -136,5 +177,5 @@ async def run(cfg: Config) -> None:
             await roller
 
         ctx.on_close(stop_roller)
-        await ctx.start_stage([spec], stage)
+        await ctx.start_stage(inputs, stage)
         await ctx.wait_stopped()

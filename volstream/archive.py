@@ -33,6 +33,9 @@ SURFACES = "surfaces"
 TENORS = "tenors"
 NODES = "nodes"
 TABLES = (SURFACES, TENORS, NODES)
+# Raw market data (optional, VOLSTREAM_ARCHIVE_MD): the MD stream's messages as they were,
+# so that a replay reaches beyond the stream's retention.
+MD = "md"
 PARTITION_KEYS = ("date", "venue", "currency")
 _FILE = re.compile(r"^part-(\d{12,})-(\d{12,})\.parquet$")
 
@@ -106,6 +109,18 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("forward_usd", pa.float64()),
             *_METRIC_FIELDS,
             pa.field("delta_convention", pa.string()),
+        ]
+    ),
+    MD: pa.schema(
+        [
+            pa.field("stream_seq", pa.int64(), nullable=False),
+            pa.field("stored_time", _TS, nullable=False),
+            # The batch header's event time (its latest event; the publish time if none).
+            pa.field("event_time", _TS, nullable=False),
+            pa.field("kind", pa.string()),
+            pa.field("subject", pa.string()),
+            # The MarketDataBatch payload, byte for byte.
+            pa.field("data", pa.binary()),
         ]
     ),
     NODES: pa.schema(
@@ -245,6 +260,38 @@ def surface_columns(
 
 
 _SLICE_COLUMNS = SCHEMAS[SURFACES].names[SCHEMAS[SURFACES].names.index("expiry_time") :]
+
+
+def md_columns(
+    subject: str, data: bytes, stream_seq: int, stored_time_ns: int, namespace: str = ""
+) -> tuple[str, str, str, Columns]:
+    """(date, venue, currency, columns) of one MD message; ValueError when it is not a
+    MarketDataBatch on an md subject."""
+    from google.protobuf.message import DecodeError
+
+    from volstream.v1 import market_data_pb2 as md_pb
+
+    prefix = f"{namespace}." if namespace else ""
+    parts = subject.removeprefix(prefix).split(".")
+    if len(parts) != 4 or parts[0] != "md":
+        raise ValueError(f"subject {subject!r} is not md.<venue>.<ccy>.<kind>")
+    try:
+        batch = md_pb.MarketDataBatch.FromString(data)
+    except DecodeError as exc:
+        raise ValueError(f"not a MarketDataBatch: {exc}") from None
+    h = batch.header
+    event_ns = h.event_time_ns or h.publish_time_ns or stored_time_ns
+    columns = empty_columns(MD)
+    for name, value in (
+        ("stream_seq", stream_seq),
+        ("stored_time", stored_time_ns),
+        ("event_time", event_ns),
+        ("kind", parts[3]),
+        ("subject", subject),
+        ("data", data),
+    ):
+        columns[name].append(value)
+    return utc_date(event_ns), parts[1], parts[2].upper(), columns
 
 
 def _slice_values(s: surface_pb.ExpirySlice | None) -> dict[str, Any]:

@@ -126,6 +126,9 @@ class Config:
     # rows: the longest a surface waits in memory (SURFACE must retain at least that long).
     archive_roll_s: float = 300.0
     archive_roll_rows: int = 200_000
+    # Also archive the raw market data (archive/md/...), so that a replay reaches beyond the
+    # MD stream's retention: about 1 MB/s at the default rate, hence off by default.
+    archive_md: bool = False
     # `volstream up` logs how long each stream holds at the current rate this long after
     # start (the warm-up), then every 15 minutes, and looks this often for a stream whose
     # traffic started later.

@@ -313,6 +313,15 @@ async def test_the_api_publishes_nothing_but_jetstream_api_requests(
         await nc.close()
 
 
+def test_the_archiver_reads_market_data_only_when_it_archives_it() -> None:
+    plain = service_user("archive", Config())
+    assert not any(".MD" in s for s in plain.publish)
+    with_md = service_user("archive", Config(archive_md=True))
+    assert "$JS.API.CONSUMER.MSG.NEXT.MD.archive-all-md" in with_md.publish
+    assert "$JS.API.CONSUMER.RESET.MD.archive-all-md" in with_md.publish
+    assert not any(s.startswith(("md.", "surface.")) for s in with_md.publish)
+
+
 async def test_the_archiver_reads_surfaces_with_its_own_durable_and_publishes_nothing(
     up_nats: UpNats, admin: Client
 ) -> None:

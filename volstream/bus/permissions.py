@@ -154,6 +154,8 @@ def service_user(service: str, cfg: Config) -> NatsUser:
         pub = [s.stage_filter("dlq", "archive", ">")]
         pub += _stream_info(s, "SURFACE", "DLQ")
         pub += _durable(s, "SURFACE", name)
+        if cfg.archive_md:
+            pub += _stream_info(s, "MD") + _durable(s, "MD", f"{name}-md")
     elif service == "api":
         # Reads only; its dead letters (undecodable surfaces or smiles) go to dlq.api.<venue>.
         surface = s.stream_name("SURFACE")
