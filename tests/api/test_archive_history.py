@@ -4,17 +4,20 @@ metric history, bad requests, and a damaged file that is reported and skipped.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import grpc
 import polars as pl
 import pytest
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from svc_api import service as api_service
 from svc_api.archive import ArchiveReader
 from svc_api.config import ApiConfig
 from svc_api.server import serve
@@ -23,7 +26,9 @@ from svc_archive.files import ArchiveFiles
 from tests.api.conftest import Bus
 from tests.archive.surfaces import T0_NS, surface, without_quotes
 from volstream.archive import SURFACES, TENORS, PartitionKey, partition_files
+from volstream.bus.embedded import EmbeddedNats, free_port
 from volstream.cli import history_command, main
+from volstream.config import Config
 from volstream.v1 import surface_pb2 as surface_pb
 from volstream.v1 import surface_service_pb2 as api_pb
 from volstream.v1 import surface_service_pb2_grpc as api_grpc
@@ -247,3 +252,46 @@ async def test_the_history_command_exits_2_naming_the_bad_value(
         await asyncio.to_thread(main, [*argv, *args])
     assert exit_.value.code == 2
     assert says in capsys.readouterr().err
+
+
+async def test_the_api_process_logs_and_counts_a_damaged_file_and_keeps_serving(
+    nats_server: EmbeddedNats, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = Config(
+        nats_url=nats_server.url,
+        data_dir=tmp_path,
+        grpc_port=free_port(),
+        http_port=free_port(),
+    )
+    write_archive(cfg.archive_root())
+    key = PartitionKey(TENORS, "2026-03-11", "deribit", "BTC")
+    damaged = partition_files(cfg.archive_root(), key)[0]
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    task = asyncio.create_task(api_service.run(cfg))
+    try:
+        async with aiohttp.ClientSession() as http:
+            base = f"http://127.0.0.1:{cfg.http_port}"
+            for _ in range(200):
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with http.get(f"{base}/healthz") as resp:
+                        if resp.status == 200:
+                            break
+                await asyncio.sleep(0.1)
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{cfg.grpc_port}") as channel:
+                stub = api_grpc.SurfaceServiceStub(channel)
+                for _ in range(2):
+                    reply = await stub.GetMetricHistory(history(tenor_days=30))
+                    assert [p.revision for p in reply.points] == list(range(11, REVISIONS + 1))
+            async with http.get(f"{base}/metrics") as resp:
+                page = await resp.text()
+        counted = [
+            line
+            for line in page.splitlines()
+            if "api_archive_damaged_files" in line and not line.startswith("#")
+        ]
+        assert counted and float(counted[0].split()[-1]) == 1.0, counted
+        assert [r for r in caplog.records if str(damaged) in r.getMessage()]
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
