@@ -67,11 +67,8 @@ class Added:
     flushes: list[Flush] = field(default_factory=list)
 
 
-class NotASurface(ValueError):
+class NotArchivable(ValueError):
     """The message cannot be archived (the reason is the message)."""
-
-
-NotArchivable = NotASurface
 
 
 class ArchiveCore:
@@ -98,15 +95,15 @@ class ArchiveCore:
 
     def add(self, data: bytes, stream_seq: int, stored_time_ns: int, now_ns: int) -> Added:
         """Buffer one published surface; the files that became due by size. Raises
-        NotASurface for a payload that cannot be archived."""
+        NotArchivable for a payload that cannot be archived."""
         try:
             surface = surface_pb.Surface.FromString(data)
         except DecodeError as exc:
-            raise NotASurface(f"not a Surface: {exc}") from None
+            raise NotArchivable(f"not a Surface: {exc}") from None
         if not surface.venue or not surface.currency:
-            raise NotASurface("Surface without venue or currency")
+            raise NotArchivable("Surface without venue or currency")
         if surface.header.event_time_ns <= 0:
-            raise NotASurface("Surface without an event time")
+            raise NotArchivable("Surface without an event time")
         date = utc_date(surface.header.event_time_ns)
         venue, currency = surface.venue.lower(), surface.currency.upper()
         tables = surface_columns(surface, stream_seq, stored_time_ns)
@@ -128,7 +125,7 @@ class ArchiveCore:
                 subject, data, stream_seq, stored_time_ns, namespace
             )
         except ValueError as exc:
-            raise NotASurface(str(exc)) from None
+            raise NotArchivable(str(exc)) from None
         return self.add_columns({MD: columns}, date, venue, currency, stream_seq, now_ns)
 
     def add_columns(
@@ -193,6 +190,5 @@ __all__ = [
     "ArchiveCore",
     "ArchiveSettings",
     "Flush",
-    "NotASurface",
     "NotArchivable",
 ]

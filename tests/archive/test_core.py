@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from svc_archive.core import ArchiveCore, ArchiveSettings, NotASurface
+from svc_archive.core import ArchiveCore, ArchiveSettings, NotArchivable
 from tests.archive.surfaces import DAY_NS, T0_NS, surface, without_quotes
 from volstream.archive import (
     NODES,
@@ -111,6 +111,6 @@ def test_partitions_follow_the_event_date() -> None:
 )
 def test_what_cannot_be_archived_says_why(payload: bytes, reason: str) -> None:
     c = core()
-    with pytest.raises(NotASurface, match=reason):
+    with pytest.raises(NotArchivable, match=reason):
         c.add(payload, 1, T0_NS, 0)
     assert c.drain() == [] and c.durable_through == 0
