@@ -188,11 +188,19 @@ def live(seconds: float, roll_s: float) -> None:
             return
         span_s = (last - first) / 1e9
         per_rev = size / revisions
+        # The same rows in one file per partition: what a revision costs in large files.
+        compact = 0
+        for t in TABLES:
+            for directory in {p.parent for p in (root / t).rglob("*.parquet")}:
+                out = Path(tmp) / "compact.parquet"
+                pq.write_table(pq.read_table(directory), out, compression="zstd")
+                compact += out.stat().st_size
         print(
             f"\nlive `up --sim` (four venues, default rate), {span_s:.0f} s of surfaces: "
             f"{revisions} revisions ({revisions / span_s:.1f}/s), {size / 1e6:.2f} MB, "
             f"{per_rev / 1e3:.2f} KB per revision in {files} files -> "
-            f"{size / span_s * 86400 / 1e9:.2f} GB per day at this rate"
+            f"{size / span_s * 86400 / 1e9:.2f} GB per day at this rate; "
+            f"{compact / revisions / 1e3:.2f} KB per revision in one file per partition"
         )
         md_files = list((root / MD).rglob("*.parquet"))
         md_size = sum(p.stat().st_size for p in md_files)
