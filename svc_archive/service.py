@@ -157,9 +157,9 @@ async def run(cfg: Config) -> None:
         for spec, md in zip(inputs, (False, True), strict=False):
             p = pipelines[spec.stream] = await _open(root, spec.stream, settings, md)
             await ensure_consumer(ctx.js, spec.consumer_spec())
-            if p.files.durable_through > 0:
-                # Redeliver what was acknowledged but not yet in a file (module docstring).
-                await ctx.js.reset_consumer(spec.stream, spec.durable, p.files.durable_through + 1)
+            # Redeliver what was acknowledged but not yet in a file (module docstring), also
+            # when nothing is: an archiver killed before its first file acknowledged rows too.
+            await ctx.js.reset_consumer(spec.stream, spec.durable, p.files.durable_through + 1)
             log.info(
                 "archiving %s into %s (durable through stream sequence %d, %d partitions open)",
                 spec.stream,

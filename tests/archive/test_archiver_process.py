@@ -14,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 import nats
+import nats.js.errors
 import pyarrow.parquet as pq
 import pytest
 
@@ -35,10 +36,12 @@ ROLL_S, ROLL_ROWS = 0.5, 100_000
 KILLS = 3
 
 
-def start_archiver(nats_url: str, archive: Path, log: Path) -> subprocess.Popen[bytes]:
+def start_archiver(
+    nats_url: str, archive: Path, log: Path, roll_s: float = ROLL_S
+) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
-        "VOLSTREAM_ARCHIVE_ROLL_S": str(ROLL_S),
+        "VOLSTREAM_ARCHIVE_ROLL_S": str(roll_s),
         "VOLSTREAM_ARCHIVE_ROLL_ROWS": str(ROLL_ROWS),
         "VOLSTREAM_ARCHIVE_DIR": str(archive),
     }
@@ -156,8 +159,9 @@ def test_sigkill_while_writing_leaves_no_partial_file_and_loses_or_repeats_nothi
             proc = start_archiver(nats_server.url, root, log)
         publisher.join(120)
         assert not publisher.is_alive()
-        # Everything arrives: the last files roll within ROLL_S of the last surface.
-        deadline = time.monotonic() + 60
+        # Everything arrives: the last files roll within ROLL_S of the last surface (the
+        # deadline only bounds a failure: a loaded machine starts a process slowly).
+        deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             counts = archived(root)
             if all(sum(counts[t].values()) >= expected_rows(t) for t in TABLES):
@@ -176,6 +180,59 @@ def test_sigkill_while_writing_leaves_no_partial_file_and_loses_or_repeats_nothi
         want = {(v.lower(), c, r) for v, c in KEYS for r in range(1, REVISIONS + 1)}
         assert revisions == want
         assert kills == KILLS and len(watcher.checked) > KILLS
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_an_archiver_killed_before_its_first_file_loses_nothing(
+    nats_server: EmbeddedNats, tmp_path: Path
+) -> None:
+    """Its rows were acknowledged (buffered) but no file or manifest exists yet."""
+    count = 50
+
+    async def publish_and_wait_acked(proc: subprocess.Popen[bytes]) -> None:
+        nc = await nats.connect(nats_server.url)
+        js = nc.jetstream()
+        specs = default_stream_specs(Subjects(), StreamLimits.compact())
+        await ensure_streams(js, specs)
+        for rev in range(1, count + 1):
+            await js.publish("surface.deribit.btc", surface(rev).SerializeToString())
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                info = await js.consumer_info("SURFACE", "archive-all")
+                if info.ack_floor is not None and (info.ack_floor.stream_seq or 0) >= count:
+                    break
+            except nats.js.errors.NotFoundError:
+                pass
+            assert proc.poll() is None
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the archiver did not acknowledge the surfaces")
+        await nc.close()
+
+    root, log = tmp_path / "archive", tmp_path / "archiver.log"
+    proc = start_archiver(nats_server.url, root, log, roll_s=3600)  # nothing rolls
+    try:
+        asyncio.run(publish_and_wait_acked(proc))
+        assert not list(root.rglob("*.parquet"))
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        proc = start_archiver(nats_server.url, root, log, roll_s=0.2)
+        deadline = time.monotonic() + 120
+        revisions: list[int] = []
+        while time.monotonic() < deadline and len(revisions) < count * 3:
+            revisions = [
+                r
+                for p in (root / SURFACES).rglob("*.parquet")
+                for r in pq.read_table(p).column("revision").to_pylist()
+            ]
+            time.sleep(0.2)
+        assert sorted(Counter(revisions).items()) == [(r, 3) for r in range(1, count + 1)]
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
