@@ -98,12 +98,19 @@ class ArchiveReader:
         """The last surface of (venue, currency) stored at or before ``time_ns``, without
         quotes; None when the archive has none."""
         limit = utc_date(time_ns + DAY_NS)  # event dates run a little behind store times
+        best: tuple[int, PartitionKey] | None = None
         for date in reversed([d for d in dates(self.root, SURFACES) if d <= limit]):
             key = PartitionKey(SURFACES, date, venue, currency)
             found = self._last_stored_at_or_before(key, time_ns)
+            if best is not None:
+                # Around midnight event dates and store times straddle two dates: the date
+                # before the first match may hold a later one (stream order is store order).
+                if found is not None and found > best[0]:
+                    best = (found, key)
+                break
             if found is not None:
-                return self._surface(key, found)
-        return None
+                best = (found, key)
+        return self._surface(best[1], best[0]) if best is not None else None
 
     def _last_stored_at_or_before(self, key: PartitionKey, time_ns: int) -> int | None:
         """The stream sequence of the last surface of ``key`` stored at or before time_ns."""

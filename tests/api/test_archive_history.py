@@ -295,3 +295,19 @@ async def test_the_api_process_logs_and_counts_a_damaged_file_and_keeps_serving(
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+def test_around_midnight_the_latest_stored_surface_wins_across_two_dates(tmp_path: Path) -> None:
+    midnight = T0_NS + 12 * 3600 * S  # 2026-03-12T00:00:00Z
+    files = ArchiveFiles(tmp_path)
+    core = ArchiveCore(ArchiveSettings(), files.open())
+    # Revision 2's venue clock runs ahead: its event date is the 12th, stored before rev 3,
+    # whose event date is still the 11th.
+    for seq, event_ns in ((1, midnight - 3 * S), (2, midnight + S), (3, midnight - S)):
+        core.add(surface(seq, event_time_ns=event_ns).SerializeToString(), seq, midnight + seq, 0)
+    for flush in core.drain():
+        files.commit(flush)
+    reader = ArchiveReader(tmp_path)
+    for when, revision in ((midnight + 1, 1), (midnight + 2, 2), (midnight + 3, 3)):
+        found = reader.surface_at("deribit", "BTC", when)
+        assert found is not None and found.revision == revision, when
