@@ -52,6 +52,9 @@ class ApiConfig:
     startup_catchup_s: float = 5.0
     # NATS request timeout of history queries.
     history_timeout_s: float = 3.0
+    # The surface archive (svc_archive's Parquet files): GetSurfaceAt past the SURFACE
+    # stream's retention and GetMetricHistory read it; None: neither has an archive.
+    archive_dir: Path | None = None
     # Time given to in-flight unary calls on stop(); streams are ended at once.
     shutdown_grace_s: float = 2.0
 
@@ -88,6 +91,7 @@ class ApiConfig:
             "venues": venues,
             "expected_surfaces": expected,
             "namespace": cfg.namespace,
+            "archive_dir": cfg.archive_root(),
         }
         values.update(overrides)
         return cls(**values).validated()  # type: ignore[arg-type]

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from svc_api.store import StreamFilter, SurfaceKey, normalise_key
 from volstream.v1 import surface_service_pb2 as api_pb
@@ -102,6 +103,77 @@ def parse_time(request: api_pb.GetSurfaceAtRequest, now_ns: int) -> int | ApiErr
             f"(server time {format_time_ns(now_ns)})"
         )
     return time_ns
+
+
+# GetMetricHistory answers at most this many points (a wider range needs a step).
+MAX_HISTORY_POINTS = 200_000
+
+
+@dataclass(frozen=True)
+class HistoryQuery:
+    key: SurfaceKey
+    start_ns: int
+    end_ns: int
+    step_ns: int
+    tenor_days: int | None
+    expiry: str | None
+
+    def describe(self) -> str:
+        what = f"{self.tenor_days}-day tenor" if self.tenor_days is not None else self.expiry
+        return (
+            f"{self.key} {what} between {format_time_ns(self.start_ns)} "
+            f"and {format_time_ns(self.end_ns)}"
+        )
+
+
+def _timestamp_ns(ts: Timestamp, name: str) -> int | ApiError:
+    if ts.seconds < 0:
+        return invalid(f"{name} {ts.seconds}s is before 1970-01-01")
+    if not 0 <= ts.nanos < 1_000_000_000:
+        return invalid(f"{name}.nanos {ts.nanos} is outside [0, 999999999]")
+    if ts.seconds > 253_402_300_799:
+        return invalid(f"{name} {ts.seconds}s is after 9999-12-31")
+    return ts.seconds * 1_000_000_000 + ts.nanos
+
+
+def parse_history_request(
+    request: api_pb.GetMetricHistoryRequest, known_venues: Iterable[str]
+) -> HistoryQuery | ApiError:
+    key = parse_key(request.venue, request.currency, known_venues)
+    if isinstance(key, ApiError):
+        return key
+    times: list[int] = []
+    for name in ("start_time", "end_time"):
+        if not request.HasField(name):
+            return invalid(f"{name} is required (google.protobuf.Timestamp)")
+        t = _timestamp_ns(getattr(request, name), name)
+        if isinstance(t, ApiError):
+            return t
+        times.append(t)
+    start_ns, end_ns = times
+    if start_ns >= end_ns:
+        return invalid(
+            f"start_time {format_time_ns(start_ns)} is not before end_time {format_time_ns(end_ns)}"
+        )
+    step = request.step
+    if step.seconds < 0 or step.nanos < 0:
+        return invalid(f"step {step.seconds}s {step.nanos}ns is negative")
+    step_ns = step.seconds * 1_000_000_000 + step.nanos
+    if step_ns and (end_ns - start_ns) // step_ns > MAX_HISTORY_POINTS:
+        return invalid(
+            f"step {step_ns / 1e9:g}s gives more than {MAX_HISTORY_POINTS} points over the range"
+        )
+    which = request.WhichOneof("smile")
+    if which is None:
+        return invalid("tenor_days or expiry is required (which smile)")
+    if which == "tenor_days":
+        if request.tenor_days <= 0:
+            return invalid(f"tenor_days {request.tenor_days} must be positive")
+        return HistoryQuery(key, start_ns, end_ns, step_ns, request.tenor_days, None)
+    expiry = parse_expiry(request.expiry)
+    if isinstance(expiry, ApiError):
+        return expiry
+    return HistoryQuery(key, start_ns, end_ns, step_ns, None, expiry)
 
 
 @dataclass(frozen=True)

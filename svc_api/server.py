@@ -18,6 +18,7 @@ Fan-out design (docs/architecture.md section 9 field notes):
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import logging
@@ -31,6 +32,7 @@ import grpc.aio
 from google.protobuf.message_factory import GetMessageClass
 from nats.aio.client import Client
 
+from svc_api.archive import ArchiveReader, last_per_step
 from svc_api.auth import HANDLER_KINDS, TokenAuthInterceptor
 from svc_api.config import ApiConfig
 from svc_api.feed import SurfaceFeed
@@ -40,6 +42,7 @@ from svc_api.hub import SurfaceHub
 from svc_api.requests import (
     ApiError,
     parse_expiry,
+    parse_history_request,
     parse_key,
     parse_stream_request,
     parse_time,
@@ -47,6 +50,7 @@ from svc_api.requests import (
 from svc_api.store import SurfaceKey, normalise_key, stream_message, without_quotes
 from volstream.bus.connection import connect
 from volstream.subjects import Subjects
+from volstream.v1 import common_pb2 as common_pb
 from volstream.v1 import surface_pb2 as surface_pb
 from volstream.v1 import surface_service_pb2 as api_pb
 from volstream.wire import length_delimited_field
@@ -83,10 +87,12 @@ class SurfaceServicer:
         hub: SurfaceHub,
         history: SurfaceHistory | None,
         clock_ns: Callable[[], int] = time.time_ns,
+        archive: ArchiveReader | None = None,
     ) -> None:
         self.config = config
         self.hub = hub
         self.history = history
+        self.archive = archive
         self.clock_ns = clock_ns
         self.subjects = Subjects(config.namespace)
         self.stale_after_ns = config.stale_after_ms * 1_000_000
@@ -184,17 +190,20 @@ class SurfaceServicer:
         time_ns = parse_time(request, self.clock_ns())
         if isinstance(time_ns, ApiError):
             await self._fail(context, time_ns)
-        if self.history is None:
+        if self.history is None and self.archive is None:
             await self._fail(
                 context,
                 ApiError(grpc.StatusCode.UNAVAILABLE, "history needs NATS; this server has none"),
             )
+        if self.history is None:
+            return await self._surface_from_archive(context, key, time_ns, "")
         try:
             stored = await self.history.at_or_before(
                 self.subjects.surface(key.venue, key.currency), str(key), time_ns
             )
         except HistoryNotFound as exc:
-            await self._fail(context, ApiError(grpc.StatusCode.NOT_FOUND, str(exc)))
+            # Past the stream's retention: the archive may have it.
+            return await self._surface_from_archive(context, key, time_ns, str(exc))
         except HistoryUnavailable as exc:
             await self._fail(context, ApiError(grpc.StatusCode.UNAVAILABLE, str(exc)))
         surface = surface_pb.Surface()
@@ -212,6 +221,77 @@ class SurfaceServicer:
         if request.omit_quotes:
             return length_delimited_field(1, without_quotes(surface).SerializeToString())
         return length_delimited_field(1, stored.data)
+
+    async def _surface_from_archive(
+        self, context: Context, key: SurfaceKey, time_ns: int, stream_says: str
+    ) -> bytes:
+        archive = self.archive
+        surface = (
+            await asyncio.to_thread(archive.surface_at, key.venue, key.currency, time_ns)
+            if archive is not None
+            else None
+        )
+        if surface is None:
+            held = archive.coverage(key.venue, key.currency) if archive is not None else None
+            where = (
+                f"the archive holds {key} from {held.first} to {held.last}"
+                if held
+                else f"the archive has no {key} surface"
+            )
+            message = f"{stream_says}; {where}" if stream_says else where
+            await self._fail(context, ApiError(grpc.StatusCode.NOT_FOUND, message))
+        return length_delimited_field(1, surface.SerializeToString())
+
+    async def GetMetricHistory(
+        self, request: api_pb.GetMetricHistoryRequest, context: Context
+    ) -> api_pb.GetMetricHistoryResponse:
+        query = parse_history_request(request, self.known_venues())
+        if isinstance(query, ApiError):
+            await self._fail(context, query)
+        archive = self.archive
+        if archive is None:
+            await self._fail(
+                context,
+                ApiError(grpc.StatusCode.UNAVAILABLE, "this server has no archive configured"),
+            )
+        rows = await asyncio.to_thread(
+            archive.metric_history,
+            query.key.venue,
+            query.key.currency,
+            query.start_ns,
+            query.end_ns,
+            tenor_days=query.tenor_days,
+            expiry=query.expiry,
+        )
+        if not rows:
+            held = archive.coverage(query.key.venue, query.key.currency)
+            where = f"it holds {held.first} to {held.last}" if held else "it has none"
+            await self._fail(
+                context,
+                ApiError(
+                    grpc.StatusCode.NOT_FOUND,
+                    f"the archive has no {query.describe()} ({where} of {query.key})",
+                ),
+            )
+        response = api_pb.GetMetricHistoryResponse()
+        for row in last_per_step(rows, query.start_ns, query.step_ns):
+            point = response.points.add(
+                revision=row.revision,
+                forward_usd=row.forward_usd,
+                time_to_expiry_years=row.time_to_expiry_years,
+            )
+            point.time.FromNanoseconds(row.event_time_ns)
+            m = point.metrics
+            m.atm_vol, m.rr25, m.bf25, m.rr10, m.bf10 = (
+                row.atm_vol,
+                row.rr25,
+                row.bf25,
+                row.rr10,
+                row.bf10,
+            )
+            if row.delta_convention:
+                m.delta_convention = common_pb.DeltaConvention.Value(row.delta_convention)  # type: ignore[assignment]
+        return response
 
     # streaming -----------------------------------------------------------------------
     async def StreamSurfaces(self, request: api_pb.StreamSurfacesRequest, context: Context) -> None:
@@ -374,6 +454,7 @@ async def serve(
     nc: Client | None = None,
     hub: SurfaceHub | None = None,
     follow_iv: bool = True,
+    archive: ArchiveReader | None = None,
 ) -> ApiHandle:
     """Start the API. With nats_url (or an open nats connection `nc`) it follows the SURFACE
     and IV streams and answers history; with neither, it serves whatever is applied to `hub`.
@@ -383,7 +464,9 @@ async def serve(
     # A connection serve() opens it also closes (ApiHandle.stop); a given one is the caller's.
     owned_nc = await connect(nats_url, "volstream-api") if nc is None and nats_url else None
     nc = owned_nc if nc is None else nc
-    servicer = SurfaceServicer(config, hub, _history(config, nc))
+    if archive is None and config.archive_dir is not None:
+        archive = ArchiveReader(config.archive_dir)
+    servicer = SurfaceServicer(config, hub, _history(config, nc), archive=archive)
     server, health_servicer = _grpc_server(config, servicer)
     port = _bind(server, config)
     monitor = await _health_monitor(config, hub, health_servicer)

@@ -9,6 +9,7 @@ import logging
 
 from aiohttp import web
 
+from svc_api.archive import ArchiveReader
 from svc_api.config import ApiConfig
 from svc_api.server import ApiHandle, serve
 from volstream.config import Config, is_loopback
@@ -30,6 +31,7 @@ def api_config(cfg: Config) -> ApiConfig:
         tls_key=cfg.tls_key,
         namespace=cfg.namespace,
         expected_surfaces=expected,
+        archive_dir=cfg.archive_root(),
     )
 
 
@@ -50,7 +52,16 @@ def pages(handle: ApiHandle) -> list[web.RouteDef]:
 async def run(cfg: Config) -> None:
     # HTTP starts once gRPC serves, so that every page has what it shows.
     async with service_context(cfg, SERVICE, http=False) as ctx:
-        handle = await serve(api_config(cfg), nc=ctx.nc)
+        config = api_config(cfg)
+        damaged = ctx.metrics.counter(
+            "api_archive_damaged_files", "archive files found damaged and skipped"
+        )
+        archive = (
+            ArchiveReader(config.archive_dir, on_damaged=lambda _path, _why: damaged.add(1))
+            if config.archive_dir is not None
+            else None
+        )
+        handle = await serve(config, nc=ctx.nc, archive=archive)
         ctx.on_close(handle.stop)  # end streams cleanly and close the port, before NATS
         await ctx.serve_http([cfg.http_port, cfg.metrics_port], pages(handle))
         log.info("gRPC SurfaceService on %s:%d", cfg.bind_host, handle.port)

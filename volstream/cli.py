@@ -6,6 +6,8 @@
     volstream watch                  follow the surface stream live
     volstream replay --from T1 [--to T2] --namespace NAME [settings]   replay market data
     volstream diff A B [--tolerance VOLPTS]   compare two runs' surfaces
+    volstream history --venue V --currency C --tenor 30 --from T1 --to T2 [--out f.csv]
+                                     a smile's ATM, RR, BF over time, from the archive
 
 Flags override VOLSTREAM_* environment variables, which override defaults. Any invalid flag
 or value exits with status 2 and a message naming it.
@@ -34,6 +36,7 @@ from volstream.config import (
     from_env,
     parse_list,
     parse_partitions,
+    parse_utc_ns,
 )
 
 if TYPE_CHECKING:
@@ -45,6 +48,7 @@ SERVICE_MODULES = {
     "book": "svc_book.service",
     "iv": "svc_iv.service",
     "surface": "svc_surface.service",
+    "archive": "svc_archive.service",
     "api": "svc_api.service",
     "sim": "simulator.service",
 }
@@ -83,6 +87,25 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{value} must be positive")
+    return value
+
+
+_UNITS_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def _duration(text: str) -> float:
+    """Seconds from '90', '30s', '5m', '1h', '1d'."""
+    raw = text.strip().lower()
+    scale = _UNITS_S.get(raw[-1:])
+    number = raw[:-1] if scale is not None else raw
+    try:
+        value = float(number) * (scale or 1.0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration like 30s, 5m, 1h or 1d"
+        ) from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative")
     return value
 
 
@@ -207,6 +230,23 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--server", default="127.0.0.1:50051")
     watch.add_argument("--min-interval-ms", type=int, default=1000)
     watch.add_argument("--token")
+
+    history = sub.add_parser(
+        "history", help="a smile's ATM, RR and BF over time (from the archive)"
+    )
+    history.add_argument("--venue", required=True)
+    history.add_argument("--currency", required=True)
+    which = history.add_mutually_exclusive_group(required=True)
+    which.add_argument("--tenor", type=_positive_int, help="fixed tenor in days, e.g. 30")
+    which.add_argument("--expiry", help="expiry as an ISO date, e.g. 2026-03-27")
+    history.add_argument("--from", dest="start", required=True, help="ISO-8601 UTC start")
+    history.add_argument("--to", dest="end", required=True, help="ISO-8601 UTC end (exclusive)")
+    history.add_argument(
+        "--step", type=_duration, default=0, help="one point per step: 30s, 5m, 1h, 1d"
+    )
+    history.add_argument("--out", type=Path, help="write CSV (.csv) or Parquet (.parquet)")
+    history.add_argument("--server", default="127.0.0.1:50051")
+    history.add_argument("--token")
     return parser
 
 
@@ -344,6 +384,105 @@ def watch_command(
             backoff_s = min(backoff_s * 2, 10.0)
 
 
+HISTORY_COLUMNS = (
+    "time",
+    "revision",
+    "atm_vol",
+    "rr25",
+    "bf25",
+    "rr10",
+    "bf10",
+    "forward_usd",
+    "time_to_expiry_years",
+)
+
+
+def _history_columns(points: Sequence[Any]) -> dict[str, list[Any]]:
+    return {
+        "time": [p.time.ToNanoseconds() for p in points],
+        "revision": [p.revision for p in points],
+        **{m: [getattr(p.metrics, m) for p in points] for m in HISTORY_COLUMNS[2:7]},
+        "forward_usd": [p.forward_usd for p in points],
+        "time_to_expiry_years": [p.time_to_expiry_years for p in points],
+    }
+
+
+def write_history(points: Sequence[Any], out: Path) -> None:
+    """CSV (time as RFC 3339 with ns) or Parquet (time as a UTC ns timestamp), fractions."""
+    columns = _history_columns(points)
+    if out.suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        types = {"time": pa.timestamp("ns", tz="UTC"), "revision": pa.uint64()}
+        schema = pa.schema([(c, types.get(c, pa.float64())) for c in HISTORY_COLUMNS])
+        pq.write_table(pa.Table.from_pydict(columns, schema=schema), out, compression="zstd")
+        return
+    import csv
+
+    from volstream.cli_render import _time
+
+    with out.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(HISTORY_COLUMNS)
+        for i, t in enumerate(columns["time"]):
+            row = [columns[c][i] for c in HISTORY_COLUMNS]
+            row[0] = _time(t).replace(" ", "T")
+            writer.writerow(row)
+
+
+def history_command(
+    server: str,
+    venue: str,
+    currency: str,
+    *,
+    start: str,
+    end: str,
+    tenor_days: int | None = None,
+    expiry: str | None = None,
+    step_s: float = 0.0,
+    out: Path | None = None,
+    token: str | None = None,
+) -> int:
+    """`volstream history`: the points as a table, or into a CSV / Parquet file."""
+    import grpc
+
+    from volstream.cli_render import render_history
+    from volstream.client import SurfaceClient
+
+    try:
+        start_ns = parse_utc_ns(start, "--from")
+        end_ns = parse_utc_ns(end, "--to")
+    except ConfigError as exc:
+        print(f"volstream: error: {exc}", file=sys.stderr)
+        return 2
+    if start_ns >= end_ns:
+        print(f"volstream: error: --from {start} is not before --to {end}", file=sys.stderr)
+        return 2
+    if out is not None and out.suffix not in (".csv", ".parquet"):
+        print(f"volstream: error: --out {out}: write a .csv or a .parquet file", file=sys.stderr)
+        return 2
+    try:
+        with SurfaceClient(server, token=token) as client:
+            points = client.metric_history(
+                venue,
+                currency,
+                start_ns,
+                end_ns,
+                tenor_days=tenor_days,
+                expiry=expiry,
+                step_s=step_s,
+            )
+    except grpc.RpcError as exc:
+        return _rpc_error(exc)
+    if out is None:
+        print(render_history(points))
+    else:
+        write_history(points, out)
+        print(f"{len(points)} points written to {out}", file=sys.stderr)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -375,6 +514,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(history.diff_command(args, cfg))
     if args.command == "surface":
         raise SystemExit(surface_command(args.server, args.venue, args.currency, args.token))
+    if args.command == "history":
+        raise SystemExit(
+            history_command(
+                args.server,
+                args.venue,
+                args.currency,
+                start=args.start,
+                end=args.end,
+                tenor_days=args.tenor,
+                expiry=args.expiry,
+                step_s=args.step,
+                out=args.out,
+                token=args.token,
+            )
+        )
     if args.command == "watch":
         raise SystemExit(
             watch_command(

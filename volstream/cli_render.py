@@ -10,6 +10,7 @@ import datetime as dt
 import math
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from volstream.v1 import iv_pb2 as iv_pb
 from volstream.v1 import surface_pb2 as surface_pb
@@ -234,3 +235,23 @@ def render_update_line(surface: surface_pb.Surface, now_ns: int | None = None) -
         f" rev {surface.revision:<6} {label} ATM {atm:>6}  RR25 {rr:>6}  BF25 {bf:>6}"
         f"  expiries {len(surface.slices):>2}  age {_num(age_ms, '.0f')} ms"
     )
+
+
+def render_history(points: Sequence[Any]) -> str:
+    """`volstream history`: one row per point (event time, revision, ATM, RR/BF 25 and 10
+    delta in vol points, forward)."""
+    rows = [
+        [
+            _time(p.time.ToNanoseconds()),
+            str(p.revision),
+            _pct(p.metrics.atm_vol),
+            _pct(p.metrics.rr25),
+            _pct(p.metrics.bf25),
+            _pct(p.metrics.rr10),
+            _pct(p.metrics.bf10),
+            _num(p.forward_usd, ",.2f"),
+        ]
+        for p in points
+    ]
+    headers = ["time", "revision", "atm", "rr25", "bf25", "rr10", "bf10", "forward"]
+    return render_table(headers, rows)

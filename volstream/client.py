@@ -225,6 +225,35 @@ class SurfaceClient:
         surface: surface_pb.Surface = self._unary(self.stub.GetSurfaceAt, request).surface
         return surface
 
+    def metric_history(
+        self,
+        venue: str,
+        currency: str,
+        start: dt.datetime | int | float | Timestamp,
+        end: dt.datetime | int | float | Timestamp,
+        *,
+        tenor_days: int | None = None,
+        expiry: str | None = None,
+        step_s: float = 0.0,
+    ) -> list[api_pb.MetricPoint]:
+        """One smile's metrics over [start, end) from the archive (a tenor or an expiry)."""
+        request = api_pb.GetMetricHistoryRequest(
+            venue=venue,
+            currency=currency,
+            start_time=to_timestamp(start),
+            end_time=to_timestamp(end),
+        )
+        if tenor_days is not None:
+            request.tenor_days = tenor_days
+        if expiry is not None:
+            request.expiry = expiry
+        if step_s:
+            request.step.FromNanoseconds(round(step_s * 1e9))
+        points: list[api_pb.MetricPoint] = list(
+            self._unary(self.stub.GetMetricHistory, request).points
+        )
+        return points
+
     def stream(
         self,
         venues: Sequence[str] = (),

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 KNOWN_VENUES = ("deribit", "okx", "bybit", "binance")
-SERVICES = ("connector", "book", "iv", "surface", "api", "sim")
+SERVICES = ("connector", "book", "iv", "surface", "archive", "api", "sim")
 SURFACE_MODELS = ("svi", "ssvi")
 ENV_PREFIX = "VOLSTREAM_"
 
@@ -123,6 +123,20 @@ class Config:
     api_token: str | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # The Parquet archive of every surface (svc_archive writes it, the API reads it for
+    # history past the SURFACE stream's retention); None: <data_dir>/archive.
+    archive_dir: Path | None = None
+    # An archive file is written per partition every archive_roll_s, or at archive_roll_rows
+    # rows: the longest a surface waits in memory (SURFACE must retain at least that long).
+    archive_roll_s: float = 300.0
+    archive_roll_rows: int = 200_000
+    # Also archive the raw market data (archive/md/...), so that a replay reaches beyond the
+    # MD stream's retention: about 1 MB/s at the default rate, hence off by default.
+    archive_md: bool = False
+    # `volstream up` logs how long each stream holds at the current rate this long after
+    # start (the warm-up), then every 15 minutes, and looks this often for a stream whose
+    # traffic started later.
+    retention_log_s: float = 120.0
     log_level: str = "INFO"
     extra: Mapping[str, str] = field(default_factory=dict)
 
@@ -130,6 +144,15 @@ class Config:
         if self.partitions:
             return self.partitions
         return tuple(Partition(v, c) for v in self.venues for c in self.currencies)
+
+    def archive_root(self) -> Path:
+        """Where the surface archive is: archive_dir, else <data_dir>/archive, and
+        <data_dir>/archive-<namespace> for a namespace (a replay never mixes into live's)."""
+        if self.archive_dir is not None:
+            return self.archive_dir
+        if self.namespace:
+            return self.data_dir / f"archive-{self.namespace}"
+        return self.data_dir / "archive"
 
     def consolidated_currencies(self) -> tuple[str, ...]:
         """Currencies whose consolidated surface (surface.all.<ccy>) this replica produces:
@@ -177,6 +200,12 @@ class Config:
             raise ConfigError(
                 f"surface_model: {self.surface_model!r} must be one of {', '.join(SURFACE_MODELS)}"
             )
+        if not 0 < self.archive_roll_s <= 86_400.0:
+            raise ConfigError(f"archive_roll_s: {self.archive_roll_s} must be in (0, 86400]")
+        if self.retention_log_s <= 0:
+            raise ConfigError(f"retention_log_s: {self.retention_log_s} must be positive")
+        if self.archive_roll_rows <= 0:
+            raise ConfigError(f"archive_roll_rows: {self.archive_roll_rows} must be positive")
         if self.consolidate not in ("auto", "only", "off"):
             raise ConfigError(f"consolidate: {self.consolidate!r} must be auto, only or off")
         if not 0.0 <= self.surface_smoothing_s <= 86_400.0:
@@ -224,7 +253,7 @@ def _convert(name: str, raw: str, current: Any) -> Any:
             return tuple(c.upper() for c in parse_list(raw))
         if name == "partitions":
             return parse_partitions(raw)
-        if name in ("data_dir", "tls_cert", "tls_key"):
+        if name in ("data_dir", "tls_cert", "tls_key", "archive_dir"):
             return Path(raw) if raw else None
         if name == "testnet":
             if raw.lower() not in {"1", "0", "true", "false", "yes", "no"}:

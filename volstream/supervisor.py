@@ -97,7 +97,7 @@ def service_specs(
     for venue in venues:
         c = as_user("connector", with_metrics(replace(cfg, venues=(venue,))))
         specs.append(ChildSpec(f"connector.{venue}", [*cmd, "connector"], env_for(c)))
-    for name in ("book", "iv", "surface"):
+    for name in ("book", "iv", "surface", "archive"):
         c = as_user(name, with_metrics(replace(cfg, venues=tuple(venues) or cfg.venues)))
         specs.append(ChildSpec(name, [*cmd, name], env_for(c)))
     specs.append(ChildSpec("api", [*cmd, "api"], env_for(as_user("api", cfg))))
@@ -283,6 +283,27 @@ async def _provision(nats_url: str, cfg: Config, admin: tuple[str, str] | None) 
     await provision_streams(nats_url, cfg, user=user, password=password)
 
 
+async def _report_retention(
+    cfg: Config, admin: tuple[str, str] | None, stop: asyncio.Event
+) -> None:
+    """After the warm-up, log how long each stream holds at the current rate (as the admin:
+    no service user may read every stream)."""
+    from volstream.bus.connection import connect
+    from volstream.bus.streams import default_stream_specs
+    from volstream.retention import report_retention
+    from volstream.subjects import Subjects
+
+    assert cfg.nats_url is not None
+    user, password = admin if admin is not None else (None, None)
+    nc = await connect(cfg.nats_url, "volstream-up-retention", user=user, password=password)
+    try:
+        names = [s.name for s in default_stream_specs(Subjects(cfg.namespace))]
+        await report_retention(nc, names, stop, cfg.retention_log_s)
+    finally:
+        with contextlib.suppress(Exception):
+            await nc.close()
+
+
 def start_embedded_nats(cfg: Config) -> tuple[EmbeddedNats, dict[str, str], Path]:
     """The embedded nats-server admitting the admin and every service user of ``cfg``, each
     with a fresh random password; the passwords by user, and the 0600 file holding them."""
@@ -342,9 +363,13 @@ async def _main(cfg: Config, sim: bool) -> int:
             if nats is not None
             else None
         )
+        retention = asyncio.create_task(_report_retention(cfg, admin, stop))
         await supervisor.run(stop)
         if nats_watch is not None:
             await nats_watch
+        retention.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await retention
         log.info("all services stopped")
         return 0
     finally:

@@ -101,11 +101,13 @@ async def test_every_rpc_of_the_proto_is_served(start_api: StartApi) -> None:
                 call.cancel()
     assert set(served) == {m.name for m in SURFACE_SERVICE.methods}
     assert grpc.StatusCode.UNIMPLEMENTED not in served.values(), served
-    # Without NATS there is no history; everything else answers.
+    # Without NATS there is no history; everything else answers (an empty history request
+    # names no venue).
     assert served == {
         "ListSurfaces": grpc.StatusCode.OK,
         "GetSurface": grpc.StatusCode.OK,
         "GetSmile": grpc.StatusCode.OK,
         "GetSurfaceAt": grpc.StatusCode.INVALID_ARGUMENT,
         "StreamSurfaces": grpc.StatusCode.OK,
+        "GetMetricHistory": grpc.StatusCode.INVALID_ARGUMENT,
     }

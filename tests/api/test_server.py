@@ -236,7 +236,14 @@ async def test_reflection_lists_the_service_and_its_methods(bus: Bus, start_api:
     services, methods, stream_output = await asyncio.to_thread(discover)
     assert "volstream.v1.SurfaceService" in services
     assert "grpc.health.v1.Health" in services
-    assert methods == ["ListSurfaces", "GetSurface", "GetSmile", "GetSurfaceAt", "StreamSurfaces"]
+    assert methods == [
+        "ListSurfaces",
+        "GetSurface",
+        "GetSmile",
+        "GetSurfaceAt",
+        "StreamSurfaces",
+        "GetMetricHistory",
+    ]
     assert stream_output == "volstream.v1.StreamSurfacesResponse"
 
 

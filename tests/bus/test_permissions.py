@@ -30,7 +30,13 @@ from volstream.bus.permissions import (
     service_user,
     up_users,
 )
-from volstream.bus.streams import StreamLimits, default_stream_specs, ensure_streams
+from volstream.bus.streams import (
+    ConsumerSpec,
+    StreamLimits,
+    default_stream_specs,
+    ensure_consumer,
+    ensure_streams,
+)
 from volstream.config import Config, Partition
 from volstream.runtime import check_streams
 from volstream.subjects import Subjects
@@ -101,6 +107,7 @@ def test_up_hands_each_service_its_own_user_through_the_environment(tmp_path: Pa
         "book": "book-all",
         "iv": "iv-all",
         "surface": "surface-all",
+        "archive": "archive-all",
         "api": "api",
     }
     for spec in specs:
@@ -301,6 +308,50 @@ async def test_the_api_publishes_nothing_but_jetstream_api_requests(
         for subject, stream in denied.items():
             if subject != "surface.deribit.btc":
                 assert not await stored(admin, stream, subject), subject
+        assert (await admin.jetstream().stream_info("SURFACE")).state.messages == 1
+    finally:
+        await nc.close()
+
+
+def test_the_archiver_reads_market_data_only_when_it_archives_it() -> None:
+    plain = service_user("archive", Config())
+    assert not any(".MD" in s for s in plain.publish)
+    with_md = service_user("archive", Config(archive_md=True))
+    assert "$JS.API.CONSUMER.MSG.NEXT.MD.archive-all-md" in with_md.publish
+    assert "$JS.API.CONSUMER.RESET.MD.archive-all-md" in with_md.publish
+    assert not any(s.startswith(("md.", "surface.")) for s in with_md.publish)
+
+
+async def test_the_archiver_reads_surfaces_with_its_own_durable_and_publishes_nothing(
+    up_nats: UpNats, admin: Client
+) -> None:
+    client = await connect_as(up_nats, "archive-all")
+    nc = client.nc
+    try:
+        # What it does works: its durable on SURFACE (create, reset to a sequence, pull).
+        await admin.jetstream().publish("surface.deribit.btc", b"surface", timeout=5)
+        js = nc.jetstream()
+        spec = ConsumerSpec("SURFACE", "archive-all", ["surface.>"])
+        await ensure_consumer(js, spec)
+        reset = await js.reset_consumer("SURFACE", "archive-all", 1)
+        assert reset is not None
+        sub = await js.pull_subscribe_bind("archive-all", "SURFACE")
+        msgs = await sub.fetch(1, timeout=5)
+        assert [m.data for m in msgs] == [b"surface"]
+        denied = {"surface.deribit.btc": "SURFACE", "md.deribit.btc.book": "MD"}
+        for subject in denied:
+            await nc.publish(subject, b"fake")
+        others = [
+            "$JS.API.CONSUMER.CREATE.SURFACE.surface-all",
+            "$JS.API.CONSUMER.RESET.IV.surface-all",
+            "$JS.API.STREAM.PURGE.SURFACE",
+        ]
+        for subject in others:
+            await nc.publish(subject, b"{}")
+        await nc.flush()
+        reported = await client.violations(len(denied) + len(others))
+        for subject in [*denied, *others]:
+            assert denied_publish(subject, reported), (subject, reported)
         assert (await admin.jetstream().stream_info("SURFACE")).state.messages == 1
     finally:
         await nc.close()

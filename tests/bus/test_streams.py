@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 from nats.aio.client import Client
-from nats.js.api import AckPolicy, DeliverPolicy, StorageType
+from nats.js.api import AckPolicy, DeliverPolicy, StorageType, StoreCompression
 
 from volstream.bus.connection import connect
 from volstream.bus.embedded import EmbeddedNats
@@ -49,6 +49,29 @@ async def test_default_streams_are_created_once_and_pick_up_changed_limits(nc: C
     assert md.state.messages == 1
     info = await js.stream_info("MD")
     assert info.config.max_age == pytest.approx(7200.0)
+
+
+async def test_busy_streams_are_s2_compressed_and_an_existing_stream_is_switched_in_place(
+    nc: Client,
+) -> None:
+    js = nc.jetstream()
+    plain = StreamLimits(compressed=())
+    await ensure_streams(js, default_stream_specs(Subjects(), plain))
+    assert (await js.stream_info("MD")).config.compression == StoreCompression.NONE
+    await js.publish("md.deribit.btc.book", b"kept", headers={"Nats-Msg-Id": "m1"})
+    infos = await ensure_streams(js, default_stream_specs(Subjects()))
+    compressed = {n for n, i in infos.items() if i.config.compression == StoreCompression.S2}
+    assert compressed == {"MD", "BOOK", "IV", "SURFACE"}
+    assert (await js.get_last_msg("MD", "md.deribit.btc.book")).data == b"kept"
+
+
+def test_every_default_age_limit_is_what_its_bytes_hold_at_the_measured_rate() -> None:
+    # Bytes per second measured under `up --sim` at the default rate (StreamLimits docstring).
+    measured = {"MD": 2.3e6, "BOOK": 0.9e6, "IV": 6e6, "SURFACE": 2e6}
+    for spec in default_stream_specs(Subjects()):
+        if spec.name in measured:
+            holds_s = spec.max_bytes / measured[spec.name]
+            assert 0.9 * holds_s <= spec.max_age_s <= holds_s, (spec.name, holds_s)
 
 
 async def test_namespace_gets_its_own_streams(nc: Client) -> None:

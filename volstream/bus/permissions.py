@@ -29,7 +29,7 @@ from volstream.subjects import Subjects
 ADMIN_USER = "admin"
 JS_API = "$JS.API"
 # Services that get a NATS user (the simulator included: it publishes its truth).
-BUS_SERVICES = ("connector", "book", "iv", "surface", "api", "sim")
+BUS_SERVICES = ("connector", "book", "iv", "surface", "archive", "api", "sim")
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ def user_name(service: str, cfg: Config) -> str:
         return service
     if service == "surface" and cfg.consolidate == "only":
         return "surface-consolidated"
-    if service in ("book", "iv", "surface"):
+    if service in ("book", "iv", "surface", "archive"):
         return durable_name(service, cfg)
     raise ValueError(f"no NATS user for service {service!r}")
 
@@ -149,6 +149,13 @@ def service_user(service: str, cfg: Config) -> NatsUser:
         pub += _stream_info(s, "IV", "SURFACE", "DLQ")
         pub += _durable(s, "IV", name)
         pub += _msg_get(s, "SURFACE")
+    elif service == "archive":
+        # Reads surfaces into files; its only output is dead letters (undecodable surfaces).
+        pub = [s.stage_filter("dlq", "archive", ">")]
+        pub += _stream_info(s, "SURFACE", "DLQ")
+        pub += _durable(s, "SURFACE", name)
+        if cfg.archive_md:
+            pub += _stream_info(s, "MD") + _durable(s, "MD", f"{name}-md")
     elif service == "api":
         # Reads only; its dead letters (undecodable surfaces or smiles) go to dlq.api.<venue>.
         surface = s.stream_name("SURFACE")
@@ -168,7 +175,9 @@ def up_users(cfg: Config) -> list[NatsUser]:
     """The users ``volstream up`` runs: one connector per venue, one replica of every stage
     owning every partition, the API and the simulator (admin not included)."""
     users = [service_user("connector", replace(cfg, venues=(v,))) for v in cfg.venues]
-    users += [service_user(name, cfg) for name in ("book", "iv", "surface", "api", "sim")]
+    users += [
+        service_user(name, cfg) for name in ("book", "iv", "surface", "archive", "api", "sim")
+    ]
     return users
 
 

@@ -30,6 +30,7 @@ from nats.js.api import (
     DeliverPolicy,
     DiscardPolicy,
     StorageType,
+    StoreCompression,
     StreamConfig,
     StreamInfo,
 )
@@ -75,6 +76,7 @@ class StreamSpec:
     num_replicas: int = 1
     max_msg_size: int = -1
     description: str = ""
+    compression: StoreCompression = StoreCompression.NONE
 
     def to_config(self) -> StreamConfig:
         return StreamConfig(
@@ -90,6 +92,7 @@ class StreamSpec:
             discard=self.discard,
             num_replicas=self.num_replicas,
             max_msg_size=self.max_msg_size,
+            compression=self.compression,
         )
 
 
@@ -98,19 +101,29 @@ class StreamLimits:
     """Retention (seconds) and size (bytes) per stream.
 
     JetStream reserves ``max_bytes`` of every stream against the server's store limit, so the
-    defaults (about 6.5 GiB in total) suit one workstation; use :meth:`compact` for replay
+    defaults (about 7.5 GiB in total) suit one workstation; use :meth:`compact` for replay
     namespaces, tests and benchmarks.
+
+    Sized from measured bytes per second (``bench/bench_retention.py``; README "Retention")
+    at the simulator's default rate, four venues: MD 2.3 MB/s, BOOK ~0.9 MB/s, IV 6 MB/s,
+    SURFACE 2 MB/s. Each max age is what its max bytes hold at that rate (rounded down), so
+    the age limit says what the stream really keeps; a busier market holds less, which
+    ``volstream up`` logs at the current rate. Days of history live in the archive
+    (svc_archive), not in the streams. S2 compression cuts the disk a stream uses (MD and
+    BOOK 2.3x, IV 1.6x, SURFACE 1.3x) but not how long it holds: JetStream counts max_bytes
+    on the uncompressed messages.
     """
 
-    md_max_age_s: float = 3 * DAY_S
+    md_max_age_s: float = 30 * 60.0
     md_max_bytes: int = 4 * GIB
     md_duplicate_window_s: float = 120.0
-    book_max_age_s: float = 1 * HOUR_S
+    book_max_age_s: float = 9 * 60.0
     book_max_bytes: int = 512 * MIB
-    iv_max_age_s: float = 6 * HOUR_S
+    iv_max_age_s: float = 85.0
     iv_max_bytes: int = 512 * MIB
-    surface_max_age_s: float = 90 * DAY_S
-    surface_max_bytes: int = 1 * GIB
+    # At least twice the archive's roll (300 s): a restarted archiver finds what it buffered.
+    surface_max_age_s: float = 17 * 60.0
+    surface_max_bytes: int = 2 * GIB
     dlq_max_age_s: float = 14 * DAY_S
     dlq_max_bytes: int = 256 * MIB
     sim_max_age_s: float = 1 * DAY_S
@@ -118,6 +131,8 @@ class StreamLimits:
     duplicate_window_s: float = 120.0
     num_replicas: int = 1
     max_msg_size: int = -1
+    # S2 on the busy streams (it pays: see the class docstring); DLQ and SIM are small.
+    compressed: tuple[str, ...] = ("MD", "BOOK", "IV", "SURFACE")
 
     @classmethod
     def compact(cls, max_bytes: int = 64 * MIB) -> StreamLimits:
@@ -157,6 +172,7 @@ def default_stream_specs(
             num_replicas=lim.num_replicas,
             max_msg_size=lim.max_msg_size,
             description=description,
+            compression=StoreCompression.S2 if base in lim.compressed else StoreCompression.NONE,
         )
 
     return [
@@ -225,6 +241,8 @@ def _stream_differences(want: StreamConfig, have: StreamConfig) -> list[str]:
         diffs.append(f"allow_direct {have.allow_direct} -> {want.allow_direct}")
     if want.discard != have.discard:
         diffs.append(f"discard {have.discard} -> {want.discard}")
+    if (want.compression or StoreCompression.NONE) != (have.compression or StoreCompression.NONE):
+        diffs.append(f"compression {have.compression} -> {want.compression}")
     if (want.description or "") != (have.description or ""):
         diffs.append("description")
     return diffs
@@ -278,6 +296,7 @@ async def ensure_stream(
                 allow_direct=want.allow_direct,
                 discard=want.discard,
                 num_replicas=want.num_replicas,
+                compression=want.compression,
             )
             info = await js.update_stream(updated)
             log.info("stream %s updated: %s", spec.name, "; ".join(diffs))

@@ -22,40 +22,47 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from volstream.v1 import iv_pb2 as volstream_dot_v1_dot_iv__pb2
 from volstream.v1 import surface_pb2 as volstream_dot_v1_dot_surface__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"volstream/v1/surface_service.proto\x12\x0cvolstream.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15volstream/v1/iv.proto\x1a\x1avolstream/v1/surface.proto\"\xa4\x01\n\x0eSurfaceSummary\x12\r\n\x05venue\x18\x01 \x01(\t\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\x12\x10\n\x08\x65xpiries\x18\x03 \x01(\x05\x12\x10\n\x08revision\x18\x04 \x01(\x04\x12\x15\n\revent_time_ns\x18\x05 \x01(\x03\x12\x17\n\x0fpublish_time_ns\x18\x06 \x01(\x03\x12\x0e\n\x06\x61ge_ms\x18\x07 \x01(\x03\x12\r\n\x05\x66resh\x18\x08 \x01(\x08\"\x15\n\x13ListSurfacesRequest\"F\n\x14ListSurfacesResponse\x12.\n\x08surfaces\x18\x01 \x03(\x0b\x32\x1c.volstream.v1.SurfaceSummary\"I\n\x11GetSurfaceRequest\x12\r\n\x05venue\x18\x01 \x01(\t\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\x12\x13\n\x0bomit_quotes\x18\x03 \x01(\x08\"<\n\x12GetSurfaceResponse\x12&\n\x07surface\x18\x01 \x01(\x0b\x32\x15.volstream.v1.Surface\"B\n\x0fGetSmileRequest\x12\r\n\x05venue\x18\x01 \x01(\t\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\x12\x0e\n\x06\x65xpiry\x18\x03 \x01(\t\"`\n\x10GetSmileResponse\x12(\n\x05slice\x18\x01 \x01(\x0b\x32\x19.volstream.v1.ExpirySlice\x12\"\n\x05smile\x18\x02 \x01(\x0b\x32\x13.volstream.v1.Smile\"u\n\x13GetSurfaceAtRequest\x12\r\n\x05venue\x18\x01 \x01(\t\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bomit_quotes\x18\x04 \x01(\x08\">\n\x14GetSurfaceAtResponse\x12&\n\x07surface\x18\x01 \x01(\x0b\x32\x15.volstream.v1.Surface\"i\n\x15StreamSurfacesRequest\x12\x0e\n\x06venues\x18\x01 \x03(\t\x12\x12\n\ncurrencies\x18\x02 \x03(\t\x12\x17\n\x0fmin_interval_ms\x18\x03 \x01(\x05\x12\x13\n\x0bomit_quotes\x18\x04 \x01(\x08\"V\n\x16StreamSurfacesResponse\x12\'\n\x08surfaces\x18\x01 \x03(\x0b\x32\x15.volstream.v1.Surface\x12\x13\n\x0bis_snapshot\x18\x02 \x01(\x08\x32\xb9\x03\n\x0eSurfaceService\x12U\n\x0cListSurfaces\x12!.volstream.v1.ListSurfacesRequest\x1a\".volstream.v1.ListSurfacesResponse\x12O\n\nGetSurface\x12\x1f.volstream.v1.GetSurfaceRequest\x1a .volstream.v1.GetSurfaceResponse\x12I\n\x08GetSmile\x12\x1d.volstream.v1.GetSmileRequest\x1a\x1e.volstream.v1.GetSmileResponse\x12U\n\x0cGetSurfaceAt\x12!.volstream.v1.GetSurfaceAtRequest\x1a\".volstream.v1.GetSurfaceAtResponse\x12]\n\x0eStreamSurfaces\x12#.volstream.v1.StreamSurfacesRequest\x1a$.volstream.v1.StreamSurfacesResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"volstream/v1/surface_service.proto\x12\x0cvolstream.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15volstream/v1/iv.proto\x1a\x1avolstream/v1/surface.proto\"\xa4\x01\n\x0eSurfaceSummary\x12\r\n\x05venue\x18\x01 \x01(\t\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\x12\x10\n\x08\x65xpiries\x18\x03 \x01(\x05\x12\x10\n\x08revision\x18\x04 \x01(\x04\x12\x15\n\revent_time_ns\x18\x05 \x01(\x03\x12\x17\n\x0fpublish_time_ns\x18\x06 \x01(\x03\x12\x0e\n\x06\x61ge_ms\x18\x07 \x01(\x03\x12\r\n\x05\x66resh\x18\x08 \x01(\x08\"\x15\n\x13ListSurfacesRequest\"F\n\x14ListSurfacesResponse\x12.\n\x08surfaces\x18\x01 \x03(\x0b\x32\x1c.volstream.v1.SurfaceSummary\"I\n\x11GetSurfaceRequest\x12\r\n\x05venue\x18\x01 \x01(\t\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\x12\x13\n\x0bomit_quotes\x18\x03 \x01(\x08\"<\n\x12GetSurfaceResponse\x12&\n\x07surface\x18\x01 \x01(\x0b\x32\x15.volstream.v1.Surface\"B\n\x0fGetSmileRequest\x12\r\n\x05venue\x18\x01 \x01(\t\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\x12\x0e\n\x06\x65xpiry\x18\x03 \x01(\t\"`\n\x10GetSmileResponse\x12(\n\x05slice\x18\x01 \x01(\x0b\x32\x19.volstream.v1.ExpirySlice\x12\"\n\x05smile\x18\x02 \x01(\x0b\x32\x13.volstream.v1.Smile\"u\n\x13GetSurfaceAtRequest\x12\r\n\x05venue\x18\x01 \x01(\t\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bomit_quotes\x18\x04 \x01(\x08\">\n\x14GetSurfaceAtResponse\x12&\n\x07surface\x18\x01 \x01(\x0b\x32\x15.volstream.v1.Surface\"i\n\x15StreamSurfacesRequest\x12\x0e\n\x06venues\x18\x01 \x03(\t\x12\x12\n\ncurrencies\x18\x02 \x03(\t\x12\x17\n\x0fmin_interval_ms\x18\x03 \x01(\x05\x12\x13\n\x0bomit_quotes\x18\x04 \x01(\x08\"V\n\x16StreamSurfacesResponse\x12\'\n\x08surfaces\x18\x01 \x03(\x0b\x32\x15.volstream.v1.Surface\x12\x13\n\x0bis_snapshot\x18\x02 \x01(\x08\"\xf2\x01\n\x17GetMetricHistoryRequest\x12\r\n\x05venue\x18\x01 \x01(\t\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\x12\x14\n\ntenor_days\x18\x03 \x01(\x05H\x00\x12\x10\n\x06\x65xpiry\x18\x04 \x01(\tH\x00\x12.\n\nstart_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x04step\x18\x07 \x01(\x0b\x32\x19.google.protobuf.DurationB\x07\n\x05smile\"\xa9\x01\n\x0bMetricPoint\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08revision\x18\x02 \x01(\x04\x12+\n\x07metrics\x18\x03 \x01(\x0b\x32\x1a.volstream.v1.SmileMetrics\x12\x13\n\x0b\x66orward_usd\x18\x04 \x01(\x01\x12\x1c\n\x14time_to_expiry_years\x18\x05 \x01(\x01\"E\n\x18GetMetricHistoryResponse\x12)\n\x06points\x18\x01 \x03(\x0b\x32\x19.volstream.v1.MetricPoint2\x9c\x04\n\x0eSurfaceService\x12U\n\x0cListSurfaces\x12!.volstream.v1.ListSurfacesRequest\x1a\".volstream.v1.ListSurfacesResponse\x12O\n\nGetSurface\x12\x1f.volstream.v1.GetSurfaceRequest\x1a .volstream.v1.GetSurfaceResponse\x12I\n\x08GetSmile\x12\x1d.volstream.v1.GetSmileRequest\x1a\x1e.volstream.v1.GetSmileResponse\x12U\n\x0cGetSurfaceAt\x12!.volstream.v1.GetSurfaceAtRequest\x1a\".volstream.v1.GetSurfaceAtResponse\x12]\n\x0eStreamSurfaces\x12#.volstream.v1.StreamSurfacesRequest\x1a$.volstream.v1.StreamSurfacesResponse0\x01\x12\x61\n\x10GetMetricHistory\x12%.volstream.v1.GetMetricHistoryRequest\x1a&.volstream.v1.GetMetricHistoryResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'volstream.v1.surface_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SURFACESUMMARY']._serialized_start=137
-  _globals['_SURFACESUMMARY']._serialized_end=301
-  _globals['_LISTSURFACESREQUEST']._serialized_start=303
-  _globals['_LISTSURFACESREQUEST']._serialized_end=324
-  _globals['_LISTSURFACESRESPONSE']._serialized_start=326
-  _globals['_LISTSURFACESRESPONSE']._serialized_end=396
-  _globals['_GETSURFACEREQUEST']._serialized_start=398
-  _globals['_GETSURFACEREQUEST']._serialized_end=471
-  _globals['_GETSURFACERESPONSE']._serialized_start=473
-  _globals['_GETSURFACERESPONSE']._serialized_end=533
-  _globals['_GETSMILEREQUEST']._serialized_start=535
-  _globals['_GETSMILEREQUEST']._serialized_end=601
-  _globals['_GETSMILERESPONSE']._serialized_start=603
-  _globals['_GETSMILERESPONSE']._serialized_end=699
-  _globals['_GETSURFACEATREQUEST']._serialized_start=701
-  _globals['_GETSURFACEATREQUEST']._serialized_end=818
-  _globals['_GETSURFACEATRESPONSE']._serialized_start=820
-  _globals['_GETSURFACEATRESPONSE']._serialized_end=882
-  _globals['_STREAMSURFACESREQUEST']._serialized_start=884
-  _globals['_STREAMSURFACESREQUEST']._serialized_end=989
-  _globals['_STREAMSURFACESRESPONSE']._serialized_start=991
-  _globals['_STREAMSURFACESRESPONSE']._serialized_end=1077
-  _globals['_SURFACESERVICE']._serialized_start=1080
-  _globals['_SURFACESERVICE']._serialized_end=1521
+  _globals['_SURFACESUMMARY']._serialized_start=169
+  _globals['_SURFACESUMMARY']._serialized_end=333
+  _globals['_LISTSURFACESREQUEST']._serialized_start=335
+  _globals['_LISTSURFACESREQUEST']._serialized_end=356
+  _globals['_LISTSURFACESRESPONSE']._serialized_start=358
+  _globals['_LISTSURFACESRESPONSE']._serialized_end=428
+  _globals['_GETSURFACEREQUEST']._serialized_start=430
+  _globals['_GETSURFACEREQUEST']._serialized_end=503
+  _globals['_GETSURFACERESPONSE']._serialized_start=505
+  _globals['_GETSURFACERESPONSE']._serialized_end=565
+  _globals['_GETSMILEREQUEST']._serialized_start=567
+  _globals['_GETSMILEREQUEST']._serialized_end=633
+  _globals['_GETSMILERESPONSE']._serialized_start=635
+  _globals['_GETSMILERESPONSE']._serialized_end=731
+  _globals['_GETSURFACEATREQUEST']._serialized_start=733
+  _globals['_GETSURFACEATREQUEST']._serialized_end=850
+  _globals['_GETSURFACEATRESPONSE']._serialized_start=852
+  _globals['_GETSURFACEATRESPONSE']._serialized_end=914
+  _globals['_STREAMSURFACESREQUEST']._serialized_start=916
+  _globals['_STREAMSURFACESREQUEST']._serialized_end=1021
+  _globals['_STREAMSURFACESRESPONSE']._serialized_start=1023
+  _globals['_STREAMSURFACESRESPONSE']._serialized_end=1109
+  _globals['_GETMETRICHISTORYREQUEST']._serialized_start=1112
+  _globals['_GETMETRICHISTORYREQUEST']._serialized_end=1354
+  _globals['_METRICPOINT']._serialized_start=1357
+  _globals['_METRICPOINT']._serialized_end=1526
+  _globals['_GETMETRICHISTORYRESPONSE']._serialized_start=1528
+  _globals['_GETMETRICHISTORYRESPONSE']._serialized_end=1597
+  _globals['_SURFACESERVICE']._serialized_start=1600
+  _globals['_SURFACESERVICE']._serialized_end=2140
 # @@protoc_insertion_point(module_scope)

@@ -1,5 +1,6 @@
 import datetime
 
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from volstream.v1 import iv_pb2 as _iv_pb2
 from volstream.v1 import surface_pb2 as _surface_pb2
@@ -112,3 +113,41 @@ class StreamSurfacesResponse(_message.Message):
     surfaces: _containers.RepeatedCompositeFieldContainer[_surface_pb2.Surface]
     is_snapshot: bool
     def __init__(self, surfaces: _Optional[_Iterable[_Union[_surface_pb2.Surface, _Mapping]]] = ..., is_snapshot: _Optional[bool] = ...) -> None: ...
+
+class GetMetricHistoryRequest(_message.Message):
+    __slots__ = ("venue", "currency", "tenor_days", "expiry", "start_time", "end_time", "step")
+    VENUE_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    TENOR_DAYS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRY_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    venue: str
+    currency: str
+    tenor_days: int
+    expiry: str
+    start_time: _timestamp_pb2.Timestamp
+    end_time: _timestamp_pb2.Timestamp
+    step: _duration_pb2.Duration
+    def __init__(self, venue: _Optional[str] = ..., currency: _Optional[str] = ..., tenor_days: _Optional[int] = ..., expiry: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class MetricPoint(_message.Message):
+    __slots__ = ("time", "revision", "metrics", "forward_usd", "time_to_expiry_years")
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    FORWARD_USD_FIELD_NUMBER: _ClassVar[int]
+    TIME_TO_EXPIRY_YEARS_FIELD_NUMBER: _ClassVar[int]
+    time: _timestamp_pb2.Timestamp
+    revision: int
+    metrics: _surface_pb2.SmileMetrics
+    forward_usd: float
+    time_to_expiry_years: float
+    def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revision: _Optional[int] = ..., metrics: _Optional[_Union[_surface_pb2.SmileMetrics, _Mapping]] = ..., forward_usd: _Optional[float] = ..., time_to_expiry_years: _Optional[float] = ...) -> None: ...
+
+class GetMetricHistoryResponse(_message.Message):
+    __slots__ = ("points",)
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    points: _containers.RepeatedCompositeFieldContainer[MetricPoint]
+    def __init__(self, points: _Optional[_Iterable[_Union[MetricPoint, _Mapping]]] = ...) -> None: ...

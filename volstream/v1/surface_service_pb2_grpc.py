@@ -60,6 +60,11 @@ class SurfaceServiceStub:
                 request_serializer=volstream_dot_v1_dot_surface__service__pb2.StreamSurfacesRequest.SerializeToString,
                 response_deserializer=volstream_dot_v1_dot_surface__service__pb2.StreamSurfacesResponse.FromString,
                 _registered_method=True)
+        self.GetMetricHistory = channel.unary_unary(
+                '/volstream.v1.SurfaceService/GetMetricHistory',
+                request_serializer=volstream_dot_v1_dot_surface__service__pb2.GetMetricHistoryRequest.SerializeToString,
+                response_deserializer=volstream_dot_v1_dot_surface__service__pb2.GetMetricHistoryResponse.FromString,
+                _registered_method=True)
 
 
 class SurfaceServiceServicer:
@@ -88,7 +93,8 @@ class SurfaceServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetSurfaceAt(self, request, context):
-        """The surface as it was published at or just before a time.
+        """The surface as it was published at or just before a time: from the SURFACE stream, and
+        past its retention from the archive (then without quotes: the archive keeps none).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -96,6 +102,14 @@ class SurfaceServiceServicer:
 
     def StreamSurfaces(self, request, context):
         """A snapshot of every matching surface, then coalesced updates.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetMetricHistory(self, request, context):
+        """The history of one smile's metrics (ATM, RR and BF at 25 and 10 delta) on a fixed tenor
+        or an expiry, read from the archive (docs/archive.md).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -128,6 +142,11 @@ def add_SurfaceServiceServicer_to_server(servicer, server):
                     servicer.StreamSurfaces,
                     request_deserializer=volstream_dot_v1_dot_surface__service__pb2.StreamSurfacesRequest.FromString,
                     response_serializer=volstream_dot_v1_dot_surface__service__pb2.StreamSurfacesResponse.SerializeToString,
+            ),
+            'GetMetricHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMetricHistory,
+                    request_deserializer=volstream_dot_v1_dot_surface__service__pb2.GetMetricHistoryRequest.FromString,
+                    response_serializer=volstream_dot_v1_dot_surface__service__pb2.GetMetricHistoryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -266,6 +285,33 @@ class SurfaceService:
             '/volstream.v1.SurfaceService/StreamSurfaces',
             volstream_dot_v1_dot_surface__service__pb2.StreamSurfacesRequest.SerializeToString,
             volstream_dot_v1_dot_surface__service__pb2.StreamSurfacesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMetricHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/volstream.v1.SurfaceService/GetMetricHistory',
+            volstream_dot_v1_dot_surface__service__pb2.GetMetricHistoryRequest.SerializeToString,
+            volstream_dot_v1_dot_surface__service__pb2.GetMetricHistoryResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,1 @@
+"""The archive: every published surface into hive-partitioned Parquet files (docs/archive.md)."""
