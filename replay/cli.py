@@ -18,6 +18,7 @@ from typing import Any
 from nats.aio.client import Client
 from nats.js.errors import NotFoundError
 
+from replay.archive_source import is_archive, load_archive
 from replay.compare import compare, render
 from replay.run import OUTPUT_STREAMS, Progress, replay
 from replay.source import RangeError, ReadInterrupted, check_range, read_range, retained
@@ -192,13 +193,31 @@ async def _namespaces(nc: Client) -> list[str]:
     return names
 
 
-async def _diff(args: argparse.Namespace, cfg: Config) -> int:
+def _archive(name: str) -> Path | None:
+    """The archive directory ``name`` names; None when it names a namespace."""
+    path = Path(name)
+    if "/" not in name and not path.is_dir():
+        return None
+    if not is_archive(path):
+        raise UsageError(f"{name!r} is not an archive directory (no {path / 'surfaces'})")
+    return path
+
+
+async def _load(name: str, cfg: Config, args: argparse.Namespace) -> list[surface_pb.Surface]:
+    """A run's surfaces: an archive directory's, or a namespace's ('live') stream's."""
+    path = _archive(name)
+    if path is not None:
+        return load_archive(path)
     nc = await _connect(nats_target(cfg, args.nats_url, args.data_dir), "volstream-diff")
     try:
-        a = await load_surfaces(nc, args.a)
-        b = await load_surfaces(nc, args.b)
+        return await load_surfaces(nc, name)
     finally:
         await nc.drain()
+
+
+async def _diff(args: argparse.Namespace, cfg: Config) -> int:
+    a = await _load(args.a, cfg, args)
+    b = await _load(args.b, cfg, args)
     report = compare(a, b)
     print(render(report, args.a, args.b))
     if report.pairs == 0:

@@ -182,12 +182,14 @@ def _add_history(sub: Any) -> None:
     _add_stage_settings(rp)
     dp = sub.add_parser(
         "diff",
-        help="compare the surfaces of two runs (namespaces, or 'live')",
+        help="compare the surfaces of two runs (namespaces, 'live', archive directories)",
         description="Line up the surfaces of A and B by event time and print, per venue, "
         "currency and expiry, the largest differences. Exit status 1 past --tolerance.",
     )
-    dp.add_argument("a", help="a namespace, or 'live'")
-    dp.add_argument("b", help="a namespace, or 'live'")
+    dp.add_argument(
+        "a", help="a namespace, 'live', or an archive directory (e.g. .volstream/archive)"
+    )
+    dp.add_argument("b", help="a namespace, 'live', or an archive directory")
     dp.add_argument(
         "--tolerance",
         type=float,

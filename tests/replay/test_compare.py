@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pyarrow.parquet as pq
 import pytest
 
+from replay.archive_source import load_archive
 from replay.compare import comparable_bytes, compare, render
 from replay.source import RangeError, Retained, check_range
+from volstream.archive import SURFACES, PartitionKey, file_name, surface_columns, to_arrow, utc_date
 from volstream.v1 import surface_pb2 as surface_pb
 
 S = 1_000_000_000
@@ -75,3 +80,32 @@ def test_ranges_outside_what_is_retained_name_what_is_there() -> None:
         check_range(have, "MD", 1_010 * S, 2_000 * S)
     with pytest.raises(RangeError, match="holds no messages"):
         check_range(None, "MD", 1_010 * S, None)
+
+
+def write_archive(root: Path, surfaces: list[surface_pb.Surface]) -> None:
+    """The surfaces as svc_archive lays them out (one file per partition)."""
+    columns: dict[tuple[str, str], dict[str, list[object]]] = {}
+    for seq, s in enumerate(surfaces, 1):
+        rows = surface_columns(s, seq, s.header.event_time_ns)[SURFACES]
+        into = columns.setdefault((s.venue, s.currency), {k: [] for k in rows})
+        for k, v in rows.items():
+            into[k].extend(v)
+    for (venue, ccy), cols in columns.items():
+        key = PartitionKey(SURFACES, utc_date(surfaces[0].header.event_time_ns), venue, ccy)
+        key.path(root).mkdir(parents=True)
+        pq.write_table(to_arrow(SURFACES, cols), key.path(root) / file_name(1, len(surfaces)))
+
+
+def test_archives_compare_like_streams_and_a_damaged_file_is_skipped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_archive(tmp_path / "a", [surface(t) for t in (10, 11, 12)])
+    write_archive(tmp_path / "b", [surface(t, atm=0.51) for t in (10, 11, 12)])
+    a, b = load_archive(tmp_path / "a"), load_archive(tmp_path / "b")
+    assert [s.header.event_time_ns for s in a] == [10 * S, 11 * S, 12 * S]
+    assert a[1].slices[0].metrics.atm_vol == 0.5 and a[1].revision == 11
+    report = compare(a, b)
+    assert report.pairs == 3 and report.slices[("deribit", "BTC", EXPIRY)].atm == pytest.approx(1)
+    (next((tmp_path / "b").rglob("*.parquet"))).write_bytes(b"PAR1 not really")
+    assert load_archive(tmp_path / "b") == []
+    assert "skipping unreadable archive file" in capsys.readouterr().err
