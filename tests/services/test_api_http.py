@@ -29,7 +29,7 @@ async def test_api_serves_metrics_and_health_over_http(nats_server: EmbeddedNats
                 await asyncio.sleep(0.1)
             async with http.get(f"{base}/readyz") as resp:
                 assert resp.status == 200
-            async with http.get(f"{base}/") as resp:
+            async with http.get(f"{base}/index.txt") as resp:
                 assert f"SurfaceService on :{grpc_port}" in await resp.text()
             async with http.get(f"{base}/metrics") as resp:
                 assert resp.status == 200
