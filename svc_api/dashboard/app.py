@@ -21,9 +21,11 @@ random, single use, valid for ``TICKET_TTL_S``; the token itself never appears i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
+import socket
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -140,6 +142,9 @@ class DashboardOptions:
     heartbeat_s: float = 15.0
     # A browser that has not taken a write for this long is disconnected (it reconnects).
     write_timeout_s: float = 30.0
+    # Kernel send buffer of each push connection: bounds what a stalled browser holds in the
+    # kernel (beside aiohttp's 64 KiB of user-space buffer), and makes a stall show sooner.
+    socket_send_buffer: int = 256 * 1024
 
 
 @dataclass
@@ -187,11 +192,19 @@ class Dashboard:
         self.tickets = TicketBook()
         self.rates = RateTracker()
         self.push = PushStats()
+        self.closed = False
+        self._subscriptions: set[Any] = set()
         # (key, with quotes) -> (entry version, JSON bytes): one serialisation per publication.
         self._surface_cache: dict[tuple[SurfaceKey, bool], tuple[int, bytes]] = {}
         self._series_cache: OrderedDict[tuple[str, int], Json | None] = OrderedDict()
         # The overview shared by every browser for OVERVIEW_REUSE_NS (ages move, little else).
         self._overview: tuple[int, int, bytes] | None = None
+
+    def close(self) -> None:
+        """End every push stream (the API's stop does it too, by closing the hub)."""
+        self.closed = True
+        for sub in self._subscriptions:
+            sub.changed.set()
 
     # routes --------------------------------------------------------------------------
     def routes(self) -> list[web.RouteDef]:
@@ -526,8 +539,15 @@ class Dashboard:
                 "X-Accel-Buffering": "no",
             }
         )
+        sock = request.transport.get_extra_info("socket") if request.transport else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_SNDBUF, self.options.socket_send_buffer
+                )
         await response.prepare(request)
         sub = self.hub.subscribe()
+        self._subscriptions.add(sub)
         self.push.active += 1
         self.push.opened += 1
         try:
@@ -542,6 +562,7 @@ class Dashboard:
             )
         finally:
             self.hub.unsubscribe(sub)
+            self._subscriptions.discard(sub)
             self.push.active -= 1
         return response
 
@@ -557,7 +578,7 @@ class Dashboard:
 
         sent_version = -1
         last_sent = 0.0
-        while not self.hub.closed.is_set():
+        while not (self.hub.closed.is_set() or self.closed):
             sub.changed.clear()  # before reading: a change during the write wakes us again
             store = self.hub.store
             if store.version != sent_version:
@@ -574,6 +595,8 @@ class Dashboard:
                 continue
             wait_s = last_sent + opts.min_push_interval_s - time.monotonic()
             if wait_s > 0 and await self.hub.sleep_unless_closed(wait_s):
+                break
+            if self.closed:
                 break
 
 
