@@ -115,13 +115,18 @@ function routeProblem() {
   return null;
 }
 
+// The route's key when the API has that surface (the push is asked for no other).
+function liveKey() {
+  const k = routeKey();
+  return k && S.overview && S.overview.surfaces.some((r) => sameKey(r, k)) ? k : null;
+}
+
 const sameKey = (a, b) => (!a && !b) || (!!a && !!b && a.venue === b.venue && a.currency === b.currency);
 
 function onRoute() {
   S.route = parseRoute();
   document.querySelectorAll("#nav a").forEach((a) => a.classList.toggle("active", a.dataset.view === S.route.view));
-  const key = routeKey();
-  if (!S.started || !sameKey(key, S.esKey)) {
+  if (!S.started || !sameKey(liveKey(), S.esKey)) {
     S.started = true;
     S.surface = null;
     S.detail = null;
@@ -141,7 +146,7 @@ function setStatus(state, text) {
 
 async function connect() {
   if (S.es) { S.es.close(); S.es = null; }
-  const key = routeKey();
+  const key = liveKey();
   S.esKey = key;
   const params = new URLSearchParams();
   if (key) { params.set("venue", key.venue); params.set("currency", key.currency); }
@@ -160,7 +165,7 @@ async function connect() {
   es.onopen = () => { S.backoff = 500; setStatus("live", "live"); if (S.lostAt) { banner(null); S.lostAt = null; } };
   es.addEventListener("overview", (ev) => {
     S.overview = JSON.parse(ev.data);
-    if (!S.esKey && routeKey()) { onRoute(); return; }
+    if (!sameKey(liveKey(), S.esKey)) { onRoute(); return; }
     fillPickers();
     if (S.route.view === "overview") render(); else showProblem();
   });
