@@ -555,6 +555,9 @@ class Dashboard:
         except (ConnectionResetError, ConnectionError, asyncio.CancelledError):
             pass
         except TimeoutError:
+            # Abort, not close: a close would wait for the unsent buffer to drain, forever.
+            if request.transport is not None:
+                request.transport.abort()
             self.push.stalled_closed += 1
             log.info(
                 "dashboard push: a browser took no data for %.0fs; closed",

@@ -441,7 +441,7 @@ function termInto(s, chartExpiry, chartTenor, tableExpiry, tableTenor) {
     type: "scatter", mode: "lines+markers", name: { atm: "ATM", rr25: "25Δ RR", bf25: "25Δ BF", rr10: "10Δ RR", bf10: "10Δ BF" }[f],
     x: xs, y: ms.map((m) => (m[f] === null ? null : m[f] * 100)), yaxis: f === "atm" ? "y" : "y2",
   }));
-  const twoAxes = (title, xname) => ({ title: { text: title }, xaxis: { title: { text: xname } }, yaxis: { title: { text: "ATM %" } }, yaxis2: { title: { text: "RR / BF vol pts" }, overlaying: "y", side: "right" } });
+  const twoAxes = (title, xname) => ({ title: { text: title }, margin: { l: 55, r: 60, t: 30, b: 45 }, xaxis: { title: { text: xname } }, yaxis: { title: { text: "ATM %" } }, yaxis2: { title: { text: "RR / BF vol pts" }, overlaying: "y", side: "right" } });
   plot(chartExpiry, lines(s.slices.map((x) => x.t * 365), s.slices.map((x) => x.metrics)), twoAxes("By expiry", "days to expiry"));
   const tenors = s.tenors.filter((t) => t.available);
   plot(chartTenor, lines(tenors.map((t) => t.days), tenors.map((t) => t.metrics)), twoAxes("By fixed tenor", "tenor (days)"));
@@ -488,7 +488,7 @@ function renderDiagnostics() {
       <td title="${esc(d.repair_method)}">${d.repaired ? esc((d.repair_method || "repaired").split(/[;:]/)[0].slice(0, 32)) : "–"}</td><td>${fix(d.fit_time_ms, 1)}</td><td>${d.warm_start ? "yes" : "no"}</td></tr>`; }).join("");
   plot("rmse-chart", [{ type: "bar", name: "RMSE bp", x: s.slices.map((x) => x.expiry), y: s.slices.map((x) => x.diagnostics.rmse_bp) },
     { type: "scatter", mode: "lines+markers", name: "fit ms", x: s.slices.map((x) => x.expiry), y: s.slices.map((x) => x.diagnostics.fit_time_ms), yaxis: "y2" }],
-  { title: { text: "Per-slice RMSE (bp) and fit time (ms)" }, xaxis: { type: "category" }, yaxis2: { overlaying: "y", side: "right", title: { text: "ms" } } });
+  { title: { text: "Per-slice RMSE (bp) and fit time (ms)" }, margin: { l: 55, r: 60, t: 30, b: 45 }, xaxis: { type: "category" }, yaxis2: { overlaying: "y", side: "right", title: { text: "ms" } } });
   const full = loadDetail("diag", `/api/dashboard/surface?venue=${key.venue}&currency=${key.currency}&quotes=1`, s.revision);
   if (!full) return;
   const positions = ["inside", "below_bid", "above_ask", "no_band"];
@@ -551,13 +551,22 @@ async function loadSeries() {
       { type: "scatter", mode: "lines+markers", name: `${data.tenor_days}d ATM`, x: t, y: pts.map((p) => p.metrics.atm * 100) },
       { type: "scatter", mode: "lines+markers", name: "25Δ RR", x: t, y: pts.map((p) => p.metrics.rr25 * 100), yaxis: "y2" },
       { type: "scatter", mode: "lines+markers", name: "25Δ BF", x: t, y: pts.map((p) => p.metrics.bf25 * 100), yaxis: "y2" },
-    ], { title: { text: `${data.tenor_days}-day ATM, RR and BF over time` }, yaxis: { title: { text: "ATM %" } }, yaxis2: { overlaying: "y", side: "right", title: { text: "vol pts" } } });
+    ], { title: { text: `${data.tenor_days}-day ATM, RR and BF over time` }, margin: { l: 55, r: 60, t: 30, b: 45 }, shapes: scrubLine(), yaxis: { title: { text: "ATM %" } }, yaxis2: { overlaying: "y", side: "right", title: { text: "vol pts" } } });
   } catch (e) {
     banner(`history: ${e.message}`);
   }
 }
 
+// A vertical line on the series chart at the scrubber's time.
+function scrubLine() {
+  const at = S.history.atNs;
+  return at ? [{ type: "line", xref: "x", yref: "paper", x0: new Date(at / 1e6), x1: new Date(at / 1e6), y0: 0, y1: 1, line: { color: "#6b7280", dash: "dot" } }] : [];
+}
+
 async function loadAt(timeNs) {
+  S.history.atNs = timeNs;
+  const chart = $("series-chart");
+  if (window.Plotly && chart && chart.data) Plotly.relayout(chart, { shapes: scrubLine() });
   const key = routeKey();
   $("scrub-time").textContent = timeText(timeNs);
   try {
