@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -125,6 +126,7 @@ class Page:
         return self.page.evaluate(js)
 
     def shot(self, name: str) -> None:
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         self.page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
 
     def close(self) -> None:
@@ -387,3 +389,107 @@ def get_restarted(system: UpSystem, old_pid: int) -> bool:
                 pass
         time.sleep(0.2)
     return False
+
+
+# --- with an API token: one `volstream svc api` process on its own nats-server -----------------
+TOKEN = "dashboard-test-token"
+
+
+@pytest.fixture(scope="module")
+def api_with_token(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`volstream svc api --api-token` (its own process) fed one surface; its base URL."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    import nats
+
+    from tests.api.conftest import make_surface
+    from volstream.bus.embedded import EmbeddedNats, free_port
+
+    tmp = tmp_path_factory.mktemp("api-token")
+    http_port, grpc_port = free_port(), free_port()
+    with EmbeddedNats(data_dir=tmp / "nats") as server:
+        log = (tmp / "api.log").open("wb")
+        cmd = [sys.executable, "-m", "volstream.cli", "svc", "api", "--nats", server.url]
+        cmd += ["--http-port", str(http_port), "--grpc-port", str(grpc_port)]
+        proc = subprocess.Popen([*cmd, "--api-token", TOKEN], stdout=log, stderr=subprocess.STDOUT)
+        try:
+            base = f"http://127.0.0.1:{http_port}"
+
+            async def publish() -> None:
+                nc = await nats.connect(server.url)
+                js = nc.jetstream()
+                deadline = time.monotonic() + 60
+                while True:  # the API creates the streams when it starts
+                    try:
+                        await js.stream_info("SURFACE")
+                        break
+                    except Exception:
+                        assert time.monotonic() < deadline, "the API never created SURFACE"
+                        await asyncio.sleep(0.2)
+                for venue in ("deribit", "all"):
+                    surface = make_surface(venue, "BTC", 1)
+                    await js.publish(f"surface.{venue}.btc", surface.SerializeToString())
+                await nc.close()
+
+            # Playwright's sync API runs a loop in this thread: publish from another one.
+            with ThreadPoolExecutor(1) as pool:
+                pool.submit(asyncio.run, publish()).result()
+            wait_http(f"{base}/api/dashboard/config", proc)
+            yield base
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            log.close()
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes]) -> None:
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        assert proc.poll() is None, "the API process exited"
+        assert time.monotonic() < deadline, f"{url} never answered"
+        time.sleep(0.2)
+
+
+def test_with_a_token_the_page_asks_for_it_and_never_puts_it_in_a_url(
+    browser: Any, api_with_token: str
+) -> None:
+    page = Page(browser, api_with_token)
+    urls: list[str] = []
+    page.page.on("request", lambda r: urls.append(r.url))
+    try:
+        page.goto("overview")
+        page.wait("!document.getElementById('login').hidden")
+        page.shot("token-asked")
+        assert page.eval("document.querySelectorAll('#overview-table tr[data-venue]').length") == 0
+        page.page.fill("#token", "wrong")
+        page.page.click("#login button")
+        error = page.wait(
+            "!document.getElementById('login').hidden && "
+            "document.getElementById('login-error').textContent"
+        )
+        assert "invalid token" in error
+        page.page.fill("#token", TOKEN)
+        page.page.click("#login button")
+        page.wait("document.querySelectorAll('#overview-table tr[data-venue]').length === 2")
+        page.wait("document.getElementById('status').dataset.state === 'live'")
+        page.goto("term/deribit/BTC")
+        page.wait("document.querySelectorAll('#term-table tr[data-expiry]').length === 4")
+        assert all(TOKEN not in url for url in urls), urls
+        events = [u for u in urls if "/api/dashboard/events" in u]
+        assert events and all("ticket=" in u for u in events)
+    finally:
+        page.close()
