@@ -157,6 +157,7 @@ async function connect() {
       params.set("ticket", t.ticket);
     }
   } catch (e) {
+    if (e.status === 401) return; // showLogin() asked for a token; connect() follows it
     retry(e.message);
     return;
   }
@@ -188,6 +189,7 @@ function retry(reason) {
   S.backoff = Math.min(S.backoff * 2, 5000);
   setTimeout(async () => {
     try { S.config = await api("/api/dashboard/config"); } catch (e) { retry(e.message); return; }
+    if (S.config.auth_required && !S.token) { showLogin(); return; }
     connect();
   }, wait);
 }
