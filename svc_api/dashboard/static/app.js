@@ -487,7 +487,7 @@ function renderDiagnostics() {
   $("diag-table").innerHTML = `<tr><th>expiry</th><th>used</th><th>dropped</th><th>RMSE bp</th><th>max |res| bp</th><th>min g</th><th>butterfly</th><th>calendar</th><th>repair</th><th>fit ms</th><th>warm</th></tr>` +
     s.slices.map((x) => { const d = x.diagnostics; return `<tr data-expiry="${esc(x.expiry)}"><td>${esc(x.expiry)}</td><td>${d.quotes_used}</td><td>${d.quotes_dropped}</td>${cell("rmse_bp", d.rmse_bp, fix(d.rmse_bp, 1))}<td>${fix(d.max_abs_residual_bp, 1)}</td><td>${d.min_g === null ? "–" : d.min_g.toExponential(2)}</td>
       <td class="${d.butterfly_ok ? "ok" : "bad"}">${d.butterfly_ok ? "free" : "arbitrage"}</td><td class="${d.calendar_ok ? "ok" : "bad"}">${d.calendar_ok ? "free" : "arbitrage"}</td>
-      <td title="${esc(d.repair_method)}">${d.repaired ? esc((d.repair_method || "repaired").split(/[;:]/)[0].slice(0, 32)) : "–"}</td><td>${fix(d.fit_time_ms, 1)}</td><td>${d.warm_start ? "yes" : "no"}</td></tr>`; }).join("");
+      <td title="${esc(d.repair_method)}">${d.repaired ? esc((d.repair_method || "repaired").split(/[;:]/)[0].slice(0, 24)) : "–"}</td><td>${fix(d.fit_time_ms, 1)}</td><td>${d.warm_start ? "yes" : "no"}</td></tr>`; }).join("");
   plot("rmse-chart", [{ type: "bar", name: "RMSE bp", x: s.slices.map((x) => x.expiry), y: s.slices.map((x) => x.diagnostics.rmse_bp) },
     { type: "scatter", mode: "lines+markers", name: "fit ms", x: s.slices.map((x) => x.expiry), y: s.slices.map((x) => x.diagnostics.fit_time_ms), yaxis: "y2" }],
   { title: { text: "Per-slice RMSE (bp) and fit time (ms)" }, margin: { l: 55, r: 60, t: 30, b: 45 }, xaxis: { type: "category" }, yaxis2: { overlaying: "y", side: "right", title: { text: "ms" } } });
