@@ -14,6 +14,7 @@ from svc_api.dashboard.app import Dashboard
 from svc_api.server import ApiHandle, serve
 from volstream.config import Config, is_loopback
 from volstream.runtime import service_context
+from volstream.telemetry import Metrics
 
 log = logging.getLogger("svc_api")
 
@@ -34,7 +35,7 @@ def api_config(cfg: Config) -> ApiConfig:
     )
 
 
-def pages(handle: ApiHandle, cfg: Config) -> list[web.RouteDef]:
+def pages(handle: ApiHandle, cfg: Config, metrics: Metrics | None = None) -> list[web.RouteDef]:
     """The API's own HTTP pages, beside the runtime's /metrics, /healthz and /readyz: the
     dashboard (svc_api/dashboard, at /) and a plain-text index at /index.txt."""
 
@@ -46,10 +47,12 @@ def pages(handle: ApiHandle, cfg: Config) -> list[web.RouteDef]:
             f"surfaces: {surfaces or 'none yet'}\n/metrics /healthz /readyz\n"
         )
 
-    return [web.get("/index.txt", index), *dashboard_routes(handle, cfg)]
+    return [web.get("/index.txt", index), *dashboard_routes(handle, cfg, metrics)]
 
 
-def dashboard_routes(handle: ApiHandle, cfg: Config) -> list[web.RouteDef]:
+def dashboard_routes(
+    handle: ApiHandle, cfg: Config, metrics: Metrics | None = None
+) -> list[web.RouteDef]:
     """The dashboard's page, files, JSON and push routes, fed by the API's own hub."""
     servicer = handle.servicer
     dashboard = Dashboard(
@@ -59,6 +62,7 @@ def dashboard_routes(handle: ApiHandle, cfg: Config) -> list[web.RouteDef]:
         stale_after_ns=servicer.stale_after_ns,
         token=cfg.api_token,
         namespace=cfg.namespace,
+        metrics=metrics,
     )
     return dashboard.routes()
 
@@ -68,7 +72,7 @@ async def run(cfg: Config) -> None:
     async with service_context(cfg, SERVICE, http=False) as ctx:
         handle = await serve(api_config(cfg), nc=ctx.nc)
         ctx.on_close(handle.stop)  # end streams cleanly and close the port, before NATS
-        await ctx.serve_http([cfg.http_port, cfg.metrics_port], pages(handle, cfg))
+        await ctx.serve_http([cfg.http_port, cfg.metrics_port], pages(handle, cfg, ctx.metrics))
         log.info("gRPC SurfaceService on %s:%d", cfg.bind_host, handle.port)
         warning = exposure_warning(cfg)
         if warning:

@@ -52,6 +52,7 @@ from svc_api.requests import FUTURE_TOLERANCE_NS, ApiError, format_time_ns, pars
 from svc_api.server import expiry_label_of
 from svc_api.store import SurfaceEntry, SurfaceKey
 from volstream.subjects import Subjects
+from volstream.telemetry import Metrics
 from volstream.v1 import surface_pb2 as surface_pb
 
 log = logging.getLogger(__name__)
@@ -180,6 +181,7 @@ class Dashboard:
         namespace: str = "",
         options: DashboardOptions | None = None,
         clock_ns: Callable[[], int] = time.time_ns,
+        metrics: Metrics | None = None,
     ) -> None:
         self.hub = hub
         self.history = history
@@ -194,6 +196,16 @@ class Dashboard:
         self.push = PushStats()
         self.closed = False
         self._subscriptions: set[Any] = set()
+        self._metrics = metrics
+        if metrics is not None:
+            self._m_rejected = metrics.counter(
+                "dashboard_rejected", "dashboard requests answered 4xx/5xx (label status)"
+            )
+            self._m_messages = metrics.counter("dashboard_push_messages", "events pushed")
+            self._m_stalled = metrics.counter(
+                "dashboard_push_stalled", "push connections dropped for not reading"
+            )
+            self._m_connections = metrics.gauge("dashboard_push_connections", "open pushes")
         # (key, with quotes) -> (entry version, JSON bytes): one serialisation per publication.
         self._surface_cache: dict[tuple[SurfaceKey, bool], tuple[int, bytes]] = {}
         self._series_cache: OrderedDict[tuple[str, int], Json | None] = OrderedDict()
@@ -246,6 +258,15 @@ class Dashboard:
         if problem is not None:
             raise BadRequest(401, problem.replace("metadata", "header"))
 
+    def _reject(self, exc: BadRequest) -> web.Response:
+        if self._metrics is not None:
+            self._m_rejected.add(1, {"status": str(exc.status)})
+        return _error(exc.status, exc.reason)
+
+    def _count_push(self) -> None:
+        if self._metrics is not None:
+            self._m_connections.set(self.push.active)
+
     async def config(self, _: web.Request) -> web.Response:
         return _json(
             {
@@ -276,7 +297,7 @@ class Dashboard:
             if asyncio.iscoroutine(result):
                 result = await result
         except BadRequest as exc:
-            return _error(exc.status, exc.reason)
+            return self._reject(exc)
         if isinstance(result, web.StreamResponse):
             return result
         return _json(result)
@@ -531,7 +552,7 @@ class Dashboard:
             if self.hub.closed.is_set():
                 raise BadRequest(503, "server is shutting down")
         except BadRequest as exc:
-            return _error(exc.status, exc.reason)
+            return self._reject(exc)
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",
@@ -550,6 +571,7 @@ class Dashboard:
         self._subscriptions.add(sub)
         self.push.active += 1
         self.push.opened += 1
+        self._count_push()
         try:
             await self._push_loop(response, sub, key)
         except (ConnectionResetError, ConnectionError, asyncio.CancelledError):
@@ -559,6 +581,8 @@ class Dashboard:
             if request.transport is not None:
                 request.transport.abort()
             self.push.stalled_closed += 1
+            if self._metrics is not None:
+                self._m_stalled.add()
             log.info(
                 "dashboard push: a browser took no data for %.0fs; closed",
                 self.options.write_timeout_s,
@@ -567,6 +591,7 @@ class Dashboard:
             self.hub.unsubscribe(sub)
             self._subscriptions.discard(sub)
             self.push.active -= 1
+            self._count_push()
         return response
 
     async def _push_loop(
@@ -578,6 +603,8 @@ class Dashboard:
             frame = b"event: " + event.encode() + b"\ndata: " + data + b"\n\n"
             await asyncio.wait_for(response.write(frame), opts.write_timeout_s)
             self.push.messages += 1
+            if self._metrics is not None:
+                self._m_messages.add()
 
         sent_version = -1
         last_sent = 0.0
