@@ -26,6 +26,7 @@ import json
 import logging
 import secrets
 import socket
+import struct
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -577,9 +578,17 @@ class Dashboard:
         except (ConnectionResetError, ConnectionError, asyncio.CancelledError):
             pass
         except TimeoutError:
-            # Abort, not close: a close would wait for the unsent buffer to drain, forever.
-            if request.transport is not None:
-                request.transport.abort()
+            # Reset, not close: a close would wait for the unsent buffer to drain (forever),
+            # and the kernel would keep the orphaned socket's buffers retrying.
+            transport = request.transport
+            if transport is not None:
+                sock = transport.get_extra_info("socket")
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.setsockopt(
+                            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                        )
+                transport.abort()
             self.push.stalled_closed += 1
             if self._metrics is not None:
                 self._m_stalled.add()

@@ -383,4 +383,10 @@ async def test_push_conflates_and_a_stalled_browser_delays_no_one(
             await asyncio.sleep(0.05)
     await wait_until(lambda: dashboard.push.active == 0)
     assert api.hub.subscriber_count == others
+    # Reset, not closed gracefully: the stalled peer learns at once, and no kernel buffer
+    # lingers waiting for it to read.
+    stalled.settimeout(10)
+    with pytest.raises(ConnectionResetError):
+        while stalled.recv(65536):
+            pass
     stalled.close()
