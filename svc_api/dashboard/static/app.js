@@ -446,7 +446,7 @@ function termInto(s, chartExpiry, chartTenor, tableExpiry, tableTenor) {
   const twoAxes = (title, xname) => ({ title: { text: title }, margin: { l: 55, r: 60, t: 30, b: 45 }, xaxis: { title: { text: xname } }, yaxis: { title: { text: "ATM %" } }, yaxis2: { title: { text: "RR / BF vol pts" }, overlaying: "y", side: "right" } });
   plot(chartExpiry, lines(s.slices.map((x) => x.t * 365), s.slices.map((x) => x.metrics)), twoAxes("By expiry", "days to expiry"));
   const tenors = s.tenors.filter((t) => t.available);
-  plot(chartTenor, lines(tenors.map((t) => t.days), tenors.map((t) => t.metrics)), twoAxes("By fixed tenor", "tenor (days)"));
+  if (chartTenor) plot(chartTenor, lines(tenors.map((t) => t.days), tenors.map((t) => t.metrics)), twoAxes("By fixed tenor", "tenor (days)"));
   $(tableExpiry).innerHTML = `<tr><th>expiry</th><th>days</th><th>forward</th><th>ATM %</th><th>25Δ RR</th><th>25Δ BF</th><th>10Δ RR</th><th>10Δ BF</th></tr>` +
     s.slices.map((x) => `<tr data-expiry="${esc(x.expiry)}" data-revision="${s.revision}"><td>${esc(x.expiry)}</td><td>${days(x.t)}</td><td>${usd(x.forward)}</td>${volCell("atm", x.metrics.atm)}${volCell("rr25", x.metrics.rr25)}${volCell("bf25", x.metrics.bf25)}${volCell("rr10", x.metrics.rr10)}${volCell("bf10", x.metrics.bf10)}</tr>`).join("");
   $(tableTenor).innerHTML = `<tr><th>tenor</th><th>ATM %</th><th>25Δ RR</th><th>25Δ BF</th><th>10Δ RR</th><th>10Δ BF</th></tr>` +
@@ -519,8 +519,7 @@ function renderHistory() {
     <div class="grid"><div class="card"><div id="series-chart" class="chart"></div></div>
     <div class="card"><div id="hist-expiry" class="chart"></div></div></div>
     <div class="grid"><div class="card"><h3>By expiry, at the chosen time</h3><table id="hist-table"></table></div>
-    <div class="card"><h3>By fixed tenor, at the chosen time</h3><table id="hist-tenor"></table></div></div>
-    <div class="card" hidden><div id="hist-tenor-chart"></div></div>`)) {
+    <div class="card"><h3>By fixed tenor, at the chosen time</h3><table id="hist-tenor"></table></div></div>`)) {
     $("scrubber").onchange = () => loadAt(Number($("scrubber").value) * 1e6);
     $("scrubber").oninput = () => { $("scrub-time").textContent = timeText(Number($("scrubber").value) * 1e6); };
     $("series-hours").onchange = () => loadSeries();
@@ -579,7 +578,7 @@ async function loadAt(timeNs) {
     view.dataset.historyTime = String(Math.round(timeNs));
     $("history-note").textContent = `Surface at ${timeText(timeNs)}: revision ${s.revision}, stored ${timeText(s.stored_time_ns)} (stream sequence ${s.sequence}).`;
     const rev = view.dataset.revision;
-    termInto(s, "hist-expiry", "hist-tenor-chart", "hist-table", "hist-tenor");
+    termInto(s, "hist-expiry", null, "hist-table", "hist-tenor");
     view.dataset.revision = rev || "";
   } catch (e) {
     $("history-note").textContent = e.message;
