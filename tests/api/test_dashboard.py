@@ -263,7 +263,9 @@ async def test_history_and_series_come_from_the_surface_stream(
             http, f"{base}/api/dashboard/history?venue=okx&currency=BTC&time={stored[3]}"
         )
         assert status == 404 and "no history" in body["error"]
-        await asyncio.sleep(1.1)  # a second of history: at least two 1-second samples
+        # Over a second past the last store time (same machine clock as the nats-server): the
+        # newest 1-second sample then falls after it.
+        await asyncio.sleep(max(0.0, (stored[3] + 1_100_000_000 - time.time_ns()) / 1e9))
         status, series = await get_json(
             http, f"{base}/api/dashboard/series?venue=deribit&currency=BTC&hours=1&points=10"
         )
