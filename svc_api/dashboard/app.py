@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import secrets
 import socket
 import struct
@@ -140,6 +141,9 @@ class TicketBook:
 class DashboardOptions:
     # Floor between two pushes to one browser (a browser shows no more than this anyway).
     min_push_interval_s: float = 0.2
+    # The overview (every surface's summary) changes with every publication; once a second
+    # is what a person reads, and saves most of the pushed bytes.
+    overview_interval_s: float = 1.0
     # A comment line this often keeps proxies from closing an idle stream and finds dead peers.
     heartbeat_s: float = 15.0
     # A browser that has not taken a write for this long is disconnected (it reconnects).
@@ -606,37 +610,57 @@ class Dashboard:
     async def _push_loop(
         self, response: web.StreamResponse, sub: Any, key: SurfaceKey | None
     ) -> None:
+        """Latest state only: the chosen surface when it changed (at most every
+        min_push_interval_s), the overview when anything changed (at most every
+        overview_interval_s), both in one write; a keep-alive comment when idle."""
         opts = self.options
-
-        async def send(event: str, data: bytes) -> None:
-            frame = b"event: " + event.encode() + b"\ndata: " + data + b"\n\n"
-            await asyncio.wait_for(response.write(frame), opts.write_timeout_s)
-            self.push.messages += 1
-            if self._metrics is not None:
-                self._m_messages.add()
-
-        sent_version = -1
-        last_sent = 0.0
+        surface_version = -1  # changed_version of the surface last sent
+        overview_version = -1  # store version of the overview last sent
+        overview_at = -math.inf
         while not (self.hub.closed.is_set() or self.closed):
             sub.changed.clear()  # before reading: a change during the write wakes us again
             store = self.hub.store
-            if store.version != sent_version:
-                await send("overview", self.overview_bytes())
-                entry = store.entry(key) if key is not None else None
-                if entry is not None and entry.changed_version > sent_version:
-                    await send("surface", self.surface_bytes(entry, False))
-                sent_version = store.version
-                last_sent = time.monotonic()
-            try:
-                await asyncio.wait_for(sub.changed.wait(), opts.heartbeat_s)
-            except TimeoutError:
-                await asyncio.wait_for(response.write(b": keep-alive\n\n"), opts.write_timeout_s)
+            now = time.monotonic()  # at most one pass per min_push_interval_s (below)
+            parts: list[bytes] = []
+            if store.version != overview_version and now - overview_at >= opts.overview_interval_s:
+                parts.append(_event("overview", self.overview_bytes()))
+                overview_version, overview_at = store.version, now
+            entry = store.entry(key) if key is not None else None
+            if entry is not None and entry.changed_version != surface_version:
+                parts.append(_event("surface", self.surface_bytes(entry, False)))
+                surface_version = entry.changed_version
+            if parts:
+                async with asyncio.timeout(opts.write_timeout_s):
+                    await response.write(b"".join(parts))
+                self.push.messages += len(parts)
+                if self._metrics is not None:
+                    self._m_messages.add(len(parts))
+            # Sleep until a change, the pending overview falling due, or the heartbeat.
+            timeout = opts.heartbeat_s
+            if store.version != overview_version:
+                timeout = max(0.0, overview_at + opts.overview_interval_s - now)
+            if not await _wait(sub.changed, timeout):
+                if timeout == opts.heartbeat_s:
+                    async with asyncio.timeout(opts.write_timeout_s):
+                        await response.write(b": keep-alive\n\n")
                 continue
-            wait_s = last_sent + opts.min_push_interval_s - time.monotonic()
-            if wait_s > 0 and await self.hub.sleep_unless_closed(wait_s):
-                break
-            if self.closed:
-                break
+            wait_s = now + opts.min_push_interval_s - time.monotonic()
+            if wait_s > 0:
+                await asyncio.sleep(wait_s)
+
+
+def _event(name: str, data: bytes) -> bytes:
+    return b"event: " + name.encode() + b"\ndata: " + data + b"\n\n"
+
+
+async def _wait(event: asyncio.Event, timeout_s: float) -> bool:
+    """Whether event was set within timeout_s (asyncio.timeout: no task per call)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True
 
 
 # Series steps, so that sample instants fall on round times and recur between requests.
