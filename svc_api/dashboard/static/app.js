@@ -480,8 +480,8 @@ function renderDiagnostics() {
   const key = routeKey();
   skeleton(`diagnostics/${key.venue}/${key.currency}`, `
     <div class="card"><div id="through-fit" class="chart tall"></div></div>
-    <div class="grid"><div class="card"><div id="rmse-chart" class="chart"></div></div>
-    <div class="card"><h3>Per slice</h3><table id="diag-table"></table><p class="note" id="diag-note"></p></div></div>`);
+    <div class="card"><h3>Per slice</h3><table id="diag-table"></table><p class="note" id="diag-note"></p></div>
+    <div class="card"><div id="rmse-chart" class="chart"></div></div>`);
   const s = S.surface;
   $("view").dataset.revision = s.revision;
   $("diag-table").innerHTML = `<tr><th>expiry</th><th>used</th><th>dropped</th><th>RMSE bp</th><th>max |res| bp</th><th>min g</th><th>butterfly</th><th>calendar</th><th>repair</th><th>fit ms</th><th>warm</th></tr>` +
