@@ -26,7 +26,7 @@ import grpc
 import pytest
 
 from tests.conftest import REPO
-from tests.system.conftest import SIM_START, UpSystem, start_up, stop_up
+from tests.system.conftest import ARTIFACTS, SIM_START, UpSystem, start_up, stop_up
 from volstream.v1 import surface_pb2 as surface_pb
 from volstream.v1 import surface_service_pb2 as api_pb
 
@@ -83,9 +83,7 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
-def up_dash(
-    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
-) -> Iterator[Any]:
+def up_dash(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     tmp = tmp_path_factory.mktemp("up-dashboard")
     system = start_up(tmp, "--sim", "--sim-start", SIM_START, "--venues", ",".join(VENUES))
     shutil.rmtree(SCREENSHOTS, ignore_errors=True)
@@ -97,9 +95,7 @@ def up_dash(
         yield system
     finally:
         stop_up(system)
-        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None:
-            reporter.write_line(f"\ndashboard screenshots: {SCREENSHOTS}")
+        ARTIFACTS.append(f"dashboard screenshots: {SCREENSHOTS}")
 
 
 def http_base(system: UpSystem) -> str:
