@@ -1,7 +1,7 @@
 """API service entrypoint: the gRPC SurfaceService fed from the SURFACE and IV streams, on the
 shared service runtime (its NATS connection, streams, signals and HTTP), plus HTTP on
 cfg.http_port (and cfg.metrics_port when set): /metrics, /healthz, /readyz and an index page
-(the dashboard will live here, as more routes)."""
+(/index.txt) and the dashboard (/, svc_api/dashboard)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ from aiohttp import web
 
 from svc_api.archive import ArchiveReader
 from svc_api.config import ApiConfig
+from svc_api.dashboard.app import Dashboard
 from svc_api.server import ApiHandle, serve
 from volstream.config import Config, is_loopback
 from volstream.runtime import service_context
+from volstream.telemetry import Metrics
 
 log = logging.getLogger("svc_api")
 
@@ -35,8 +37,9 @@ def api_config(cfg: Config) -> ApiConfig:
     )
 
 
-def pages(handle: ApiHandle) -> list[web.RouteDef]:
-    """The API's own HTTP pages, beside the runtime's /metrics, /healthz and /readyz."""
+def pages(handle: ApiHandle, cfg: Config, metrics: Metrics | None = None) -> list[web.RouteDef]:
+    """The API's own HTTP pages, beside the runtime's /metrics, /healthz and /readyz: the
+    dashboard (svc_api/dashboard, at /) and a plain-text index at /index.txt."""
 
     async def index(_: web.Request) -> web.Response:
         known = handle.hub.store.keys()  # a method of the store, not a dict view
@@ -46,7 +49,24 @@ def pages(handle: ApiHandle) -> list[web.RouteDef]:
             f"surfaces: {surfaces or 'none yet'}\n/metrics /healthz /readyz\n"
         )
 
-    return [web.get("/", index)]
+    return [web.get("/index.txt", index), *dashboard_routes(handle, cfg, metrics)]
+
+
+def dashboard_routes(
+    handle: ApiHandle, cfg: Config, metrics: Metrics | None = None
+) -> list[web.RouteDef]:
+    """The dashboard's page, files, JSON and push routes, fed by the API's own hub."""
+    servicer = handle.servicer
+    dashboard = Dashboard(
+        handle.hub,
+        history=servicer.history,
+        known_venues=servicer.known_venues,
+        stale_after_ns=servicer.stale_after_ns,
+        token=cfg.api_token,
+        namespace=cfg.namespace,
+        metrics=metrics,
+    )
+    return dashboard.routes()
 
 
 async def run(cfg: Config) -> None:
@@ -63,7 +83,7 @@ async def run(cfg: Config) -> None:
         )
         handle = await serve(config, nc=ctx.nc, archive=archive)
         ctx.on_close(handle.stop)  # end streams cleanly and close the port, before NATS
-        await ctx.serve_http([cfg.http_port, cfg.metrics_port], pages(handle))
+        await ctx.serve_http([cfg.http_port, cfg.metrics_port], pages(handle, cfg, ctx.metrics))
         log.info("gRPC SurfaceService on %s:%d", cfg.bind_host, handle.port)
         warning = exposure_warning(cfg)
         if warning:

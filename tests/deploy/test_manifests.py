@@ -659,6 +659,24 @@ def test_network_policies_allow_exactly_the_intended_flows(objs: tuple[Obj, ...]
     assert not allowed(pod_endpoint(book.workload), pod_endpoint(api.workload), 50051)
 
 
+def test_the_dashboard_is_exposed_with_the_api(objs: tuple[Obj, ...]) -> None:
+    """The API serves the dashboard on its HTTP port: its Service and policies expose it."""
+    [api] = [c for c in volstream_containers(objs) if component(c.workload) == "api"]
+    http_port = volstream_config(objs, api).http_port
+    exposed = []
+    for svc in of_kind(objs, "Service"):
+        if not selector_matches({"matchLabels": svc["spec"]["selector"]}, pod_labels(api.workload)):
+            continue
+        for port in svc["spec"]["ports"]:
+            target = port.get("targetPort", port["port"])
+            number = api.port_numbers().get(target) if isinstance(target, str) else int(target)
+            if number == http_port:
+                exposed.append(f"{name_of(svc)}:{port['port']}")
+    assert exposed, f"no Service exposes the API's HTTP port {http_port} (the dashboard)"
+    policies = of_kind(objs, "NetworkPolicy")
+    assert flow_allowed(policies, OUTSIDE_CLIENT, pod_endpoint(api.workload), http_port, "TCP")
+
+
 # --- NATS ------------------------------------------------------------------------------------
 
 

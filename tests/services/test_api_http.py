@@ -29,11 +29,17 @@ async def test_api_serves_metrics_and_health_over_http(nats_server: EmbeddedNats
                 await asyncio.sleep(0.1)
             async with http.get(f"{base}/readyz") as resp:
                 assert resp.status == 200
-            async with http.get(f"{base}/") as resp:
+            async with http.get(f"{base}/index.txt") as resp:
                 assert f"SurfaceService on :{grpc_port}" in await resp.text()
+            async with http.get(f"{base}/") as resp:  # the dashboard (svc_api/dashboard)
+                assert resp.status == 200 and "/dashboard/app.js" in await resp.text()
+            async with http.get(f"{base}/api/dashboard/surface?venue=nowhere&currency=BTC") as r:
+                assert r.status == 400 and "unknown venue" in (await r.json())["error"]
             async with http.get(f"{base}/metrics") as resp:
                 assert resp.status == 200
-                assert "process_resident_memory_bytes" in await resp.text()
+                text = await resp.text()
+                assert "process_resident_memory_bytes" in text
+                assert 'dashboard_rejected_total{service="api",status="400"} 1.0' in text
         # By default both servers listen on loopback only, and there is nothing to warn of.
         listening = [
             (c.laddr.port, c.laddr.ip)

@@ -129,3 +129,13 @@ def up_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpSystem]:
         yield system
     finally:
         stop_up(system)
+
+
+# Files a test wrote for a person to look at (e.g. the dashboard's screenshots), named at the
+# end of the run.
+ARTIFACTS: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for line in ARTIFACTS:
+        terminalreporter.write_line(line)
