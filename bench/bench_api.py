@@ -422,19 +422,26 @@ async def run_variant(variant: str, args: argparse.Namespace, nats_url: str) -> 
             await c.wait()
         result.client_cpu_pct = 100 * client_cpu / result.seconds
     finally:
-        for c in clients:
-            if c.returncode is None:
-                c.kill()
-                await c.wait()
-        if server.returncode is None:
-            server.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(server.wait(), 10)
-            except TimeoutError:
-                server.kill()
-                await server.wait()
+        await stop_processes(clients, server)
         await nc.close()
     return result
+
+
+async def stop_processes(
+    clients: Sequence[asyncio.subprocess.Process], server: asyncio.subprocess.Process
+) -> None:
+    """Kill the load processes; stop the server with SIGTERM (SIGKILL after 10 s)."""
+    for c in clients:
+        if c.returncode is None:
+            c.kill()
+            await c.wait()
+    if server.returncode is None:
+        server.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(server.wait(), 10)
+        except TimeoutError:
+            server.kill()
+            await server.wait()
 
 
 def print_table(results: Sequence[RunResult], args: argparse.Namespace) -> None:
@@ -464,6 +471,11 @@ def print_table(results: Sequence[RunResult], args: argparse.Namespace) -> None:
         ("client procs CPU %", *(f"{r.client_cpu_pct:.0f}" for r in results)),
         ("stream errors", *(str(r.errors) for r in results)),
     ]
+    print_rows(rows)
+
+
+def print_rows(rows: Sequence[Sequence[str]]) -> None:
+    """A table: the first row is the header, the first column left-aligned."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for n, row in enumerate(rows):
         print(

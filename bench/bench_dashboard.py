@@ -31,7 +31,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.bench_api import build_surface, partitions, publish_loop
+from bench.bench_api import (
+    build_surface,
+    partitions,
+    print_rows,
+    publish_loop,
+    stop_processes,
+)
 
 
 def progress(text: str) -> None:
@@ -322,17 +328,7 @@ async def run(name: str, dashboards: int, args: argparse.Namespace, nats_url: st
             result.errors += report["errors"]
             await dash.wait()
     finally:
-        for p in procs:
-            if p.returncode is None:
-                p.kill()
-                await p.wait()
-        if server.returncode is None:
-            server.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(server.wait(), 10)
-            except TimeoutError:
-                server.kill()
-                await server.wait()
+        await stop_processes(procs, server)
         await nc.close()
     return result
 
@@ -362,15 +358,7 @@ def print_table(runs: Sequence[Run]) -> None:
         ("server RSS slope MB/min", *(f"{r.rss_slope_mb_per_min():+.2f}" for r in runs)),
         ("errors", *(str(r.errors) for r in runs)),
     ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for n, row in enumerate(rows):
-        print(
-            "  ".join(
-                c.ljust(widths[0]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(row)
-            )
-        )
-        if n == 0:
-            print("  ".join("-" * w for w in widths))
+    print_rows(rows)
     ratios = [
         pct(b.grpc_ms, 0.99) / pct(a.grpc_ms, 0.99) - 1
         for a, b in zip(runs[::2], runs[1::2], strict=True)
