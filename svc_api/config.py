@@ -41,6 +41,10 @@ class ApiConfig:
     # Largest gRPC message either way (the gRPC default of 4 MiB is small for snapshots).
     max_message_bytes: int = 64 * 1024 * 1024
     max_concurrent_streams: int = 10_000
+    # Open StreamSurfaces calls per client address: one client flooding the server is
+    # answered RESOURCE_EXHAUSTED before it takes the whole max_concurrent_streams budget
+    # (bench_api runs 1,000 streams from one host).
+    max_streams_per_client: int = 1_024
     # Floor on every stream's min_interval_ms: caps messages/s per stream server-wide
     # (0: clients choose; a loaded server coalesces on its own anyway).
     min_stream_interval_ms: int = 0

@@ -70,6 +70,8 @@ class StreamStats:
     surfaces: int = 0
     # Messages written per open stream, by stream id (entries leave when the stream ends).
     per_stream: dict[int, int] = field(default_factory=dict)
+    # Open streams per client address (svc_api.config.ApiConfig.max_streams_per_client).
+    per_client: dict[str, int] = field(default_factory=dict)
 
 
 def expiry_label_of(expiry_slice: surface_pb.ExpirySlice) -> str:
@@ -310,6 +312,17 @@ class SurfaceServicer:
                     f"too many streams ({self.config.max_concurrent_streams}); retry later",
                 ),
             )
+        client = client_address(context.peer())
+        open_streams = self.streams.per_client.get(client, 0)
+        if open_streams >= self.config.max_streams_per_client:
+            await self._fail(
+                context,
+                ApiError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"client {client} already has {open_streams} open streams, the limit per "
+                    "client; close one or retry later",
+                ),
+            )
         store = self.hub.store
         omit = query.omit_quotes
         interval_s = max(query.min_interval_ms, self.config.min_stream_interval_ms) / 1000.0
@@ -318,6 +331,7 @@ class SurfaceServicer:
         self.streams.opened += 1
         stream_id = self.streams.opened
         per_stream = self.streams.per_stream
+        self.streams.per_client[client] = open_streams + 1
         try:
             version, entries = store.changed_since(0, query.filter)
             await context.write(stream_message((e.surface_frame(omit) for e in entries), True))
@@ -348,6 +362,22 @@ class SurfaceServicer:
             self.hub.unsubscribe(sub)
             per_stream.pop(stream_id, None)
             self.streams.active -= 1
+            left = self.streams.per_client[client] - 1
+            if left:
+                self.streams.per_client[client] = left
+            else:
+                del self.streams.per_client[client]
+
+
+def client_address(peer: str) -> str:
+    """The host part of a gRPC peer ("ipv4:10.0.0.7:51234", "ipv6:[::1]:5000", "unix:...")."""
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv4":
+        return rest.rpartition(":")[0] or rest
+    if kind == "ipv6":
+        host = rest.rpartition(":")[0]
+        return host.strip("[]") or rest
+    return peer
 
 
 # The RPCs of volstream.v1.SurfaceService as the proto declares them: the method table below is

@@ -12,6 +12,7 @@ import grpc.aio
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from svc_api.server import client_address
 from tests.api.conftest import Bus, StartApi, make_surface
 from volstream.client import SurfaceClient
 from volstream.v1 import surface_service_pb2 as api_pb
@@ -129,3 +130,36 @@ async def test_tls(bus: Bus, start_api: StartApi, tmp_path: Path) -> None:
     assert listed == ["okx/ETH"]
     assert plain_code == grpc.StatusCode.UNAVAILABLE
     assert untrusted_code == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_a_flood_of_streams_from_one_client_is_refused_past_its_cap(
+    bus: Bus, start_api: StartApi
+) -> None:
+    await bus.publish_surface(make_surface("deribit", "BTC", 1))
+    api = await start_api(max_streams_per_client=3)
+    async with grpc.aio.insecure_channel(api.address) as channel:
+        stub = api_grpc.SurfaceServiceStub(channel)
+        calls = [stub.StreamSurfaces(api_pb.StreamSurfacesRequest()) for _ in range(3)]
+        for call in calls:
+            assert (await call.read()).is_snapshot  # each open: the first message is the snapshot
+        flood = stub.StreamSurfaces(api_pb.StreamSurfacesRequest())
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await flood.read()
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "127.0.0.1 already has 3 open streams" in (refused.value.details() or "")
+        # Closing one frees its place; the server's count follows.
+        calls[0].cancel()
+        for _ in range(100):
+            if api.servicer.streams.per_client.get("127.0.0.1") == 2:
+                break
+            await asyncio.sleep(0.05)
+        again = stub.StreamSurfaces(api_pb.StreamSurfacesRequest())
+        assert (await again.read()).is_snapshot
+        for call in (*calls[1:], again):
+            call.cancel()
+
+
+def test_client_address_is_the_host_of_the_peer() -> None:
+    assert client_address("ipv4:10.0.0.7:51234") == "10.0.0.7"
+    assert client_address("ipv6:[::1]:5000") == "::1"
+    assert client_address("unix:/tmp/s") == "unix:/tmp/s"
