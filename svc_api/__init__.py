@@ -12,7 +12,8 @@
   latest state only. At most one message per stream is in flight on the server.
 - Errors: INVALID_ARGUMENT (unknown venue, malformed currency/expiry/time, bad filter),
   NOT_FOUND (no such surface/expiry/history, with what exists), UNAUTHENTICATED (token),
-  UNAVAILABLE (history without NATS, shutting down), RESOURCE_EXHAUSTED (too many streams).
+  UNAVAILABLE (history without NATS, shutting down), RESOURCE_EXHAUSTED (too many streams
+  server-wide, or from one client address: ApiConfig.max_streams_per_client).
 - Health (grpc.health.v1): "" and "volstream.v1.SurfaceService" for the whole API,
   "volstream.v1.SurfaceService/<venue>/<CCY>" per surface; SERVING while fresh.
   Health checks need no token. Server reflection (v1alpha) lists every service.
