@@ -60,6 +60,7 @@ def dashboard_routes(
     dashboard = Dashboard(
         handle.hub,
         history=servicer.history,
+        archive=servicer.archive,
         known_venues=servicer.known_venues,
         stale_after_ns=servicer.stale_after_ns,
         token=cfg.api_token,

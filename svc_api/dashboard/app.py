@@ -38,6 +38,7 @@ from typing import Any
 
 from aiohttp import web
 
+from svc_api.archive import ArchiveReader
 from svc_api.auth import check_authorization
 from svc_api.dashboard.views import (
     Json,
@@ -48,7 +49,12 @@ from svc_api.dashboard.views import (
     smile_quotes_json,
     surface_json,
 )
-from svc_api.history import HistoryNotFound, HistoryUnavailable, SurfaceHistory, parse_rfc3339_ns
+from svc_api.history import (
+    HistoryNotFound,
+    HistoryUnavailable,
+    SurfaceHistory,
+    parse_rfc3339_ns,
+)
 from svc_api.hub import SurfaceHub
 from svc_api.requests import FUTURE_TOLERANCE_NS, ApiError, format_time_ns, parse_expiry, parse_key
 from svc_api.server import expiry_label_of
@@ -182,6 +188,7 @@ class Dashboard:
         history: SurfaceHistory | None,
         known_venues: Callable[[], set[str]],
         stale_after_ns: int,
+        archive: ArchiveReader | None = None,
         token: str | None = None,
         namespace: str = "",
         options: DashboardOptions | None = None,
@@ -190,6 +197,9 @@ class Dashboard:
     ) -> None:
         self.hub = hub
         self.history = history
+        # Past the SURFACE stream's retention (minutes), the scrubber and the series read the
+        # archive (svc_archive's Parquet: surfaces without quotes), as GetSurfaceAt does.
+        self.archive = archive
         self.known_venues = known_venues
         self.stale_after_ns = stale_after_ns
         self.token = token
@@ -446,7 +456,13 @@ class Dashboard:
             try:
                 stored = await history.at_or_before(subject, str(key), time_ns)
             except HistoryNotFound as exc:
-                raise BadRequest(404, str(exc)) from None
+                archived = await self._archived(key, time_ns)
+                if archived is None:
+                    raise BadRequest(404, str(exc)) from None
+                body = surface_json(archived, with_quotes=False)
+                body["requested_time_ns"] = time_ns
+                body["from_archive"] = True
+                return _json(body)
             except HistoryUnavailable as exc:
                 raise BadRequest(503, str(exc)) from None
             surface = surface_pb.Surface()
@@ -478,27 +494,36 @@ class Dashboard:
             try:
                 first = await history.first(subject)
                 now_ns = self.clock_ns()
+                # With an archive the whole span is asked for (the archive holds what the
+                # stream no longer does); without, it starts at the stream's first message.
+                start_ns = (
+                    now_ns - int(hours * 3600e9)
+                    if self.archive is not None
+                    else (first.stored_time_ns if first is not None else None)
+                )
                 out: list[Json] = []
-                if first is not None:
-                    span_ns = min(int(hours * 3600e9), max(0, now_ns - first.stored_time_ns))
+                if start_ns is not None:
+                    span_ns = min(int(hours * 3600e9), max(0, now_ns - start_ns))
                     step_ns = series_step_ns(span_ns, points)
                     # Aligned to the step, so that the same past instants recur (cache hits).
                     end_ns = now_ns // step_ns * step_ns
                     for i in range(points - 1, -1, -1):
                         t_ns = end_ns - i * step_ns
-                        if t_ns < first.stored_time_ns:
+                        if t_ns < start_ns:
                             continue
                         point = await self._series_point(history, key, subject, t_ns, tenor_days)
                         if point is not None:
                             out.append(point)
             except HistoryUnavailable as exc:
                 raise BadRequest(503, str(exc)) from None
+            if self.archive is not None:  # where what was found starts
+                start_ns = out[0]["time_ns"] if out else None
             return {
                 "venue": key.venue,
                 "currency": key.currency,
                 "tenor_days": tenor_days,
-                "history_start_ns": first.stored_time_ns if first else None,
-                "step_ns": step_ns if first else None,
+                "history_start_ns": start_ns,
+                "step_ns": step_ns if start_ns is not None else None,
                 "now_ns": now_ns,
                 "points": out,
             }
@@ -512,20 +537,24 @@ class Dashboard:
         if cache_key in self._series_cache:
             self._series_cache.move_to_end(cache_key)
             return self._series_cache[cache_key]
+        point: Json | None = None
+        surface: surface_pb.Surface | None = surface_pb.Surface()
+        stored_time_ns: int | None = None
         try:
             stored = await history.at_or_before(subject, str(key), t_ns)
         except HistoryNotFound:
-            point: Json | None = None
+            surface = await self._archived(key, t_ns)
         else:
-            surface = surface_pb.Surface()
+            stored_time_ns = stored.stored_time_ns
             try:
-                surface.ParseFromString(stored.data)
+                surface.ParseFromString(stored.data)  # type: ignore[union-attr]
             except Exception:
                 return None
+        if surface is not None:
             tenor = next((t for t in surface.tenors if t.tenor_days == tenor_days), None)
             point = {
                 "time_ns": t_ns,
-                "stored_time_ns": stored.stored_time_ns,
+                "stored_time_ns": stored_time_ns,
                 "revision": surface.revision,
                 "available": bool(tenor and tenor.available),
                 "metrics": metrics_json(tenor.metrics) if tenor and tenor.available else None,
@@ -535,6 +564,12 @@ class Dashboard:
             while len(self._series_cache) > SERIES_CACHE_SIZE:
                 self._series_cache.popitem(last=False)
         return point
+
+    async def _archived(self, key: SurfaceKey, time_ns: int) -> surface_pb.Surface | None:
+        """The archive's last surface at or before ``time_ns`` (None: no archive, or none)."""
+        if self.archive is None:
+            return None
+        return await asyncio.to_thread(self.archive.surface_at, key.venue, key.currency, time_ns)
 
     # push ----------------------------------------------------------------------------
     def _push_key(self, request: web.Request) -> SurfaceKey | None:

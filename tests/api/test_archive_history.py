@@ -72,6 +72,7 @@ class Api:
     root: Path
     damaged: list[Path]
     address: str
+    handle: Any
 
 
 @pytest.fixture
@@ -83,7 +84,7 @@ async def api(bus: Bus, tmp_path: Path) -> AsyncIterator[Api]:
     handle = await serve(ApiConfig(host="127.0.0.1", port=0), bus.server.url, archive=reader)
     channel = grpc.aio.insecure_channel(handle.address)
     stub = api_grpc.SurfaceServiceStub(channel)
-    yield Api(stub, published, tmp_path / "archive", damaged, handle.address)
+    yield Api(stub, published, tmp_path / "archive", damaged, handle.address, handle)
     await channel.close(None)
     await handle.stop(grace_s=0.5)
 
@@ -311,3 +312,48 @@ def test_around_midnight_the_latest_stored_surface_wins_across_two_dates(tmp_pat
     for when, revision in ((midnight + 1, 1), (midnight + 2, 2), (midnight + 3, 3)):
         found = reader.surface_at("deribit", "BTC", when)
         assert found is not None and found.revision == revision, when
+
+
+async def test_the_dashboards_scrubber_and_series_reach_into_the_archive(api: Api) -> None:
+    from aiohttp import web
+
+    from svc_api.dashboard.app import Dashboard
+
+    servicer = api.handle.servicer
+    dashboard = Dashboard(
+        api.handle.hub,
+        history=servicer.history,
+        archive=servicer.archive,
+        known_venues=servicer.known_venues,
+        stale_after_ns=servicer.stale_after_ns,
+        clock_ns=lambda: stored_ns(REVISIONS) + 10 * S,  # "now" just after the archived day
+    )
+    app = web.Application()
+    app.add_routes(dashboard.routes())
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    base = f"http://127.0.0.1:{port}/api/dashboard"
+    try:
+        async with aiohttp.ClientSession() as http:
+            url = f"{base}/history?venue=deribit&currency=BTC&time={stored_ns(17) + S // 2}"
+            async with http.get(url) as resp:
+                body = await resp.json()
+            assert resp.status == 200 and body["from_archive"] and body["revision"] == 17
+            url = f"{base}/series?venue=deribit&currency=BTC&hours=0.02&points=10&tenor=30"
+            async with http.get(url) as resp:
+                series = await resp.json()
+            assert resp.status == 200, series
+            points = series["points"]
+            assert len(points) >= 5, series
+            tenor_atm = {
+                s.revision: next(t for t in s.tenors if t.tenor_days == 30).metrics.atm_vol
+                for s in api.published
+            }
+            for p in points:
+                assert p["stored_time_ns"] is None  # from the archive
+                assert p["metrics"]["atm"] == pytest.approx(tenor_atm[p["revision"]])
+    finally:
+        dashboard.close()
+        await runner.cleanup()

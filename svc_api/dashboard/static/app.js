@@ -544,7 +544,7 @@ async function loadSeries() {
     sc.max = String(Math.floor(data.now_ns / 1e6));
     if (first) { sc.value = sc.max; loadAt(Number(sc.value) * 1e6); }
     $("history-note").textContent = data.history_start_ns
-      ? `History from the SURFACE stream: ${timeText(data.history_start_ns)} to now; ${data.points.length} points of the ${data.tenor_days}-day tenor.`
+      ? `History from the archive and the SURFACE stream: ${timeText(data.history_start_ns)} to now; ${data.points.length} points of the ${data.tenor_days}-day tenor.`
       : "No history for this surface yet.";
     const pts = data.points.filter((p) => p.metrics);
     const t = pts.map((p) => new Date(p.time_ns / 1e6));
@@ -576,7 +576,9 @@ async function loadAt(timeNs) {
     const view = $("view");
     view.dataset.historyRevision = s.revision;
     view.dataset.historyTime = String(Math.round(timeNs));
-    $("history-note").textContent = `Surface at ${timeText(timeNs)}: revision ${s.revision}, stored ${timeText(s.stored_time_ns)} (stream sequence ${s.sequence}).`;
+    $("history-note").textContent = s.from_archive
+      ? `Surface at ${timeText(timeNs)}: revision ${s.revision}, from the archive (past the SURFACE stream's retention; no quotes).`
+      : `Surface at ${timeText(timeNs)}: revision ${s.revision}, stored ${timeText(s.stored_time_ns)} (stream sequence ${s.sequence}).`;
     const rev = view.dataset.revision;
     termInto(s, "hist-expiry", null, "hist-table", "hist-tenor");
     view.dataset.revision = rev || "";
