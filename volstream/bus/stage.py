@@ -16,7 +16,8 @@ partition's output counter: 1, 2, ... over everything the stage publishes for th
 continued across restarts from the last published message) and ``publish_time_ns`` (wall
 clock: the only wall-clock stamp, left out of every replay comparison). Cores fill payloads
 and the headers of the items inside them (e.g. one TopOfBook in a batch), never the header
-of the message itself.
+of the message itself. (A relay, such as the book stage passing tickers on to the IV stage,
+forwards another source's message unchanged, header included.)
 
 For each consumed batch, in this order:
 
