@@ -494,13 +494,10 @@ class Dashboard:
             try:
                 first = await history.first(subject)
                 now_ns = self.clock_ns()
-                # With an archive the whole span is asked for (the archive holds what the
-                # stream no longer does); without, it starts at the stream's first message.
-                start_ns = (
-                    now_ns - int(hours * 3600e9)
-                    if self.archive is not None
-                    else (first.stored_time_ns if first is not None else None)
-                )
+                # The series samples the SURFACE stream (one direct get per point): the archive
+                # is keyed by event time, and 60 archive lookups per request are too slow for
+                # a live page; the scrubber (one lookup) does reach into the archive.
+                start_ns = first.stored_time_ns if first is not None else None
                 out: list[Json] = []
                 if start_ns is not None:
                     span_ns = min(int(hours * 3600e9), max(0, now_ns - start_ns))
@@ -516,8 +513,6 @@ class Dashboard:
                             out.append(point)
             except HistoryUnavailable as exc:
                 raise BadRequest(503, str(exc)) from None
-            if self.archive is not None:  # where what was found starts
-                start_ns = out[0]["time_ns"] if out else None
             return {
                 "venue": key.venue,
                 "currency": key.currency,
@@ -537,24 +532,20 @@ class Dashboard:
         if cache_key in self._series_cache:
             self._series_cache.move_to_end(cache_key)
             return self._series_cache[cache_key]
-        point: Json | None = None
-        surface: surface_pb.Surface | None = surface_pb.Surface()
-        stored_time_ns: int | None = None
         try:
             stored = await history.at_or_before(subject, str(key), t_ns)
         except HistoryNotFound:
-            surface = await self._archived(key, t_ns)
+            point: Json | None = None
         else:
-            stored_time_ns = stored.stored_time_ns
+            surface = surface_pb.Surface()
             try:
-                surface.ParseFromString(stored.data)  # type: ignore[union-attr]
+                surface.ParseFromString(stored.data)
             except Exception:
                 return None
-        if surface is not None:
             tenor = next((t for t in surface.tenors if t.tenor_days == tenor_days), None)
             point = {
                 "time_ns": t_ns,
-                "stored_time_ns": stored_time_ns,
+                "stored_time_ns": stored.stored_time_ns,
                 "revision": surface.revision,
                 "available": bool(tenor and tenor.available),
                 "metrics": metrics_json(tenor.metrics) if tenor and tenor.available else None,

@@ -314,7 +314,7 @@ def test_around_midnight_the_latest_stored_surface_wins_across_two_dates(tmp_pat
         assert found is not None and found.revision == revision, when
 
 
-async def test_the_dashboards_scrubber_and_series_reach_into_the_archive(api: Api) -> None:
+async def test_the_dashboards_scrubber_reaches_into_the_archive(api: Api) -> None:
     from aiohttp import web
 
     from svc_api.dashboard.app import Dashboard
@@ -341,19 +341,6 @@ async def test_the_dashboards_scrubber_and_series_reach_into_the_archive(api: Ap
             async with http.get(url) as resp:
                 body = await resp.json()
             assert resp.status == 200 and body["from_archive"] and body["revision"] == 17
-            url = f"{base}/series?venue=deribit&currency=BTC&hours=0.02&points=10&tenor=30"
-            async with http.get(url) as resp:
-                series = await resp.json()
-            assert resp.status == 200, series
-            points = series["points"]
-            assert len(points) >= 5, series
-            tenor_atm = {
-                s.revision: next(t for t in s.tenors if t.tenor_days == 30).metrics.atm_vol
-                for s in api.published
-            }
-            for p in points:
-                assert p["stored_time_ns"] is None  # from the archive
-                assert p["metrics"]["atm"] == pytest.approx(tenor_atm[p["revision"]])
     finally:
         dashboard.close()
         await runner.cleanup()

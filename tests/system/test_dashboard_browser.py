@@ -272,8 +272,16 @@ READ_SMILE = """(() => {
 
 
 def check_smile(tab: Page, system: UpSystem, venue: str, currency: str, expiry: str) -> None:
-    surface, shown = same_revision(system, tab, venue, currency, READ_SMILE)
-    s = next(s for s in surface.slices if s.expiry_label == expiry)
+    # Early in a run a slice can drop out of one revision and come back in the next (too few
+    # quotes for a moment): the page then shows another expiry. Look again, a few times.
+    for _attempt in range(5):
+        surface, shown = same_revision(system, tab, venue, currency, READ_SMILE)
+        if shown["expiry"] == expiry and any(s.expiry_label == expiry for s in surface.slices):
+            break
+        time.sleep(1.0)
+    found = next((s for s in surface.slices if s.expiry_label == expiry), None)
+    assert found is not None, f"{expiry} not in revision {surface.revision} of {venue}/{currency}"
+    s = found
     # The address names the expiry once picked; before, the page shows its default one.
     assert shown["expiry"] == expiry
     assert shown["hash"] in (f"#/smile/{venue}/{currency}", f"#/smile/{venue}/{currency}/{expiry}")

@@ -544,7 +544,7 @@ async function loadSeries() {
     sc.max = String(Math.floor(data.now_ns / 1e6));
     if (first) { sc.value = sc.max; loadAt(Number(sc.value) * 1e6); }
     $("history-note").textContent = data.history_start_ns
-      ? `History from the archive and the SURFACE stream: ${timeText(data.history_start_ns)} to now; ${data.points.length} points of the ${data.tenor_days}-day tenor.`
+      ? `History from the SURFACE stream: ${timeText(data.history_start_ns)} to now; ${data.points.length} points of the ${data.tenor_days}-day tenor.`
       : "No history for this surface yet.";
     const pts = data.points.filter((p) => p.metrics);
     const t = pts.map((p) => new Date(p.time_ns / 1e6));
