@@ -25,6 +25,7 @@ from tenacity import (
 )
 
 from volstream.bus.consumer import parse_ack_metadata
+from volstream.config import parse_rfc3339_ns
 
 
 def _unavailable_retries() -> AsyncRetrying:
@@ -92,11 +93,7 @@ async def retained(js: JetStreamContext, stream: str) -> Retained | None:
 def _stored_ns(headers: dict[str, str] | None) -> int:
     """A direct get's Nats-Time-Stamp header as epoch ns."""
     stamp = (headers or {}).get("Nats-Time-Stamp", "")
-    if not stamp:
-        return 0
-    head, _, frac = stamp.rstrip("Z").partition(".")
-    seconds = int(datetime.fromisoformat(head).replace(tzinfo=UTC).timestamp())
-    return seconds * 1_000_000_000 + int((frac + "000000000")[:9])
+    return parse_rfc3339_ns(stamp) if stamp else 0
 
 
 def check_range(have: Retained | None, stream: str, from_ns: int, to_ns: int | None) -> int:

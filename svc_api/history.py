@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from svc_api.requests import format_time_ns
+from volstream.config import parse_rfc3339_ns
 
 DIRECT_GET = "$JS.API.DIRECT.GET."
 
@@ -32,21 +33,6 @@ class HistoryNotFound(Exception):
 
 class HistoryUnavailable(Exception):
     """The stream cannot be queried (NATS down, stream missing, direct get disabled)."""
-
-
-def parse_rfc3339_ns(text: str) -> int:
-    """`2024-05-01T12:00:00.123456789Z` -> ns since the epoch (datetime stops at µs)."""
-    import datetime as dt
-
-    body = text.strip()
-    if body.endswith("Z"):
-        body, offset = body[:-1], "+00:00"
-    else:
-        body, offset = body[:-6], body[-6:]
-    whole, _, fraction = body.partition(".")
-    base = dt.datetime.fromisoformat(whole + offset)
-    nanos = int((fraction + "000000000")[:9]) if fraction else 0
-    return int(base.timestamp()) * 1_000_000_000 + nanos
 
 
 def _status(msg: Any) -> str | None:

@@ -54,6 +54,19 @@ def parse_utc_ns(text: str, name: str) -> int:
     return int(when.timestamp()) * 1_000_000_000 + when.microsecond * 1000
 
 
+def parse_rfc3339_ns(text: str) -> int:
+    """`2024-05-01T12:00:00.123456789Z` -> ns since the epoch (datetime stops at µs)."""
+    body = text.strip()
+    if body.endswith("Z"):
+        body, offset = body[:-1], "+00:00"
+    else:
+        body, offset = body[:-6], body[-6:]
+    whole, _, fraction = body.partition(".")
+    base = datetime.fromisoformat(whole + offset)
+    nanos = int((fraction + "000000000")[:9]) if fraction else 0
+    return int(base.timestamp()) * 1_000_000_000 + nanos
+
+
 @dataclass(frozen=True)
 class Partition:
     """A (venue, currency) partition: the unit of ordering and of scaling."""

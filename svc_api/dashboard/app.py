@@ -53,12 +53,12 @@ from svc_api.history import (
     HistoryNotFound,
     HistoryUnavailable,
     SurfaceHistory,
-    parse_rfc3339_ns,
 )
 from svc_api.hub import SurfaceHub
 from svc_api.requests import FUTURE_TOLERANCE_NS, ApiError, format_time_ns, parse_expiry, parse_key
 from svc_api.server import expiry_label_of
 from svc_api.store import SurfaceEntry, SurfaceKey
+from volstream.config import parse_rfc3339_ns
 from volstream.subjects import Subjects
 from volstream.telemetry import Metrics
 from volstream.v1 import surface_pb2 as surface_pb

@@ -19,11 +19,11 @@ from aiohttp import web
 
 from svc_api.dashboard.app import Dashboard, DashboardOptions, TicketBook, series_step_ns
 from svc_api.dashboard.views import RateTracker, overview_row, surface_json
-from svc_api.history import parse_rfc3339_ns
 from svc_api.server import ApiHandle
 from svc_api.store import SurfaceEntry, SurfaceKey
 from tests.api.conftest import Bus, StartApi, expiry_label, make_smile, make_surface
 from volstream.bus.embedded import free_port
+from volstream.config import parse_rfc3339_ns
 from volstream.v1 import surface_pb2 as surface_pb
 from volstream.v1 import surface_service_pb2 as api_pb
 from volstream.v1 import surface_service_pb2_grpc as api_grpc

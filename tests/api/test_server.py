@@ -309,7 +309,7 @@ async def test_surface_at_a_past_time_comes_from_the_stream_history(
     history = SurfaceHistory(bus.nc, "SURFACE")
     for rev, seq in zip((1, 2, 3), seqs, strict=True):
         msg = await bus.js.get_msg("SURFACE", seq, direct=True)
-        from svc_api.history import parse_rfc3339_ns
+        from volstream.config import parse_rfc3339_ns
 
         stored[rev] = parse_rfc3339_ns(msg.headers["Nats-Time-Stamp"])
     assert history.stream == "SURFACE"

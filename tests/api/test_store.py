@@ -7,7 +7,6 @@ import pytest
 
 from svc_api.feed import decode_smiles, decode_surface, parse_ack_subject
 from svc_api.health import SERVICE_NAME, health_statuses, surface_health_name
-from svc_api.history import parse_rfc3339_ns
 from svc_api.requests import (
     ApiError,
     format_time_ns,
@@ -18,6 +17,7 @@ from svc_api.requests import (
 )
 from svc_api.store import StreamFilter, SurfaceKey, SurfaceStore, stream_message
 from tests.api.conftest import FIRST_EXPIRY_NS, make_smile, make_surface
+from volstream.config import parse_rfc3339_ns
 from volstream.v1 import common_pb2 as common_pb
 from volstream.v1 import iv_pb2 as iv_pb
 from volstream.v1 import surface_service_pb2 as api_pb
