@@ -340,3 +340,35 @@ def test_okx_bybit_binance_rest_states_other_than_trading_are_inactive() -> None
     ]
     binance = binance_instruments(json.dumps({"optionSymbols": entries}), 1)
     assert [i.is_active for i in binance.instruments] == [True, False, False, False]
+
+
+# ---- Combinations never enter a smile ---------------------------------------------------------
+def test_deribit_combinations_never_enter_a_smile() -> None:
+    """get_instruments lists combos beside options (kind option_combo / future_combo); they
+    are skipped and counted, and a combo's ticker never becomes a quote."""
+    combo = _rest_option(
+        "BTC-CS-6AUG21-40000_45000",
+        kind="option_combo",
+        option_type=None,
+        strike=None,
+    )
+    future_combo = {
+        **_rest_option("BTC-FS-6AUG21_PERP"),
+        "kind": "future_combo",
+        "quote_currency": "USD",
+    }
+    body = json.dumps({"result": [_rest_option(CALL), _rest_option(PUT), combo, future_combo]})
+    parsed = parse_instruments(body, 1)
+    assert [i.symbol for i in parsed.instruments] == [CALL, PUT]
+    assert parsed.counts["instrument.skipped.option_combo"] == 1
+    assert parsed.counts["instrument.skipped.future_combo"] == 1
+    core = _core(list(parsed.instruments))
+    smile = _feed(core, _ticker(CALL, T0_MS), T0_MS)
+    for event in parse_frame(_ticker("BTC-CS-6AUG21-40000_45000", T0_MS + 1), 1).events:
+        core.on_market_data(event.event)
+    core.on_instruments(
+        md_pb.InstrumentSet(venue="deribit", currency="BTC", instruments=list(parsed.instruments))
+    )
+    smiles = core.flush(T0_MS * 1_000_000 + 2_000_000)
+    assert {q.symbol for s in [smile, *smiles] for q in s.quotes} == {CALL, PUT}
+    assert core.stats.unknown_symbol_events == 1
