@@ -505,6 +505,10 @@ def _instrument(entry: dict[str, Any], counts: Counter[str]) -> md_pb.Instrument
         underlying = price_index
     else:
         underlying = f"{base.lower()}_usd" if is_inverse else f"{base.lower()}_{quote.lower()}"
+    # Inverse futures and perpetuals state `contract_size` and amounts in USD (10 per BTC
+    # contract), not coins; options and linear futures in coins.
+    contract_size = req_json_number(entry, "contract_size", where)
+    size_unit = md_pb.SIZE_UNIT_USD if kind == "future" and is_inverse else md_pb.SIZE_UNIT_COIN
     # Since January 2026 `state` says whether the book is open; older bodies: `is_active`.
     state = entry.get("state")
     is_active = state == c.OPEN_STATE if isinstance(state, str) else entry.get("is_active")
@@ -518,7 +522,10 @@ def _instrument(entry: dict[str, Any], counts: Counter[str]) -> md_pb.Instrument
         or (base if premium_unit == md_pb.PREMIUM_UNIT_COIN_PER_COIN else "USD"),
         settlement_currency=settlement,
         premium_unit=premium_unit,
-        contract_size_coin=req_json_number(entry, "contract_size", where),
+        contract_size=contract_size,
+        contract_size_unit=size_unit,
+        size_unit=size_unit,
+        contract_size_coin=contract_size if size_unit == md_pb.SIZE_UNIT_COIN else 0.0,
         tick_size_native=req_json_number(entry, "tick_size", where),
         min_size_native=opt_json_number(entry, "min_trade_amount", counts, "instrument") or 0.0,
         underlying=underlying,

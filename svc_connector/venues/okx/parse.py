@@ -639,10 +639,14 @@ def _instrument(entry: dict[str, Any], counts: Counter[str]) -> md_pb.Instrument
     size_currency = str(entry.get("ctValCcy", "")).upper()
     contract_value = req_number(entry, "ctVal", where)
     multiplier = opt_number(entry, "ctMult", counts, "instrument") or 1.0
+    stated = contract_value * multiplier
     if size_currency == currency:
-        contract_size = contract_value * multiplier
+        contract_size, stated_unit = stated, md_pb.SIZE_UNIT_COIN
     else:
         contract_size = 0.0  # a USD face value (inverse futures): no size in coins
+        stated_unit = (
+            md_pb.SIZE_UNIT_USD if size_currency in USD_QUOTES else md_pb.SIZE_UNIT_UNSPECIFIED
+        )
         counts["instrument.face_not_in_coin"] += 1
     state = entry.get("state")
     instrument = md_pb.Instrument(
@@ -651,6 +655,10 @@ def _instrument(entry: dict[str, Any], counts: Counter[str]) -> md_pb.Instrument
         currency=currency,
         settlement_currency=settle,
         contract_size_coin=contract_size,
+        contract_size=stated,
+        contract_size_unit=stated_unit,
+        # Book sizes, minSz and lotSz count contracts.
+        size_unit=md_pb.SIZE_UNIT_CONTRACT,
         tick_size_native=req_number(entry, "tickSz", where),
         min_size_native=opt_number(entry, "minSz", counts, "instrument")
         or opt_number(entry, "lotSz", counts, "instrument")
