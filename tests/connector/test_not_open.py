@@ -131,6 +131,8 @@ def test_a_deribit_ticker_not_open_yields_no_price_and_no_iv(state: str) -> None
     for field in ("bid_iv", "ask_iv", "mark_iv", "delta"):
         assert not ticker.HasField(field), field
     assert ticker.forward_usd == 40210.5 and ticker.index_price_usd == 40190.2
+    # The state is news for the connector too (withdrawn like an instrument.state change).
+    assert [(s.symbol, s.state) for s in parse_frame(raw, 1).instrument_states] == [(CALL, state)]
     quote = _quote(_feed(core, raw, T0_MS + 100), CALL)
     assert [quote.bid_iv_status, quote.ask_iv_status, quote.mark_iv_status] == [
         iv_pb.IV_STATUS_MISSING_PRICE
@@ -201,6 +203,7 @@ def _state_frame(name: str, state: str) -> str:
     ("venue", "symbols", "frame"),
     [
         ("deribit", (CALL, PUT), _state_frame(CALL, "halted")),
+        ("deribit", (CALL, PUT), _ticker(CALL, T0_MS, state="locked")),
         (
             "okx",
             ("BTC-USD-210806-40000-C", "BTC-USD-210806-40000-P"),

@@ -322,6 +322,9 @@ def _parse_ticker(
             result, currency, symbol, fields, timestamp_ms * MS_TO_NS, receive_time_ns, c.SOURCE
         )
         counts["ticker.not_open"] += 1
+        # Also state news: the connector withdraws the instrument (its book may still hold
+        # prices) as an instrument.state notification would.
+        result.instrument_states.append(InstrumentStateChange(symbol, str(state)))
         return
     bid_price = opt_json_number(data, "best_bid_price", counts, "ticker")
     bid_size = opt_json_number(data, "best_bid_amount", counts, "ticker")
