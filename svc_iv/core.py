@@ -6,7 +6,7 @@ expiry whose inputs changed since the previous flush. Every price side that need
 (bids, asks, marks), across all the expiries of a flush, goes through one vectorised
 `implied_vol` call (its cost is mostly per call: one call per expiry cost twice as much).
 
-Forward policy (`IvConfig.forward_policy`, CLI `--iv-forward-policy`, docs/quant.md 2.1):
+Forward policy (`IvConfig.forward_policy`, CLI `--iv-forward-policy`, docs/quant.md section 2):
 - "current" (default, the venues' convention): every price of an expiry is solved on the
   expiry's current forward, as Deribit, OKX and Bybit compute their own bid_iv/ask_iv.
   Market makers requote within a fraction of a second of an index move, and a price that
