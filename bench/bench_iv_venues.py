@@ -16,6 +16,10 @@ ETH, the Bybit and Binance options) are built from the symbol by the same parse,
 venue's list shape, with the venue's tick (Deribit 0.0005 BTC/ETH, Bybit 5 USDC, Binance
 5 USDT).
 
+Not compared: Deribit's perpetual ticker (no IVs) and Binance's 2025-12 ``optionMarkPrice``
+messages, which SOURCES.md marks as documentation examples, not recordings (the BTC one
+quotes a call below intrinsic; tests/iv/test_venue_fixtures.py checks both for shape).
+
 A difference is explained when a one-tick move of the price, at that quote (its forward,
 strike and time), moves the IV at least as much. Reported per policy and venue: sides
 compared, median / p99 / max |diff| in vol points, diffs above 0.05 and how many of those
