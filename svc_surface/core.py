@@ -27,7 +27,14 @@ from typing import Literal
 import numpy as np
 
 from svc_surface import arbitrage, metrics, refit, repair
-from svc_surface.fit import FitConfig, SliceData, SviFitResult, fit_svi_slices
+from svc_surface.fit import (
+    FitConfig,
+    SliceData,
+    SviFitResult,
+    WingCaps,
+    fit_svi_slices,
+    wing_slopes,
+)
 from svc_surface.quotes import (
     BoolArray,
     Prior,
@@ -41,7 +48,7 @@ from svc_surface.quotes import (
 )
 from svc_surface.ssvi import SsviParams, fit_ssvi_surface
 from svc_surface.wire import encode_quote_fits
-from volmath.svi import RawSvi, implied_vol, raw_to_jw
+from volmath.svi import RawSvi, implied_vol, raw_to_jw, total_variance
 from volstream.v1 import common_pb2 as common_pb
 from volstream.v1 import iv_pb2 as iv_pb
 from volstream.v1 import surface_pb2 as surface_pb
@@ -109,8 +116,8 @@ class SliceCache:
     fit: SviFitResult
     smile_keys: tuple[SmileKey, ...] = ()
     matrix: QuoteMatrix | None = None
-    # The published params when an arbitrage repair changed the fit: the next repair of
-    # this slice starts from them.
+    # The published params when an arbitrage repair or wing caps changed the fit: the
+    # next repair of this slice starts from them.
     repaired: RawSvi | None = None
     # (venue, symbol) of quotes no arbitrage-free slice reached (dropped after the repair): while
     # they stay that far from the published slice, the next fit leaves them out at once.
@@ -122,6 +129,9 @@ class SliceCache:
     prior_t: float = math.nan
     prior_ns: int = 0
     prior_info: float = 0.0
+    # The fit under the calendar caps on its wings (fit_svi_slices wing_caps) and those
+    # caps, when they bound it: reused while fit and caps are unchanged.
+    capped: tuple[WingCaps, SviFitResult] | None = None
 
 
 @dataclass(frozen=True)
@@ -366,6 +376,9 @@ class _Working:
     smile_keys: tuple[SmileKey, ...] = ()
     repair_outliers: frozenset[tuple[str, str]] = frozenset()
     prior: Prior | None = None
+    # The fit under calendar caps on its wings (None: the fit needs none); `fit` stays
+    # the free fit (warm start and smoothing prior, like a repair it is not fed back).
+    capped: tuple[WingCaps, SviFitResult] | None = None
     # slice_data() of (selected, prior) as last computed: the fit and the repair both need it.
     _data: tuple[SelectedQuotes, Prior | None, SliceData] | None = None
 
@@ -379,6 +392,10 @@ class _Working:
         ):
             self._data = (self.selected, self.prior, self.selected.slice_data(None, self.prior))
         return self._data[2]
+
+    def calibrated(self) -> SviFitResult | None:
+        """The fit to publish (before any repair): the capped one when capped."""
+        return self.capped[1] if self.capped is not None else self.fit
 
     def information(self) -> float:
         """Sum of the used quotes' weights (inverse variances)."""
@@ -622,7 +639,7 @@ def _repair(
         [
             repair.SliceToRepair(
                 t=w.job.t,
-                params=w.fit.params,
+                params=w.calibrated().params,  # type: ignore[union-attr]
                 data=_refit_data(w, cfg.fit.band_epsilon),
                 label=w.job.expiry_label,
                 warm=w.job.cache.repaired if w.job.cache is not None else None,
@@ -633,6 +650,109 @@ def _repair(
         cfg.check_k_range,
         cfg.fit.wing_bound,
         memo,
+    )
+
+
+_CAP_ROUNDS = 3
+# Where _order_wings looks for crossings (per unit of the check range) and the calendar
+# room it aims for there, relative to the later slice's total variance.
+_WING_POINTS = 61
+_WING_MARGIN = 1e-6
+# Later rounds cut past the linear estimate by these factors (the refit's other
+# parameters take some of a cut back).
+_CUT_FACTORS = (1.0, 1.5, 2.0)
+
+
+def _order_wings(fitted: list[_Working], cfg: SurfaceConfig) -> None:
+    """Calendar order in the extrapolated wings, inside the calibration: a slice whose
+    wing (beyond its own quotes) rises above the next later slice on the check range is
+    refitted with that wing's slope capped (the inner problem's box, fit_svi_slices
+    wing_caps) instead of being repaired afterwards. Lowering a slope by d lowers w by
+    about d |k - m| there: the first cap is the slope less what closes the worst gap,
+    but never below the later slice's own slope (where the wings stop diverging: a cut
+    past it would flatten the quoted wing for nothing); later rounds close what is left
+    (equal slopes whose asymptotes still cross, a slice lowered that now crosses the one
+    before), a few batched refits in all. Crossings inside the quotes are data conflicts,
+    left to the repair. fitted: sorted by T; a slice's `fit` stays its free fit."""
+    if len(fitted) < 2:
+        return
+    lo, hi = cfg.check_k_range
+    grid = np.linspace(lo, hi, _WING_POINTS)
+    quoted = []
+    for w in fitted:
+        k_used = w.selected.k[w.selected.used]
+        quoted.append((float(k_used.min()), float(k_used.max())) if k_used.size else (hi, lo))
+    caps: dict[int, WingCaps] = {}
+    refused: set[int] = set()
+    for factor in _CUT_FACTORS:
+        params = [f.params for f in (w.calibrated() for w in fitted) if f is not None]
+        totals = np.array([total_variance(p, grid) for p in params])
+        room = totals[1:] * (1.0 - _WING_MARGIN) - totals[:-1]
+        todo: list[tuple[_Working, WingCaps]] = []
+        for i in np.flatnonzero(np.any(room < 0.0, axis=1)).tolist():
+            w, p = fitted[i], params[i]
+            if i in refused:
+                continue
+            q_lo, q_hi = quoted[i]
+            short = np.maximum(-room[i], 0.0) * ((grid < q_lo) | (grid > q_hi))
+            if not np.any(short > 0.0):
+                continue  # inside the quotes: the repair's
+            cut = factor * short / np.maximum(np.abs(grid - p.m), 0.1)
+            left = grid < p.m
+            own, later = wing_slopes(p), wing_slopes(params[i + 1])
+            put = own.put - float(np.max(cut * left, initial=0.0))
+            call = own.call - float(np.max(cut * ~left, initial=0.0))
+            if i not in caps:
+                put = max(put, min(later.put, own.put))
+                call = max(call, min(later.call, own.call))
+            old = caps.get(i, WingCaps(math.inf, math.inf))
+            cap = WingCaps(min(old.put, max(put, 0.0)), min(old.call, max(call, 0.0)))
+            caps[i] = cap
+            cache = w.job.cache
+            if (
+                w.reused
+                and cache is not None
+                and cache.capped is not None
+                and cache.capped[0] == cap
+                and cache.fit is w.fit
+            ):
+                w.capped = cache.capped  # same fit, same caps: same capped fit
+                continue
+            todo.append((w, cap))
+        if not todo:
+            return
+        base = [w.fit.params if w.fit is not None else None for w, _ in todo]
+        refits = fit_svi_slices([w.data() for w, _ in todo], base, cfg.fit, [c for _, c in todo])
+        for (w, cap), f in zip(todo, refits, strict=True):
+            if _atm_within_quotes(w, f.params, cfg):
+                w.capped = (cap, f)
+            else:
+                w.capped = None  # the repair's, with its own rules
+                refused.add(fitted.index(w))
+
+
+def _atm_within_quotes(w: _Working, p: RawSvi, cfg: SurfaceConfig) -> bool:
+    """The repair's rule for a capped fit too: the ATM vol moves from the free fit's only
+    within the quotes' bid/ask band at the money and by no more than its width."""
+    assert w.fit is not None
+    t = w.job.t
+    band = _refit_data(w, cfg.fit.band_epsilon).atm_band(t)
+    if band is None:
+        return True
+    lo, hi = band
+    ref = math.sqrt(max(float(total_variance(w.fit.params, 0.0)), 0.0) / t)
+    atm_w = float(total_variance(p, 0.0))
+    if not atm_w > 0.0:
+        return False
+    atm = math.sqrt(atm_w / t)
+    tol = 1e-9 + 1e-9 * abs(ref)
+    inside = min(lo, ref) - tol <= atm <= max(hi, ref) + tol
+    return inside and abs(atm - ref) <= (hi - lo) + tol
+
+
+def _exceeds(slopes: WingCaps, cap: WingCaps) -> bool:
+    return bool(
+        slopes.put > cap.put * (1.0 + 1e-9) + 1e-12 or slopes.call > cap.call * (1.0 + 1e-9) + 1e-12
     )
 
 
@@ -661,16 +781,19 @@ def run_fit_job(job: FitJob) -> FitJobResult:
             _fit_svi(work, cfg, job.now_ns)
     work.sort(key=lambda w: w.job.t)
     fitted = [w for w in work if w.fit is not None]
+    svi = cfg.model != surface_pb.SURFACE_MODEL_SSVI
+    if svi:
+        _order_wings(fitted, cfg)
     memo = refit.RefitMemo()
     outcomes = _repair(fitted, cfg, memo)
     if cfg.drop_outliers and cfg.model != surface_pb.SURFACE_MODEL_SSVI:
         # A quote the unconstrained fit went through (a lone wing quote has that
         # leverage) can be one that no arbitrage-free surface reaches: judged against
-        # the repaired slice it is an outlier, and the slice is refitted and repaired
-        # without it.
+        # the repaired (or wing-capped) slice it is an outlier, and the slice is
+        # refitted and repaired without it.
         again: list[_Working] = []
         for w, outcome in zip(fitted, outcomes, strict=True):
-            if not outcome.repaired or outcome.params is None:
+            if not (outcome.repaired or w.capped is not None) or outcome.params is None:
                 continue
             sel = w.selected
             used = np.flatnonzero(sel.used)
@@ -688,6 +811,8 @@ def run_fit_job(job: FitJob) -> FitJobResult:
             )
             for w, f in zip(again, refits, strict=True):
                 w.fit = _combine(w.fit, f)
+                w.capped = None
+            _order_wings(fitted, cfg)
             outcomes = _repair(fitted, cfg, memo)
     published: list[tuple[_Working, repair.RepairOutcome, RawSvi]] = []
     for w, outcome in zip(fitted, outcomes, strict=True):
@@ -700,7 +825,7 @@ def run_fit_job(job: FitJob) -> FitJobResult:
     repaired = {
         w.job.expiry_time_ns: o.params
         for w, o in zip(fitted, outcomes, strict=True)
-        if o.repaired and o.params is not None
+        if (o.repaired or w.capped is not None) and o.params is not None
     }
     caches = {
         w.job.expiry_time_ns: SliceCache(
@@ -712,6 +837,7 @@ def run_fit_job(job: FitJob) -> FitJobResult:
             repaired.get(w.job.expiry_time_ns),
             w.repair_outliers,
             *_prior_state(w, job.now_ns),
+            capped=w.capped,
         )
         for w in fitted
         if w.fit is not None
