@@ -107,6 +107,17 @@ SmileKey = tuple[str, int, int]  # venue, event time, sequence
 
 
 @dataclass(frozen=True)
+class CappedFit:
+    """A fit under calendar caps on its wing slopes (_order_wings): the caps it settled
+    on, the first estimate they started from (its ratio to the settled caps corrects the
+    next revision's first estimate) and the fit."""
+
+    caps: WingCaps
+    first: WingCaps
+    fit: SviFitResult
+
+
+@dataclass(frozen=True)
 class SliceCache:
     """What a slice's last fit left behind: its inputs' identity and fingerprint, the
     selection, the fit and the encoded quote matrix."""
@@ -131,7 +142,7 @@ class SliceCache:
     prior_info: float = 0.0
     # The fit under the calendar caps on its wings (fit_svi_slices wing_caps) and those
     # caps, when they bound it: reused while fit and caps are unchanged.
-    capped: tuple[WingCaps, SviFitResult] | None = None
+    capped: CappedFit | None = None
 
 
 @dataclass(frozen=True)
@@ -378,7 +389,7 @@ class _Working:
     prior: Prior | None = None
     # The fit under calendar caps on its wings (None: the fit needs none); `fit` stays
     # the free fit (warm start and smoothing prior, like a repair it is not fed back).
-    capped: tuple[WingCaps, SviFitResult] | None = None
+    capped: CappedFit | None = None
     # slice_data() of (selected, prior) as last computed: the fit and the repair both need it.
     _data: tuple[SelectedQuotes, Prior | None, SliceData] | None = None
 
@@ -395,7 +406,7 @@ class _Working:
 
     def calibrated(self) -> SviFitResult | None:
         """The fit to publish (before any repair): the capped one when capped."""
-        return self.capped[1] if self.capped is not None else self.fit
+        return self.capped.fit if self.capped is not None else self.fit
 
     def information(self) -> float:
         """Sum of the used quotes' weights (inverse variances)."""
@@ -658,6 +669,7 @@ _CAP_ROUNDS = 3
 # room it aims for there, relative to the later slice's total variance.
 _WING_POINTS = 61
 _WING_MARGIN = 1e-6
+_WING_AIM = 1e-3
 # Later rounds cut past the linear estimate by these factors (the refit's other
 # parameters take some of a cut back).
 _CUT_FACTORS = (1.0, 1.5, 2.0)
@@ -683,6 +695,7 @@ def _order_wings(fitted: list[_Working], cfg: SurfaceConfig) -> None:
         k_used = w.selected.k[w.selected.used]
         quoted.append((float(k_used.min()), float(k_used.max())) if k_used.size else (hi, lo))
     caps: dict[int, WingCaps] = {}
+    first: dict[int, WingCaps] = {}
     refused: set[int] = set()
     for factor in _CUT_FACTORS:
         params = [f.params for f in (w.calibrated() for w in fitted) if f is not None]
@@ -694,26 +707,36 @@ def _order_wings(fitted: list[_Working], cfg: SurfaceConfig) -> None:
             if i in refused:
                 continue
             q_lo, q_hi = quoted[i]
-            short = np.maximum(-room[i], 0.0) * ((grid < q_lo) | (grid > q_hi))
-            if not np.any(short > 0.0):
+            outside = (grid < q_lo) | (grid > q_hi)
+            if not np.any((room[i] < 0.0) & outside):
                 continue  # inside the quotes: the repair's
+            # Aim past the crossing by a wider margin (hysteresis: the next revision's
+            # noise should not bring it back and cost another round).
+            short = np.maximum(totals[i] - totals[i + 1] * (1.0 - _WING_AIM), 0.0) * outside
             cut = factor * short / np.maximum(np.abs(grid - p.m), 0.1)
             left = grid < p.m
             own, later = wing_slopes(p), wing_slopes(params[i + 1])
-            put = own.put - float(np.max(cut * left, initial=0.0))
-            call = own.call - float(np.max(cut * ~left, initial=0.0))
+            put_cut = float(np.max(cut * left, initial=0.0))
+            call_cut = float(np.max(cut * ~left, initial=0.0))
+            put = own.put - put_cut if put_cut > 0.0 else math.inf
+            call = own.call - call_cut if call_cut > 0.0 else math.inf
+            cache = w.job.cache
             if i not in caps:
                 put = max(put, min(later.put, own.put))
                 call = max(call, min(later.call, own.call))
+                first[i] = WingCaps(put, call)
+                if cache is not None and cache.capped is not None:
+                    last = cache.capped
+                    put = _corrected(put, last.first.put, last.caps.put)
+                    call = _corrected(call, last.first.call, last.caps.call)
             old = caps.get(i, WingCaps(math.inf, math.inf))
             cap = WingCaps(min(old.put, max(put, 0.0)), min(old.call, max(call, 0.0)))
             caps[i] = cap
-            cache = w.job.cache
             if (
                 w.reused
                 and cache is not None
                 and cache.capped is not None
-                and cache.capped[0] == cap
+                and cache.capped.caps == cap
                 and cache.fit is w.fit
             ):
                 w.capped = cache.capped  # same fit, same caps: same capped fit
@@ -721,14 +744,36 @@ def _order_wings(fitted: list[_Working], cfg: SurfaceConfig) -> None:
             todo.append((w, cap))
         if not todo:
             return
-        base = [w.fit.params if w.fit is not None else None for w, _ in todo]
+        base = [_cap_start(w) for w, _ in todo]
         refits = fit_svi_slices([w.data() for w, _ in todo], base, cfg.fit, [c for _, c in todo])
         for (w, cap), f in zip(todo, refits, strict=True):
             if _atm_within_quotes(w, f.params, cfg):
-                w.capped = (cap, f)
+                w.capped = CappedFit(cap, first[fitted.index(w)], f)
             else:
                 w.capped = None  # the repair's, with its own rules
                 refused.add(fitted.index(w))
+
+
+def _corrected(fresh: float, last_first: float, last_settled: float) -> float:
+    """A first cap estimate corrected by how far the previous revision's first estimate
+    was from the cap it settled on (estimates undershoot alike from one revision to the
+    next: the refit's other parameters take part of every cut back)."""
+    if not (math.isfinite(fresh) and math.isfinite(last_first) and last_first > 0.0):
+        return fresh
+    if not math.isfinite(last_settled):
+        return fresh
+    return fresh * min(last_settled / last_first, 1.0)
+
+
+def _cap_start(w: _Working) -> RawSvi | None:
+    """Where a capped refit starts: the slice's capped fit so far (an earlier round), else
+    the previous revision's capped fit of this slice, else its free fit."""
+    if w.capped is not None:
+        return w.capped.fit.params
+    cache = w.job.cache
+    if cache is not None and cache.capped is not None:
+        return cache.capped.fit.params
+    return w.fit.params if w.fit is not None else None
 
 
 def _atm_within_quotes(w: _Working, p: RawSvi, cfg: SurfaceConfig) -> bool:

@@ -65,6 +65,11 @@ class FitConfig:
     # Newton polish.
     max_iter: int = 40
     band_iter: int = 6
+    # A slice stops after idle_iter iterations in a row that gained less than gain_rtol
+    # of its objective (the last digits of a fit to noisy quotes cost iterations, not
+    # accuracy).
+    gain_rtol: float = 1e-4
+    idle_iter: int = 2
     xtol: float = 1e-10
     step_floor: float = 1e-6
     sigma_min: float = 1e-4
@@ -603,6 +608,7 @@ def _polish(b: _Batch, state: _SearchState, cfg: FitConfig, max_iter: int) -> No
     floor = cfg.step_floor
     active = np.ones(s_count, dtype=bool)
     stalls = np.zeros(s_count, dtype=np.int64)
+    idle = np.zeros(s_count, dtype=np.int64)
     for _ in range(max_iter):
         rows = np.flatnonzero(active)
         if rows.size == 0:
@@ -621,6 +627,9 @@ def _polish(b: _Batch, state: _SearchState, cfg: FitConfig, max_iter: int) -> No
         # Gains at rounding level do not count: they only come from noise in F.
         real_gain = obj[sel, idx] < prev_best * (1.0 - 1e-13) - 1e-300
         stalls[rows] = np.where(real_gain, 0, stalls[rows] + 1)
+        # Gains below gain_rtol of the objective are far below the quotes' noise.
+        meaningful = obj[sel, idx] < prev_best * (1.0 - cfg.gain_rtol) - 1e-300
+        idle[rows] = np.where(meaningful, 0, idle[rows] + 1)
         upd = rows[improved]
         state.best_obj[upd] = obj[sel, idx][improved]
         state.best_pt[upd] = pts[sel, idx][improved]
@@ -665,6 +674,7 @@ def _polish(b: _Batch, state: _SearchState, cfg: FitConfig, max_iter: int) -> No
         done |= stuck & (r <= floor * 1.0000001)
         # No real gain for a while: converged once the stencil is fine, or hopeless.
         done |= ((stalls[rows] >= 3) & (new_r <= 1e-4)) | (stalls[rows] >= 8)
+        done |= idle[rows] >= cfg.idle_iter
         active[rows[done]] = False
     state.step = radius[:, None] * units_at(state.centre, b.span)
     # The last Newton point may not have been evaluated: do it once.
@@ -774,7 +784,7 @@ def fit_svi_slices(
     quotes outside their band, a coarse sentinel grid checks for a better basin.
     wing_caps[i], when given, bounds slice i's wing slopes inside the calibration (the
     inner problem's box), as calendar order against a later slice requires; such a fit
-    starts from the free fit's basin (warm) and runs no sentinel grid.
+    starts from a fit of the same quotes (warm) and runs no sentinel grid.
     Raises ValueError on unusable input (fewer than 3 quotes, T <= 0, non-positive vols).
     """
     cfg = config or FitConfig()
@@ -824,7 +834,7 @@ def fit_svi_slices(
             sig = math.exp(warm_pts[i, 1])
             starts.append((int(r), warm_pts[i], np.array([0.05 * sig, 0.05])))
     _polish_starts(b, starts, cfg, state)
-    if warm_rows.size:
+    if warm_rows.size and wing_caps is None:
         # A warm fit inside every quote's band cannot be beaten on the band term; one that
         # is not may sit in a stale basin: a coarse sentinel grid checks, and a better
         # sentinel point is polished too (the market moved to another basin).
