@@ -390,6 +390,8 @@ class _Working:
     # The fit under calendar caps on its wings (None: the fit needs none); `fit` stays
     # the free fit (warm start and smoothing prior, like a repair it is not fed back).
     capped: CappedFit | None = None
+    # The fit of the selection under last revision's caps, done with the free fits.
+    speculative: tuple[SelectedQuotes, SviFitResult] | None = None
     # slice_data() of (selected, prior) as last computed: the fit and the repair both need it.
     _data: tuple[SelectedQuotes, Prior | None, SliceData] | None = None
 
@@ -529,7 +531,19 @@ def _fit_svi(work: list[_Working], cfg: SurfaceConfig, now_ns: int) -> None:
     for w in todo:
         w.prior = _prior(w, now_ns, cfg.smoothing_half_life_s)
     warm = [w.job.cache.fit.params if w.job.cache is not None else None for w in todo]
-    fits = fit_svi_slices([w.data() for w in todo], warm, cfg.fit)
+    # Slices capped last time are fitted under those caps too, in the same batch (rows
+    # cost little next to passes): _order_wings takes that fit when the caps still hold.
+    again_capped = [w for w in todo if w.job.cache is not None and w.job.cache.capped is not None]
+    last = [w.job.cache.capped for w in again_capped if w.job.cache is not None]
+    fits = fit_svi_slices(
+        [w.data() for w in todo + again_capped],
+        warm + [c.fit.params for c in last if c is not None],
+        cfg.fit,
+        [None] * len(todo) + [c.caps for c in last if c is not None],
+    )
+    for w, f in zip(again_capped, fits[len(todo) :], strict=True):
+        w.speculative = (w.selected, f)
+    fits = fits[: len(todo)]
     for w, f in zip(todo, fits, strict=True):
         w.fit = f
     if not cfg.drop_outliers:
@@ -702,6 +716,7 @@ def _order_wings(fitted: list[_Working], cfg: SurfaceConfig) -> None:
         totals = np.array([total_variance(p, grid) for p in params])
         room = totals[1:] * (1.0 - _WING_MARGIN) - totals[:-1]
         todo: list[tuple[_Working, WingCaps]] = []
+        reused = False
         for i in np.flatnonzero(np.any(room < 0.0, axis=1)).tolist():
             w, p = fitted[i], params[i]
             if i in refused:
@@ -731,6 +746,14 @@ def _order_wings(fitted: list[_Working], cfg: SurfaceConfig) -> None:
                     call = _corrected(call, last.first.call, last.caps.call)
             old = caps.get(i, WingCaps(math.inf, math.inf))
             cap = WingCaps(min(old.put, max(put, 0.0)), min(old.call, max(call, 0.0)))
+            if i not in caps and cache is not None and cache.capped is not None:
+                done = w.speculative
+                if done is not None and done[0] is w.selected and _close(cache.capped.caps, cap):
+                    # Last revision's caps still hold: their fit came with the free fits.
+                    caps[i] = cache.capped.caps
+                    w.capped = CappedFit(cache.capped.caps, first[i], done[1])
+                    reused = True
+                    continue
             caps[i] = cap
             if (
                 w.reused
@@ -743,6 +766,8 @@ def _order_wings(fitted: list[_Working], cfg: SurfaceConfig) -> None:
                 continue
             todo.append((w, cap))
         if not todo:
+            if reused:
+                continue  # the next round checks the reused fits
             return
         base = [_cap_start(w) for w, _ in todo]
         refits = fit_svi_slices([w.data() for w, _ in todo], base, cfg.fit, [c for _, c in todo])
@@ -752,6 +777,19 @@ def _order_wings(fitted: list[_Working], cfg: SurfaceConfig) -> None:
             else:
                 w.capped = None  # the repair's, with its own rules
                 refused.add(fitted.index(w))
+
+
+# Last revision's caps are kept while the fresh estimate is within this share of them.
+_CAP_KEEP = 0.05
+
+
+def _close(last: WingCaps, fresh: WingCaps) -> bool:
+    for a, b in ((last.put, fresh.put), (last.call, fresh.call)):
+        if math.isinf(a) != math.isinf(b):
+            return False
+        if math.isfinite(a) and abs(a - b) > _CAP_KEEP * max(b, 1e-12):
+            return False
+    return True
 
 
 def _corrected(fresh: float, last_first: float, last_settled: float) -> float:

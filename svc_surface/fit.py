@@ -784,7 +784,7 @@ def fit_svi_slices(
     quotes outside their band, a coarse sentinel grid checks for a better basin.
     wing_caps[i], when given, bounds slice i's wing slopes inside the calibration (the
     inner problem's box), as calendar order against a later slice requires; such a fit
-    starts from a fit of the same quotes (warm) and runs no sentinel grid.
+    (a finite cap) starts from a fit of the same quotes (warm) and runs no sentinel grid.
     Raises ValueError on unusable input (fewer than 3 quotes, T <= 0, non-positive vols).
     """
     cfg = config or FitConfig()
@@ -834,12 +834,13 @@ def fit_svi_slices(
             sig = math.exp(warm_pts[i, 1])
             starts.append((int(r), warm_pts[i], np.array([0.05 * sig, 0.05])))
     _polish_starts(b, starts, cfg, state)
-    if warm_rows.size and wing_caps is None:
+    free_rows = warm_rows[~(np.isfinite(b.put_cap) | np.isfinite(b.call_cap))[warm_rows]]
+    if free_rows.size:
         # A warm fit inside every quote's band cannot be beaten on the band term; one that
         # is not may sit in a stale basin: a coarse sentinel grid checks, and a better
         # sentinel point is polished too (the market moved to another basin).
         outside = np.any(_outside_band(b, _fitted_w(b, state), cfg.band_tolerance_vol), axis=1)
-        check = warm_rows[outside[warm_rows]]
+        check = free_rows[outside[free_rows]]
         if check.size:
             found, steps = _grid_search(b, check, cfg, cfg.sentinel_m, cfg.sentinel_sigma, 1)
             sentinel = np.array([pt for _, pt in found])
