@@ -8,7 +8,10 @@ as min w >= 0, which short-dated crypto smiles need): the best of the unconstrai
 solution and every face, edge and corner. The outer 2-D problem in (m, ln sigma) is
 searched by a coarse grid, then polished by Newton steps on a 3x3 finite-difference
 stencil (multi-start optional). Every stage is vectorised across slices so a whole
-surface costs a handful of numpy passes.
+surface costs a handful of numpy passes. Optional per-slice caps on the wing slopes
+(WingCaps: put b (1 - rho) = v / sigma, call b (1 + rho) = u / sigma) tighten the box's
+u and v faces: calendar order against a later expiry, inside the calibration
+(docs/quant.md section 4).
 
 The objective respects the bid/ask band: per quote, the squared distance of the fitted
 total variance to [w_bid, w_ask] plus epsilon times the squared distance to the mid. It
