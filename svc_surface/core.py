@@ -683,7 +683,7 @@ _CAP_ROUNDS = 3
 # room it aims for there, relative to the later slice's total variance.
 _WING_POINTS = 61
 _WING_MARGIN = 1e-6
-_WING_AIM = 1e-3
+_WING_AIM = 1e-2
 # Later rounds cut past the linear estimate by these factors (the refit's other
 # parameters take some of a cut back).
 _CUT_FACTORS = (1.0, 1.5, 2.0)
@@ -748,7 +748,12 @@ def _order_wings(fitted: list[_Working], cfg: SurfaceConfig) -> None:
             cap = WingCaps(min(old.put, max(put, 0.0)), min(old.call, max(call, 0.0)))
             if i not in caps and cache is not None and cache.capped is not None:
                 done = w.speculative
-                if done is not None and done[0] is w.selected and _close(cache.capped.caps, cap):
+                free = wing_slopes(w.fit.params) if w.fit is not None else own
+                if (
+                    done is not None
+                    and done[0] is w.selected
+                    and _close(cache.capped.caps, cap, free)
+                ):
                     # Last revision's caps still hold: their fit came with the free fits.
                     caps[i] = cache.capped.caps
                     w.capped = CappedFit(cache.capped.caps, first[i], done[1])
@@ -783,11 +788,14 @@ def _order_wings(fitted: list[_Working], cfg: SurfaceConfig) -> None:
 _CAP_KEEP = 0.05
 
 
-def _close(last: WingCaps, fresh: WingCaps) -> bool:
-    for a, b in ((last.put, fresh.put), (last.call, fresh.call)):
-        if math.isinf(a) != math.isinf(b):
-            return False
-        if math.isfinite(a) and abs(a - b) > _CAP_KEEP * max(b, 1e-12):
+def _close(last: WingCaps, fresh: WingCaps, free: WingCaps) -> bool:
+    """Last revision's caps serve for fresh ones: each side within _CAP_KEEP, or uncapped
+    now and last time's cap above the free fit's slope (it does not bind)."""
+    for a, b, own in ((last.put, fresh.put, free.put), (last.call, fresh.call, free.call)):
+        if math.isinf(b):
+            if not a >= own:
+                return False
+        elif not abs(a - b) <= _CAP_KEEP * max(b, 1e-12):
             return False
     return True
 
