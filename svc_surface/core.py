@@ -747,28 +747,20 @@ def _order_wings(fitted: list[_Working], cfg: SurfaceConfig) -> None:
             old = caps.get(i, WingCaps(math.inf, math.inf))
             cap = WingCaps(min(old.put, max(put, 0.0)), min(old.call, max(call, 0.0)))
             if i not in caps and cache is not None and cache.capped is not None:
-                done = w.speculative
                 free = wing_slopes(w.fit.params) if w.fit is not None else own
-                if (
-                    done is not None
-                    and done[0] is w.selected
-                    and _close(cache.capped.caps, cap, free)
-                ):
-                    # Last revision's caps still hold: their fit came with the free fits.
-                    caps[i] = cache.capped.caps
-                    w.capped = CappedFit(cache.capped.caps, first[i], done[1])
-                    reused = True
-                    continue
+                if _close(cache.capped.caps, cap, free):
+                    # Last revision's caps still hold: their fit is at hand (the slice
+                    # unchanged), or came with the free fits.
+                    done = w.speculative
+                    kept: CappedFit | None = None
+                    if w.reused and cache.fit is w.fit:
+                        kept = cache.capped
+                    elif done is not None and done[0] is w.selected:
+                        kept = CappedFit(cache.capped.caps, first[i], done[1])
+                    if kept is not None:
+                        w.capped, caps[i], reused = kept, cache.capped.caps, True
+                        continue
             caps[i] = cap
-            if (
-                w.reused
-                and cache is not None
-                and cache.capped is not None
-                and cache.capped.caps == cap
-                and cache.fit is w.fit
-            ):
-                w.capped = cache.capped  # same fit, same caps: same capped fit
-                continue
             todo.append((w, cap))
         if not todo:
             if reused:
