@@ -68,9 +68,9 @@ class FitConfig:
     # Newton polish.
     max_iter: int = 40
     band_iter: int = 6
-    # A slice stops after idle_iter iterations in a row that gained less than gain_rtol
-    # of its objective (the last digits of a fit to noisy quotes cost iterations, not
-    # accuracy).
+    # A warm-started slice stops after idle_iter iterations in a row that gained less
+    # than gain_rtol of its objective (the last digits of a refit to noisy quotes cost
+    # iterations, not accuracy; cold fits, rare, search to the end).
     gain_rtol: float = 1e-4
     idle_iter: int = 2
     xtol: float = 1e-10
@@ -157,6 +157,8 @@ class _Batch:
     # of Lee's bound: a slice below its later neighbour's wings (calendar order).
     put_cap: Array = field(default_factory=lambda: np.zeros(0))
     call_cap: Array = field(default_factory=lambda: np.zeros(0))
+    # (S,) warm-started slices: their polish stops on idle iterations (gain_rtol).
+    warm: BoolArray = field(default_factory=lambda: np.zeros(0, dtype=bool))
 
     def __post_init__(self) -> None:
         if self.a_floor.shape != self.span.shape:
@@ -165,6 +167,8 @@ class _Batch:
             self.put_cap = np.full(self.span.shape, np.inf)
         if self.call_cap.shape != self.span.shape:
             self.call_cap = np.full(self.span.shape, np.inf)
+        if self.warm.shape != self.span.shape:
+            self.warm = np.zeros(self.span.shape, dtype=bool)
         self.set_target(self.target)
 
     def set_target(self, target: Array) -> None:
@@ -191,6 +195,7 @@ class _Batch:
             a_floor=self.a_floor[rows],
             put_cap=self.put_cap[rows],
             call_cap=self.call_cap[rows],
+            warm=self.warm[rows],
         )
 
 
@@ -677,7 +682,7 @@ def _polish(b: _Batch, state: _SearchState, cfg: FitConfig, max_iter: int) -> No
         done |= stuck & (r <= floor * 1.0000001)
         # No real gain for a while: converged once the stencil is fine, or hopeless.
         done |= ((stalls[rows] >= 3) & (new_r <= 1e-4)) | (stalls[rows] >= 8)
-        done |= idle[rows] >= cfg.idle_iter
+        done |= b.warm[rows] & (idle[rows] >= cfg.idle_iter)
         active[rows[done]] = False
     state.step = radius[:, None] * units_at(state.centre, b.span)
     # The last Newton point may not have been evaluated: do it once.
@@ -810,6 +815,7 @@ def fit_svi_slices(
             for p in warm_list
         ]
     )
+    b.warm = is_warm
     all_rows = np.arange(s_count)
     cold_rows = all_rows[~is_warm]
     warm_rows = all_rows[is_warm]
