@@ -115,6 +115,8 @@ class CappedFit:
     caps: WingCaps
     first: WingCaps
     fit: SviFitResult
+    # The fingerprint of the selection it was fitted to.
+    fingerprint: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -140,8 +142,9 @@ class SliceCache:
     prior_t: float = math.nan
     prior_ns: int = 0
     prior_info: float = 0.0
-    # The fit under the calendar caps on its wings (fit_svi_slices wing_caps) and those
-    # caps, when they bound it: reused while fit and caps are unchanged.
+    # The slice's last fit under calendar caps on its wings (this revision's, or an
+    # earlier one's while the crossing comes and goes): the next revision fits under
+    # those caps too, in the free-fit batch, and starts its cap estimate from them.
     capped: CappedFit | None = None
 
 
@@ -753,10 +756,10 @@ def _order_wings(fitted: list[_Working], cfg: SurfaceConfig) -> None:
                     # unchanged), or came with the free fits.
                     done = w.speculative
                     kept: CappedFit | None = None
-                    if w.reused and cache.fit is w.fit:
+                    if w.reused and cache.capped.fingerprint == w.fingerprint:
                         kept = cache.capped
                     elif done is not None and done[0] is w.selected:
-                        kept = CappedFit(cache.capped.caps, first[i], done[1])
+                        kept = CappedFit(cache.capped.caps, first[i], done[1], w.fingerprint)
                     if kept is not None:
                         w.capped, caps[i], reused = kept, cache.capped.caps, True
                         continue
@@ -770,24 +773,27 @@ def _order_wings(fitted: list[_Working], cfg: SurfaceConfig) -> None:
         refits = fit_svi_slices([w.data() for w, _ in todo], base, cfg.fit, [c for _, c in todo])
         for (w, cap), f in zip(todo, refits, strict=True):
             if _atm_within_quotes(w, f.params, cfg):
-                w.capped = CappedFit(cap, first[fitted.index(w)], f)
+                w.capped = CappedFit(cap, first[fitted.index(w)], f, w.fingerprint)
             else:
                 w.capped = None  # the repair's, with its own rules
                 refused.add(fitted.index(w))
 
 
-# Last revision's caps are kept while the fresh estimate is within this share of them.
-_CAP_KEEP = 0.05
+# Last revision's caps are kept while the fresh estimate is at most this much tighter
+# (a tighter need would mostly cross again) or this much looser (the cost: a far wing
+# held up to that much flatter than needed, until the estimate moves further).
+_CAP_KEEP_TIGHTER = 0.03
+_CAP_KEEP_LOOSER = 0.15
 
 
 def _close(last: WingCaps, fresh: WingCaps, free: WingCaps) -> bool:
-    """Last revision's caps serve for fresh ones: each side within _CAP_KEEP, or uncapped
-    now and last time's cap above the free fit's slope (it does not bind)."""
+    """Last revision's caps serve for fresh ones: each side within the keep window, or
+    uncapped now and last time's cap above the free fit's slope (it does not bind)."""
     for a, b, own in ((last.put, fresh.put, free.put), (last.call, fresh.call, free.call)):
         if math.isinf(b):
             if not a >= own:
                 return False
-        elif not abs(a - b) <= _CAP_KEEP * max(b, 1e-12):
+        elif not b * (1.0 - _CAP_KEEP_LOOSER) <= a <= b * (1.0 + _CAP_KEEP_TIGHTER):
             return False
     return True
 
@@ -920,7 +926,7 @@ def run_fit_job(job: FitJob) -> FitJobResult:
             repaired.get(w.job.expiry_time_ns),
             w.repair_outliers,
             *_prior_state(w, job.now_ns),
-            capped=w.capped,
+            capped=w.capped or (w.job.cache.capped if w.job.cache is not None else None),
         )
         for w in fitted
         if w.fit is not None
