@@ -505,7 +505,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         kwargs: dict[str, Any] = {}
         if args.name == "sim" and args.port is not None:
             kwargs["port"] = args.port
-        with contextlib.suppress(KeyboardInterrupt):
+        from volstream.profiling import profiled
+
+        with contextlib.suppress(KeyboardInterrupt), profiled(args.name):
             asyncio.run(module.run(cfg, **kwargs))
         return
     if args.command in ("replay", "diff"):
