@@ -388,7 +388,8 @@ async def test_rate_control_sets_pauses_and_rejects_bad_values(
     assert (await stats(sim))["venues"]["deribit"]["counters"]["frames_sent"] == before
     status, body = await control_rate(sim, {"messages_per_second": 500, "venue": "deribit"})
     assert status == 200 and body["ok"]
-    for bad in ({"messages_per_second": -1}, {"messages_per_second": "x"}, [], {"venue": 3}):
+    bad_bodies: list[object] = [{"messages_per_second": -1}, {"messages_per_second": "x"}, []]
+    for bad in [*bad_bodies, {"venue": 3}]:
         status, body = await control_rate(sim, bad)
         assert status == 400 and not body["ok"], bad
     status, body = await control_rate(sim, {"messages_per_second": 1, "venue": "nasdaq"})
