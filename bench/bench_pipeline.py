@@ -407,7 +407,6 @@ class LatencyClient(threading.Thread):
 @dataclass
 class Reconciliation:
     lines: list[tuple[str, int, int]] = field(default_factory=list)  # (what, expected, got)
-    bad_injected: int = 0
     dead_lettered: int = 0
     ignored: dict[str, int] = field(default_factory=dict)
 
@@ -481,11 +480,14 @@ class RateResult:
     frames: int = 0  # frames the connectors received in the window
     latencies_ms: list[float] = field(default_factory=list)
     cpu_pct: dict[str, float] = field(default_factory=dict)
-    rss_mb: dict[str, float] = field(default_factory=dict)
+    rss_mb: dict[str, tuple[float, float]] = field(default_factory=dict)  # window start, end
     recon: Reconciliation = field(default_factory=Reconciliation)
     drain_s: float = 0.0
     drained: bool = False
-    bad_sent: int = 0
+    bad_sent: dict[str, int] = field(default_factory=lambda: dict.fromkeys(BAD_KINDS, 0))
+
+    def unknown_channels_ignored(self) -> int:
+        return sum(n for k, n in self.recon.ignored.items() if k.startswith("unknown_channel"))
 
     def pct(self, q: float) -> float:
         if not self.latencies_ms:
@@ -510,7 +512,7 @@ async def measure_rate(
     pids = system.pids()
     client.offset_ns = await system.clock_offset_ns()
     start_snap = await system.snapshot()
-    cpu0 = {name: tree_cpu_rss(pid)[0] for name, pid in pids.items()}
+    at_start = {name: tree_cpu_rss(pid) for name, pid in pids.items()}
     client.latencies_ms = []
     client.recording = True
     started = time.monotonic()
@@ -534,14 +536,15 @@ async def measure_rate(
                 per = args.bad / len(system.venues) / len(BAD_KINDS) / connections[v]
                 count = max(1, round(per))
                 for kind in BAD_KINDS:
-                    result.bad_sent += await system.inject(v, kind, count)
+                    result.bad_sent[kind] += await system.inject(v, kind, count)
         await asyncio.sleep(0.05)
     client.recording = False
     result.seconds = time.monotonic() - started
     for name, pid in pids.items():
         cpu, rss = tree_cpu_rss(pid)
-        result.cpu_pct[name] = 100 * (cpu - cpu0.get(name, cpu)) / result.seconds
-        result.rss_mb[name] = rss / 2**20
+        cpu0, rss0 = at_start.get(name, (cpu, rss))
+        result.cpu_pct[name] = 100 * (cpu - cpu0) / result.seconds
+        result.rss_mb[name] = (rss0 / 2**20, rss / 2**20)
     end_snap = await system.snapshot()
     result.frames = sum(
         int(end_snap.connector[v].get("frames", 0) - start_snap.connector[v].get("frames", 0))
@@ -551,7 +554,6 @@ async def measure_rate(
     await system.set_total_rate(0)
     after, result.drain_s, result.drained = await system.drained(args.drain_timeout)
     result.recon = reconcile(before, after, system.venues)
-    result.recon.bad_injected = result.bad_sent
     return result, after
 
 
@@ -575,8 +577,13 @@ def print_tables(results: Sequence[RateResult]) -> None:
         ("latency p99 ms", *(f"{r.pct(0.99):.0f}" for r in results)),
         ("latency max ms", *(f"{r.pct(1.0):.0f}" for r in results)),
         ("loss (frames + messages)", *(str(r.recon.loss) for r in results)),
-        ("bad frames injected", *(str(r.recon.bad_injected) for r in results)),
-        ("frames dead-lettered", *(str(r.recon.dead_lettered) for r in results)),
+        (
+            "bad: truncated + wrong types sent",
+            *(str(r.bad_sent["malformed"] + r.bad_sent["wrong_types"]) for r in results),
+        ),
+        ("  frames dead-lettered", *(str(r.recon.dead_lettered) for r in results)),
+        ("bad: unknown channels sent", *(str(r.bad_sent["unknown_channel"]) for r in results)),
+        ("  ignored as unknown channel", *(str(r.unknown_channels_ignored()) for r in results)),
         ("drained after s", *(f"{r.drain_s:.1f}" if r.drained else "NOT" for r in results)),
         ("CPU % services (of 200)", *(f"{r.services_cpu():.0f}" for r in results)),
         (
@@ -589,11 +596,20 @@ def print_tables(results: Sequence[RateResult]) -> None:
         (f"CPU % {short(s)}", *(f"{r.cpu_pct.get(s, 0):.0f}" for r in results)) for s in services
     ]
     rows += [
-        (f"RSS MB {short(s)}", *(f"{r.rss_mb.get(s, 0):.0f}" for r in results)) for s in services
+        (
+            f"RSS MB {short(s)} start/end",
+            *("{:.0f}/{:.0f}".format(*r.rss_mb.get(s, (0.0, 0.0))) for r in results),
+        )
+        for s in services
     ]
     print_rows(rows)
     for r in results:
-        ignored = ", ".join(f"{k} {v}" for k, v in sorted(r.recon.ignored.items()))
+        merged: dict[str, int] = {}
+        for k, v in r.recon.ignored.items():
+            # Binance names an unknown channel's counter after the stream: one line for all.
+            k = "unknown_channel.*" if k.startswith("unknown_channel") else k
+            merged[k] = merged.get(k, 0) + v
+        ignored = ", ".join(f"{k} {v}" for k, v in sorted(merged.items()))
         print(f"\n{r.rate:,} msg/s: ignored frames: {ignored or 'none'}")
         for line in r.recon.failed():
             print(f"  LOSS {line}")
