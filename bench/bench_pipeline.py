@@ -264,7 +264,22 @@ class System:
         async with self.http.get(f"http://127.0.0.1:{self.metrics_ports[service]}/metrics") as r:
             return parse_metrics(await r.text())
 
+    def restarts(self) -> dict[str, int]:
+        """Services `up` restarted (a restart resets a service's counts: no reconciliation)."""
+        services = self.up.state()["services"]
+        return {name: s["restarts"] for name, s in services.items() if s.get("restarts")}
+
     async def snapshot(self) -> Snapshot:
+        """Every count now; a service that does not answer is an error naming the restarts."""
+        try:
+            return await self._snapshot()
+        except aiohttp.ClientError as exc:
+            raise RuntimeError(
+                f"a service did not answer ({exc}); restarts: {self.restarts()}\n"
+                + self.up.log()[-3000:]
+            ) from exc
+
+    async def _snapshot(self) -> Snapshot:
         snap = Snapshot()
         snap.sim_frames = await self.sim_frames()
         for service in self.metrics_ports:
