@@ -52,6 +52,7 @@ import contextlib
 import math
 import os
 import re
+import shutil
 import sys
 import tempfile
 import threading
@@ -717,7 +718,9 @@ async def bench_main(args: argparse.Namespace) -> None:
             client.stop()
         if system is not None:
             await system.close()
-        stop_up(up)
+        stop_up(up, timeout_s=30)
+    # The data directory (NATS store, archive) goes; after a failure it stays, for its log.
+    shutil.rmtree(tmp, ignore_errors=True)
     print_tables(results)
 
 
