@@ -149,6 +149,11 @@ class OkxMutator(JsonMutator):
     def payloads(self, obj: Any) -> list[dict[str, Any]]:
         return entries_of(obj.get("data")) if isinstance(obj, dict) else []
 
+    def rename_channel(self, obj: Any) -> None:
+        arg = obj.get("arg") if isinstance(obj, dict) else None
+        if isinstance(arg, dict):
+            arg["channel"] = "sim-unknown"
+
 
 class OkxSession(PushSession):
     pass

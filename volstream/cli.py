@@ -509,11 +509,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(run_up(cfg, sim=args.sim))
     if args.command == "svc":
         setup_logging(cfg.log_level)
-        module = importlib.import_module(SERVICE_MODULES[args.name])
-        kwargs: dict[str, Any] = {}
-        if args.name == "sim" and args.port is not None:
-            kwargs["port"] = args.port
-        with contextlib.suppress(KeyboardInterrupt):
+        from volstream.profiling import profiled
+
+        # Profiling (a developer's switch) starts before the imports: its signals are safe
+        # to send as soon as the process exists.
+        with contextlib.suppress(KeyboardInterrupt), profiled(args.name):
+            module = importlib.import_module(SERVICE_MODULES[args.name])
+            kwargs: dict[str, Any] = {}
+            if args.name == "sim" and args.port is not None:
+                kwargs["port"] = args.port
             asyncio.run(module.run(cfg, **kwargs))
         return
     if args.command in ("replay", "diff"):

@@ -176,7 +176,7 @@ class JetStreamPublisher:
         self.duplicates = 0
         self.retries = 0
         self.failures = 0
-        self._reported = (0, 0, 0)
+        self._reported = (0, 0, 0, 0)
 
     # --- public API ------------------------------------------------------------------------
     async def publish(
@@ -483,8 +483,9 @@ class JetStreamPublisher:
         if self._metrics is None:
             return
         out = self.published + self.duplicates
-        last_out, last_retries, last_failures = self._reported
+        last_out, last_retries, last_failures, last_duplicates = self._reported
         self._metrics.events_out.add(out - last_out)
+        self._metrics.publish_duplicates.add(self.duplicates - last_duplicates)
         self._metrics.publish_retries.add(self.retries - last_retries)
         self._metrics.failures.add(self.failures - last_failures, {"kind": "publish"})
-        self._reported = (out, self.retries, self.failures)
+        self._reported = (out, self.retries, self.failures, self.duplicates)
