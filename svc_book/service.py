@@ -290,7 +290,8 @@ async def run(cfg: Config) -> None:
     async with service_context(cfg, SERVICE) as ctx:
         partitions = cfg.owned_partitions()
         stage = BookStage(ctx, partitions)
-        await stage.restore(ctx)
+        if cfg.rebuild == "resume":  # "replay": the runner rebuilds the books from MD
+            await stage.restore(ctx)
         await ctx.start_stage(stage_inputs(ctx, partitions), stage)
         log.info("book service owns %s", ", ".join(str(p) for p in partitions))
         await ctx.wait_stopped()

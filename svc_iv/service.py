@@ -172,7 +172,8 @@ async def run(cfg: Config) -> None:
     async with service_context(cfg, SERVICE) as ctx:
         partitions = cfg.owned_partitions()
         stage = IvStage(ctx, partitions)
-        await stage.bootstrap(ctx)
+        if cfg.rebuild == "resume":  # "replay": the runner rebuilds the chains from BOOK
+            await stage.bootstrap(ctx)
         # Closers run last-registered first: the runner finishes its batch, then the pool goes.
         ctx.on_close(stage.close)
         await ctx.start_stage(stage_inputs(ctx, partitions), stage)

@@ -160,7 +160,8 @@ async def run(cfg: Config) -> None:
         if cfg.consolidate == "only":  # every venue of the configured currencies
             partitions = tuple(Partition(v, c) for v in cfg.venues for c in cfg.currencies)
         stage = SurfaceStage(ctx, partitions)
-        await stage.bootstrap(ctx)
+        if cfg.rebuild == "resume":  # "replay": the runner rebuilds the fits from IV
+            await stage.bootstrap(ctx)
         await ctx.start_stage(stage_inputs(ctx, partitions), stage)
         log.info(
             "surface service owns %s; consolidated: %s",

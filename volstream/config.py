@@ -131,6 +131,12 @@ class Config:
     consolidate: str = "auto"
     # Book staleness in event time.
     book_stale_ms: int = 30_000
+    # How a restarted book, IV or surface stage gets its state back: "resume" (restore its
+    # counters and what the last messages of the streams say, ask the connector for fresh
+    # snapshots) or "replay" (replay its input stream up to the durable's ack floor with
+    # outputs discarded: the same output as without the restart while the stream still
+    # holds the stage's whole input; volstream/bus/rebuild.py, docs/chaos.md).
+    rebuild: str = "resume"
     # API: surfaces older than this are NOT_SERVING in health.
     api_stale_ms: int = 15_000
     api_token: str | None = None
@@ -219,6 +225,8 @@ class Config:
             raise ConfigError(f"retention_log_s: {self.retention_log_s} must be positive")
         if self.archive_roll_rows <= 0:
             raise ConfigError(f"archive_roll_rows: {self.archive_roll_rows} must be positive")
+        if self.rebuild not in ("resume", "replay"):
+            raise ConfigError(f"rebuild: {self.rebuild!r} must be resume or replay")
         if self.consolidate not in ("auto", "only", "off"):
             raise ConfigError(f"consolidate: {self.consolidate!r} must be auto, only or off")
         if not 0.0 <= self.surface_smoothing_s <= 86_400.0:

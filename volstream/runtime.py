@@ -93,6 +93,7 @@ class ServiceContext:
             handler,
             self.metrics,
             publisher=self.publisher,  # one publisher per process; the context closes it
+            rebuild=self.cfg.rebuild == "replay",
         )
         await runner.start()
         self.on_close(runner.stop)

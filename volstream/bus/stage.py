@@ -74,6 +74,7 @@ from volstream.bus.dlq import (
     venue_of,
 )
 from volstream.bus.publisher import JetStreamPublisher
+from volstream.bus.rebuild import rebuild_from_input
 from volstream.bus.streams import ConsumerSpec, ensure_consumer
 from volstream.config import Config
 from volstream.subjects import Subjects, token
@@ -246,7 +247,10 @@ class StageRunner:
         idle_heartbeat_s: float = 2.5,
         retry_backoff_s: float = 0.5,
         max_retry_backoff_s: float = 10.0,
+        rebuild: bool = False,
     ) -> None:
+        """``rebuild``: before consuming, replay each input up to its durable's ack floor
+        through the handler with outputs discarded (``volstream.bus.rebuild``)."""
         if not inputs:
             raise ValueError("a stage needs at least one input")
         self._nc = nc
@@ -267,6 +271,7 @@ class StageRunner:
         self.publisher = publisher or JetStreamPublisher(nc, metrics=metrics)
         self.dead_letters = DeadLetters(self.publisher, subjects, self.service, metrics)
         self._ensure_consumers = ensure_consumers
+        self._rebuild = rebuild
         self._tracer = tracer
         self._lock = asyncio.Lock()
         self.consumers: list[PullConsumer] = []
@@ -284,6 +289,9 @@ class StageRunner:
         for spec in self.inputs:
             if self._ensure_consumers:
                 await ensure_consumer(js, spec.consumer_spec())
+            if self._rebuild:
+                async with self._lock:
+                    await rebuild_from_input(self._nc, spec, self._handler)
             consumer = PullConsumer(
                 self._nc,
                 spec.stream,
