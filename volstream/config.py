@@ -131,6 +131,9 @@ class Config:
     consolidate: str = "auto"
     # Book staleness in event time.
     book_stale_ms: int = 30_000
+    # Replicas of every stream (JetStream R1..R5): 1 on one server (`up`), 3 on the 3-node
+    # cluster in deploy/ (a quorum survives a node; docs/chaos.md).
+    stream_replicas: int = 1
     # How a restarted book, IV or surface stage gets its state back: "resume" (restore its
     # counters and what the last messages of the streams say, ask the connector for fresh
     # snapshots) or "replay" (replay its input stream up to the durable's ack floor with
@@ -225,6 +228,8 @@ class Config:
             raise ConfigError(f"retention_log_s: {self.retention_log_s} must be positive")
         if self.archive_roll_rows <= 0:
             raise ConfigError(f"archive_roll_rows: {self.archive_roll_rows} must be positive")
+        if not 1 <= self.stream_replicas <= 5:
+            raise ConfigError(f"stream_replicas: {self.stream_replicas} must be in [1, 5]")
         if self.rebuild not in ("resume", "replay"):
             raise ConfigError(f"rebuild: {self.rebuild!r} must be resume or replay")
         if self.consolidate not in ("auto", "only", "off"):
