@@ -44,11 +44,11 @@ def loopback_conf(
     text = _rewrite(text, r"^http: 0\.0\.0\.0:8222$", f"http: 127.0.0.1:{http_port}")
     text = _rewrite(text, r"^pid_file: .*$", f'pid_file: "{node_dir / "nats.pid"}"')
     text = _rewrite(text, r"^  store_dir: .*$", f'  store_dir: "{node_dir / "jetstream"}"')
-    text = _rewrite(
-        text, r"^  listen: 0\.0\.0\.0:6222$", f"  listen: 127.0.0.1:{cluster_port}"
-    )
+    text = _rewrite(text, r"^  listen: 0\.0\.0\.0:6222$", f"  listen: 127.0.0.1:{cluster_port}")
     routes = "\n".join(f"    nats://127.0.0.1:{p}" for p in route_ports)
-    text = _rewrite(text, r"^  routes: \[\n(?:    nats://\S+\n)+  \]$", f"  routes: [\n{routes}\n  ]")
+    text = _rewrite(
+        text, r"^  routes: \[\n(?:    nats://\S+\n)+  \]$", f"  routes: [\n{routes}\n  ]"
+    )
     return text
 
 
