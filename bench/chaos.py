@@ -329,6 +329,7 @@ class Run:
         self.publish_times: list[float] = []  # since t0, per input message
         self.samples: list[tuple[float, int]] = []  # (since t0, SURFACE last seq)
         self.input_done = asyncio.Event()
+        self.kills: dict[str, int] = defaultdict(int)
 
     def now(self) -> float:
         return time.monotonic() - self.t0
@@ -406,9 +407,14 @@ class Run:
             log.info("fault %s %s at %.1fs", fault.kind, fault.target, fault.at_s)
 
     async def _pick(self, supervisor: Supervisor) -> Child:
+        """A running stage, among those killed least so far (every stage gets its share)."""
         await self._wait(lambda: any(_alive(c) for c in supervisor.children))
         alive = [c for c in supervisor.children if _alive(c)]
-        return alive[self.rng.randrange(len(alive))]
+        fewest = min(self.kills[c.spec.name] for c in alive)
+        least = [c for c in alive if self.kills[c.spec.name] == fewest]
+        child = least[self.rng.randrange(len(least))]
+        self.kills[child.spec.name] += 1
+        return child
 
     @staticmethod
     async def _wait(condition: Callable[[], bool], timeout_s: float = 60.0) -> None:
@@ -443,7 +449,7 @@ class Run:
             if pending or sizes != last or not all(_alive(c) for c in supervisor.children):
                 last = sizes
                 quiet_since = time.monotonic()
-            elif time.monotonic() - quiet_since >= 3.0:
+            elif time.monotonic() - quiet_since >= 2.0:
                 return True
         return False
 
@@ -499,6 +505,7 @@ async def run_chaos(opts: ChaosOptions) -> ChaosResult:
             supervisor = QuietSupervisor(specs, opts.log_path or work / "services.log")
             nc = await connect(nats.url, "chaos-admin", user=admin[0], password=admin[1])
             run.t0 = time.monotonic()
+            log.info("system up at %.1f s", run.t0 - started)
             tasks = [
                 asyncio.create_task(supervisor.run(stop)),
                 asyncio.create_task(keep_nats_running(nats, stop, supervisor)),
@@ -509,7 +516,9 @@ async def run_chaos(opts: ChaosOptions) -> ChaosResult:
             publisher = asyncio.create_task(run.publish_input(nats.url, admin, records))
             await run.inject(faults, supervisor, nats)
             await publisher
+            log.info("input published at %.1f s", run.now())
             drained = await run.drain(nc, cfg, supervisor)
+            log.info("drained (%s) at %.1f s", drained, run.now())
             sampler_stop.set()
             await sampler
             restarts = {c.spec.name: c.restarts for c in supervisor.children}
@@ -523,7 +532,9 @@ async def run_chaos(opts: ChaosOptions) -> ChaosResult:
             stop.set()
             nats.stop()
     md_ids = {m.headers.get("Nats-Msg-Id") if m.headers else None for m in md}
+    log.info("streams read at %.1f s", time.monotonic() - started)
     reference, after = await reference_run(cfg, md)
+    log.info("reference at %.1f s", time.monotonic() - started)
     verdict = compare(reference, live)
     for fault in faults:
         fault.recovery_s = _recovery(
@@ -666,6 +677,7 @@ def main(argv: list[str] | None = None) -> int:
         log_path=args.log,
     )
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    log.setLevel(logging.INFO)
     result = asyncio.run(run_chaos(opts))
     print(report(result))
     if args.json is not None:
