@@ -4,8 +4,9 @@
 About 6 s of recorded fixed-seed market data (one venue, one currency), published over 24 s,
 flows through the real book, IV and surface processes under ``volstream up``'s supervisor
 while each stage is SIGKILLed once, nats-server is SIGKILLed once and one process is stalled
-(SIGSTOP/SIGCONT): every message of BOOK, IV and SURFACE must be identical to the fault-free reference, with no
-gap and no duplicate, and every fault must be recovered from. No timing is asserted.
+(SIGSTOP/SIGCONT): every message of BOOK, IV and SURFACE must be identical to the fault-free
+reference, with no gap and no duplicate, and every fault must be recovered from. No timing
+is asserted.
 """
 
 from __future__ import annotations
