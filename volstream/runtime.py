@@ -94,9 +94,16 @@ class ServiceContext:
     def ready(self) -> bool:
         return self.nc.is_connected and all(check() for check in self.ready_checks)
 
-    async def start_stage(self, inputs: list[StageInput], handler: StageHandler) -> StageRunner:
+    async def start_stage(
+        self,
+        inputs: list[StageInput],
+        handler: StageHandler,
+        after_partial_rebuild: Callable[[], Awaitable[None]] | None = None,
+    ) -> StageRunner:
         """Run ``handler`` over ``inputs`` with this process's publisher, stopped at shutdown
-        (register closers that must run after the runner's last batch before calling this)."""
+        (register closers that must run after the runner's last batch before calling this).
+        Under ``rebuild=replay`` the runner rebuilds the handler's state from its inputs
+        first (``volstream.bus.rebuild``; ``after_partial_rebuild`` as there)."""
         runner = StageRunner(
             self.nc,
             self.service,
@@ -106,6 +113,7 @@ class ServiceContext:
             self.metrics,
             publisher=self.publisher,  # one publisher per process; the context closes it
             rebuild=self.cfg.rebuild == "replay",
+            after_partial_rebuild=after_partial_rebuild,
         )
         await runner.start()
         self.on_close(runner.stop)

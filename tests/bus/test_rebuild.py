@@ -104,3 +104,33 @@ async def test_rebuild_reads_up_to_the_ack_floor_only(
     assert handler.total == 15 and stats.handled == 5 and stats.discarded == 5
     assert stats.through_seq == 9  # in.mine 5 is the stream's 9th message
     assert len(await sums(nc)) == 5  # nothing published by a rebuild
+
+
+async def test_a_stream_that_lost_its_head_gives_a_partial_rebuild(
+    nats_server: EmbeddedNats, nc: Client
+) -> None:
+    await make_stream(nc, "IN", "in.>")
+    await make_stream(nc, "OUT", "out.>")
+    await publish(nc, range(1, 6))
+    await run_until(nc, RunningSum(), 5, rebuild=True)
+    await nc.jetstream().purge_stream("IN", seq=3)  # as retention would: seqs 1, 2 gone
+    called: list[bool] = []
+
+    async def continue_counters() -> None:
+        called.append(True)
+
+    handler = RunningSum()
+    runner = StageRunner(
+        nc,
+        "sum",
+        Subjects(),
+        [INPUT],
+        handler,
+        setup_telemetry("test"),
+        rebuild=True,
+        after_partial_rebuild=continue_counters,
+    )
+    await runner.start()
+    await runner.stop()
+    assert called == [True]
+    assert handler.total == 15 - 1  # in.mine 1 (seq 1) is gone

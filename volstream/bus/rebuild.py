@@ -19,7 +19,9 @@ The guarantee: the restarted stage publishes exactly what an uninterrupted one w
 (same payloads, header sequences and revisions) *if the input stream still holds every
 message the stage has consumed since it first started*. When the stream's retention has
 dropped the head, the state is rebuilt from what remains (books without their snapshot stay
-invalid until the venue sends one) and the output is valid but not identical.
+invalid until the venue sends one), the output is valid but not identical, and the stage's
+``after_partial_rebuild`` hook continues its counters (header sequences, revisions) from the
+last published messages, so that they never go back.
 """
 
 from __future__ import annotations
@@ -60,6 +62,9 @@ class RebuildStats:
     stream: str
     durable: str
     through_seq: int = 0
+    # The stream had lost messages before the first one read (aged out): the state is
+    # rebuilt from what remains, not identical (module docstring).
+    partial: bool = False
     read: int = 0
     handled: int = 0
     discarded: int = 0
@@ -116,6 +121,9 @@ async def rebuild_from_input(
         return stats
     floor = int(info.ack_floor.stream_seq or 0) if info.ack_floor else 0
     stats.through_seq = floor
+    if floor:
+        state = (await nc.jetstream().stream_info(spec.stream)).state
+        stats.partial = int(state.first_seq or 1) > 1
     seq = 1
     filters = spec.filter_subjects
     while seq <= floor:
@@ -133,6 +141,14 @@ async def rebuild_from_input(
             stats.discarded += len(await handler.handle(mine))
         seq = msgs[-1].stream_seq + 1
     stats.seconds = time.monotonic() - started
+    if stats.partial:
+        log.warning(
+            "rebuilding %s: %s no longer holds its first messages (retention): the state "
+            "is rebuilt from what remains and the output will not be identical to an "
+            "uninterrupted run's",
+            spec.durable,
+            spec.stream,
+        )
     if floor:
         log.info(
             "rebuilt %s from %s through seq %d: %d messages handled, %d outputs already "
