@@ -52,10 +52,18 @@ def loopback_conf(
     return text
 
 
+PRODUCTION_PATCH = NATS_DEPLOY.parents[2] / "overlays/production/patches/nats.yaml"
+
+
 def statefulset_env() -> dict[str, str]:
-    """The plain ``name: value`` env entries of the base StatefulSet's nats container."""
-    text = (NATS_DEPLOY / "statefulset.yaml").read_text()
-    return dict(re.findall(r"- name: (JS_\w+)\n\s+value: (\S+)", text))
+    """The JetStream limits of the nats container as the production overlay deploys them
+    (its patch over the base StatefulSet). The base's 8G store barely exceeds the 7.5 GiB
+    every stream's max_bytes reserve on each node at three replicas, and JetStream then
+    refused placement now and then ("insufficient storage")."""
+    found: dict[str, str] = {}
+    for path in (NATS_DEPLOY / "statefulset.yaml", PRODUCTION_PATCH):
+        found.update(re.findall(r"- name: (JS_\w+)\n\s+value: (\S+)", path.read_text()))
+    return found
 
 
 @dataclass

@@ -66,6 +66,9 @@ async def test_killing_the_stream_leader_loses_and_doubles_nothing(cluster: Loca
         seed=7,
         start_time_ns=PINNED_START_NS,
         nats_url=cluster.nodes[0].url,
+        # A light load: the test is about the cluster, and the reference run re-does the
+        # stages' work in one process (surfaces still come every 500 ms of event time).
+        messages_per_second=300.0,
     )
     nc = await connect(cluster.url, "cluster-test")
     js = nc.jetstream()
@@ -79,7 +82,16 @@ async def test_killing_the_stream_leader_loses_and_doubles_nothing(cluster: Loca
 
     poller = asyncio.create_task(poll())
     try:
-        async with pipeline(cluster.url, sim, surface=True, stream_replicas=3) as p:
+        # Fewer fits (one surface per second, no consolidated copy): the reference re-does
+        # every fit in this process.
+        async with pipeline(
+            cluster.url,
+            sim,
+            surface=True,
+            stream_replicas=3,
+            surface_interval_ms=1000,
+            consolidate="off",
+        ) as p:
             cfg = p.cfg
             for name in ("MD", *OUTPUT_STREAMS):
                 info = await retrying(lambda name=name: js.stream_info(name))  # type: ignore[misc]
