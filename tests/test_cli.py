@@ -37,6 +37,8 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
         (["up"], {"VOLSTREAM_HTTP_PORT": "http"}, "VOLSTREAM_HTTP_PORT"),
         (["up", "--nats", "localhost:4222"], {}, "nats_url"),
         (["up", "--tls-cert", "/tmp/x.pem"], {}, "tls_cert"),
+        (["up"], {"VOLSTREAM_REBUILD": "rewind"}, "rebuild: 'rewind'"),
+        (["up"], {"VOLSTREAM_STREAM_REPLICAS": "7"}, "stream_replicas: 7"),
         (["up", "--iv-forward-policy", "sticky"], {}, "--iv-forward-policy"),
         (["up"], {"VOLSTREAM_IV_FORWARD_POLICY": "sticky"}, "iv_forward_policy: 'sticky'"),
     ],

@@ -136,6 +136,15 @@ class Config:
     consolidate: str = "auto"
     # Book staleness in event time.
     book_stale_ms: int = 30_000
+    # Replicas of every stream (JetStream R1..R5): 1 on one server (`up`), 3 on the 3-node
+    # cluster in deploy/ (a quorum survives a node; docs/chaos.md).
+    stream_replicas: int = 1
+    # How a restarted book, IV or surface stage gets its state back: "resume" (restore its
+    # counters and what the last messages of the streams say, ask the connector for fresh
+    # snapshots) or "replay" (replay its input stream up to the durable's ack floor with
+    # outputs discarded: the same output as without the restart while the stream still
+    # holds the stage's whole input; volstream/bus/rebuild.py, docs/chaos.md).
+    rebuild: str = "resume"
     # API: surfaces older than this are NOT_SERVING in health.
     api_stale_ms: int = 15_000
     api_token: str | None = None
@@ -224,6 +233,10 @@ class Config:
             raise ConfigError(f"retention_log_s: {self.retention_log_s} must be positive")
         if self.archive_roll_rows <= 0:
             raise ConfigError(f"archive_roll_rows: {self.archive_roll_rows} must be positive")
+        if not 1 <= self.stream_replicas <= 5:
+            raise ConfigError(f"stream_replicas: {self.stream_replicas} must be in [1, 5]")
+        if self.rebuild not in ("resume", "replay"):
+            raise ConfigError(f"rebuild: {self.rebuild!r} must be resume or replay")
         if self.iv_forward_policy not in IV_FORWARD_POLICIES:
             raise ConfigError(
                 f"iv_forward_policy: {self.iv_forward_policy!r} must be one of "
