@@ -266,7 +266,12 @@ function plot(id, traces, layout) {
   if (!el) return;
   if (!window.Plotly) { el.innerHTML = `<p class="note">charts unavailable: plotly.js was not served (is the plotly package installed?)</p>`; return; }
   const base = { margin: { l: 55, r: 15, t: 30, b: 45 }, font: { size: 11 }, legend: { orientation: "h", y: -0.2 }, paper_bgcolor: "#fff", plot_bgcolor: "#fff" };
-  Plotly.react(el, traces, Object.assign(base, layout), { displaylogo: false, responsive: true });
+  const merged = Object.assign(base, layout);
+  // Titles on the left, the mode bar on the right: where the device has no hover (touch
+  // screens, a headless Firefox) plotly shows the mode bar all the time, over a centred title.
+  if (merged.title) merged.title = Object.assign({ xref: "paper", x: 0, xanchor: "left" }, merged.title);
+  // Box and lasso selection do nothing on these charts: fewer buttons, less to cover a title.
+  Plotly.react(el, traces, merged, { displaylogo: false, responsive: true, modeBarButtonsToRemove: ["select2d", "lasso2d"] });
 }
 
 // ---- overview
