@@ -222,6 +222,7 @@ async def run(name: str, dashboards: int, args: argparse.Namespace, nats_url: st
         nats_url,
         "--port-file",
         str(port_file),
+        *(["--profile-dir", str(args.profile_dir)] if args.profile_dir else []),
     )
     procs: list[asyncio.subprocess.Process] = []
     nc = await nats.connect(nats_url)
@@ -406,6 +407,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--hz", type=float, default=4.0)
     p.add_argument("--client-procs", type=int, default=2)
     p.add_argument("--quotes-per-expiry", type=int, default=40)
+    p.add_argument(
+        "--profile-dir", type=Path, help="run the API server under cProfile, stats written here"
+    )
     # internal roles
     p.add_argument("--role", choices=["bench", "server", "dashboards"], default="bench")
     p.add_argument("--nats")
@@ -414,7 +418,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--n", type=int, default=0)
     args = p.parse_args(argv)
     if args.role == "server":
-        asyncio.run(server_main(args.nats, args.port_file))
+        if args.profile_dir is None:
+            asyncio.run(server_main(args.nats, args.port_file))
+            return
+        import cProfile
+
+        with cProfile.Profile() as prof:
+            asyncio.run(server_main(args.nats, args.port_file))
+        out = args.profile_dir / f"server-{os.getpid()}.prof"
+        prof.dump_stats(out)
+        progress(f"server profile: {out}")
     elif args.role == "dashboards":
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(dashboards_main(args.http_port, args.n, partitions(args.surfaces)))

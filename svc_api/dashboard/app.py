@@ -38,12 +38,13 @@ from typing import Any
 
 from aiohttp import web
 
-from svc_api.archive import ArchiveReader
+from svc_api.archive import ArchiveReader, MetricRow, last_per_step
 from svc_api.auth import check_authorization
 from svc_api.dashboard.views import (
     Json,
     RateTracker,
     metrics_json,
+    num,
     overview_row,
     slice_json,
     smile_quotes_json,
@@ -73,6 +74,9 @@ MAX_SERIES_HOURS = 72.0
 MAX_SERIES_POINTS = 400
 # Past series points are cached (the past does not change): this many, least recent dropped.
 SERIES_CACHE_SIZE = 8192
+# The archive's part of a series, per (surface, tenor, span, step): reused this long.
+ARCHIVE_SERIES_REUSE_NS = 30_000_000_000
+ARCHIVE_SERIES_CACHE_SIZE = 64
 OVERVIEW_REUSE_NS = 100_000_000
 CONNECTIONS_NOTE = (
     "venue connection states are not published on the bus: each connector reports them on "
@@ -224,6 +228,9 @@ class Dashboard:
         # (key, with quotes) -> (entry version, JSON bytes): one serialisation per publication.
         self._surface_cache: dict[tuple[SurfaceKey, bool], tuple[int, bytes]] = {}
         self._series_cache: OrderedDict[tuple[str, int], Json | None] = OrderedDict()
+        self._archive_series_cache: dict[
+            tuple[str, int, int, int, int], tuple[int, list[MetricRow]]
+        ] = {}
         # The overview shared by every browser for OVERVIEW_REUSE_NS (ages move, little else).
         self._overview: tuple[int, int, bytes] | None = None
 
@@ -493,37 +500,108 @@ class Dashboard:
             subject = self.subjects.surface(key.venue, key.currency)
             try:
                 first = await history.first(subject)
-                now_ns = self.clock_ns()
-                # The series samples the SURFACE stream (one direct get per point): the archive
-                # is keyed by event time, and 60 archive lookups per request are too slow for
-                # a live page; the scrubber (one lookup) does reach into the archive.
-                start_ns = first.stored_time_ns if first is not None else None
-                out: list[Json] = []
-                if start_ns is not None:
-                    span_ns = min(int(hours * 3600e9), max(0, now_ns - start_ns))
+            except HistoryUnavailable as exc:
+                raise BadRequest(503, str(exc)) from None
+            now_ns = self.clock_ns()
+            stream_start = first.stored_time_ns if first is not None else None
+            window_ns = int(hours * 3600e9)
+            # Older than the stream's first message (its retention, minutes): the archive,
+            # in ONE metric-history read for that whole span (what GetMetricHistory serves),
+            # one point per step keyed by event time. The rest: the stream, one direct get
+            # per sample instant (stored time), past samples cached.
+            step_ns = series_step_ns(window_ns, points)
+            archived = await self._archived_series(
+                key, now_ns - window_ns, stream_start, now_ns, step_ns, tenor_days
+            )
+            if not archived:
+                if stream_start is None:
+                    step_ns = 0
+                else:  # the stream alone: a span from its start, finer steps
+                    span_ns = min(window_ns, max(0, now_ns - stream_start))
                     step_ns = series_step_ns(span_ns, points)
-                    # Aligned to the step, so that the same past instants recur (cache hits).
-                    end_ns = now_ns // step_ns * step_ns
-                    for i in range(points - 1, -1, -1):
-                        t_ns = end_ns - i * step_ns
-                        if t_ns < start_ns:
+            out: list[Json] = list(archived)
+            if stream_start is not None:
+                # Aligned to the step, so that the same past instants recur (cache hits).
+                end_ns = now_ns // step_ns * step_ns
+                instants = [end_ns - i * step_ns for i in range(points - 1, -1, -1)]
+                if end_ns < now_ns:  # and the latest value, however coarse the step
+                    instants.append(now_ns)
+                try:
+                    for t_ns in instants:
+                        if t_ns < stream_start:
                             continue
                         point = await self._series_point(history, key, subject, t_ns, tenor_days)
                         if point is not None:
                             out.append(point)
-            except HistoryUnavailable as exc:
-                raise BadRequest(503, str(exc)) from None
+                except HistoryUnavailable as exc:
+                    raise BadRequest(503, str(exc)) from None
             return {
                 "venue": key.venue,
                 "currency": key.currency,
                 "tenor_days": tenor_days,
-                "history_start_ns": start_ns,
-                "step_ns": step_ns if start_ns is not None else None,
+                "history_start_ns": stream_start,
+                "archive_start_ns": archived[0]["time_ns"] if archived else None,
+                "step_ns": step_ns or None,
                 "now_ns": now_ns,
                 "points": out,
             }
 
         return await self._answer(request, build)
+
+    async def _archived_series(
+        self,
+        key: SurfaceKey,
+        start_ns: int,
+        stream_start_ns: int | None,
+        now_ns: int,
+        step_ns: int,
+        tenor_days: int,
+    ) -> list[Json]:
+        """Archive points of the 30-day (tenor_days) metrics from start_ns to where the stream
+        starts (now when it holds nothing): the last revision of each step by event time."""
+        archive = self.archive
+        end_ns = stream_start_ns if stream_start_ns is not None else now_ns
+        if archive is None or end_ns <= start_ns:
+            return []
+        # Both ends on the step grid: successive requests (the page asks every 30 s) find the
+        # same read in the cache, and the archive rolls its files every few minutes anyway.
+        start_ns = start_ns // step_ns * step_ns
+        end_grid = -(-end_ns // step_ns) * step_ns
+        cache_key = (str(key), tenor_days, start_ns, end_grid, step_ns)
+        cached = self._archive_series_cache.get(cache_key)
+        if cached is not None and now_ns - cached[0] < ARCHIVE_SERIES_REUSE_NS:
+            rows = cached[1]
+        else:
+            rows = await asyncio.to_thread(
+                archive.metric_history,
+                key.venue,
+                key.currency,
+                start_ns,
+                end_grid,
+                tenor_days=tenor_days,
+            )
+            rows = last_per_step(rows, start_ns, step_ns)
+            self._archive_series_cache[cache_key] = (now_ns, rows)
+            while len(self._archive_series_cache) > ARCHIVE_SERIES_CACHE_SIZE:
+                self._archive_series_cache.pop(next(iter(self._archive_series_cache)))
+        return [
+            {
+                "time_ns": row.event_time_ns,
+                "stored_time_ns": None,
+                "revision": row.revision,
+                "available": True,
+                "source": "archive",
+                "metrics": {
+                    "atm": num(row.atm_vol),
+                    "rr25": num(row.rr25),
+                    "bf25": num(row.bf25),
+                    "rr10": num(row.rr10),
+                    "bf10": num(row.bf10),
+                },
+            }
+            for row in rows
+            if row.event_time_ns < end_ns
+        ]
 
     async def _series_point(
         self, history: SurfaceHistory, key: SurfaceKey, subject: str, t_ns: int, tenor_days: int
@@ -548,6 +626,7 @@ class Dashboard:
                 "stored_time_ns": stored.stored_time_ns,
                 "revision": surface.revision,
                 "available": bool(tenor and tenor.available),
+                "source": "stream",
                 "metrics": metrics_json(tenor.metrics) if tenor and tenor.available else None,
             }
         if t_ns < self.clock_ns() - 1_000_000_000:  # settled past only

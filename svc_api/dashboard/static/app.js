@@ -543,14 +543,21 @@ async function loadSeries() {
     S.history.series = data;
     const sc = $("scrubber");
     if (!sc) return;
-    const start = data.history_start_ns ? Math.floor(data.history_start_ns / 1e6) : Math.floor(data.now_ns / 1e6);
+    // The scrubber reaches as far back as the series: the archive's part when there is one.
+    const startNs = data.archive_start_ns || data.history_start_ns || data.now_ns;
+    const start = Math.floor(startNs / 1e6);
     const first = sc.max === "1";
     sc.min = String(start);
     sc.max = String(Math.floor(data.now_ns / 1e6));
     if (first) { sc.value = sc.max; loadAt(Number(sc.value) * 1e6); }
-    $("history-note").textContent = data.history_start_ns
-      ? `History from the SURFACE stream: ${timeText(data.history_start_ns)} to now; ${data.points.length} points of the ${data.tenor_days}-day tenor.`
-      : "No history for this surface yet.";
+    const archived = data.points.filter((p) => p.source === "archive").length;
+    $("history-note").textContent = !data.points.length
+      ? "No history for this surface yet."
+      : (archived ? `History from the archive (${timeText(data.archive_start_ns)} on, ${archived} points) and the SURFACE stream` : "History from the SURFACE stream")
+        + (data.history_start_ns ? ` (${timeText(data.history_start_ns)} to now)` : "")
+        + `; ${data.points.length} points of the ${data.tenor_days}-day tenor.`;
+    const view = $("view");
+    view.dataset.seriesArchived = String(archived);
     const pts = data.points.filter((p) => p.metrics);
     const t = pts.map((p) => new Date(p.time_ns / 1e6));
     plot("series-chart", [
