@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import secrets
 import socket
 import struct
@@ -78,6 +77,9 @@ SERIES_CACHE_SIZE = 8192
 ARCHIVE_SERIES_REUSE_NS = 30_000_000_000
 ARCHIVE_SERIES_CACHE_SIZE = 64
 OVERVIEW_REUSE_NS = 100_000_000
+# The key an overview-only push connection subscribes with: no surface has it, so only the
+# hub's close wakes it (the overview goes on its own clock).
+NO_SURFACE = SurfaceKey("", "")
 CONNECTIONS_NOTE = (
     "venue connection states are not published on the bus: each connector reports them on "
     'its own /metrics (connector_counts{name="connection.state.*"}); the freshness of each '
@@ -232,7 +234,8 @@ class Dashboard:
             tuple[str, int, int, int, int], tuple[int, list[MetricRow]]
         ] = {}
         # The overview shared by every browser for OVERVIEW_REUSE_NS (ages move, little else).
-        self._overview: tuple[int, int, bytes] | None = None
+        self._overview: tuple[int, int, bytes, bytes] | None = None
+        self._surface_events: dict[SurfaceKey, tuple[int, bytes]] = {}
 
     def close(self) -> None:
         """End every push stream (the API's stop does it too, by closing the hub)."""
@@ -379,14 +382,30 @@ class Dashboard:
         }
 
     def overview_bytes(self) -> bytes:
+        return self._overview_cached()[2]
+
+    def overview_event(self) -> bytes:
+        """The overview as one server-sent event, framed once and shared by every browser."""
+        return self._overview_cached()[3]
+
+    def _overview_cached(self) -> tuple[int, int, bytes, bytes]:
         now_ns = self.clock_ns()
         version = self.hub.store.version
         cached = self._overview
         if cached and cached[0] == version and now_ns - cached[1] < OVERVIEW_REUSE_NS:
-            return cached[2]
+            return cached
         body = _dumps(self.overview_json())
-        self._overview = (version, now_ns, body)
-        return body
+        self._overview = (version, now_ns, body, _event("overview", body))
+        return self._overview
+
+    def surface_event(self, entry: SurfaceEntry) -> bytes:
+        """The surface (without quotes) as one server-sent event, framed once per publication."""
+        cached = self._surface_events.get(entry.key)
+        if cached is not None and cached[0] == entry.changed_version:
+            return cached[1]
+        framed = _event("surface", self.surface_bytes(entry, False))
+        self._surface_events[entry.key] = (entry.changed_version, framed)
+        return framed
 
     async def overview(self, request: web.Request) -> web.StreamResponse:
         return await self._answer(request, lambda _: self.overview_json())
@@ -677,7 +696,8 @@ class Dashboard:
                     socket.SOL_SOCKET, socket.SO_SNDBUF, self.options.socket_send_buffer
                 )
         await response.prepare(request)
-        sub = self.hub.subscribe()
+        # Woken only by the followed surface's changes: the overview goes on its own clock.
+        sub = self.hub.subscribe(key) if key is not None else self.hub.subscribe(NO_SURFACE)
         self._subscriptions.add(sub)
         self.push.active += 1
         self.push.opened += 1
@@ -716,42 +736,50 @@ class Dashboard:
         self, response: web.StreamResponse, sub: Any, key: SurfaceKey | None
     ) -> None:
         """Latest state only: the chosen surface when it changed (at most every
-        min_push_interval_s), the overview when anything changed (at most every
-        overview_interval_s), both in one write; a keep-alive comment when idle."""
+        min_push_interval_s), the overview when anything changed (checked every
+        overview_interval_s), both in one write; a keep-alive comment when idle.
+
+        Cheap per browser, beside the gRPC streams: woken only by its own surface's
+        publications (not by every surface's), the events framed once per publication and
+        shared, and a yield before the write so that the gRPC streams woken by the same
+        publication (scheduled first, see SurfaceHub) go first."""
         opts = self.options
         surface_version = -1  # changed_version of the surface last sent
         overview_version = -1  # store version of the overview last sent
-        overview_at = -math.inf
+        overview_due = surface_sent = last_write = time.monotonic()
+        surface_sent -= opts.min_push_interval_s
         while not (self.hub.closed.is_set() or self.closed):
             sub.changed.clear()  # before reading: a change during the write wakes us again
+            await asyncio.sleep(0)
             store = self.hub.store
-            now = time.monotonic()  # at most one pass per min_push_interval_s (below)
+            now = time.monotonic()
             parts: list[bytes] = []
-            if store.version != overview_version and now - overview_at >= opts.overview_interval_s:
-                parts.append(_event("overview", self.overview_bytes()))
-                overview_version, overview_at = store.version, now
+            if now >= overview_due:
+                if store.version != overview_version:
+                    parts.append(self.overview_event())
+                    overview_version = store.version
+                overview_due = now + opts.overview_interval_s
             entry = store.entry(key) if key is not None else None
             if entry is not None and entry.changed_version != surface_version:
-                parts.append(_event("surface", self.surface_bytes(entry, False)))
+                parts.append(self.surface_event(entry))
                 surface_version = entry.changed_version
+                surface_sent = now
+            if not parts and now - last_write >= opts.heartbeat_s:
+                parts.append(b": keep-alive\n\n")
             if parts:
                 async with asyncio.timeout(opts.write_timeout_s):
-                    await response.write(b"".join(parts))
-                self.push.messages += len(parts)
-                if self._metrics is not None:
-                    self._m_messages.add(len(parts))
-            # Sleep until a change, the pending overview falling due, or the heartbeat.
-            timeout = opts.heartbeat_s
-            if store.version != overview_version:
-                timeout = max(0.0, overview_at + opts.overview_interval_s - now)
-            if not await _wait(sub.changed, timeout):
-                if timeout == opts.heartbeat_s:
-                    async with asyncio.timeout(opts.write_timeout_s):
-                        await response.write(b": keep-alive\n\n")
-                continue
-            wait_s = now + opts.min_push_interval_s - time.monotonic()
-            if wait_s > 0:
-                await asyncio.sleep(wait_s)
+                    await response.write(parts[0] if len(parts) == 1 else b"".join(parts))
+                last_write = now
+                events = len(parts) - (parts[-1] == b": keep-alive\n\n")
+                self.push.messages += events
+                if self._metrics is not None and events:
+                    self._m_messages.add(events)
+            # Until this surface changes, the overview falls due or the heartbeat.
+            timeout = max(0.0, min(overview_due, last_write + opts.heartbeat_s) - now)
+            if await _wait(sub.changed, timeout):
+                wait_s = surface_sent + opts.min_push_interval_s - time.monotonic()
+                if wait_s > 0:
+                    await asyncio.sleep(wait_s)
 
 
 def _event(name: str, data: bytes) -> bytes:
