@@ -269,7 +269,7 @@ function plot(id, traces, layout) {
   const merged = Object.assign(base, layout);
   // Titles on the left, the mode bar on the right: where the device has no hover (touch
   // screens, a headless Firefox) plotly shows the mode bar all the time, over a centred title.
-  if (merged.title) merged.title = Object.assign({ xref: "paper", x: 0, xanchor: "left" }, merged.title);
+  if (merged.title) merged.title = Object.assign({ xref: "container", x: 0.01, xanchor: "left" }, merged.title);
   // Box and lasso selection do nothing on these charts: fewer buttons, less to cover a title.
   Plotly.react(el, traces, merged, { displaylogo: false, responsive: true, modeBarButtonsToRemove: ["select2d", "lasso2d"] });
 }
@@ -425,7 +425,7 @@ function renderSmile() {
   plot("smile-chart", traces, { title: { text: `Smile ${expiry} (implied vol %)` }, xaxis: { title: { text: xTitle } }, yaxis: { title: { text: "vol %" } } });
   const used = quotes.filter((q) => q.used && q.residual_bp !== null);
   plot("resid-chart", [{ type: "bar", name: "residual fit − mid (bp)", x: used.map((q) => xOf(q.k, sl)), y: used.map((q) => q.residual_bp), hovertext: used.map((q) => `${q.symbol}: ${fix(q.residual_bp, 1)} bp, ${q.position.replace("_", " ")}`), hoverinfo: "text", marker: { color: used.map((q) => POS_COLOURS[q.position] || "#9ca3af") } }],
-    { title: { text: "Residuals of used quotes (bp of vol), coloured by band position" }, xaxis: { title: { text: xTitle } } });
+    { title: { text: "Residuals (bp of vol), coloured by band position" }, xaxis: { title: { text: xTitle } } });
   $("smile-note").textContent = key.venue === "all"
     ? "Consolidated surface: quotes of every venue; no venue mark IVs (those belong to each venue's smile)."
     : detail && !detail.smile ? "No IV smile received for this expiry yet: venue mark IVs unavailable." : smileQuotes.length ? "" : "This venue publishes no mark IVs for this expiry.";
