@@ -496,10 +496,12 @@ def api_with_token(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     tmp = tmp_path_factory.mktemp("api-token")
     http_port, grpc_port = free_port(), free_port()
+    write_archive(tmp / "data" / "archive")
     with EmbeddedNats(data_dir=tmp / "nats") as server:
         log = (tmp / "api.log").open("wb")
         cmd = [sys.executable, "-m", "volstream.cli", "svc", "api", "--nats", server.url]
         cmd += ["--http-port", str(http_port), "--grpc-port", str(grpc_port)]
+        cmd += ["--data-dir", str(tmp / "data")]
         proc = subprocess.Popen([*cmd, "--api-token", TOKEN], stdout=log, stderr=subprocess.STDOUT)
         try:
             base = f"http://127.0.0.1:{http_port}"
@@ -533,6 +535,27 @@ def api_with_token(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 proc.kill()
                 proc.wait()
             log.close()
+
+
+ARCHIVED = 30
+
+
+def write_archive(root: Path) -> None:
+    """deribit/BTC revisions archived 40 minutes ago (event time): older than anything the
+    SURFACE stream holds, the history view's series must take them from the archive."""
+    from svc_archive.core import ArchiveCore, ArchiveSettings
+    from svc_archive.files import ArchiveFiles
+    from tests.archive.surfaces import surface
+
+    files = ArchiveFiles(root)
+    core = ArchiveCore(ArchiveSettings(roll_rows=10**9), files.open())
+    start_ns = time.time_ns() - 40 * 60 * 1_000_000_000
+    for rev in range(1, ARCHIVED + 1):
+        event_ns = start_ns + rev * 1_000_000_000
+        core.add(surface(rev, event_time_ns=event_ns).SerializeToString(), rev, event_ns, 0)
+    for flush in core.drain():
+        files.commit(flush)
+        core.mark_committed(flush)
 
 
 def wait_http(url: str, proc: subprocess.Popen[bytes]) -> None:
@@ -579,5 +602,38 @@ def test_with_a_token_the_page_asks_for_it_and_never_puts_it_in_a_url(
         assert all(TOKEN not in url for url in urls), urls
         events = [u for u in urls if "/api/dashboard/events" in u]
         assert events and all("ticket=" in u for u in events)
+    finally:
+        page.close()
+
+
+def test_the_history_series_reaches_into_the_archive(browser: Any, api_with_token: str) -> None:
+    """The ATM/RR/BF series: the archived span (older than the stream) and the stream's."""
+    page = Page(browser, api_with_token)
+    try:
+        page.goto("history/deribit/BTC")
+        page.page.fill("#token", TOKEN)
+        page.page.click("#login button")
+        archived = page.wait("Number(document.getElementById('view').dataset.seriesArchived)")
+        series = page.eval("S.history.series")
+        points = series["points"]
+        assert archived == sum(p["source"] == "archive" for p in points) >= 1
+        assert points[0]["source"] == "archive" and points[-1]["source"] == "stream"
+        assert points[0]["time_ns"] == series["archive_start_ns"] < series["history_start_ns"]
+        assert points[archived - 1]["revision"] == ARCHIVED  # the last archived, per its step
+        # The scrubber reaches back as far, and the chart shows both parts.
+        assert page.eval("Number(document.getElementById('scrubber').min)") == (
+            series["archive_start_ns"] // 1_000_000
+        )
+        with_metrics = sum(p["metrics"] is not None for p in points)
+        atm = page.wait(
+            "(() => { const el = document.getElementById('series-chart');"
+            " const t = el && el.data && el.data.find(t => t.name === '30d ATM');"
+            " return t && t.y; })()"
+        )
+        # Every point drawn, and the line broken (a null) over the 40 minutes neither holds.
+        assert len([y for y in atm if y is not None]) == with_metrics > archived
+        assert atm[archived] is None
+        page.shot("history-archive")
+        assert page.errors == []
     finally:
         page.close()

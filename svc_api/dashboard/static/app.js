@@ -558,17 +558,26 @@ async function loadSeries() {
         + `; ${data.points.length} points of the ${data.tenor_days}-day tenor.`;
     const view = $("view");
     view.dataset.seriesArchived = String(archived);
-    const pts = data.points.filter((p) => p.metrics);
+    // A break in the line (a null) where two points are over two steps apart: a span neither
+    // the archive nor the stream holds is not drawn as a straight line.
+    const pts = [];
+    for (const p of data.points.filter((q) => q.metrics)) {
+      const prev = pts[pts.length - 1];
+      if (prev && data.step_ns && p.time_ns - prev.time_ns > 2 * data.step_ns) pts.push({ time_ns: (prev.time_ns + p.time_ns) / 2, metrics: { atm: null, rr25: null, bf25: null } });
+      pts.push(p);
+    }
     const t = pts.map((p) => new Date(p.time_ns / 1e6));
     plot("series-chart", [
-      { type: "scatter", mode: "lines+markers", name: `${data.tenor_days}d ATM`, x: t, y: pts.map((p) => p.metrics.atm * 100) },
-      { type: "scatter", mode: "lines+markers", name: "25Δ RR", x: t, y: pts.map((p) => p.metrics.rr25 * 100), yaxis: "y2" },
-      { type: "scatter", mode: "lines+markers", name: "25Δ BF", x: t, y: pts.map((p) => p.metrics.bf25 * 100), yaxis: "y2" },
+      { type: "scatter", mode: "lines+markers", name: `${data.tenor_days}d ATM`, x: t, y: pts.map((p) => pctOrNull(p.metrics.atm)) },
+      { type: "scatter", mode: "lines+markers", name: "25Δ RR", x: t, y: pts.map((p) => pctOrNull(p.metrics.rr25)), yaxis: "y2" },
+      { type: "scatter", mode: "lines+markers", name: "25Δ BF", x: t, y: pts.map((p) => pctOrNull(p.metrics.bf25)), yaxis: "y2" },
     ], { title: { text: `${data.tenor_days}-day ATM, RR and BF over time` }, margin: { l: 55, r: 60, t: 30, b: 45 }, shapes: scrubLine(), yaxis: { title: { text: "ATM %" } }, yaxis2: { overlaying: "y", side: "right", title: { text: "vol pts" } } });
   } catch (e) {
     banner(`history: ${e.message}`);
   }
 }
+
+function pctOrNull(v) { return v === null || v === undefined ? null : v * 100; }
 
 // A vertical line on the series chart at the scrubber's time.
 function scrubLine() {
