@@ -153,6 +153,10 @@ class TicketBook:
 class DashboardOptions:
     # Floor between two pushes to one browser (a browser shows no more than this anyway).
     min_push_interval_s: float = 0.2
+    # gRPC first: a browser's push waits this long after its surface changed, so that the
+    # gRPC streams' fan-out of the same publication is not competing with 50 browsers' writes
+    # (latest still wins: a change meanwhile is in the same push). Nobody sees 100 ms.
+    push_delay_s: float = 0.1
     # The overview (every surface's summary) changes with every publication; once a second
     # is what a person reads, and saves most of the pushed bytes.
     overview_interval_s: float = 1.0
@@ -741,8 +745,8 @@ class Dashboard:
 
         Cheap per browser, beside the gRPC streams: woken only by its own surface's
         publications (not by every surface's), the events framed once per publication and
-        shared, and a yield before the write so that the gRPC streams woken by the same
-        publication (scheduled first, see SurfaceHub) go first."""
+        shared, and the write push_delay_s after the change, so that the gRPC streams'
+        fan-out of the same publication goes first."""
         opts = self.options
         surface_version = -1  # changed_version of the surface last sent
         overview_version = -1  # store version of the overview last sent
@@ -750,7 +754,6 @@ class Dashboard:
         surface_sent -= opts.min_push_interval_s
         while not (self.hub.closed.is_set() or self.closed):
             sub.changed.clear()  # before reading: a change during the write wakes us again
-            await asyncio.sleep(0)
             store = self.hub.store
             now = time.monotonic()
             parts: list[bytes] = []
@@ -777,7 +780,8 @@ class Dashboard:
             # Until this surface changes, the overview falls due or the heartbeat.
             timeout = max(0.0, min(overview_due, last_write + opts.heartbeat_s) - now)
             if await _wait(sub.changed, timeout):
-                wait_s = surface_sent + opts.min_push_interval_s - time.monotonic()
+                now = time.monotonic()
+                wait_s = max(opts.push_delay_s, surface_sent + opts.min_push_interval_s - now)
                 if wait_s > 0:
                     await asyncio.sleep(wait_s)
 
