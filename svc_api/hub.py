@@ -9,22 +9,25 @@ from __future__ import annotations
 
 import asyncio
 
-from svc_api.store import ApplyOutcome, SurfaceStore
+from svc_api.store import ApplyOutcome, SurfaceKey, SurfaceStore
 from volstream.v1 import iv_pb2 as iv_pb
 from volstream.v1 import surface_pb2 as surface_pb
 
 
 class Subscription:
-    __slots__ = ("changed",)
+    __slots__ = ("changed", "key")
 
-    def __init__(self) -> None:
+    def __init__(self, key: SurfaceKey | None = None) -> None:
         self.changed = asyncio.Event()
+        # None: woken by every change; a key: only by that surface's (and by close).
+        self.key = key
 
 
 class SurfaceHub:
     def __init__(self, store: SurfaceStore | None = None) -> None:
         self.store = store or SurfaceStore()
         self._subscribers: set[Subscription] = set()
+        self._by_key: dict[SurfaceKey, set[Subscription]] = {}
         self.closed = asyncio.Event()
 
     def apply_surface(
@@ -35,6 +38,10 @@ class SurfaceHub:
         )
         if outcome.accepted:
             self._wake_all()
+            keyed = self._by_key.get(outcome.key) if outcome.key is not None else None
+            if keyed:
+                for sub in keyed:
+                    sub.changed.set()
         return outcome
 
     def apply_smile(self, smile: iv_pb.Smile) -> ApplyOutcome:
@@ -43,22 +50,37 @@ class SurfaceHub:
     def apply_smile_batch(self, batch: iv_pb.SmileBatch) -> list[ApplyOutcome]:
         return self.store.apply_smile_batch(batch)
 
-    def subscribe(self) -> Subscription:
-        sub = Subscription()
-        self._subscribers.add(sub)
+    def subscribe(self, key: SurfaceKey | None = None) -> Subscription:
+        """Woken by every change, or (with a key) only by that surface's: a browser following
+        one surface is not woken 30 times a second for the others."""
+        sub = Subscription(key)
+        if key is None:
+            self._subscribers.add(sub)
+        else:
+            self._by_key.setdefault(key, set()).add(sub)
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
-        self._subscribers.discard(sub)
+        if sub.key is None:
+            self._subscribers.discard(sub)
+            return
+        keyed = self._by_key.get(sub.key)
+        if keyed is not None:
+            keyed.discard(sub)
+            if not keyed:
+                del self._by_key[sub.key]
 
     @property
     def subscriber_count(self) -> int:
-        return len(self._subscribers)
+        return len(self._subscribers) + sum(len(subs) for subs in self._by_key.values())
 
     def close(self) -> None:
         """Streams see `closed` set and end."""
         self.closed.set()
         self._wake_all()
+        for keyed in self._by_key.values():
+            for sub in keyed:
+                sub.changed.set()
 
     def _wake_all(self) -> None:
         for sub in self._subscribers:

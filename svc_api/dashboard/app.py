@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import secrets
 import socket
 import struct
@@ -38,12 +37,13 @@ from typing import Any
 
 from aiohttp import web
 
-from svc_api.archive import ArchiveReader
+from svc_api.archive import ArchiveReader, MetricRow, last_per_step
 from svc_api.auth import check_authorization
 from svc_api.dashboard.views import (
     Json,
     RateTracker,
     metrics_json,
+    num,
     overview_row,
     slice_json,
     smile_quotes_json,
@@ -73,7 +73,13 @@ MAX_SERIES_HOURS = 72.0
 MAX_SERIES_POINTS = 400
 # Past series points are cached (the past does not change): this many, least recent dropped.
 SERIES_CACHE_SIZE = 8192
+# The archive's part of a series, per (surface, tenor, span, step): reused this long.
+ARCHIVE_SERIES_REUSE_NS = 30_000_000_000
+ARCHIVE_SERIES_CACHE_SIZE = 64
 OVERVIEW_REUSE_NS = 100_000_000
+# The key an overview-only push connection subscribes with: no surface has it, so only the
+# hub's close wakes it (the overview goes on its own clock).
+NO_SURFACE = SurfaceKey("", "")
 CONNECTIONS_NOTE = (
     "venue connection states are not published on the bus: each connector reports them on "
     'its own /metrics (connector_counts{name="connection.state.*"}); the freshness of each '
@@ -147,6 +153,10 @@ class TicketBook:
 class DashboardOptions:
     # Floor between two pushes to one browser (a browser shows no more than this anyway).
     min_push_interval_s: float = 0.2
+    # gRPC first: a browser's push waits this long after its surface changed, so that the
+    # gRPC streams' fan-out of the same publication is not competing with 50 browsers' writes
+    # (latest still wins: a change meanwhile is in the same push). Nobody sees 100 ms.
+    push_delay_s: float = 0.1
     # The overview (every surface's summary) changes with every publication; once a second
     # is what a person reads, and saves most of the pushed bytes.
     overview_interval_s: float = 1.0
@@ -224,8 +234,12 @@ class Dashboard:
         # (key, with quotes) -> (entry version, JSON bytes): one serialisation per publication.
         self._surface_cache: dict[tuple[SurfaceKey, bool], tuple[int, bytes]] = {}
         self._series_cache: OrderedDict[tuple[str, int], Json | None] = OrderedDict()
+        self._archive_series_cache: dict[
+            tuple[str, int, int, int, int], tuple[int, list[MetricRow]]
+        ] = {}
         # The overview shared by every browser for OVERVIEW_REUSE_NS (ages move, little else).
-        self._overview: tuple[int, int, bytes] | None = None
+        self._overview: tuple[int, int, bytes, bytes] | None = None
+        self._surface_events: dict[SurfaceKey, tuple[int, bytes]] = {}
 
     def close(self) -> None:
         """End every push stream (the API's stop does it too, by closing the hub)."""
@@ -372,14 +386,30 @@ class Dashboard:
         }
 
     def overview_bytes(self) -> bytes:
+        return self._overview_cached()[2]
+
+    def overview_event(self) -> bytes:
+        """The overview as one server-sent event, framed once and shared by every browser."""
+        return self._overview_cached()[3]
+
+    def _overview_cached(self) -> tuple[int, int, bytes, bytes]:
         now_ns = self.clock_ns()
         version = self.hub.store.version
         cached = self._overview
         if cached and cached[0] == version and now_ns - cached[1] < OVERVIEW_REUSE_NS:
-            return cached[2]
+            return cached
         body = _dumps(self.overview_json())
-        self._overview = (version, now_ns, body)
-        return body
+        self._overview = (version, now_ns, body, _event("overview", body))
+        return self._overview
+
+    def surface_event(self, entry: SurfaceEntry) -> bytes:
+        """The surface (without quotes) as one server-sent event, framed once per publication."""
+        cached = self._surface_events.get(entry.key)
+        if cached is not None and cached[0] == entry.changed_version:
+            return cached[1]
+        framed = _event("surface", self.surface_bytes(entry, False))
+        self._surface_events[entry.key] = (entry.changed_version, framed)
+        return framed
 
     async def overview(self, request: web.Request) -> web.StreamResponse:
         return await self._answer(request, lambda _: self.overview_json())
@@ -493,37 +523,108 @@ class Dashboard:
             subject = self.subjects.surface(key.venue, key.currency)
             try:
                 first = await history.first(subject)
-                now_ns = self.clock_ns()
-                # The series samples the SURFACE stream (one direct get per point): the archive
-                # is keyed by event time, and 60 archive lookups per request are too slow for
-                # a live page; the scrubber (one lookup) does reach into the archive.
-                start_ns = first.stored_time_ns if first is not None else None
-                out: list[Json] = []
-                if start_ns is not None:
-                    span_ns = min(int(hours * 3600e9), max(0, now_ns - start_ns))
+            except HistoryUnavailable as exc:
+                raise BadRequest(503, str(exc)) from None
+            now_ns = self.clock_ns()
+            stream_start = first.stored_time_ns if first is not None else None
+            window_ns = int(hours * 3600e9)
+            # Older than the stream's first message (its retention, minutes): the archive,
+            # in ONE metric-history read for that whole span (what GetMetricHistory serves),
+            # one point per step keyed by event time. The rest: the stream, one direct get
+            # per sample instant (stored time), past samples cached.
+            step_ns = series_step_ns(window_ns, points)
+            archived = await self._archived_series(
+                key, now_ns - window_ns, stream_start, now_ns, step_ns, tenor_days
+            )
+            if not archived:
+                if stream_start is None:
+                    step_ns = 0
+                else:  # the stream alone: a span from its start, finer steps
+                    span_ns = min(window_ns, max(0, now_ns - stream_start))
                     step_ns = series_step_ns(span_ns, points)
-                    # Aligned to the step, so that the same past instants recur (cache hits).
-                    end_ns = now_ns // step_ns * step_ns
-                    for i in range(points - 1, -1, -1):
-                        t_ns = end_ns - i * step_ns
-                        if t_ns < start_ns:
+            out: list[Json] = list(archived)
+            if stream_start is not None:
+                # Aligned to the step, so that the same past instants recur (cache hits).
+                end_ns = now_ns // step_ns * step_ns
+                instants = [end_ns - i * step_ns for i in range(points - 1, -1, -1)]
+                if end_ns < now_ns:  # and the latest value, however coarse the step
+                    instants.append(now_ns)
+                try:
+                    for t_ns in instants:
+                        if t_ns < stream_start:
                             continue
                         point = await self._series_point(history, key, subject, t_ns, tenor_days)
                         if point is not None:
                             out.append(point)
-            except HistoryUnavailable as exc:
-                raise BadRequest(503, str(exc)) from None
+                except HistoryUnavailable as exc:
+                    raise BadRequest(503, str(exc)) from None
             return {
                 "venue": key.venue,
                 "currency": key.currency,
                 "tenor_days": tenor_days,
-                "history_start_ns": start_ns,
-                "step_ns": step_ns if start_ns is not None else None,
+                "history_start_ns": stream_start,
+                "archive_start_ns": archived[0]["time_ns"] if archived else None,
+                "step_ns": step_ns or None,
                 "now_ns": now_ns,
                 "points": out,
             }
 
         return await self._answer(request, build)
+
+    async def _archived_series(
+        self,
+        key: SurfaceKey,
+        start_ns: int,
+        stream_start_ns: int | None,
+        now_ns: int,
+        step_ns: int,
+        tenor_days: int,
+    ) -> list[Json]:
+        """Archive points of the 30-day (tenor_days) metrics from start_ns to where the stream
+        starts (now when it holds nothing): the last revision of each step by event time."""
+        archive = self.archive
+        end_ns = stream_start_ns if stream_start_ns is not None else now_ns
+        if archive is None or end_ns <= start_ns:
+            return []
+        # Both ends on the step grid: successive requests (the page asks every 30 s) find the
+        # same read in the cache, and the archive rolls its files every few minutes anyway.
+        start_ns = start_ns // step_ns * step_ns
+        end_grid = -(-end_ns // step_ns) * step_ns
+        cache_key = (str(key), tenor_days, start_ns, end_grid, step_ns)
+        cached = self._archive_series_cache.get(cache_key)
+        if cached is not None and now_ns - cached[0] < ARCHIVE_SERIES_REUSE_NS:
+            rows = cached[1]
+        else:
+            rows = await asyncio.to_thread(
+                archive.metric_history,
+                key.venue,
+                key.currency,
+                start_ns,
+                end_grid,
+                tenor_days=tenor_days,
+            )
+            rows = last_per_step(rows, start_ns, step_ns)
+            self._archive_series_cache[cache_key] = (now_ns, rows)
+            while len(self._archive_series_cache) > ARCHIVE_SERIES_CACHE_SIZE:
+                self._archive_series_cache.pop(next(iter(self._archive_series_cache)))
+        return [
+            {
+                "time_ns": row.event_time_ns,
+                "stored_time_ns": None,
+                "revision": row.revision,
+                "available": True,
+                "source": "archive",
+                "metrics": {
+                    "atm": num(row.atm_vol),
+                    "rr25": num(row.rr25),
+                    "bf25": num(row.bf25),
+                    "rr10": num(row.rr10),
+                    "bf10": num(row.bf10),
+                },
+            }
+            for row in rows
+            if row.event_time_ns < end_ns
+        ]
 
     async def _series_point(
         self, history: SurfaceHistory, key: SurfaceKey, subject: str, t_ns: int, tenor_days: int
@@ -548,6 +649,7 @@ class Dashboard:
                 "stored_time_ns": stored.stored_time_ns,
                 "revision": surface.revision,
                 "available": bool(tenor and tenor.available),
+                "source": "stream",
                 "metrics": metrics_json(tenor.metrics) if tenor and tenor.available else None,
             }
         if t_ns < self.clock_ns() - 1_000_000_000:  # settled past only
@@ -598,7 +700,8 @@ class Dashboard:
                     socket.SOL_SOCKET, socket.SO_SNDBUF, self.options.socket_send_buffer
                 )
         await response.prepare(request)
-        sub = self.hub.subscribe()
+        # Woken only by the followed surface's changes: the overview goes on its own clock.
+        sub = self.hub.subscribe(key) if key is not None else self.hub.subscribe(NO_SURFACE)
         self._subscriptions.add(sub)
         self.push.active += 1
         self.push.opened += 1
@@ -637,42 +740,50 @@ class Dashboard:
         self, response: web.StreamResponse, sub: Any, key: SurfaceKey | None
     ) -> None:
         """Latest state only: the chosen surface when it changed (at most every
-        min_push_interval_s), the overview when anything changed (at most every
-        overview_interval_s), both in one write; a keep-alive comment when idle."""
+        min_push_interval_s), the overview when anything changed (checked every
+        overview_interval_s), both in one write; a keep-alive comment when idle.
+
+        Cheap per browser, beside the gRPC streams: woken only by its own surface's
+        publications (not by every surface's), the events framed once per publication and
+        shared, and the write push_delay_s after the change, so that the gRPC streams'
+        fan-out of the same publication goes first."""
         opts = self.options
         surface_version = -1  # changed_version of the surface last sent
         overview_version = -1  # store version of the overview last sent
-        overview_at = -math.inf
+        overview_due = surface_sent = last_write = time.monotonic()
+        surface_sent -= opts.min_push_interval_s
         while not (self.hub.closed.is_set() or self.closed):
             sub.changed.clear()  # before reading: a change during the write wakes us again
             store = self.hub.store
-            now = time.monotonic()  # at most one pass per min_push_interval_s (below)
+            now = time.monotonic()
             parts: list[bytes] = []
-            if store.version != overview_version and now - overview_at >= opts.overview_interval_s:
-                parts.append(_event("overview", self.overview_bytes()))
-                overview_version, overview_at = store.version, now
+            if now >= overview_due:
+                if store.version != overview_version:
+                    parts.append(self.overview_event())
+                    overview_version = store.version
+                overview_due = now + opts.overview_interval_s
             entry = store.entry(key) if key is not None else None
             if entry is not None and entry.changed_version != surface_version:
-                parts.append(_event("surface", self.surface_bytes(entry, False)))
+                parts.append(self.surface_event(entry))
                 surface_version = entry.changed_version
+                surface_sent = now
+            if not parts and now - last_write >= opts.heartbeat_s:
+                parts.append(b": keep-alive\n\n")
             if parts:
                 async with asyncio.timeout(opts.write_timeout_s):
-                    await response.write(b"".join(parts))
-                self.push.messages += len(parts)
-                if self._metrics is not None:
-                    self._m_messages.add(len(parts))
-            # Sleep until a change, the pending overview falling due, or the heartbeat.
-            timeout = opts.heartbeat_s
-            if store.version != overview_version:
-                timeout = max(0.0, overview_at + opts.overview_interval_s - now)
-            if not await _wait(sub.changed, timeout):
-                if timeout == opts.heartbeat_s:
-                    async with asyncio.timeout(opts.write_timeout_s):
-                        await response.write(b": keep-alive\n\n")
-                continue
-            wait_s = now + opts.min_push_interval_s - time.monotonic()
-            if wait_s > 0:
-                await asyncio.sleep(wait_s)
+                    await response.write(parts[0] if len(parts) == 1 else b"".join(parts))
+                last_write = now
+                events = len(parts) - (parts[-1] == b": keep-alive\n\n")
+                self.push.messages += events
+                if self._metrics is not None and events:
+                    self._m_messages.add(events)
+            # Until this surface changes, the overview falls due or the heartbeat.
+            timeout = max(0.0, min(overview_due, last_write + opts.heartbeat_s) - now)
+            if await _wait(sub.changed, timeout):
+                now = time.monotonic()
+                wait_s = max(opts.push_delay_s, surface_sent + opts.min_push_interval_s - now)
+                if wait_s > 0:
+                    await asyncio.sleep(wait_s)
 
 
 def _event(name: str, data: bytes) -> bytes:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -344,3 +345,92 @@ async def test_the_dashboards_scrubber_reaches_into_the_archive(api: Api) -> Non
     finally:
         dashboard.close()
         await runner.cleanup()
+
+
+class CountingReader(ArchiveReader):
+    """A real archive reader that counts its metric-history reads."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.metric_reads = 0
+
+    def metric_history(self, *args: Any, **kwargs: Any) -> Any:
+        self.metric_reads += 1
+        return super().metric_history(*args, **kwargs)
+
+
+async def test_the_dashboards_series_reads_the_archive_once_for_the_span_before_the_stream(
+    bus: Bus, tmp_path: Path
+) -> None:
+    from aiohttp import web
+
+    from svc_api.dashboard.app import Dashboard
+
+    # Archived: 40 revisions, one a second, 40 minutes ago (event time), past the stream's
+    # retention; the stream holds only the newest revision, stored now.
+    now_ns = time.time_ns()
+    archived_from = now_ns - 40 * 60 * S
+    files = ArchiveFiles(tmp_path / "archive")
+    core = ArchiveCore(ArchiveSettings(roll_rows=10**9), files.open())
+    for rev in range(1, REVISIONS + 1):
+        event_ns = archived_from + rev * S
+        core.add(surface(rev, event_time_ns=event_ns).SerializeToString(), rev, event_ns + S, 0)
+    for flush in core.drain():
+        files.commit(flush)
+        core.mark_committed(flush)
+    await bus.publish_surface(surface(REVISIONS + 1, event_time_ns=now_ns))
+    reader = CountingReader(tmp_path / "archive")
+    handle = await serve(ApiConfig(host="127.0.0.1", port=0), bus.server.url, archive=reader)
+    servicer = handle.servicer
+    dashboard = Dashboard(
+        handle.hub,
+        history=servicer.history,
+        archive=servicer.archive,
+        known_venues=servicer.known_venues,
+        stale_after_ns=servicer.stale_after_ns,
+    )
+    app = web.Application()
+    app.add_routes(dashboard.routes())
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    url = f"http://127.0.0.1:{port}/api/dashboard/series?venue=deribit&currency=BTC&hours=1"
+    channel = grpc.aio.insecure_channel(handle.address)
+    try:
+        await asyncio.sleep(1.1)  # a 1 s sample instant after the stream's message
+        async with aiohttp.ClientSession() as http:
+            async with http.get(url + "&points=121") as resp:  # a 30 s step over the hour
+                series = await resp.json()
+            assert resp.status == 200, series
+            assert reader.metric_reads == 1  # one read for the archive's whole span
+            async with http.get(url + "&points=121") as resp:
+                assert resp.status == 200
+            assert reader.metric_reads == 1  # the next request (the page's refresh): cached
+        step = series["step_ns"]
+        assert step == 30 * S
+        archived = [p for p in series["points"] if p["source"] == "archive"]
+        streamed = [p for p in series["points"] if p["source"] == "stream"]
+        # The archive's points are GetMetricHistory's for the same span and step.
+        start = (now_ns - 3600 * S) // step * step
+        stub = api_grpc.SurfaceServiceStub(channel)
+        reply = await stub.GetMetricHistory(
+            history(
+                tenor_days=30,
+                start_time=ts(start),
+                end_time=ts(series["history_start_ns"]),
+                step=Duration(seconds=step // S),
+            )
+        )
+        assert [(p["time_ns"], p["revision"], p["metrics"]["atm"]) for p in archived] == [
+            (p.time.ToNanoseconds(), p.revision, p.metrics.atm_vol) for p in reply.points
+        ]
+        assert len(archived) >= 2 and archived[-1]["revision"] == REVISIONS
+        assert series["archive_start_ns"] == archived[0]["time_ns"] < series["history_start_ns"]
+        assert streamed and {p["revision"] for p in streamed} == {REVISIONS + 1}
+        assert all(p["time_ns"] >= series["history_start_ns"] for p in streamed)
+    finally:
+        await channel.close(None)
+        dashboard.close()
+        await runner.cleanup()
+        await handle.stop(grace_s=0.5)

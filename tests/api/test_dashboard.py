@@ -19,6 +19,7 @@ from aiohttp import web
 
 from svc_api.dashboard.app import Dashboard, DashboardOptions, TicketBook, series_step_ns
 from svc_api.dashboard.views import RateTracker, overview_row, surface_json
+from svc_api.hub import SurfaceHub
 from svc_api.server import ApiHandle
 from svc_api.store import SurfaceEntry, SurfaceKey
 from tests.api.conftest import Bus, StartApi, expiry_label, make_smile, make_surface
@@ -115,6 +116,26 @@ def test_overview_row_summarises_the_30_day_tenor_and_freshness() -> None:
     assert (row["age_ms"], row["fresh"], row["updates_per_min"]) == (2000, True, 42.0)
     stale = overview_row(entry, 1_000_000_000_000 + 20_000_000_000, 15_000_000_000, None)
     assert stale["fresh"] is False
+
+
+async def test_a_browser_following_one_surface_is_woken_by_that_surface_only() -> None:
+    hub = SurfaceHub()
+    every = hub.subscribe()  # a gRPC stream
+    one = hub.subscribe(SurfaceKey("okx", "ETH"))  # a browser's push
+    assert hub.subscriber_count == 2
+    hub.apply_surface(make_surface("deribit", "BTC", 1))
+    assert every.changed.is_set() and not one.changed.is_set()
+    every.changed.clear()
+    hub.apply_surface(make_surface("okx", "ETH", 2), sequence=5)
+    assert every.changed.is_set() and one.changed.is_set()
+    one.changed.clear()
+    hub.apply_surface(make_surface("okx", "ETH", 3), sequence=4)  # not accepted (out of order)
+    assert not one.changed.is_set()
+    hub.close()
+    assert one.changed.is_set()
+    hub.unsubscribe(one)
+    hub.unsubscribe(every)
+    assert hub.subscriber_count == 0
 
 
 def test_rate_tracker_counts_publications_per_minute_from_revisions() -> None:

@@ -7,7 +7,10 @@ reconnects by itself after the API restarts. Screenshots of every view go to
 
 Chromium: /usr/bin/chromium (Debian's package, installed here when missing on Debian as root),
 else Playwright's own (`.venv/bin/playwright install chromium`); without either the tests skip
-and say so.
+and say so. Firefox: /usr/bin/firefox-esr (Debian's package, installed the same way), else a
+`firefox` on PATH, driven over WebDriver BiDi by tests/system/bidi_firefox.py (Playwright's
+Firefox needs its own build, a download); the views and numbers checks run in both browsers,
+the rest in Chromium; without a Firefox the Firefox cases skip and say so.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import grpc
 import pytest
 
 from tests.conftest import REPO
+from tests.system import bidi_firefox
 from tests.system.conftest import ARTIFACTS, SIM_START, UpSystem, start_up, stop_up
 from volstream.v1 import surface_pb2 as surface_pb
 from volstream.v1 import surface_service_pb2 as api_pb
@@ -35,6 +39,7 @@ pytestmark = pytest.mark.slow
 playwright_api = pytest.importorskip("playwright.sync_api")
 
 CHROMIUM = Path("/usr/bin/chromium")
+FIREFOX = Path("/usr/bin/firefox-esr")
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--headless",
@@ -50,18 +55,33 @@ LIVE_UPDATE_S = 2.0
 WAIT_MS = 30_000
 
 
-def chromium_executable() -> Path | None:
-    """Debian's chromium (installed when missing, on Debian as root); None: Playwright's own."""
-    if CHROMIUM.exists():
-        return CHROMIUM
+def debian_package(executable: Path, package: str) -> Path | None:
+    """The executable, its Debian package installed first when missing (on Debian as root)."""
+    if executable.exists():
+        return executable
     if Path("/etc/debian_version").exists() and os.geteuid() == 0 and shutil.which("apt-get"):
-        install = ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]
+        # Another apt (a colleague's test run) may hold the lock: wait for it.
+        install = ["apt-get", "install", "-y", "--no-install-recommends"]
+        install += ["-o", "DPkg::Lock::Timeout=300", package]
         if subprocess.run(install, capture_output=True, check=False).returncode != 0:
             subprocess.run(["apt-get", "update"], capture_output=True, check=False)
             subprocess.run(install, capture_output=True, check=False)
-        if CHROMIUM.exists():
-            return CHROMIUM
+        if executable.exists():
+            return executable
     return None
+
+
+def chromium_executable() -> Path | None:
+    """Debian's chromium (installed when missing, on Debian as root); None: Playwright's own."""
+    return debian_package(CHROMIUM, "chromium")
+
+
+def firefox_executable() -> Path | None:
+    """Debian's firefox-esr (installed when missing, on Debian as root), else one on PATH."""
+    found = debian_package(FIREFOX, "firefox-esr")
+    if found is None and (on_path := shutil.which("firefox")):
+        found = Path(on_path)
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +100,22 @@ def browser() -> Iterator[Any]:
             )
         yield b
         b.close()
+
+
+@pytest.fixture(scope="module")
+def firefox() -> Iterator[bidi_firefox.Firefox]:
+    executable = firefox_executable()
+    if executable is None:
+        pytest.skip(
+            "no Firefox to drive: on Debian as root the tests install the firefox-esr package; "
+            "elsewhere put a `firefox` on PATH"
+        )
+    try:
+        ff = bidi_firefox.Firefox(executable)
+    except bidi_firefox.BidiError as exc:
+        pytest.skip(f"{executable} did not start a WebDriver BiDi session: {exc}")
+    yield ff
+    ff.close()
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +139,9 @@ def http_base(system: UpSystem) -> str:
 
 
 class Page:
-    """A browser tab on the dashboard that records console errors."""
+    """A Chromium tab (Playwright) on the dashboard that records console errors."""
+
+    name = "chromium"
 
     def __init__(self, browser: Any, base: str) -> None:
         self.page = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -129,9 +167,51 @@ class Page:
         self.page.close()
 
 
+class FirefoxPage:
+    """The same for a Firefox tab (WebDriver BiDi); screenshots get a firefox- prefix."""
+
+    name = "firefox"
+
+    def __init__(self, firefox: bidi_firefox.Firefox, base: str) -> None:
+        self.tab = firefox.new_tab(1400, 1000)
+        self.base = base
+
+    @property
+    def errors(self) -> list[str]:
+        return self.tab.errors
+
+    def goto(self, route: str) -> None:
+        self.tab.goto(f"{self.base}/#/{route}")
+
+    def wait(self, js: str, timeout_ms: int = WAIT_MS) -> Any:
+        return self.tab.wait_for(js, timeout_ms)
+
+    def eval(self, js: str) -> Any:
+        return self.tab.evaluate(js)
+
+    def shot(self, name: str) -> None:
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        self.tab.screenshot(SCREENSHOTS / f"firefox-{name}.png")
+
+    def close(self) -> None:
+        self.tab.close()
+
+
 @pytest.fixture
 def tab(browser: Any, up_dash: UpSystem) -> Iterator[Page]:
     page = Page(browser, http_base(up_dash))
+    yield page
+    page.close()
+
+
+@pytest.fixture(params=["chromium", "firefox"])
+def any_tab(request: pytest.FixtureRequest, up_dash: UpSystem) -> Iterator[Page | FirefoxPage]:
+    """A tab in each browser: the checks every browser must pass."""
+    page: Page | FirefoxPage
+    if request.param == "firefox":
+        page = FirefoxPage(request.getfixturevalue("firefox"), http_base(up_dash))
+    else:
+        page = Page(request.getfixturevalue("browser"), http_base(up_dash))
     yield page
     page.close()
 
@@ -161,7 +241,8 @@ VIEW_READY = {
 }
 
 
-def test_every_view_renders_with_data_and_no_console_error(tab: Page) -> None:
+def test_every_view_renders_with_data_and_no_console_error(any_tab: Page | FirefoxPage) -> None:
+    tab = any_tab
     for view, ready in VIEW_READY.items():
         tab.goto(view if view == "overview" else f"{view}/deribit/BTC")
         tab.wait(ready)
@@ -181,7 +262,7 @@ def get_surface(system: UpSystem, venue: str, currency: str) -> surface_pb.Surfa
 
 
 def same_revision(
-    system: UpSystem, tab: Page, venue: str, currency: str, read: str
+    system: UpSystem, tab: Page | FirefoxPage, venue: str, currency: str, read: str
 ) -> tuple[surface_pb.Surface, dict[str, Any]]:
     """(GetSurface's surface, what the page shows) for one revision: the page reads first
     (it lags the API by a push), then GetSurface; retried until both name the same revision."""
@@ -223,7 +304,10 @@ def shown_as(value: float) -> str:
     return f"{value * 100:.2f}"
 
 
-def test_numbers_equal_get_surface_for_the_same_revision(tab: Page, up_dash: UpSystem) -> None:
+def test_numbers_equal_get_surface_for_the_same_revision(
+    any_tab: Page | FirefoxPage, up_dash: UpSystem
+) -> None:
+    tab = any_tab
     tab.goto("term/deribit/BTC")
     tab.wait(VIEW_READY["term"])
     surface, shown = same_revision(up_dash, tab, "deribit", "BTC", READ_TERM)
@@ -412,10 +496,12 @@ def api_with_token(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     tmp = tmp_path_factory.mktemp("api-token")
     http_port, grpc_port = free_port(), free_port()
+    write_archive(tmp / "data" / "archive")
     with EmbeddedNats(data_dir=tmp / "nats") as server:
         log = (tmp / "api.log").open("wb")
         cmd = [sys.executable, "-m", "volstream.cli", "svc", "api", "--nats", server.url]
         cmd += ["--http-port", str(http_port), "--grpc-port", str(grpc_port)]
+        cmd += ["--data-dir", str(tmp / "data")]
         proc = subprocess.Popen([*cmd, "--api-token", TOKEN], stdout=log, stderr=subprocess.STDOUT)
         try:
             base = f"http://127.0.0.1:{http_port}"
@@ -449,6 +535,27 @@ def api_with_token(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 proc.kill()
                 proc.wait()
             log.close()
+
+
+ARCHIVED = 30
+
+
+def write_archive(root: Path) -> None:
+    """deribit/BTC revisions archived 40 minutes ago (event time): older than anything the
+    SURFACE stream holds, the history view's series must take them from the archive."""
+    from svc_archive.core import ArchiveCore, ArchiveSettings
+    from svc_archive.files import ArchiveFiles
+    from tests.archive.surfaces import surface
+
+    files = ArchiveFiles(root)
+    core = ArchiveCore(ArchiveSettings(roll_rows=10**9), files.open())
+    start_ns = time.time_ns() - 40 * 60 * 1_000_000_000
+    for rev in range(1, ARCHIVED + 1):
+        event_ns = start_ns + rev * 1_000_000_000
+        core.add(surface(rev, event_time_ns=event_ns).SerializeToString(), rev, event_ns, 0)
+    for flush in core.drain():
+        files.commit(flush)
+        core.mark_committed(flush)
 
 
 def wait_http(url: str, proc: subprocess.Popen[bytes]) -> None:
@@ -495,5 +602,38 @@ def test_with_a_token_the_page_asks_for_it_and_never_puts_it_in_a_url(
         assert all(TOKEN not in url for url in urls), urls
         events = [u for u in urls if "/api/dashboard/events" in u]
         assert events and all("ticket=" in u for u in events)
+    finally:
+        page.close()
+
+
+def test_the_history_series_reaches_into_the_archive(browser: Any, api_with_token: str) -> None:
+    """The ATM/RR/BF series: the archived span (older than the stream) and the stream's."""
+    page = Page(browser, api_with_token)
+    try:
+        page.goto("history/deribit/BTC")
+        page.page.fill("#token", TOKEN)
+        page.page.click("#login button")
+        archived = page.wait("Number(document.getElementById('view').dataset.seriesArchived)")
+        series = page.eval("S.history.series")
+        points = series["points"]
+        assert archived == sum(p["source"] == "archive" for p in points) >= 1
+        assert points[0]["source"] == "archive" and points[-1]["source"] == "stream"
+        assert points[0]["time_ns"] == series["archive_start_ns"] < series["history_start_ns"]
+        assert points[archived - 1]["revision"] == ARCHIVED  # the last archived, per its step
+        # The scrubber reaches back as far, and the chart shows both parts.
+        assert page.eval("Number(document.getElementById('scrubber').min)") == (
+            series["archive_start_ns"] // 1_000_000
+        )
+        with_metrics = sum(p["metrics"] is not None for p in points)
+        atm = page.wait(
+            "(() => { const el = document.getElementById('series-chart');"
+            " const t = el && el.data && el.data.find(t => t.name === '30d ATM');"
+            " return t && t.y; })()"
+        )
+        # Every point drawn, and the line broken (a null) over the 40 minutes neither holds.
+        assert len([y for y in atm if y is not None]) == with_metrics > archived
+        assert atm[archived] is None
+        page.shot("history-archive")
+        assert page.errors == []
     finally:
         page.close()

@@ -266,7 +266,12 @@ function plot(id, traces, layout) {
   if (!el) return;
   if (!window.Plotly) { el.innerHTML = `<p class="note">charts unavailable: plotly.js was not served (is the plotly package installed?)</p>`; return; }
   const base = { margin: { l: 55, r: 15, t: 30, b: 45 }, font: { size: 11 }, legend: { orientation: "h", y: -0.2 }, paper_bgcolor: "#fff", plot_bgcolor: "#fff" };
-  Plotly.react(el, traces, Object.assign(base, layout), { displaylogo: false, responsive: true });
+  const merged = Object.assign(base, layout);
+  // Titles on the left, the mode bar on the right: where the device has no hover (touch
+  // screens, a headless Firefox) plotly shows the mode bar all the time, over a centred title.
+  if (merged.title) merged.title = Object.assign({ xref: "container", x: 0.01, xanchor: "left" }, merged.title);
+  // Box and lasso selection do nothing on these charts: fewer buttons, less to cover a title.
+  Plotly.react(el, traces, merged, { displaylogo: false, responsive: true, modeBarButtonsToRemove: ["select2d", "lasso2d"] });
 }
 
 // ---- overview
@@ -420,7 +425,7 @@ function renderSmile() {
   plot("smile-chart", traces, { title: { text: `Smile ${expiry} (implied vol %)` }, xaxis: { title: { text: xTitle } }, yaxis: { title: { text: "vol %" } } });
   const used = quotes.filter((q) => q.used && q.residual_bp !== null);
   plot("resid-chart", [{ type: "bar", name: "residual fit − mid (bp)", x: used.map((q) => xOf(q.k, sl)), y: used.map((q) => q.residual_bp), hovertext: used.map((q) => `${q.symbol}: ${fix(q.residual_bp, 1)} bp, ${q.position.replace("_", " ")}`), hoverinfo: "text", marker: { color: used.map((q) => POS_COLOURS[q.position] || "#9ca3af") } }],
-    { title: { text: "Residuals of used quotes (bp of vol), coloured by band position" }, xaxis: { title: { text: xTitle } } });
+    { title: { text: "Residuals (bp of vol), coloured by band position" }, xaxis: { title: { text: xTitle } } });
   $("smile-note").textContent = key.venue === "all"
     ? "Consolidated surface: quotes of every venue; no venue mark IVs (those belong to each venue's smile)."
     : detail && !detail.smile ? "No IV smile received for this expiry yet: venue mark IVs unavailable." : smileQuotes.length ? "" : "This venue publishes no mark IVs for this expiry.";
@@ -538,25 +543,41 @@ async function loadSeries() {
     S.history.series = data;
     const sc = $("scrubber");
     if (!sc) return;
-    const start = data.history_start_ns ? Math.floor(data.history_start_ns / 1e6) : Math.floor(data.now_ns / 1e6);
+    // The scrubber reaches as far back as the series: the archive's part when there is one.
+    const startNs = data.archive_start_ns || data.history_start_ns || data.now_ns;
+    const start = Math.floor(startNs / 1e6);
     const first = sc.max === "1";
     sc.min = String(start);
     sc.max = String(Math.floor(data.now_ns / 1e6));
     if (first) { sc.value = sc.max; loadAt(Number(sc.value) * 1e6); }
-    $("history-note").textContent = data.history_start_ns
-      ? `History from the SURFACE stream: ${timeText(data.history_start_ns)} to now; ${data.points.length} points of the ${data.tenor_days}-day tenor.`
-      : "No history for this surface yet.";
-    const pts = data.points.filter((p) => p.metrics);
+    const archived = data.points.filter((p) => p.source === "archive").length;
+    $("history-note").textContent = !data.points.length
+      ? "No history for this surface yet."
+      : (archived ? `History from the archive (${timeText(data.archive_start_ns)} on, ${archived} points) and the SURFACE stream` : "History from the SURFACE stream")
+        + (data.history_start_ns ? ` (${timeText(data.history_start_ns)} to now)` : "")
+        + `; ${data.points.length} points of the ${data.tenor_days}-day tenor.`;
+    const view = $("view");
+    view.dataset.seriesArchived = String(archived);
+    // A break in the line (a null) where two points are over two steps apart: a span neither
+    // the archive nor the stream holds is not drawn as a straight line.
+    const pts = [];
+    for (const p of data.points.filter((q) => q.metrics)) {
+      const prev = pts[pts.length - 1];
+      if (prev && data.step_ns && p.time_ns - prev.time_ns > 2 * data.step_ns) pts.push({ time_ns: (prev.time_ns + p.time_ns) / 2, metrics: { atm: null, rr25: null, bf25: null } });
+      pts.push(p);
+    }
     const t = pts.map((p) => new Date(p.time_ns / 1e6));
     plot("series-chart", [
-      { type: "scatter", mode: "lines+markers", name: `${data.tenor_days}d ATM`, x: t, y: pts.map((p) => p.metrics.atm * 100) },
-      { type: "scatter", mode: "lines+markers", name: "25Δ RR", x: t, y: pts.map((p) => p.metrics.rr25 * 100), yaxis: "y2" },
-      { type: "scatter", mode: "lines+markers", name: "25Δ BF", x: t, y: pts.map((p) => p.metrics.bf25 * 100), yaxis: "y2" },
+      { type: "scatter", mode: "lines+markers", name: `${data.tenor_days}d ATM`, x: t, y: pts.map((p) => pctOrNull(p.metrics.atm)) },
+      { type: "scatter", mode: "lines+markers", name: "25Δ RR", x: t, y: pts.map((p) => pctOrNull(p.metrics.rr25)), yaxis: "y2" },
+      { type: "scatter", mode: "lines+markers", name: "25Δ BF", x: t, y: pts.map((p) => pctOrNull(p.metrics.bf25)), yaxis: "y2" },
     ], { title: { text: `${data.tenor_days}-day ATM, RR and BF over time` }, margin: { l: 55, r: 60, t: 30, b: 45 }, shapes: scrubLine(), yaxis: { title: { text: "ATM %" } }, yaxis2: { overlaying: "y", side: "right", title: { text: "vol pts" } } });
   } catch (e) {
     banner(`history: ${e.message}`);
   }
 }
+
+function pctOrNull(v) { return v === null || v === undefined ? null : v * 100; }
 
 // A vertical line on the series chart at the scrubber's time.
 function scrubLine() {
