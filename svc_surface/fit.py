@@ -303,15 +303,14 @@ class _Normal:
 
     __slots__ = ("g", "h", "stt")
 
-    def __init__(self, h: list[list[Array]], g: list[Array], stt: Array) -> None:
+    def __init__(self, h: list[list[Array]] | Array, g: list[Array] | Array, stt: Array) -> None:
         self.h = h
         self.g = g
         self.stt = stt
 
     def take(self, mask: BoolArray) -> _Normal:
-        return _Normal(
-            [[e[mask] for e in row] for row in self.h], [e[mask] for e in self.g], self.stt[mask]
-        )
+        """The entries at mask, stacked: h (3, 3, M), g (3, M) (two gathers, not twelve)."""
+        return _Normal(np.array(self.h)[:, :, mask], np.array(self.g)[:, mask], self.stt[mask])
 
     def value(self, x: list[Array]) -> Array:
         """x^T H x - 2 g^T x + stt."""
@@ -376,8 +375,8 @@ def _box_solve(
     fixed[at_floor, 0] = a_floor
     fixed[at_upper_u, 1] = upper_u
     fixed[at_upper_v, 2] = upper_v
-    h = np.array(ne.h)  # (3, 3, N)
-    g = np.array(ne.g)  # (3, N)
+    h = np.asarray(ne.h)  # (3, 3, N)
+    g = np.asarray(ne.g)  # (3, N)
     # Right-hand side: g_R - H_RF x_F on free rows, x_F on fixed ones.
     rhs = np.where(free_col, g - np.einsum("ijn,kjn->kin", h, fixed), fixed)
     a = np.where(_SET_BOTH_FREE[negative_a], h, _EYE[:, :, None])  # (K, 3, 3, N)
@@ -638,16 +637,17 @@ def _polish(b: _Batch, state: _SearchState, cfg: FitConfig, max_iter: int) -> No
         state.iterations[rows] += 1
         idx = np.argmin(obj, axis=1)
         sel = np.arange(rows.size)
-        prev_best = state.best_obj[rows].copy()
-        improved = obj[sel, idx] < prev_best
+        prev_best = state.best_obj[rows]  # a copy (fancy index)
+        lowest = obj[sel, idx]
+        improved = lowest < prev_best
         # Gains at rounding level do not count: they only come from noise in F.
-        real_gain = obj[sel, idx] < prev_best * (1.0 - 1e-13) - 1e-300
+        real_gain = lowest < prev_best * (1.0 - 1e-13) - 1e-300
         stalls[rows] = np.where(real_gain, 0, stalls[rows] + 1)
         # Gains below gain_rtol of the objective are far below the quotes' noise.
-        meaningful = obj[sel, idx] < prev_best * (1.0 - cfg.gain_rtol) - 1e-300
+        meaningful = lowest < prev_best * (1.0 - cfg.gain_rtol) - 1e-300
         idle[rows] = np.where(meaningful, 0, idle[rows] + 1)
         upd = rows[improved]
-        state.best_obj[upd] = obj[sel, idx][improved]
+        state.best_obj[upd] = lowest[improved]
         state.best_pt[upd] = pts[sel, idx][improved]
         state.best_x[upd] = x[sel, idx][improved]
 
