@@ -200,18 +200,19 @@ def _memoised(
     keys: Sequence[_MemoKey],
     compute: Callable[[list[int]], tuple[Array, Array]],
 ) -> tuple[Array, Array]:
-    """(value, k) per key: remembered ones looked up, the others computed in one batch."""
-    missing = [i for i, key in enumerate(keys) if key not in memo]
+    """(value, k) per key: remembered ones looked up, the others computed in one batch.
+    (Single dict operations only: safe when fits run in threads.)"""
+    found: list[tuple[float, float] | None] = [memo.get(key) for key in keys]
+    missing = [i for i, hit in enumerate(found) if hit is None]
     if missing:
         values, ks = compute(missing)
         if len(memo) + len(missing) > _MEMO_LIMIT:
             memo.clear()
         for i, v, kv in zip(missing, values.tolist(), ks.tolist(), strict=True):
-            memo[keys[i]] = (v, kv)
-    found = [memo[key] for key in keys]
+            found[i] = memo[keys[i]] = (v, kv)
     return (
-        np.array([v for v, _ in found], dtype=np.float64),
-        np.array([kv for _, kv in found], dtype=np.float64),
+        np.array([hit[0] for hit in found if hit is not None], dtype=np.float64),
+        np.array([hit[1] for hit in found if hit is not None], dtype=np.float64),
     )
 
 
