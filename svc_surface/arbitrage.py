@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -185,14 +185,50 @@ class _GapRows(_RowFn):
         return _GapRows(self.short[rows], self.long[rows])
 
 
+# Check results by parameters: a slice (or pair) whose parameters did not change since
+# the last revision is not checked again (every row's minimum depends on its own
+# parameters and the range only, so a remembered one is exactly what a new pass gives).
+# Bounded: cleared when full (a few revisions of every partition fit easily).
+_MEMO_LIMIT = 8192
+_MemoKey = tuple[tuple[float, ...], ...]
+_BUTTERFLY_MEMO: dict[_MemoKey, tuple[float, float]] = {}
+_CALENDAR_MEMO: dict[_MemoKey, tuple[float, float]] = {}
+
+
+def _memoised(
+    memo: dict[_MemoKey, tuple[float, float]],
+    keys: Sequence[_MemoKey],
+    compute: Callable[[list[int]], tuple[Array, Array]],
+) -> tuple[Array, Array]:
+    """(value, k) per key: remembered ones looked up, the others computed in one batch.
+    (Single dict operations only: safe when fits run in threads.)"""
+    found: list[tuple[float, float] | None] = [memo.get(key) for key in keys]
+    missing = [i for i, hit in enumerate(found) if hit is None]
+    if missing:
+        values, ks = compute(missing)
+        if len(memo) + len(missing) > _MEMO_LIMIT:
+            memo.clear()
+        for i, v, kv in zip(missing, values.tolist(), ks.tolist(), strict=True):
+            found[i] = memo[keys[i]] = (v, kv)
+    return (
+        np.array([hit[0] for hit in found if hit is not None], dtype=np.float64),
+        np.array([hit[1] for hit in found if hit is not None], dtype=np.float64),
+    )
+
+
 def butterfly_min_batch(
     params: Sequence[RawSvi], k_range: tuple[float, float] = K_CHECK_RANGE
 ) -> tuple[Array, Array]:
     """(min g, k at min) per slice over the check grid; -inf where w <= 0 somewhere."""
-    p = _rows(params)
-    grid, steps = _row_grids([p[:, 3:5]], k_range)
-    k, g = _min_rows(_GRows(p), grid, steps, k_range)
-    return g, k
+    span = (float(k_range[0]), float(k_range[1]))
+
+    def compute(rows: list[int]) -> tuple[Array, Array]:
+        p = _rows([params[i] for i in rows])
+        grid, steps = _row_grids([p[:, 3:5]], span)
+        k, g = _min_rows(_GRows(p), grid, steps, span)
+        return g, k
+
+    return _memoised(_BUTTERFLY_MEMO, [(tuple(p), span) for p in params], compute)
 
 
 def calendar_gap_batch(
@@ -201,10 +237,16 @@ def calendar_gap_batch(
     k_range: tuple[float, float] = K_CHECK_RANGE,
 ) -> tuple[Array, Array]:
     """(min of w_long - w_short, k at min) per pair over the union of both check grids."""
-    ps, pl = _rows(shorts), _rows(longs)
-    grid, steps = _row_grids([ps[:, 3:5], pl[:, 3:5]], k_range)
-    k, gap = _min_rows(_GapRows(ps, pl), grid, steps, k_range)
-    return gap, k
+    span = (float(k_range[0]), float(k_range[1]))
+
+    def compute(rows: list[int]) -> tuple[Array, Array]:
+        ps, pl = _rows([shorts[i] for i in rows]), _rows([longs[i] for i in rows])
+        grid, steps = _row_grids([ps[:, 3:5], pl[:, 3:5]], span)
+        k, gap = _min_rows(_GapRows(ps, pl), grid, steps, span)
+        return gap, k
+
+    keys = [(tuple(s), tuple(lg), span) for s, lg in zip(shorts, longs, strict=True)]
+    return _memoised(_CALENDAR_MEMO, keys, compute)
 
 
 @dataclass(frozen=True)

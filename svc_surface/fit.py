@@ -281,6 +281,20 @@ def _active_sets(negative_a: bool) -> list[tuple[int, int, int]]:
 _ACTIVE_SETS = {flag: _active_sets(flag) for flag in (False, True)}
 _SET_MODES = {flag: np.array(sets, dtype=np.int64) for flag, sets in _ACTIVE_SETS.items()}
 _SET_FREE = {flag: modes == _FREE for flag, modes in _SET_MODES.items()}
+# Per flag: the active sets holding a~ at its floor, u at its upper bound, v at its upper
+# bound (where the box solve writes those bounds; every other fixed coordinate is 0).
+_SET_AT_BOUND = {
+    flag: (
+        np.flatnonzero(modes[:, 0] == _FLOOR),
+        np.flatnonzero(modes[:, 1] == _UPPER),
+        np.flatnonzero(modes[:, 2] == _UPPER),
+    )
+    for flag, modes in _SET_MODES.items()
+}
+_SET_BOTH_FREE = {
+    flag: (free[:, :, None] & free[:, None, :])[..., None] for flag, free in _SET_FREE.items()
+}
+_SET_FREE_COL = {flag: free[:, :, None] for flag, free in _SET_FREE.items()}
 _EYE = np.eye(3)
 
 
@@ -289,15 +303,14 @@ class _Normal:
 
     __slots__ = ("g", "h", "stt")
 
-    def __init__(self, h: list[list[Array]], g: list[Array], stt: Array) -> None:
+    def __init__(self, h: list[list[Array]] | Array, g: list[Array] | Array, stt: Array) -> None:
         self.h = h
         self.g = g
         self.stt = stt
 
     def take(self, mask: BoolArray) -> _Normal:
-        return _Normal(
-            [[e[mask] for e in row] for row in self.h], [e[mask] for e in self.g], self.stt[mask]
-        )
+        """The entries at mask, stacked: h (3, 3, M), g (3, M) (two gathers, not twelve)."""
+        return _Normal(np.array(self.h)[:, :, mask], np.array(self.g)[:, mask], self.stt[mask])
 
     def value(self, x: list[Array]) -> Array:
         """x^T H x - 2 g^T x + stt."""
@@ -319,13 +332,13 @@ class _Normal:
         c11 = h00 * h22 - h02 * h02
         c12 = h01 * h02 - h00 * h12
         c22 = h00 * h11 - h01 * h01
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            inv = 1.0 / (h00 * c00 + h01 * c01 + h02 * c02)
-            return [
-                (c00 * g0 + c01 * g1 + c02 * g2) * inv,
-                (c01 * g0 + c11 * g1 + c12 * g2) * inv,
-                (c02 * g0 + c12 * g1 + c22 * g2) * inv,
-            ]
+        # Floating-point warnings are off here: only _profile calls this (errstate).
+        inv = 1.0 / (h00 * c00 + h01 * c01 + h02 * c02)
+        return [
+            (c00 * g0 + c01 * g1 + c02 * g2) * inv,
+            (c01 * g0 + c11 * g1 + c12 * g2) * inv,
+            (c02 * g0 + c12 * g1 + c22 * g2) * inv,
+        ]
 
 
 def _inside(x: list[Array], upper_u: Array, upper_v: Array, a_floor: Array) -> BoolArray:
@@ -339,10 +352,10 @@ def _inside(x: list[Array], upper_u: Array, upper_v: Array, a_floor: Array) -> B
         & (x[2] <= upper_v + tol_v)
     )
     # a~ < 0 is fine while the smile stays above zero: min w = a~ + sqrt(u v).
+    # (Warnings off: only _profile calls this, under its errstate.)
     negative = x[0] < 0.0
-    if np.any(negative):
-        with np.errstate(invalid="ignore"):
-            floor_w = x[0] + np.sqrt(np.maximum(x[1], 0.0) * np.maximum(x[2], 0.0))
+    if negative.any():
+        floor_w = x[0] + np.sqrt(np.maximum(x[1], 0.0) * np.maximum(x[2], 0.0))
         ok &= ~negative | (floor_w >= 0.0)
     return ok
 
@@ -354,47 +367,41 @@ def _box_solve(
     feasible candidate over all faces, edges and corners, every active set solved at
     once (K sets x N points): fixed coordinates get an identity row, so each set is one
     3x3 system whose free block is the reduced normal equations."""
-    modes, free = _SET_MODES[negative_a], _SET_FREE[negative_a]  # (K, 3)
+    free = _SET_FREE[negative_a]  # (K, 3)
+    free_col = _SET_FREE_COL[negative_a]  # (K, 3, 1)
+    at_floor, at_upper_u, at_upper_v = _SET_AT_BOUND[negative_a]
     n = upper_u.shape[0]
-    zero = np.zeros(n)
-    fixed = np.stack(
-        [
-            np.where((modes[:, 0] == _FLOOR)[:, None], a_floor[None, :], zero[None, :]),
-            np.where((modes[:, 1] == _UPPER)[:, None], upper_u[None, :], zero[None, :]),
-            np.where((modes[:, 2] == _UPPER)[:, None], upper_v[None, :], zero[None, :]),
-        ],
-        axis=1,
-    )  # (K, 3, N)
-    h = np.array([[ne.h[i][j] for j in range(3)] for i in range(3)])  # (3, 3, N)
-    g = np.array(ne.g)  # (3, N)
+    fixed = np.zeros((free.shape[0], 3, n))  # (K, 3, N)
+    fixed[at_floor, 0] = a_floor
+    fixed[at_upper_u, 1] = upper_u
+    fixed[at_upper_v, 2] = upper_v
+    h = np.asarray(ne.h)  # (3, 3, N)
+    g = np.asarray(ne.g)  # (3, N)
     # Right-hand side: g_R - H_RF x_F on free rows, x_F on fixed ones.
-    rhs = np.where(free[:, :, None], g[None] - np.einsum("ijn,kjn->kin", h, fixed), fixed)
-    both = free[:, :, None] & free[:, None, :]  # (K, 3, 3)
-    a = np.where(both[..., None], h[None], _EYE[None, :, :, None])  # (K, 3, 3, N)
-    (h00, h01, h02), (h10, h11, h12), (h20, h21, h22) = (
-        (a[:, i, 0], a[:, i, 1], a[:, i, 2]) for i in range(3)
-    )
-    c00 = h11 * h22 - h12 * h21
-    c01 = h02 * h21 - h01 * h22
+    rhs = np.where(free_col, g - np.einsum("ijn,kjn->kin", h, fixed), fixed)
+    a = np.where(_SET_BOTH_FREE[negative_a], h, _EYE[:, :, None])  # (K, 3, 3, N)
+    # Each system is symmetric (H is; identity rows and zero blocks keep it so): the
+    # adjugate's lower cofactors equal the upper ones exactly, as in IEEE x * y = y * x.
+    h00, h01, h02 = a[:, 0, 0], a[:, 0, 1], a[:, 0, 2]
+    h11, h12, h22 = a[:, 1, 1], a[:, 1, 2], a[:, 2, 2]
+    c00 = h11 * h22 - h12 * h12
+    c01 = h02 * h12 - h01 * h22
     c02 = h01 * h12 - h02 * h11
-    c10 = h12 * h20 - h10 * h22
-    c11 = h00 * h22 - h02 * h20
-    c12 = h02 * h10 - h00 * h12
-    c20 = h10 * h21 - h11 * h20
-    c21 = h01 * h20 - h00 * h21
-    c22 = h00 * h11 - h01 * h10
+    c11 = h00 * h22 - h02 * h02
+    c12 = h02 * h01 - h00 * h12
+    c22 = h00 * h11 - h01 * h01
     r0, r1, r2 = rhs[:, 0], rhs[:, 1], rhs[:, 2]
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        inv = 1.0 / (h00 * c00 + h01 * c10 + h02 * c20)
-        x = [
-            (c00 * r0 + c01 * r1 + c02 * r2) * inv,
-            (c10 * r0 + c11 * r1 + c12 * r2) * inv,
-            (c20 * r0 + c21 * r1 + c22 * r2) * inv,
-        ]
-        # Fixed coordinates exactly at their bound (the solve leaves them to rounding).
-        x = [np.where(free[:, i, None], x[i], fixed[:, i]) for i in range(3)]
-        val = ne.value(x)
-    good = _inside(x, upper_u[None, :], upper_v[None, :], a_floor[None, :]) & np.isfinite(val)
+    # Floating-point warnings are off: only _profile calls this (errstate).
+    inv = 1.0 / (h00 * c00 + h01 * c01 + h02 * c02)
+    x = [
+        (c00 * r0 + c01 * r1 + c02 * r2) * inv,
+        (c01 * r0 + c11 * r1 + c12 * r2) * inv,
+        (c02 * r0 + c12 * r1 + c22 * r2) * inv,
+    ]
+    # Fixed coordinates exactly at their bound (the solve leaves them to rounding).
+    x = [np.where(free_col[:, i], x[i], fixed[:, i]) for i in range(3)]
+    val = ne.value(x)
+    good = _inside(x, upper_u, upper_v, a_floor) & np.isfinite(val)
     val = np.where(good, val, np.inf)
     pick = np.argmin(val, axis=0)  # the first of equal values, as a sequential scan
     cols = np.arange(n)
@@ -630,16 +637,17 @@ def _polish(b: _Batch, state: _SearchState, cfg: FitConfig, max_iter: int) -> No
         state.iterations[rows] += 1
         idx = np.argmin(obj, axis=1)
         sel = np.arange(rows.size)
-        prev_best = state.best_obj[rows].copy()
-        improved = obj[sel, idx] < prev_best
+        prev_best = state.best_obj[rows]  # a copy (fancy index)
+        lowest = obj[sel, idx]
+        improved = lowest < prev_best
         # Gains at rounding level do not count: they only come from noise in F.
-        real_gain = obj[sel, idx] < prev_best * (1.0 - 1e-13) - 1e-300
+        real_gain = lowest < prev_best * (1.0 - 1e-13) - 1e-300
         stalls[rows] = np.where(real_gain, 0, stalls[rows] + 1)
         # Gains below gain_rtol of the objective are far below the quotes' noise.
-        meaningful = obj[sel, idx] < prev_best * (1.0 - cfg.gain_rtol) - 1e-300
+        meaningful = lowest < prev_best * (1.0 - cfg.gain_rtol) - 1e-300
         idle[rows] = np.where(meaningful, 0, idle[rows] + 1)
         upd = rows[improved]
-        state.best_obj[upd] = obj[sel, idx][improved]
+        state.best_obj[upd] = lowest[improved]
         state.best_pt[upd] = pts[sel, idx][improved]
         state.best_x[upd] = x[sel, idx][improved]
 

@@ -6,7 +6,9 @@ import math
 
 import numpy as np
 import pytest
+from numpy.typing import NDArray
 
+from svc_surface import arbitrage
 from svc_surface.arbitrage import (
     butterfly_check,
     calendar_check_surface,
@@ -16,6 +18,8 @@ from svc_surface.arbitrage import (
 from svc_surface.refit import RefitData, constrained_refit
 from tests.surface.builders import g_independent
 from volmath.svi import RawSvi, raw_to_jw, total_variance
+
+Array = NDArray[np.float64]
 
 VOGT = RawSvi(a=-0.0410, b=0.1331, rho=0.3060, m=0.3586, sigma=0.4153)
 
@@ -115,3 +119,43 @@ def test_atm_band_interpolates_the_quotes_around_the_money() -> None:
     assert hi == pytest.approx(0.5 * (0.61 + 0.61))
     assert data.quoted_range() == (-0.2, 0.2)
     assert RefitData(k=k, target_w=vol**2 * t, weight=np.ones(4)).atm_band(t) is None
+
+
+def test_remembered_checks_equal_fresh_ones_and_only_moved_slices_are_rechecked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    slices = [
+        RawSvi(0.01 * (1 + i), 0.1, -0.3 + 0.1 * i, 0.02 * i, 0.1 + 0.05 * i) for i in range(4)
+    ]
+    arbitrage._BUTTERFLY_MEMO.clear()
+    arbitrage._CALENDAR_MEMO.clear()
+    g_fresh, k_fresh = arbitrage.butterfly_min_batch(slices)
+    gap_fresh, gk_fresh = arbitrage.calendar_gap_batch(slices[:-1], slices[1:])
+    computed: list[int] = []
+    inner = arbitrage._min_rows
+
+    def counting(
+        fn: arbitrage._RowFn, grid: Array, steps: Array, k_range: tuple[float, float]
+    ) -> tuple[Array, Array]:
+        computed.append(grid.shape[0])
+        return inner(fn, grid, steps, k_range)
+
+    monkeypatch.setattr(arbitrage, "_min_rows", counting)
+    g, k = arbitrage.butterfly_min_batch(slices)
+    gap, gk = arbitrage.calendar_gap_batch(slices[:-1], slices[1:])
+    assert computed == []  # nothing moved: all remembered
+    np.testing.assert_array_equal(g, g_fresh)
+    np.testing.assert_array_equal(k, k_fresh)
+    np.testing.assert_array_equal(gap, gap_fresh)
+    np.testing.assert_array_equal(gk, gk_fresh)
+    moved = [*slices[:2], slices[2]._replace(a=slices[2].a + 1e-4), slices[3]]
+    g2, _ = arbitrage.butterfly_min_batch(moved)
+    gap2, _ = arbitrage.calendar_gap_batch(moved[:-1], moved[1:])
+    assert computed == [1, 2]  # the moved slice, and the two pairs it is part of
+    arbitrage._BUTTERFLY_MEMO.clear()
+    arbitrage._CALENDAR_MEMO.clear()
+    monkeypatch.setattr(arbitrage, "_min_rows", inner)
+    g3, _ = arbitrage.butterfly_min_batch(moved)
+    gap3, _ = arbitrage.calendar_gap_batch(moved[:-1], moved[1:])
+    np.testing.assert_array_equal(g2, g3)
+    np.testing.assert_array_equal(gap2, gap3)
