@@ -38,7 +38,18 @@ log = logging.getLogger("svc_connector")
 
 BATCH_MAX_EVENTS = 256
 BATCH_MAX_DELAY_S = 0.025
+# Distinct count names per connector; later new names fold into "<prefix>.other".
+MAX_COUNT_NAMES = 256
 _COUNTER_NAME = re.compile(r"[^a-z0-9_.]")
+
+
+def bounded_count_name(name: str, known: Mapping[str, object], limit: int = MAX_COUNT_NAMES) -> str:
+    """``name``, or ``<prefix>.other`` once ``limit`` names are known: names carry venue text
+    (an unknown channel's name), and a hostile or broken feed must not grow the metric's
+    label set without bound."""
+    if name in known or len(known) < limit:
+        return name
+    return f"{name.split('.', 1)[0]}.other"
 
 
 class NatsSink:
@@ -125,13 +136,17 @@ class NatsSink:
         with every published batch and once a second)."""
         if not self._unexported:
             return
+        exported = self._exported
         for name, value in self._unexported.items():
             labels = self._labels.get(name)
             if labels is None:
-                label = _COUNTER_NAME.sub("_", name.lower())[:80]
-                labels = self._labels[name] = {"venue": self.venue, "name": label}
+                name = bounded_count_name(name, self._labels)
+                labels = self._labels.get(name)
+                if labels is None:
+                    label = _COUNTER_NAME.sub("_", name.lower())[:80]
+                    labels = self._labels[name] = {"venue": self.venue, "name": label}
             self._named.add(value, labels)
-        self._exported.update(self._unexported)
+            exported[name] += value
         self._unexported.clear()
 
     async def _flush(self, subject: str, events: list[NormalisedEvent]) -> None:

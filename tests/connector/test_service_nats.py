@@ -306,3 +306,19 @@ async def test_connector_service_publishes_and_survives_faults(
         assert counts["frames.dead_lettered"] >= 1
         ignored_kinds = {k: v for k, v in counts.items() if k.startswith("frames.ignored.")}
         assert counts["frames.published"] > 0.5 * outcomes(counts), ignored_kinds
+
+
+def test_count_names_stay_bounded_whatever_the_feed_sends() -> None:
+    # A feed inventing a new channel name per frame must not grow the metric's label set.
+    known: dict[str, object] = {}
+    for i in range(1000):
+        name = service.bounded_count_name(f"unknown_channel.hostile{i}", known, limit=8)
+        known.setdefault(name, None)
+    assert len(known) == 9
+    assert "unknown_channel.other" in known
+    assert "unknown_channel.hostile0" in known
+    # A name already known keeps its own counter after the limit.
+    assert (
+        service.bounded_count_name("unknown_channel.hostile3", known, limit=8)
+        == "unknown_channel.hostile3"
+    )
