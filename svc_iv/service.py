@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from google.protobuf.message import DecodeError
 
 from svc_iv import wire
-from svc_iv.core import IvCore
+from svc_iv.core import IvConfig, IvCore
 from volstream.bus.stage import (
     InMessage,
     Output,
@@ -56,7 +56,7 @@ class IvStage:
         self.clocks: dict[tuple[str, str], PartitionClock] = {}
         for p in partitions:
             key = (p.venue, p.currency.upper())
-            self.cores[key] = IvCore(*key)
+            self.cores[key] = IvCore(*key, IvConfig(forward_policy=env.cfg.iv_forward_policy))
             self.clocks[key] = PartitionClock(interval_ns)
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="iv")
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from volstream.config import (
+    IV_FORWARD_POLICIES,
     KNOWN_VENUES,
     SERVICES,
     SURFACE_MODELS,
@@ -159,6 +160,12 @@ def _add_stage_settings(p: argparse.ArgumentParser) -> None:
     p.add_argument("--surface-model", choices=SURFACE_MODELS, help="svi (default) or ssvi")
     p.add_argument("--iv-interval-ms", type=_positive_int, help="IV flush cadence (event time)")
     p.add_argument(
+        "--iv-forward-policy",
+        choices=IV_FORWARD_POLICIES,
+        help="forward each price is solved on: current (default, the venues') or quote "
+        "(the forward when the price last changed)",
+    )
+    p.add_argument(
         "--book-stale-ms", type=_positive_int, help="a book is stale after this (event time)"
     )
     p.add_argument("--consolidate", choices=("auto", "only", "off"), help="consolidated surfaces")
@@ -276,6 +283,7 @@ _FLAG_TO_FIELD: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "surface_smoothing_s": ("surface_smoothing_s", float),
     "surface_model": ("surface_model", str),
     "iv_interval_ms": ("iv_interval_ms", int),
+    "iv_forward_policy": ("iv_forward_policy", str),
     "book_stale_ms": ("book_stale_ms", int),
     "consolidate": ("consolidate", str),
     "api_token": ("api_token", str),

@@ -313,6 +313,16 @@ def _parse_ticker(
     timestamp_ms = req_json_int(data, "timestamp", where)
     # Collected in a dict and built in one constructor call (cheaper than field by field).
     fields: dict[str, Any] = {}
+    state = data.get("state")
+    if state is not None and state != c.OPEN_STATE:
+        # Not open (locked, halted, settlement, ...): no tradable price, so no price, size,
+        # IV or greek; forward and index still hold.
+        _not_open_ticker(data, counts, fields)
+        emit_ticker(
+            result, currency, symbol, fields, timestamp_ms * MS_TO_NS, receive_time_ns, c.SOURCE
+        )
+        counts["ticker.not_open"] += 1
+        return
     bid_price = opt_json_number(data, "best_bid_price", counts, "ticker")
     bid_size = opt_json_number(data, "best_bid_amount", counts, "ticker")
     ask_price = opt_json_number(data, "best_ask_price", counts, "ticker")
@@ -360,6 +370,18 @@ def _parse_ticker(
         result, currency, symbol, fields, timestamp_ms * MS_TO_NS, receive_time_ns, c.SOURCE
     )
     result.counts["ticker"] += 1
+
+
+def _not_open_ticker(data: dict[str, Any], counts: Counter[str], fields: dict[str, Any]) -> None:
+    forward = positive(opt_json_number(data, "underlying_price", counts, "ticker"))
+    if forward is not None:
+        fields["forward_usd"] = forward
+    forward_name = data.get("underlying_index")
+    if isinstance(forward_name, str):
+        fields["forward_name"] = forward_name
+    index_price = positive(opt_json_number(data, "index_price", counts, "ticker"))
+    if index_price is not None:
+        fields["index_price_usd"] = index_price
 
 
 def _index_currency(index_name: str, where: str) -> str:
@@ -483,7 +505,11 @@ def _instrument(entry: dict[str, Any], counts: Counter[str]) -> md_pb.Instrument
         underlying = price_index
     else:
         underlying = f"{base.lower()}_usd" if is_inverse else f"{base.lower()}_{quote.lower()}"
-    is_active = entry.get("is_active")
+    # Since January 2026 `state` says whether the book is open; older bodies: `is_active`.
+    state = entry.get("state")
+    is_active = state == c.OPEN_STATE if isinstance(state, str) else entry.get("is_active")
+    if isinstance(state, str) and state != c.OPEN_STATE:
+        counts["instrument.not_open"] += 1
     instrument = md_pb.Instrument(
         venue=c.VENUE,
         symbol=name,
