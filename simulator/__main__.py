@@ -44,6 +44,13 @@ def parse_args(argv: list[str] | None = None) -> SimConfig:
     p.add_argument("--min-heartbeat", type=float, default=10.0)
     p.add_argument("--max-expiries", type=int, default=None)
     p.add_argument(
+        "--min-expiry-days", type=float, default=0.5, help="list only expiries this far away"
+    )
+    p.add_argument(
+        "--surface-drift", type=float, default=1.0, help="random drift of the smile (0: none)"
+    )
+    p.add_argument("--index-interval", type=float, default=1.0, help="index push period (s)")
+    p.add_argument(
         "--scenario",
         default="quiet",
         help="market scenario NAME[:key=value,...]: quiet, trending, jump, volshock "
@@ -71,6 +78,9 @@ def parse_args(argv: list[str] | None = None) -> SimConfig:
         truth_interval_s=a.truth_interval,
         min_heartbeat_interval_s=a.min_heartbeat,
         max_expiries=a.max_expiries,
+        min_time_to_expiry_s=a.min_expiry_days * 86_400.0,
+        surface_drift=a.surface_drift,
+        index_interval_s=a.index_interval,
         venue_rates=parse_venue_rates(a.venue_rates),
         scenario=scenario,
     )

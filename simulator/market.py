@@ -28,6 +28,7 @@ from simulator.truth import (
     TruthSnapshot,
 )
 from volmath import black76
+from volstream.scenario import Scenario
 
 FloatArray = NDArray[np.float64]
 Kind = Literal["option", "future"]
@@ -388,7 +389,6 @@ class VenueMarket:
         draws = self.np_rng.lognormal(0.0, 1.0, 4096)
         self._qty_option = [max(1, int(style.option_median_steps * d)) for d in draws]
         self._qty_future = [max(1, int(style.future_median_steps * d)) for d in draws]
-        self.scenario = truth.config.scenario
         # Open options in slot order and their quoting state as arrays (see _rebuild_open):
         # the market maker's spread multiplier and skew (in half spreads) of its last
         # quote, the ticks it quoted (-1: not quoting, e.g. nobody watches), when a pending
@@ -402,6 +402,10 @@ class VenueMarket:
         self._last_check: tuple[int, float, float, float] | None = None
         self.requotes = 0
         self.sync_listings(now_ns)
+
+    @property
+    def scenario(self) -> Scenario:
+        return self.truth.config.scenario
 
     # -- listings -----------------------------------------------------------------
     def open_instruments(self, kind: Kind | None = None) -> list[SimInstrument]:
@@ -822,6 +826,8 @@ class VenueMarket:
         bid_ticks = np.floor(bid_raw / tick + 1e-9).astype(np.int64)
         ask_ticks = np.ceil(ask_raw / tick - 1e-9).astype(np.int64)
         ask_ticks = np.maximum(ask_ticks, np.maximum(bid_ticks + 1, 1))
+        # Worth under half a tick: offered at the minimum tick (makers compete down to it).
+        ask_ticks[mark_native < 0.5 * tick] = 1
         gone = deep_itm & a["unquoted_itm"][idx]
         bid_ticks[gone] = 0
         ask_ticks[gone] = 0

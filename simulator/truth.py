@@ -12,7 +12,7 @@ from __future__ import annotations
 import calendar
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
@@ -535,6 +535,13 @@ class TruthMarket:
 
     def snapshot(self, currency: str) -> TruthSnapshot:
         return self.currencies[currency.upper()].snapshot()
+
+    def set_scenario(self, scenario: Scenario) -> None:
+        """Switch scenario mid-run (its times still count from the start), e.g. to place a
+        jump once a pipeline is warm."""
+        self.config = replace(self.config, scenario=scenario)
+        for truth in self.currencies.values():
+            truth.config = self.config
 
 
 # ---------------------------------------------------------------------------------------

@@ -82,7 +82,7 @@ class Prior:
     # of their weighted mean (each mid's noise taken as its half spread) and by at least
     # SHIFT_FLOOR in vol, is behind a real move (a jump, a vol shock): the fit starts
     # afresh rather than lag it by the half life (docs/quant.md section 6).
-    SHIFT_Z = 3.0
+    SHIFT_Z = 2.0
     SHIFT_FLOOR = 0.002
 
     @staticmethod

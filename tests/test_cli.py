@@ -39,6 +39,9 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
         (["up", "--tls-cert", "/tmp/x.pem"], {}, "tls_cert"),
         (["up", "--iv-forward-policy", "sticky"], {}, "--iv-forward-policy"),
         (["up"], {"VOLSTREAM_IV_FORWARD_POLICY": "sticky"}, "iv_forward_policy: 'sticky'"),
+        (["up", "--sim", "--sim-scenario", "crash"], {}, "unknown scenario 'crash'"),
+        (["svc", "sim", "--sim-scenario", "jump:jump_size=0.9"], {}, "jump_size=0.9 is outside"),
+        (["up", "--sim"], {"VOLSTREAM_SIM_SCENARIO": "quiet:speed=2"}, "'speed=2'"),
     ],
 )
 def test_invalid_flag_or_value_exits_2_naming_it(
@@ -79,3 +82,36 @@ def test_forward_policy_reaches_live_and_replay_config(policy: str) -> None:
     )
     for args in (live, replay):
         assert config_from_args(args, Config()).iv_forward_policy == policy
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--sim-scenario", "crash"], "unknown scenario 'crash'"),
+        (
+            ["--sim-scenario", "volshock:shock_vol_pts=500"],
+            "shock_vol_pts=500 is outside [-30, 100]",
+        ),
+        (["--sim-scenario", "jump:jump_size=big"], "jump_size='big' is not a number"),
+    ],
+)
+def test_bad_scenario_lists_the_valid_ones(args: list[str], named: str) -> None:
+    result = run_cli("up", "--sim", *args)
+    assert result.returncode == 2, result
+    assert named in result.stderr, result.stderr
+    assert "scenarios: quiet, trending, jump, volshock" in result.stderr
+    assert "lag_fraction [0, 1]" in result.stderr
+
+
+@pytest.mark.parametrize("scenario", ["nosuch", "trending:drift_per_hour=3"])
+def test_simulator_scenario_flag_exits_2_listing_the_valid_ones(
+    scenario: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from simulator.__main__ import parse_args
+
+    with pytest.raises(SystemExit) as exited:
+        parse_args(["--scenario", scenario])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "--scenario" in err and "quiet, trending, jump, volshock" in err
+    assert parse_args(["--scenario", "jump:jump_size=0.05"]).scenario.jump_size == 0.05
