@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -44,7 +45,7 @@ def market(
     return truth, m
 
 
-def still(**kw: float) -> Scenario:
+def still(**kw: Any) -> Scenario:
     """The quiet scenario with the index held still unless a move is asked for."""
     return replace(SCENARIOS["quiet"], index_vol=0.0, **kw)
 
