@@ -101,18 +101,23 @@ class Prior:
         return float(weight[outside].sum()) / total if total > 0.0 else 1.0
 
     def behind_move(self, k: Array, mid: Array, bid: Array, ask: Array, weight: Array) -> bool:
-        """Whether the quotes' weighted mean moved off the prior beyond the noise band."""
+        """Whether the quotes moved off the prior beyond the noise band: their weighted mean
+        over all of them, on the put side (k < 0) or on the call side (k >= 0), so that a
+        tilt (a jump's stale quotes repriced, a skew move) counts as much as a level shift."""
         prior = np.asarray(implied_vol(self.params, k, self.t), dtype=np.float64)
         with np.errstate(invalid="ignore"):
             noise = np.where(np.isfinite(bid) & np.isfinite(ask), 0.5 * (ask - bid), np.nan)
             ok = np.isfinite(prior) & np.isfinite(mid) & np.isfinite(noise) & (weight > 0.0)
-        if not ok.any():
-            return False
-        w, gap, sd = weight[ok], (mid - prior)[ok], noise[ok]
-        total = float(w.sum())
-        shift = float((w * gap).sum()) / total
-        band = math.sqrt(float((w * w * sd * sd).sum())) / total
-        return abs(shift) > max(self.SHIFT_Z * band, self.SHIFT_FLOOR)
+        for side in (ok, ok & (k < 0.0), ok & (k >= 0.0)):
+            if not side.any():
+                continue
+            w, gap, sd = weight[side], (mid - prior)[side], noise[side]
+            total = float(w.sum())
+            shift = float((w * gap).sum()) / total
+            band = math.sqrt(float((w * w * sd * sd).sum())) / total
+            if abs(shift) > max(self.SHIFT_Z * band, self.SHIFT_FLOOR):
+                return True
+        return False
 
     def targets(self, k: Array, mid: Array, bid: Array, ask: Array) -> Array:
         """Blended targets; the prior's vols are read at its own T (a refit moves T by

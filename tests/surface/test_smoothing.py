@@ -150,3 +150,7 @@ def test_quote_noise_alone_keeps_the_prior() -> None:
             resets += 1
     assert resets <= 2
     assert prior.behind_move(k, fair + 0.006, fair - 0.004, fair + 0.016, np.ones(k.size))
+    # A tilt (puts up, calls down: a jump's stale quotes) has no mean shift, yet is a move.
+    tilt = np.where(k < 0.0, 0.008, -0.008)
+    ones = np.ones(k.size)
+    assert prior.behind_move(k, fair + tilt, fair + tilt - 0.01, fair + tilt + 0.01, ones)
