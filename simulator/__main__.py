@@ -16,6 +16,7 @@ import orjson
 from simulator.clock import CLOCK_MODES, START_ENV, start_from_env
 from simulator.server import VENUE_FACTORIES, SimConfig, run_simulator
 from volstream.config import ConfigError, parse_utc_ns
+from volstream.scenario import parse_scenario
 
 
 def parse_args(argv: list[str] | None = None) -> SimConfig:
@@ -42,9 +43,23 @@ def parse_args(argv: list[str] | None = None) -> SimConfig:
     p.add_argument("--truth-interval", type=float, default=1.0)
     p.add_argument("--min-heartbeat", type=float, default=10.0)
     p.add_argument("--max-expiries", type=int, default=None)
+    p.add_argument(
+        "--min-expiry-days", type=float, default=0.5, help="list only expiries this far away"
+    )
+    p.add_argument(
+        "--surface-drift", type=float, default=1.0, help="random drift of the smile (0: none)"
+    )
+    p.add_argument("--index-interval", type=float, default=1.0, help="index push period (s)")
+    p.add_argument(
+        "--scenario",
+        default="quiet",
+        help="market scenario NAME[:key=value,...]: quiet, trending, jump, volshock "
+        "(docs/simulator.md section 2)",
+    )
     a = p.parse_args(argv)
     try:
         start_ns = parse_utc_ns(a.start, "--start") if a.start else start_from_env()
+        scenario = parse_scenario(a.scenario, "--scenario")
     except ConfigError as exc:
         p.error(str(exc))
     return SimConfig(
@@ -63,7 +78,11 @@ def parse_args(argv: list[str] | None = None) -> SimConfig:
         truth_interval_s=a.truth_interval,
         min_heartbeat_interval_s=a.min_heartbeat,
         max_expiries=a.max_expiries,
+        min_time_to_expiry_s=a.min_expiry_days * 86_400.0,
+        surface_drift=a.surface_drift,
+        index_interval_s=a.index_interval,
         venue_rates=parse_venue_rates(a.venue_rates),
+        scenario=scenario,
     )
 
 

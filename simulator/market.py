@@ -14,7 +14,7 @@ import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -28,12 +28,24 @@ from simulator.truth import (
     TruthSnapshot,
 )
 from volmath import black76
+from volstream.scenario import Scenario
 
 FloatArray = NDArray[np.float64]
 Kind = Literal["option", "future"]
 # Deribit's expiration_timestamp for perpetuals (year 3000), in ns.
 PERPETUAL_EXPIRY_NS = 32_503_708_800_000 * 1_000_000
 _SQRT_2PI = math.sqrt(2.0 * math.pi)
+# Fast-market gauge (VenueMarket._gauge): EWMA half life, and the move per second (log,
+# index or 30-day ATM vol) where spreads start widening and where they are fully widened.
+FAST_HALF_LIFE_S = 2.0
+FAST_FROM = 0.001
+FAST_FULL = 0.005
+# Requote checks (VenueMarket.reprice) run when the index moved this much (log), the
+# 30-day ATM vol this much, the spread widening changed, or this long passed.
+CHECK_INDEX_MOVE = 0.3e-4
+CHECK_VOL_MOVE = 0.0002
+CHECK_EVERY_NS = 500_000_000
+MAX_LATENCY_MS = 5_000.0
 # Tick gaps between deeper book levels, drawn uniformly.
 _GAPS = (1, 1, 1, 2, 2, 3, 4, 6)
 
@@ -172,6 +184,8 @@ class SimInstrument:
     # Number of channels (any venue connection) that need this instrument's updates.
     watchers: int = 0
     weight: float = 1.0
+    # Position in the market's option arrays (VenueMarket._rebuild_open); -1: none.
+    slot: int = -1
 
     @property
     def expiry_ms(self) -> int:
@@ -375,7 +389,23 @@ class VenueMarket:
         draws = self.np_rng.lognormal(0.0, 1.0, 4096)
         self._qty_option = [max(1, int(style.option_median_steps * d)) for d in draws]
         self._qty_future = [max(1, int(style.future_median_steps * d)) for d in draws]
+        # Open options in slot order and their quoting state as arrays (see _rebuild_open):
+        # the market maker's spread multiplier and skew (in half spreads) of its last
+        # quote, the ticks it quoted (-1: not quoting, e.g. nobody watches), when a pending
+        # requote is due (0: none).
+        self._opts: list[SimInstrument] = []
+        self._a: dict[str, NDArray[Any]] = {}
+        # Fast-market gauge: EWMA of |d log index| and |d log ATM| per second.
+        self._speed = 0.0
+        self.widen = 1.0
+        self._last_seen: tuple[int, float, float] | None = None
+        self._last_check: tuple[int, float, float, float] | None = None
+        self.requotes = 0
         self.sync_listings(now_ns)
+
+    @property
+    def scenario(self) -> Scenario:
+        return self.truth.config.scenario
 
     # -- listings -----------------------------------------------------------------
     def open_instruments(self, kind: Kind | None = None) -> list[SimInstrument]:
@@ -513,6 +543,42 @@ class VenueMarket:
             weights.append(inst.weight)
         arr = np.asarray(weights, dtype=np.float64)
         self._weights = arr / arr.sum() if arr.size else arr
+        self._rebuild_option_arrays()
+
+    def _rebuild_option_arrays(self) -> None:
+        old = self._a
+        old_slot = {id(i): i.slot for i in self._opts}
+        for inst in self._opts:
+            inst.slot = -1
+        opts = [i for i in self._open if i.kind == "option"]
+        for j, inst in enumerate(opts):
+            inst.slot = j
+        prev = np.array([old_slot.get(id(i), -1) for i in opts], dtype=np.int64)
+        had = prev >= 0
+        n = len(opts)
+
+        def carry(name: str, default: float | int | bool, dtype: Any) -> NDArray[Any]:
+            out = np.full(n, default, dtype=dtype)
+            if name in old and had.any():
+                out[had] = old[name][prev[had]]
+            return out
+
+        self._a = {
+            "strike": np.array([i.strike for i in opts], dtype=np.float64),
+            "is_call": np.array([i.is_call for i in opts], dtype=np.bool_),
+            "expiry_ns": np.array([i.expiry_ns for i in opts], dtype=np.int64),
+            "expiry_ms": np.array([i.expiry_ms for i in opts], dtype=np.int64),
+            "liq": np.array([i.liquidity for i in opts], dtype=np.float64),
+            "unquoted_itm": np.array([i.unquoted_itm for i in opts], dtype=np.bool_),
+            "otm_ask_missing": np.array([i.otm_ask_missing for i in opts], dtype=np.bool_),
+            "watched": np.array([i.watchers > 0 for i in opts], dtype=np.bool_),
+            "q_half": carry("q_half", 1.0, np.float64),
+            "q_skew": carry("q_skew", 0.0, np.float64),
+            "q_bid": carry("q_bid", -1, np.int64),
+            "q_ask": carry("q_ask", -1, np.int64),
+            "due_ns": carry("due_ns", 0, np.int64),
+        }
+        self._opts = opts
 
     # -- selection ------------------------------------------------------------------
     def select(self, expected_updates: float) -> list[SimInstrument]:
@@ -563,17 +629,20 @@ class VenueMarket:
         now_ns: int,
         churn: bool = True,
         quotes: bool = True,
+        requote: bool = False,
     ) -> list[Update]:
         """Quote `insts` at event time `now_ns`; with `churn`, move their books too. Without
         `quotes` the options' bid/ask IVs and greeks are left 0 (for a venue whose channels
-        of this update carry only the book: solving IVs is most of an update's cost)."""
+        of this update carry only the book: solving IVs is most of an update's cost).
+        A `requote` keeps each market maker's spread and skew and moves only its prices
+        (the truth moved); otherwise they are drawn anew (the maker's own activity)."""
         snap = self.truth.snapshot()
         ts_ms = now_ns // 1_000_000
         options = [i for i in insts if i.kind == "option" and i.state == "open"]
         futures = [i for i in insts if i.kind == "future" and i.state == "open"]
         out: list[Update] = []
         if options:
-            out.extend(self._update_options(options, snap, ts_ms, churn, quotes))
+            out.extend(self._update_options(options, snap, ts_ms, churn, quotes, requote))
         if futures:
             out.extend(self._update_futures(futures, snap, ts_ms, churn))
         return out
@@ -585,6 +654,7 @@ class VenueMarket:
         ts_ms: int,
         churn: bool,
         quotes: bool = True,
+        requote: bool = False,
     ) -> list[Update]:
         st = self.style
         slices = self._slices(snap)
@@ -617,8 +687,6 @@ class VenueMarket:
         mark_iv_pct = np.round(vol * 100.0, st.mark_iv_decimals - 2)
         mark_vol = mark_iv_pct / 100.0
         mark_usd = black76.price(fwd, strike, t, mark_vol, is_call)
-        # Native premium per USD-per-coin premium.
-        native_scale = 1.0 / fwd if st.inverse else np.full(n, st.premium_coins)
         mark_native = mark_usd / fwd if st.inverse else mark_usd * st.premium_coins
         delta, gamma, vega, theta, rho_g = black_greeks(fwd, strike, t, mark_vol, is_call)
 
@@ -626,38 +694,21 @@ class VenueMarket:
         bid_px: FloatArray
         ask_px: FloatArray
         if churn:
-            atm = np.array([s.atm_vol for s in sl])
-            z = np.abs(k) / (atm * np.sqrt(t_truth))
-            days = np.maximum(t_truth * 365.0, 0.05)
-            liq = np.array([i.liquidity for i in keep])
-            noise = self.np_rng.standard_normal((2, n))
-            half = st.half_spread_vol * (1.0 + 0.8 * z) * (1.0 + 0.5 / np.sqrt(days)) / liq
-            half *= np.exp(0.25 * noise[0])
-            skew = np.clip(0.3 * noise[1], -0.7, 0.7) * half
-            bid_vol = vol + skew - half
-            ask_vol = vol + skew + half
-            bid_raw = np.where(
-                bid_vol > 0.02,
-                black76.price(fwd, strike, t, np.maximum(bid_vol, 0.02), is_call) * native_scale,
-                0.0,
-            )
-            ask_raw = black76.price(fwd, strike, t, ask_vol, is_call) * native_scale
-            tick = st.option_tick
-            bid_ticks = np.floor(bid_raw / tick + 1e-9).astype(np.int64)
-            ask_ticks = np.ceil(ask_raw / tick - 1e-9).astype(np.int64)
-            ask_ticks = np.maximum(ask_ticks, np.maximum(bid_ticks + 1, 1))
-            deep_itm = (np.abs(delta) > 0.93).tolist()
-            deep_otm = (mark_native < 0.3 * tick).tolist()
-            bid_l = bid_ticks.tolist()
-            ask_l = ask_ticks.tolist()
+            slots = np.array([i.slot for i in keep], dtype=np.int64)
+            if (slots < 0).any():
+                # Not an open option of this market any more (closed meanwhile).
+                keep_mask = slots >= 0
+                keep = [i for i, ok in zip(keep, keep_mask.tolist(), strict=True) if ok]
+                if not keep:
+                    return []
+                return self._update_options(keep, snap, ts_ms, churn, quotes, requote)
+            bid_t, ask_t = self._quote_ticks(slots, snap, ts_ms, fresh=not requote)
+            if requote:
+                self.requotes += len(keep)
+            bid_l = bid_t.tolist()
+            ask_l = ask_t.tolist()
             for j, inst in enumerate(keep):
-                bt = bid_l[j]
-                at = ask_l[j]
-                if deep_itm[j] and inst.unquoted_itm:
-                    bt = at = 0
-                elif deep_otm[j] and inst.otm_ask_missing:
-                    at = 0
-                self._churn(inst, bt, at)
+                self._churn(inst, bid_l[j], ask_l[j])
         updates: list[Update] = []
         best_bid = [i.book.best(True) for i in keep]
         best_ask = [i.book.best(False) for i in keep]
@@ -714,6 +765,155 @@ class VenueMarket:
                 )
             )
         return updates
+
+    # -- market makers ------------------------------------------------------------------
+    def _quote_ticks(
+        self, idx: NDArray[np.int64], snap: TruthSnapshot, ts_ms: int, fresh: bool
+    ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        """Bid and ask (in ticks, 0: no quote) the market makers of the options at slots
+        `idx` quote now on the truth; `fresh` draws each maker's spread multiplier and skew
+        anew, else they are kept (a requote moves prices, not the maker's view). Records
+        the quote as the slots' current one. Every slot's expiry must be in `snap`."""
+        st = self.style
+        a = self._a
+        n = idx.size
+        slices = self._slices(snap)
+        uniq, inv = np.unique(a["expiry_ns"][idx], return_inverse=True)
+        sl = [slices[e] for e in uniq.tolist()]
+
+        def per_slice(values: list[float]) -> FloatArray:
+            return np.asarray(values, dtype=np.float64)[inv]
+
+        fwd_truth = per_slice([self.forward_raw(x) for x in sl])
+        fwd = per_slice([self.forward_published(x) for x in sl])
+        t_truth = per_slice([x.t_years for x in sl])
+        atm = per_slice([x.atm_vol for x in sl])
+        strike = a["strike"][idx]
+        is_call = a["is_call"][idx]
+        t = (a["expiry_ms"][idx] - ts_ms).astype(np.float64) / 1000.0 / SECONDS_PER_YEAR
+        k = np.log(strike / fwd_truth)
+        x = k - per_slice([s.raw.m for s in sl])
+        sig = per_slice([s.raw.sigma for s in sl])
+        w = per_slice([s.raw.a for s in sl]) + per_slice([s.raw.b for s in sl]) * (
+            per_slice([s.raw.rho for s in sl]) * x + np.sqrt(x * x + sig * sig)
+        )
+        vol = np.sqrt(np.maximum(w, 1e-12) / t_truth)
+        mark_vol = np.round(vol * 100.0, st.mark_iv_decimals - 2) / 100.0
+        native_scale = 1.0 / fwd if st.inverse else np.full(n, st.premium_coins)
+        mark_native = black76.price(fwd, strike, t, mark_vol, is_call) * native_scale
+        sd = mark_vol * np.sqrt(t)
+        call_delta = ndtr((np.log(fwd / strike) + 0.5 * sd * sd) / sd)
+        deep_itm = np.where(is_call, call_delta, 1.0 - call_delta) > 0.93
+        if fresh:
+            noise = self.np_rng.standard_normal((2, n))
+            a["q_half"][idx] = np.exp(0.25 * noise[0])
+            a["q_skew"][idx] = np.clip(0.3 * noise[1], -0.7, 0.7)
+        z = np.abs(k) / (atm * np.sqrt(t_truth))
+        days = np.maximum(t_truth * 365.0, 0.05)
+        half = st.half_spread_vol * (1.0 + 0.8 * z) * (1.0 + 0.5 / np.sqrt(days)) / a["liq"][idx]
+        half *= a["q_half"][idx] * self.widen
+        skew = a["q_skew"][idx] * half
+        bid_vol = vol + skew - half
+        ask_vol = vol + skew + half
+        bid_raw = np.where(
+            bid_vol > 0.02,
+            black76.price(fwd, strike, t, np.maximum(bid_vol, 0.02), is_call) * native_scale,
+            0.0,
+        )
+        ask_raw = black76.price(fwd, strike, t, ask_vol, is_call) * native_scale
+        tick = st.option_tick
+        # Bids round down, asks up, to the tick: a deep OTM ask sits at the minimum tick.
+        bid_ticks = np.floor(bid_raw / tick + 1e-9).astype(np.int64)
+        ask_ticks = np.ceil(ask_raw / tick - 1e-9).astype(np.int64)
+        ask_ticks = np.maximum(ask_ticks, np.maximum(bid_ticks + 1, 1))
+        # Worth under half a tick: offered at the minimum tick (makers compete down to it).
+        ask_ticks[mark_native < 0.5 * tick] = 1
+        gone = deep_itm & a["unquoted_itm"][idx]
+        bid_ticks[gone] = 0
+        ask_ticks[gone] = 0
+        ask_ticks[(mark_native < 0.3 * tick) & a["otm_ask_missing"][idx]] = 0
+        a["q_bid"][idx] = bid_ticks
+        a["q_ask"][idx] = ask_ticks
+        a["due_ns"][idx] = 0
+        return bid_ticks, ask_ticks
+
+    def _gauge(self, snap: TruthSnapshot, now_ns: int) -> None:
+        """Update the fast-market gauge and the spread widening it implies."""
+        atm = self.truth.atm_vol_curve(30.0 / 365.0)
+        last = self._last_seen
+        self._last_seen = (now_ns, snap.index, atm)
+        if last is None or now_ns <= last[0]:
+            return
+        dt = (now_ns - last[0]) / 1e9
+        rate = max(abs(math.log(snap.index / last[1])), abs(math.log(atm / last[2]))) / dt
+        self._speed += (1.0 - 2.0 ** (-dt / FAST_HALF_LIFE_S)) * (rate - self._speed)
+        fast = min(1.0, max(0.0, (self._speed - FAST_FROM) / (FAST_FULL - FAST_FROM)))
+        # Quarter steps: a gauge that wobbles must not requote every option every tick.
+        self.widen = 1.0 + round(4.0 * fast * self.scenario.spread_widening) / 4.0
+
+    def reprice(self, now_ns: int) -> int:
+        """Schedule a requote, after a drawn latency, of every watched option whose maker's
+        price moved by a tick since it last quoted (the index, forward, smile or spread
+        moved); returns how many were scheduled. A price that did not move by a tick stays."""
+        a = self._a
+        if not self._opts:
+            return 0
+        snap = self.truth.snapshot()
+        widen_before = self.widen
+        self._gauge(snap, now_ns)
+        atm = self.truth.atm_vol_curve(30.0 / 365.0)
+        last = self._last_check
+        if (
+            last is not None
+            and self.widen == widen_before
+            and now_ns - last[0] < CHECK_EVERY_NS
+            and abs(math.log(snap.index / last[1])) < CHECK_INDEX_MOVE
+            and abs(atm - last[2]) < CHECK_VOL_MOVE
+        ):
+            # Nothing moved enough to shift a price by a tick since the last look.
+            return 0
+        self._last_check = (now_ns, snap.index, atm, self.widen)
+        ts_ms = now_ns // 1_000_000
+        slices = self._slices(snap)
+        live = (
+            a["watched"]
+            & (a["q_bid"] >= 0)
+            & (a["due_ns"] == 0)
+            & np.isin(a["expiry_ns"], np.fromiter(slices, dtype=np.int64, count=len(slices)))
+            & (a["expiry_ms"] > ts_ms)
+        )
+        idx = np.nonzero(live)[0]
+        if idx.size == 0:
+            return 0
+        held = (a["q_bid"][idx].copy(), a["q_ask"][idx].copy())
+        bid_t, ask_t = self._quote_ticks(idx, snap, ts_ms, fresh=False)
+        moved = (bid_t != held[0]) | (ask_t != held[1])
+        # Only the moved ones get a new quote now: the rest keep theirs.
+        a["q_bid"][idx] = np.where(moved, held[0], bid_t)
+        a["q_ask"][idx] = np.where(moved, held[1], ask_t)
+        hit = idx[moved]
+        if hit.size:
+            a["due_ns"][hit] = now_ns + self.latency_ns(hit.size)
+        return int(hit.size)
+
+    def latency_ns(self, n: int) -> NDArray[np.int64]:
+        """`n` requote latencies: lognormal, a `lag_fraction` of them from slow makers."""
+        sc = self.scenario
+        rng = self.np_rng
+        slow = rng.random(n) < sc.lag_fraction
+        median_ms = np.where(slow, sc.lag_latency_ms, sc.latency_ms)
+        ms = median_ms * np.exp(sc.latency_sigma * rng.standard_normal(n))
+        capped: FloatArray = np.maximum(np.minimum(ms, MAX_LATENCY_MS) * 1e6, 1.0)
+        return capped.astype(np.int64)
+
+    def due(self, now_ns: int) -> list[SimInstrument]:
+        """Options whose requote is due by `now_ns`, earliest first."""
+        d = self._a.get("due_ns")
+        if d is None or not d.size:
+            return []
+        idx = np.nonzero((d > 0) & (d <= now_ns))[0]
+        idx = idx[np.argsort(d[idx], kind="stable")]
+        return [self._opts[i] for i in idx.tolist()]
 
     def _update_futures(
         self, insts: list[SimInstrument], snap: TruthSnapshot, ts_ms: int, churn: bool
@@ -867,6 +1067,12 @@ class VenueMarket:
 
     def set_watched(self, inst: SimInstrument, delta: int) -> None:
         inst.watchers = max(0, inst.watchers + delta)
+        if inst.slot >= 0:
+            self._a["watched"][inst.slot] = inst.watchers > 0
         if inst.watchers == 0:
             # Nobody sees it: stop moving it; it is rebuilt when watched again.
             inst.book.ready = False
+            if inst.slot >= 0:
+                self._a["q_bid"][inst.slot] = -1
+                self._a["q_ask"][inst.slot] = -1
+                self._a["due_ns"][inst.slot] = 0

@@ -44,6 +44,7 @@ from simulator.truth import (
 )
 from simulator.venue import VenueContext, VenueSim, VenueUrls
 from volstream.bus.connection import credential_options
+from volstream.scenario import Scenario
 from volstream.subjects import Subjects
 from volstream.v1 import surface_pb2
 
@@ -103,6 +104,8 @@ class SimConfig:
     venue_rates: Mapping[str, float] = field(default_factory=dict)
     # Per-venue settings, documented in each venue module ({"binance": {"units": {...}}}).
     venue_options: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
+    # Market scenario and market-maker behaviour (volstream/scenario.py, docs/simulator.md).
+    scenario: Scenario = field(default_factory=Scenario)
 
     def rate_for(self, venue: str) -> float:
         return float(self.venue_rates.get(venue, self.messages_per_second))
@@ -116,6 +119,7 @@ class SimConfig:
             index_vol_scale=self.index_vol_scale,
             min_time_to_expiry_s=self.min_time_to_expiry_s,
             max_time_to_expiry_days=self.max_time_to_expiry_days,
+            scenario=self.scenario,
         )
 
 

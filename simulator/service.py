@@ -8,6 +8,7 @@ import signal
 
 from simulator.server import VENUE_FACTORIES, SimConfig, run_simulator
 from volstream.config import Config, parse_utc_ns
+from volstream.scenario import parse_scenario
 
 log = logging.getLogger("simulator")
 
@@ -25,6 +26,7 @@ async def run(cfg: Config, port: int = 0) -> None:
             seed=cfg.sim_seed,
             messages_per_second=cfg.sim_rate,
             start_time_ns=parse_utc_ns(cfg.sim_start, "sim_start") if cfg.sim_start else None,
+            scenario=parse_scenario(cfg.sim_scenario),
             nats_url=cfg.nats_url,
             nats_user=cfg.nats_user,
             nats_password=cfg.nats_password,

@@ -592,14 +592,30 @@ class PushVenue(VenueSim):
             changes = market.sync_listings(now_ns)
             if changes.listed or changes.expired:
                 self.on_listing(market, changes, now_ns)
+            # Market makers requote what the truth moved by a tick, after their latency
+            # (docs/simulator.md section 1); a stale-quotes fault holds them back too. The
+            # requotes are the venue's message rate first (earliest due first; beyond the
+            # rate they wait, as behind a busy gateway); the makers' own activity (a random
+            # choice of books) fills the rest of it.
+            market.reprice(now_ns)
             share = len(market.open_instruments()) / total_open
-            selected = market.select(budget * share)
+            allowed = budget * share
+            due = [i for i in market.due(now_ns) if not self._is_stale(i.symbol, loop_time)]
+            if len(due) > allowed:
+                due = due[: int(allowed + market.rng.random())]
+            selected = market.select(allowed - len(due))
             chosen = [
                 i for i in selected if i.watchers > 0 and not self._is_stale(i.symbol, loop_time)
             ]
-            if not chosen:
+            if due and chosen:
+                picked = {id(i) for i in due}
+                chosen = [i for i in chosen if id(i) not in picked]
+            if not chosen and not due:
                 continue
-            updates = market.update(chosen, now_ns, quotes=self.needs_quotes(market))
+            quotes = self.needs_quotes(market)
+            updates = market.update(chosen, now_ns, quotes=quotes) if chosen else []
+            if due:
+                updates += market.update(due, now_ns, quotes=quotes, requote=True)
             self.counters["updates"] += len(updates)
             self.publish_updates(market, updates)
             self.after_updates(market, updates, now_ns)

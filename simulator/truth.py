@@ -12,7 +12,7 @@ from __future__ import annotations
 import calendar
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
@@ -21,6 +21,7 @@ from scipy.special import ndtr
 
 from volmath import black76
 from volmath.svi import RawSvi, total_variance
+from volstream.scenario import Scenario
 from volstream.v1 import common_pb2, surface_pb2
 
 NS_PER_S = 1_000_000_000
@@ -80,6 +81,9 @@ class TruthConfig:
     # Multiplier on the index volatility (0 freezes the index).
     index_vol_scale: float = 1.0
     params: tuple[CurrencyParams, ...] = ()
+    # Index drift, jump and volatility shock (times from the start), and how the venues'
+    # market makers requote (docs/simulator.md section 2).
+    scenario: Scenario = field(default_factory=Scenario)
 
     def params_for(self, currency: str) -> CurrencyParams:
         for p in self.params:
@@ -358,6 +362,10 @@ class CurrencyTruth:
     rho: float = 0.0
     eta: float = 1.0
     basis_shift: float = 0.0
+    # The scenario's ATM vol shock in force (fraction, added to every expiry's ATM vol).
+    vol_shift: float = 0.0
+    # Event time the scenario's clock counts from (the truth's creation).
+    start_ns: int = 0
     expiries: list[ExpiryTruth] = field(default_factory=list)
     # Bumped whenever the expiry list changes so venues know to resync their listings.
     listing_version: int = 0
@@ -375,6 +383,7 @@ class CurrencyTruth:
             index=params.initial_index,
             rho=params.rho,
             eta=params.eta,
+            start_ns=now_ns,
         )
         truth.roll_expiries(now_ns)
         return truth
@@ -382,8 +391,13 @@ class CurrencyTruth:
     # -- model pieces ---------------------------------------------------------------
     def atm_vol_curve(self, t: float) -> float:
         p = self.params
-        return self.level * (
-            p.atm_vol_long + (p.atm_vol_short - p.atm_vol_long) * math.exp(-t / p.term_decay_years)
+        return (
+            self.level
+            * (
+                p.atm_vol_long
+                + (p.atm_vol_short - p.atm_vol_long) * math.exp(-t / p.term_decay_years)
+            )
+            + self.vol_shift
         )
 
     def basis(self, t: float) -> float:
@@ -404,8 +418,14 @@ class CurrencyTruth:
         z_index, z_level, z_rho, z_eta, z_basis = self.rng.standard_normal(5)
         # Vol rises when the index falls: correlate the level shock with the index shock.
         z_level = -0.5 * z_index + math.sqrt(1 - 0.25) * z_level
-        vol = self.atm_vol_curve(30 / 365) * self.config.index_vol_scale
-        self.index *= math.exp(vol * math.sqrt(dt) * z_index - 0.5 * vol * vol * dt)
+        sc = self.config.scenario
+        vol = self.atm_vol_curve(30 / 365) * self.config.index_vol_scale * sc.index_vol
+        trend = sc.drift_per_hour * dt * SECONDS_PER_YEAR / 3600.0
+        jump = sc.jump_size * self._window_share(now_ns, sc.jump_at_s, sc.jump_duration_s)
+        self.index *= math.exp(vol * math.sqrt(dt) * z_index - 0.5 * vol * vol * dt + trend + jump)
+        if sc.shock_vol_pts:
+            done = self._window_done(now_ns, sc.shock_at_s, sc.shock_duration_s)
+            self.vol_shift = sc.shock_vol_pts / 100.0 * done
         drift = self.config.surface_drift
         if drift > 0:
             sq = math.sqrt(dt)
@@ -419,6 +439,17 @@ class CurrencyTruth:
             self.basis_shift += -30.0 * self.basis_shift * dt + 0.05 * drift * sq * z_basis
         self.time_ns = now_ns
         self._cache = None
+
+    def _window_done(self, now_ns: int, at_s: float, duration_s: float) -> float:
+        """Share of the scenario window [at, at + duration] (s from the start) gone by."""
+        elapsed = (now_ns - self.start_ns) / NS_PER_S - at_s
+        return min(1.0, max(0.0, elapsed / duration_s))
+
+    def _window_share(self, now_ns: int, at_s: float, duration_s: float) -> float:
+        """Share of the window that falls between the last step and `now_ns`."""
+        return self._window_done(now_ns, at_s, duration_s) - self._window_done(
+            self.time_ns, at_s, duration_s
+        )
 
     def roll_expiries(self, now_ns: int) -> bool:
         """Drop expired expiries and list the schedule's new ones; True if anything changed."""
@@ -504,6 +535,13 @@ class TruthMarket:
 
     def snapshot(self, currency: str) -> TruthSnapshot:
         return self.currencies[currency.upper()].snapshot()
+
+    def set_scenario(self, scenario: Scenario) -> None:
+        """Switch scenario mid-run (its times still count from the start), e.g. to place a
+        jump once a pipeline is warm."""
+        self.config = replace(self.config, scenario=scenario)
+        for truth in self.currencies.values():
+            truth.config = self.config
 
 
 # ---------------------------------------------------------------------------------------

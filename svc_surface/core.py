@@ -443,6 +443,8 @@ def _prior(w: _Working, now_ns: int, half_life_s: float) -> Prior | None:
         Prior.RESET_OUTSIDE_SHARE
     ):
         return None
+    if prior.behind_move(sel.k[u], sel.mid_iv[u], sel.bid_iv[u], sel.ask_iv[u], sel.weight[u]):
+        return None
     return prior
 
 

@@ -78,6 +78,12 @@ class Prior:
     # A prior outside the bands of more than this share of the quotes (by weight) is
     # stale: the market moved beyond its quotes' width, so the fit starts afresh.
     RESET_OUTSIDE_SHARE = 0.5
+    # A prior the quotes moved away from as a whole, by more than this many standard errors
+    # of their weighted mean (each mid's noise taken as its half spread) and by at least
+    # SHIFT_FLOOR in vol, is behind a real move (a jump, a vol shock): the fit starts
+    # afresh rather than lag it by the half life (docs/quant.md section 6).
+    SHIFT_Z = 2.0
+    SHIFT_FLOOR = 0.002
 
     @staticmethod
     def decay(dt_s: float, half_life_s: float) -> float:
@@ -93,6 +99,25 @@ class Prior:
             outside = ~((prior >= bid) & (prior <= ask))
         total = float(weight.sum())
         return float(weight[outside].sum()) / total if total > 0.0 else 1.0
+
+    def behind_move(self, k: Array, mid: Array, bid: Array, ask: Array, weight: Array) -> bool:
+        """Whether the quotes moved off the prior beyond the noise band: their weighted mean
+        over all of them, on the put side (k < 0) or on the call side (k >= 0), so that a
+        tilt (a jump's stale quotes repriced, a skew move) counts as much as a level shift."""
+        prior = np.asarray(implied_vol(self.params, k, self.t), dtype=np.float64)
+        with np.errstate(invalid="ignore"):
+            noise = np.where(np.isfinite(bid) & np.isfinite(ask), 0.5 * (ask - bid), np.nan)
+            ok = np.isfinite(prior) & np.isfinite(mid) & np.isfinite(noise) & (weight > 0.0)
+        for side in (ok, ok & (k < 0.0), ok & (k >= 0.0)):
+            if not side.any():
+                continue
+            w, gap, sd = weight[side], (mid - prior)[side], noise[side]
+            total = float(w.sum())
+            shift = float((w * gap).sum()) / total
+            band = math.sqrt(float((w * w * sd * sd).sum())) / total
+            if abs(shift) > max(self.SHIFT_Z * band, self.SHIFT_FLOOR):
+                return True
+        return False
 
     def targets(self, k: Array, mid: Array, bid: Array, ask: Array) -> Array:
         """Blended targets; the prior's vols are read at its own T (a refit moves T by

@@ -205,12 +205,16 @@ class SurfaceWatch:
         return min(history, key=lambda t: abs(t.header.event_time_ns - event_time_ns))
 
     def errors(
-        self, key: SurfaceKey, truth_venue: str | None = None, min_days: float = 0.0
+        self,
+        key: SurfaceKey,
+        truth_venue: str | None = None,
+        min_days: float = 0.0,
+        surface: surface_pb.Surface | None = None,
     ) -> list[SliceError]:
-        """Every slice of the latest surface of `key` against the truth of `truth_venue`
-        (default: the surface's own venue; the consolidated surface needs one named: the
-        smile is the same on every venue, in log-moneyness on each one's forward)."""
-        surface = self.latest[key]
+        """Every slice of the latest surface of `key` (or of `surface`) against the truth of
+        `truth_venue` (default: the surface's own venue; the consolidated surface needs one
+        named: the smile is the same on every venue, in log-moneyness on each one's forward)."""
+        surface = surface if surface is not None else self.latest[key]
         venue, ccy = key
         truth = self.truth_at(truth_venue or venue, ccy, surface.header.event_time_ns)
         if truth is None:

@@ -41,6 +41,9 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
         (["up"], {"VOLSTREAM_STREAM_REPLICAS": "7"}, "stream_replicas: 7"),
         (["up", "--iv-forward-policy", "sticky"], {}, "--iv-forward-policy"),
         (["up"], {"VOLSTREAM_IV_FORWARD_POLICY": "sticky"}, "iv_forward_policy: 'sticky'"),
+        (["up", "--sim", "--sim-scenario", "crash"], {}, "unknown scenario 'crash'"),
+        (["svc", "sim", "--sim-scenario", "jump:jump_size=0.9"], {}, "jump_size=0.9 is outside"),
+        (["up", "--sim"], {"VOLSTREAM_SIM_SCENARIO": "quiet:speed=2"}, "'speed=2'"),
     ],
 )
 def test_invalid_flag_or_value_exits_2_naming_it(
@@ -81,3 +84,46 @@ def test_forward_policy_reaches_live_and_replay_config(policy: str) -> None:
     )
     for args in (live, replay):
         assert config_from_args(args, Config()).iv_forward_policy == policy
+
+
+def test_bad_scenario_lists_the_valid_ones() -> None:
+    result = run_cli("up", "--sim", "--sim-scenario", "volshock:shock_vol_pts=500")
+    assert result.returncode == 2, result
+    assert "shock_vol_pts=500 is outside [-30, 100]" in result.stderr, result.stderr
+    assert "scenarios: quiet, trending, jump, volshock" in result.stderr
+    assert "lag_fraction [0, 1]" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("crash", "unknown scenario 'crash'"),
+        ("jump:jump_size=big", "jump_size='big' is not a number"),
+        ("jump:jump_size=nan", "jump_size=nan is outside"),
+        ("quiet:latency_ms=0", "latency_ms=0 is outside [1, 5000]"),
+        ("quiet:speed=2", "unknown parameter 'speed=2'"),
+    ],
+)
+def test_scenario_text_is_checked(text: str, named: str) -> None:
+    from volstream.scenario import parse_scenario
+
+    with pytest.raises(ConfigError, match="scenarios: quiet, trending, jump, volshock") as err:
+        parse_scenario(text)
+    assert named in str(err.value)
+    parsed = parse_scenario("volshock:shock_vol_pts=5,lag_fraction=0.5")
+    assert (parsed.shock_vol_pts, parsed.lag_fraction, parsed.latency_ms) == (5.0, 0.5, 60.0)
+    assert parse_scenario(parsed.text()) == parsed
+
+
+@pytest.mark.parametrize("scenario", ["nosuch", "trending:drift_per_hour=3"])
+def test_simulator_scenario_flag_exits_2_listing_the_valid_ones(
+    scenario: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from simulator.__main__ import parse_args
+
+    with pytest.raises(SystemExit) as exited:
+        parse_args(["--scenario", scenario])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "--scenario" in err and "quiet, trending, jump, volshock" in err
+    assert parse_args(["--scenario", "jump:jump_size=0.05"]).scenario.jump_size == 0.05

@@ -135,6 +135,11 @@ def _add_runtime(p: argparse.ArgumentParser) -> None:
         help="simulator event time at start, ISO-8601 UTC (e.g. 2026-12-31T07:59:00Z; "
         "default now): its expiry calendar follows",
     )
+    p.add_argument(
+        "--sim-scenario",
+        help="simulator market scenario: quiet (default), trending, jump, volshock, with "
+        "overrides as NAME:key=value,... (docs/simulator.md section 2)",
+    )
     p.add_argument("--testnet", action="store_true", default=None, help="venue testnet URLs")
     _add_stage_settings(p)
     p.add_argument("--api-token", help="require 'authorization: Bearer TOKEN' on gRPC calls")
@@ -272,6 +277,7 @@ _FLAG_TO_FIELD: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "metrics_port": ("metrics_port", int),
     "sim_rate": ("sim_rate", float),
     "sim_start": ("sim_start", str),
+    "sim_scenario": ("sim_scenario", str),
     "testnet": ("testnet", bool),
     "surface_interval_ms": ("surface_interval_ms", int),
     "surface_smoothing_s": ("surface_smoothing_s", float),

@@ -117,6 +117,9 @@ class Config:
     # The simulator's event time at start (ISO-8601 UTC; None: now). Its calendar (which
     # expiries are listed, how far each is) follows from it.
     sim_start: str | None = None
+    # The simulator's market scenario, NAME[:key=value,...] (volstream/scenario.py,
+    # docs/simulator.md section 2).
+    sim_scenario: str = "quiet"
     # Surface refit cadence in event time.
     surface_interval_ms: int = 500
     # Half life (s) of the surface's temporal smoothing: each refit is pulled toward the
@@ -252,6 +255,9 @@ class Config:
             raise ConfigError(f"sim_rate: {self.sim_rate} must be in (0, 1e6]")
         if self.sim_start is not None:
             parse_utc_ns(self.sim_start, "sim_start")
+        from volstream.scenario import parse_scenario
+
+        parse_scenario(self.sim_scenario)
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("tls_cert/tls_key: give both or neither")
         if (self.nats_user is None) != (self.nats_password is None):

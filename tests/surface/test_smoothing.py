@@ -116,3 +116,41 @@ def test_slices_carry_their_prior_forward() -> None:
     core, _ = refit_sequence(10.0, 3, truths(), noise_vol=0.005)
     caches = list(core._caches.values())
     assert caches and all(c.prior is not None and c.prior_info > 0.0 for c in caches)
+
+
+def test_a_move_inside_the_bands_beyond_the_noise_resets_the_prior() -> None:
+    """A real move smaller than the quotes' width (a vol shock's first second, a jump's
+    skew move): the quotes' mean moved off the prior by far more than its noise band, so the
+    fit follows at once instead of lagging by the half life (issue 18: lag <= 2 s)."""
+    before = truths()
+    core, _ = refit_sequence(20.0, 15, before, noise_vol=0.001)
+    after = truths(atm_shift=0.006)
+    now = NOW_NS + 16 * SECOND
+    smiles = truth_smiles(after, now_ns=now, noise_vol=0.001, seed=98, sequence=100)
+    for smile in smiles:
+        core.on_smile(smile)
+    surface = core.fit(now + 1)
+    assert surface is not None
+    for atm_error, _ in errors(surface, after):
+        assert abs(atm_error) < 0.0015
+
+
+def test_quote_noise_alone_keeps_the_prior() -> None:
+    prior = Prior(crypto_like_slice(30 / 365, 0.6), t=30 / 365, weight=10.0)
+    rng = np.random.default_rng(3)
+    k = np.linspace(-0.3, 0.3, 40)
+    from volmath.svi import implied_vol
+
+    fair = np.asarray(implied_vol(prior.params, k, prior.t))
+    resets = 0
+    for _ in range(200):
+        mid = fair + rng.normal(0.0, 0.003, k.size)
+        half = np.full(k.size, 0.01)
+        if prior.behind_move(k, mid, mid - half, mid + half, 1.0 / (2 * half) ** 2):
+            resets += 1
+    assert resets <= 2
+    assert prior.behind_move(k, fair + 0.006, fair - 0.004, fair + 0.016, np.ones(k.size))
+    # A tilt (puts up, calls down: a jump's stale quotes) has no mean shift, yet is a move.
+    tilt = np.where(k < 0.0, 0.008, -0.008)
+    ones = np.ones(k.size)
+    assert prior.behind_move(k, fair + tilt, fair + tilt - 0.01, fair + tilt + 0.01, ones)
