@@ -9,6 +9,7 @@ checksums that fit the int32 field.
 from __future__ import annotations
 
 import math
+import re
 import struct
 from typing import Any, Final
 
@@ -37,6 +38,15 @@ _MAX_CHECKSUM: Final = 2**31
 
 
 _INF: Final = math.inf
+
+
+# What orjson refuses anywhere in a frame (the checked path then dead-letters it) and
+# msgspec lets through in the fields the Structs do not read: a number that overflows a
+# double (a run of 100 digits or an exponent of 100 or more is needed), an escaped lone
+# surrogate, invalid UTF-8. OKX frames are ASCII, so a frame with any of these takes the
+# checked path (a finite number matching the pattern only costs the slower path).
+_REFUSED_TEXT: Final = re.compile(r"[0-9]{100}|[eE]\+?0*[1-9][0-9]{2}|\\u[dD][89a-fA-F]")
+_REFUSED_BYTES: Final = re.compile(rb"[0-9]{100}|[eE]\+?0*[1-9][0-9]{2}|\\u[dD][89a-fA-F]")
 
 
 _MINUS_ZERO_TEXT: Final = '"-0"'
@@ -165,6 +175,9 @@ class OkxHotPath(StampingSession):
         that does not continue the book, a checksum to verify. Everything that can raise
         happens before the first state change.
         """
+        refused = _REFUSED_TEXT if isinstance(raw, str) else _REFUSED_BYTES
+        if not raw.isascii() or refused.search(raw) is not None:  # type: ignore[arg-type]
+            return None
         try:
             book = msg.BOOK_PUSH_DECODER.decode(raw)
         except msgspec.MsgspecError:
