@@ -9,11 +9,11 @@ checksums that fit the int32 field.
 from __future__ import annotations
 
 import math
-import re
 import struct
 from typing import Any, Final
 
 import msgspec
+import orjson
 
 from svc_connector.kit.book_levels import ASKS_TAG, BIDS_TAG
 from svc_connector.kit.fields import MS_TO_NS
@@ -40,15 +40,6 @@ _MAX_CHECKSUM: Final = 2**31
 _INF: Final = math.inf
 
 
-# What orjson refuses anywhere in a frame (the checked path then dead-letters it) and
-# msgspec lets through in the fields the Structs do not read: a number that overflows a
-# double (a run of 100 digits or an exponent of 100 or more is needed), an escaped lone
-# surrogate, invalid UTF-8. OKX frames are ASCII, so a frame with any of these takes the
-# checked path (a finite number matching the pattern only costs the slower path).
-_REFUSED_TEXT: Final = re.compile(r"[0-9]{100}|[eE]\+?0*[1-9][0-9]{2}|\\u[dD][89a-fA-F]")
-_REFUSED_BYTES: Final = re.compile(rb"[0-9]{100}|[eE]\+?0*[1-9][0-9]{2}|\\u[dD][89a-fA-F]")
-
-
 _MINUS_ZERO_TEXT: Final = '"-0"'
 
 
@@ -57,6 +48,19 @@ _MINUS_ZERO_BYTES: Final = b'"-0"'
 
 # One BookLevel on the wire, as svc_connector.session.levels_wire writes it.
 _pack_level: Final = struct.Struct("<BBBdBd").pack
+
+
+def _orjson_reads(raw: bytes | str) -> bool:
+    """Whether the checked path's orjson reads ``raw``. The Structs skip the fields they do
+    not read, unchecked; orjson refuses some of those anywhere in a frame (a number that
+    overflows a double, a lone surrogate, invalid UTF-8) and the checked path dead-letters
+    the frame, so the hot path must leave it there. Asked only of frames the Structs took:
+    a validating parse costs ~5 us a frame, a fifth of a regex scan for the same cases."""
+    try:
+        orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return False
+    return True
 
 
 def _hot_ts(text: str) -> int | None:
@@ -175,15 +179,14 @@ class OkxHotPath(StampingSession):
         that does not continue the book, a checksum to verify. Everything that can raise
         happens before the first state change.
         """
-        refused = _REFUSED_TEXT if isinstance(raw, str) else _REFUSED_BYTES
-        if not raw.isascii() or refused.search(raw) is not None:  # type: ignore[arg-type]
-            return None
         try:
             book = msg.BOOK_PUSH_DECODER.decode(raw)
         except msgspec.MsgspecError:
             pass
         else:
             if book.event is not None or book.arg.channel not in c.INCREMENTAL_BOOKS:
+                return None
+            if not _orjson_reads(raw):
                 return None
             if book.action == "update":
                 return self._hot_update(raw, book, now_ns)
@@ -195,6 +198,8 @@ class OkxHotPath(StampingSession):
         except msgspec.MsgspecError:
             return None
         if summary.event is not None or summary.arg.channel != c.OPT_SUMMARY:
+            return None
+        if not _orjson_reads(raw):
             return None
         return self._hot_summaries(raw, summary, now_ns)
 
