@@ -4,6 +4,7 @@ same events side by side in one run.
 
     .venv/bin/python -m bench.bench_iv_work [--seconds S] [--expiries N] [--requote-share Q]
                                            [--interval-ms MS] [--seed N]
+                                           [--forward-policy current|quote]
 
 Stream: the simulator's own truth process (`simulator.truth.TruthMarket`: index as a
 GBM at the currency's ~50% vol, basis per expiry, a drifting SSVI smile) stepped every 100 ms.
@@ -36,6 +37,7 @@ from numpy.typing import NDArray
 from simulator.truth import TruthConfig, TruthMarket
 from svc_iv.core import IvConfig, IvCore
 from volmath import black76
+from volstream.config import IV_FORWARD_POLICIES
 from volstream.v1 import book_pb2 as book_pb
 from volstream.v1 import common_pb2 as common_pb
 from volstream.v1 import iv_pb2 as iv_pb
@@ -268,14 +270,16 @@ def run(
     interval_ms: int,
     seed: int,
     configs: dict[str, IvConfig] | None = None,
+    forward_policy: str = "current",
 ) -> None:
     truth = TruthMarket(
         TruthConfig(currencies=("BTC",), seed=seed, max_expiries=expiries), START_NS
     )
     stream = Stream(truth, "BTC", share, seed)
-    configs = configs or {"incremental (default)": IvConfig()}
+    configs = configs or {"incremental (default)": IvConfig(forward_policy=forward_policy)}
     variants = [Variant(name, IvCore("deribit", "BTC", cfg)) for name, cfg in configs.items()]
-    full = Variant("full re-solve", IvCore("deribit", "BTC", IvConfig(incremental=False)))
+    reference = IvConfig(incremental=False, forward_policy=forward_policy)
+    full = Variant("full re-solve", IvCore("deribit", "BTC", reference))
     every = [*variants, full]
     for v in every:
         v.core.on_instruments(stream.instruments)
@@ -428,8 +432,19 @@ def main() -> None:
     parser.add_argument("--requote-share", type=float, default=0.01)
     parser.add_argument("--interval-ms", type=int, default=200)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--forward-policy", choices=IV_FORWARD_POLICIES, default=IV_FORWARD_POLICIES[0]
+    )
     args = parser.parse_args()
-    run(args.seconds, args.expiries, args.requote_share, args.interval_ms, args.seed)
+    print(f"forward policy: {args.forward_policy}")
+    run(
+        args.seconds,
+        args.expiries,
+        args.requote_share,
+        args.interval_ms,
+        args.seed,
+        forward_policy=args.forward_policy,
+    )
 
 
 if __name__ == "__main__":

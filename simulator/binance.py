@@ -142,6 +142,13 @@ class BinanceMutator(JsonMutator):
             return entries_of(obj["data"])
         return entries_of(obj)
 
+    def rename_channel(self, obj: Any) -> None:
+        # A combined stream names its channel in the envelope, a raw one by the event type.
+        if isinstance(obj, dict) and "stream" in obj:
+            obj["stream"] = f"simunknown@{obj['stream']}"
+        for entry in self.payloads(obj):
+            entry["e"] = "simUnknownEvent"
+
 
 def error_frame(code: int, msg: str, req_id: object) -> bytes:
     return orjson.dumps({"error": {"code": code, "msg": msg}, "id": req_id})
@@ -530,7 +537,7 @@ class BinanceVenue(PushVenue):
 
     def on_tick(self, now_ns: int, dt_s: float) -> None:
         super().on_tick(now_ns, dt_s)
-        if now_ns >= self._next_mark_ns:
+        if now_ns >= self._next_mark_ns and not self.paused:
             self._next_mark_ns = now_ns + self.mark_interval_ns
             self.publish_marks(now_ns)
 

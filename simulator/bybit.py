@@ -115,6 +115,10 @@ class BybitMutator(JsonMutator):
     def payloads(self, obj: Any) -> list[dict[str, Any]]:
         return entries_of(obj.get("data")) if isinstance(obj, dict) else []
 
+    def rename_channel(self, obj: Any) -> None:
+        if isinstance(obj, dict):
+            obj["topic"] = f"simUnknown.{obj.get('topic')}"
+
 
 class BybitVenue(PushVenue):
     name = VENUE

@@ -140,6 +140,11 @@ class DeribitMutator(JsonMutator):
         data = obj.get("params", {}).get("data")
         return [data] if isinstance(data, dict) else []
 
+    def rename_channel(self, obj: Any) -> None:
+        params = obj.get("params") if isinstance(obj, dict) else None
+        if isinstance(params, dict):
+            params["channel"] = f"sim_unknown.{params.get('channel')}"
+
 
 def _price_band(mark: float) -> tuple[float, float]:
     lo = max(0.0001, math.floor((mark - max(0.02, 0.06 * mark)) * 10_000) / 10_000)

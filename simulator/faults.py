@@ -20,6 +20,10 @@ class FaultKind(StrEnum):
     OUT_OF_ORDER = "out_of_order"
     # Send one frame that is not valid JSON.
     MALFORMED = "malformed"
+    # Send the last notification again with its data fields of the wrong JSON types.
+    WRONG_TYPES = "wrong_types"
+    # Send the last notification again on a channel nobody subscribed.
+    UNKNOWN_CHANNEL = "unknown_channel"
     # Add fields the venue never documented to the next `count` notifications.
     UNKNOWN_FIELDS = "unknown_fields"
     # Remove optional fields from the next `count` ticker notifications.
@@ -39,6 +43,7 @@ ALIASES = {
     "swap": FaultKind.OUT_OF_ORDER,
     "reorder": FaultKind.OUT_OF_ORDER,
     "bad_json": FaultKind.MALFORMED,
+    "wrong_type": FaultKind.WRONG_TYPES,
     "unknown_field": FaultKind.UNKNOWN_FIELDS,
     "missing_field": FaultKind.MISSING_FIELDS,
     "missing_optional_fields": FaultKind.MISSING_FIELDS,

@@ -16,7 +16,10 @@ as the recordings suggest), `opt-summary` per family (IVs as fractions, `fwdPx`,
 
 Venue options (SimConfig.venue_options["okx"]): `idle_timeout_s` (30: a connection that
 sends nothing for this long is closed with 4004), `book_keepalive_s` (60), `checksums`
-(false: books carry checksum 0 as the live venue has since June 2026; true: the real CRC32).
+(false: books carry checksum 0 as the live venue has since June 2026; true: the real CRC32),
+`ws_snapshots` (true; false: a `books` subscription gets no initial snapshot, only updates,
+as OKX announced for August 2026: the book is built from REST `GET /api/v5/market/books`,
+which carries its `seqId`).
 """
 
 from __future__ import annotations
@@ -146,6 +149,11 @@ class OkxMutator(JsonMutator):
     def payloads(self, obj: Any) -> list[dict[str, Any]]:
         return entries_of(obj.get("data")) if isinstance(obj, dict) else []
 
+    def rename_channel(self, obj: Any) -> None:
+        arg = obj.get("arg") if isinstance(obj, dict) else None
+        if isinstance(arg, dict):
+            arg["channel"] = "sim-unknown"
+
 
 class OkxSession(PushSession):
     pass
@@ -174,6 +182,10 @@ class OkxVenue(PushVenue):
         # The live venue sends checksum 0 since June 2026 (docs/venues/okx.md); tests can
         # ask for real ones.
         self.checksums = checksums
+        ws_snapshots = self.options.get("ws_snapshots", True)
+        if not isinstance(ws_snapshots, bool):
+            raise ValueError("venue option 'ws_snapshots' must be a boolean")
+        self.ws_snapshots = ws_snapshots
         # symbol -> sim time of the last books push (snapshot, update or keep-alive)
         self.book_pushed_ns: dict[str, int] = {}
         self._usd_text = NumberText(2, trim=True)
@@ -184,6 +196,7 @@ class OkxVenue(PushVenue):
         app.router.add_get("/ws/v5/public", self.ws_handler)
         app.router.add_get("/api/v5/public/instruments", self._rest_instruments)
         app.router.add_get("/api/v5/public/time", self._rest_time)
+        app.router.add_get("/api/v5/market/books", self._rest_books)
         return app
 
     def new_session(self, session_id: int, ws: web.WebSocketResponse) -> PushSession:
@@ -285,6 +298,29 @@ class OkxVenue(PushVenue):
                     continue
                 out.append(self.instrument_json(inst))
         return self.json_response({"code": "0", "msg": "", "data": out})
+
+    async def _rest_books(self, request: web.Request) -> web.Response:
+        """The order book as the websocket's books channel would snapshot it, with seqId."""
+        self.counters["rest_requests"] += 1
+        inst_id = request.query.get("instId")
+        if not inst_id:
+            return self._rest_error("50014", "Parameter instId can not be empty.")
+        found = self.find(inst_id)
+        if found is None or found[1].state != "open":
+            return self._rest_error("51001", "Instrument ID does not exist.")
+        try:
+            depth = int(request.query.get("sz", "1"))
+        except ValueError:
+            return self._rest_error("51000", "Parameter sz error")
+        depth = max(1, min(depth, 400))
+        inst = found[1]
+        data = {
+            "asks": self._levels(inst, False, depth),
+            "bids": self._levels(inst, True, depth),
+            "ts": str(self.now_ms()),
+            "seqId": inst.book.sequence,
+        }
+        return self.json_response({"code": "0", "msg": "", "data": [data]})
 
     def _rest_error(self, code: str, msg: str) -> web.Response:
         self.counters["request_errors"] += 1
@@ -668,6 +704,8 @@ class OkxVenue(PushVenue):
                 inst = found[1]
                 if sub.kind == SubKind.BOOK:
                     self.book_pushed_ns[inst.symbol] = now_ns
+                    if not self.ws_snapshots:
+                        continue  # updates only: the client builds the book from REST
                     session.enqueue(
                         self.book_snapshot(sub, inst, ts),
                         FrameKind.BOOK_SNAPSHOT,

@@ -12,7 +12,8 @@ Every venue quotes the same truth per currency, each with its own naming, units,
 spreads and ticks; the truth is published per venue on sim.truth.<venue>.<ccy> with that
 venue's forwards.
 
-Control: POST /control/fault {"venue","kind","symbol"?,...}; GET /control/stats;
+Control: POST /control/fault {"venue","kind","symbol"?,...}; POST /control/rate
+{"messages_per_second", "venue"?} (a load generator's bursts and pauses); GET /control/stats;
 GET /control/truth?currency=BTC; GET /control/health.
 """
 
@@ -200,6 +201,21 @@ class SimHandle:
         parse_kind(kind)
         return await self.inject(FaultRequest.from_json(body))
 
+    def set_rate(self, messages_per_second: object, venue: str | None = None) -> list[str]:
+        """Per venue (every venue unless one is named), from the next tick; the venues set."""
+        if isinstance(messages_per_second, bool) or not isinstance(
+            messages_per_second, int | float
+        ):
+            raise ValueError("'messages_per_second' must be a number")
+        if not 0 <= messages_per_second <= 1_000_000:
+            raise ValueError(f"'messages_per_second' {messages_per_second} not in [0, 1e6]")
+        if venue is not None and venue not in self.venues:
+            raise ValueError(f"venue {venue!r} not simulated")
+        names = [venue] if venue is not None else list(self.venues)
+        for name in names:
+            self.venues[name].set_rate(float(messages_per_second))
+        return names
+
     def stats(self) -> dict[str, object]:
         return {
             "uptime_s": round(time.monotonic() - self._started_wall, 3),
@@ -224,6 +240,7 @@ class SimHandle:
         for name, venue in self.venues.items():
             app.add_subapp(f"/{name}", venue.app())
         app.router.add_post("/control/fault", self._http_fault)
+        app.router.add_post("/control/rate", self._http_rate)
         app.router.add_get("/control/stats", self._http_stats)
         app.router.add_get("/control/truth", self._http_truth)
         app.router.add_get("/control/health", self._http_health)
@@ -362,6 +379,19 @@ class SimHandle:
         except (ValueError, orjson.JSONDecodeError) as exc:
             return self._json({"ok": False, "error": str(exc)}, status=400)
         return self._json({"ok": True, **result})
+
+    async def _http_rate(self, request: web.Request) -> web.Response:
+        try:
+            body = orjson.loads(await request.read())
+            if not isinstance(body, dict):
+                raise ValueError("rate body must be a JSON object")
+            venue = body.get("venue")
+            if venue is not None and not isinstance(venue, str):
+                raise ValueError("'venue' must be a string")
+            venues = self.set_rate(body.get("messages_per_second"), venue)
+        except (ValueError, orjson.JSONDecodeError) as exc:
+            return self._json({"ok": False, "error": str(exc)}, status=400)
+        return self._json({"ok": True, "venues": venues})
 
     async def _http_stats(self, request: web.Request) -> web.Response:
         return self._json(self.stats())

@@ -77,6 +77,12 @@ class FrameMutator:
     def drop_optional_fields(self, frame: bytes) -> bytes:
         raise NotImplementedError
 
+    def wrong_types(self, frame: bytes) -> bytes:
+        raise NotImplementedError
+
+    def unknown_channel(self, frame: bytes) -> bytes:
+        raise NotImplementedError
+
 
 class WsSession:
     """Outgoing side of one websocket connection."""
@@ -190,6 +196,14 @@ class WsSession:
     def send_malformed(self) -> None:
         base = self.last_notification or b'{"jsonrpc":"2.0","method":"subscription","params":{}}'
         self._push(base[: max(1, len(base) // 2)], FrameKind.INJECTED)
+
+    def send_mutated(self, mutate: Callable[[bytes], bytes]) -> bool:
+        """The last notification rewritten by `mutate` (a mutator's bad-input method), sent
+        as an injected frame; False when nothing was sent yet to rewrite."""
+        if self.last_notification is None:
+            return False
+        self._push(mutate(self.last_notification), FrameKind.INJECTED)
+        return True
 
     def forget_channel(self, channel: str) -> None:
         self.faults.held.pop(channel, None)

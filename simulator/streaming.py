@@ -15,7 +15,7 @@ import logging
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import IntEnum
@@ -603,7 +603,7 @@ class PushVenue(VenueSim):
             self.counters["updates"] += len(updates)
             self.publish_updates(market, updates)
             self.after_updates(market, updates, now_ns)
-        if now_ns >= self._next_index_ns:
+        if now_ns >= self._next_index_ns and not self.paused:
             self._next_index_ns = now_ns + int(self.ctx.index_interval_s * 1e9)
             self.on_periodic(now_ns)
 
@@ -664,6 +664,8 @@ class PushVenue(VenueSim):
             result["duration_s"] = request.duration_s
         else:
             done: list[int] = []
+            # Frames made up and sent (the bad-input faults), so a sender can reconcile them.
+            injected = 0
             for s in self._targets(request):
                 if kind == FaultKind.DISCONNECT:
                     await s.close(1001, "sim fault: disconnect")
@@ -680,6 +682,17 @@ class PushVenue(VenueSim):
                 elif kind == FaultKind.MALFORMED:
                     for _ in range(request.count):
                         s.send_malformed()
+                    injected += request.count
+                elif kind in (FaultKind.WRONG_TYPES, FaultKind.UNKNOWN_CHANNEL):
+                    mutate = (
+                        s.mutator.wrong_types
+                        if kind == FaultKind.WRONG_TYPES
+                        else s.mutator.unknown_channel
+                    )
+                    for _ in range(request.count):
+                        if not s.send_mutated(mutate):
+                            break
+                        injected += 1
                 elif kind == FaultKind.UNKNOWN_FIELDS:
                     s.add_unknown_fields(request.count)
                 elif kind == FaultKind.MISSING_FIELDS:
@@ -687,6 +700,7 @@ class PushVenue(VenueSim):
                 done.append(s.id)
             result["connections"] = done
             result["symbol"] = request.symbol
+            result["injected"] = injected
         self.faults_applied[kind.value] = self.faults_applied.get(kind.value, 0) + 1
         return result
 
@@ -716,6 +730,15 @@ class PushVenue(VenueSim):
         listed = market.list_strike(ref.expiry_ns, strike, now_ns)
         self.on_listing(market, ListingChanges(listed=listed), now_ns)
         return {"symbols": [i.symbol for i in listed], "strike": strike}
+
+    def set_rate(self, messages_per_second: float) -> None:
+        self.ctx = replace(self.ctx, messages_per_second=messages_per_second)
+
+    @property
+    def paused(self) -> bool:
+        """A rate of 0 (POST /control/rate) pauses the periodic pushes too: a paused venue
+        sends only heartbeats and answers, so a load generator can drain the pipeline."""
+        return self.ctx.messages_per_second <= 0
 
     # -- stats / close ------------------------------------------------------------------
     def stats(self) -> dict[str, object]:
@@ -783,6 +806,38 @@ class JsonMutator(FrameMutator):
             for key in self.optional_fields:
                 entry.pop(key, None)
         return orjson.dumps(obj)
+
+    def rename_channel(self, obj: Any) -> None:
+        """Put `obj` (a decoded notification) on a channel of the venue's shape that nobody
+        subscribed."""
+        raise NotImplementedError
+
+    def wrong_types(self, frame: bytes) -> bytes:
+        """Every data field of the wrong JSON type, the envelope intact: a frame the venue's
+        parser routes but cannot read."""
+        obj = orjson.loads(frame)
+        for entry in self.payloads(obj):
+            for key, value in entry.items():
+                entry[key] = wrong_type(value)
+        return orjson.dumps(obj)
+
+    def unknown_channel(self, frame: bytes) -> bytes:
+        obj = orjson.loads(frame)
+        self.rename_channel(obj)
+        return orjson.dumps(obj)
+
+
+def wrong_type(value: object) -> object:
+    """A JSON value of another type than `value`'s (numbers and text swap, containers flip)."""
+    if isinstance(value, bool) or value is None:
+        return {"unexpected": value}
+    if isinstance(value, int | float):
+        return f"not-a-number:{value}"
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return {"unexpected": "list"}
+    return "not-an-object"
 
 
 def entries_of(value: object) -> list[dict[str, Any]]:

@@ -59,6 +59,10 @@ class VenueSim(abc.ABC):
     @abc.abstractmethod
     def stats(self) -> dict[str, object]: ...
 
+    @abc.abstractmethod
+    def set_rate(self, messages_per_second: float) -> None:
+        """Change the message rate from the next tick on (0: every market-data push pauses)."""
+
     def truth_forwards(self, currency: str) -> dict[int, float]:
         """The venue's forward per expiry (ns -> USD) for its truth surface; empty: the
         truth forwards."""

@@ -134,11 +134,15 @@ class BookStage:
             )
         return state
 
-    async def restore(self, ctx: ServiceContext) -> None:
+    async def restore(self, ctx: ServiceContext, counters_only: bool = False) -> None:
         """Start-up: continue each owned partition's TopOfBook and batch sequences from the
         BOOK stream, and take the partition's symbols from its last keyframe: each is marked
         as awaiting a snapshot (published as such with the first output) and the connector
-        is asked to resync them all, so books that see no delta soon are rebuilt too."""
+        is asked to resync them all, so books that see no delta soon are rebuilt too.
+
+        ``counters_only``: the sequences alone, never lowered (after a partial rebuild,
+        volstream.bus.rebuild: the books are rebuilt from MD, their counters must not go
+        back)."""
         for venue, ccy in sorted(self.owned):
             state = self.partition(venue, ccy)
             highest = 0
@@ -156,8 +160,8 @@ class BookStage:
                 for top in batch.tops:
                     highest = max(highest, top.header.sequence)
                 state.clock.sequence = max(state.clock.sequence, batch.header.sequence)
-            state.core.output_sequence = highest
-            if keyframe is None:
+            state.core.output_sequence = max(state.core.output_sequence, highest)
+            if keyframe is None or counters_only:
                 continue
             known_ns = keyframe.header.event_time_ns
             for top in keyframe.tops:
@@ -290,7 +294,12 @@ async def run(cfg: Config) -> None:
     async with service_context(cfg, SERVICE) as ctx:
         partitions = cfg.owned_partitions()
         stage = BookStage(ctx, partitions)
-        await stage.restore(ctx)
-        await ctx.start_stage(stage_inputs(ctx, partitions), stage)
+        if cfg.rebuild == "resume":  # "replay": the runner rebuilds the books from MD
+            await stage.restore(ctx)
+
+        async def continue_counters() -> None:
+            await stage.restore(ctx, counters_only=True)
+
+        await ctx.start_stage(stage_inputs(ctx, partitions), stage, continue_counters)
         log.info("book service owns %s", ", ".join(str(p) for p in partitions))
         await ctx.wait_stopped()

@@ -6,20 +6,25 @@ expiry whose inputs changed since the previous flush. Every price side that need
 (bids, asks, marks), across all the expiries of a flush, goes through one vectorised
 `implied_vol` call (its cost is mostly per call: one call per expiry cost twice as much).
 
-Each price is solved on the forward that held when it last changed (the quote's own
-forward), not on the expiry's current forward: venues re-price a book only now and then, so
-a price not refreshed since the index moved is still a price at its old forward, whatever
-the smile does. Per expiry and forward input (venue forward, future mid, put-call parity,
-index) a short `ForwardHistory` of (event time, forward) is kept; when a price changes its
-side is pinned, at the next flush, to the entry in force at the change's event time.
-Bid and ask share one time (a re-quote prices both sides; a side that rounds to the same
-tick is still a price at the new forward); the mark has its own. A change of forward input
-(say parity -> venue forward) re-pins every quote to the new input's history: inputs may
-differ by a basis. SmileQuote.log_moneyness = log(K / own forward) (sticky moneyness);
-greeks use the current forward at the quote's IV; USD prices are at the own forward.
+Forward policy (`IvConfig.forward_policy`, CLI `--iv-forward-policy`, docs/quant.md section 2):
+- "current" (default, the venues' convention): every price of an expiry is solved on the
+  expiry's current forward, as Deribit, OKX and Bybit compute their own bid_iv/ask_iv.
+  Market makers requote within a fraction of a second of an index move, and a price that
+  did not move by a tick is not stale. A forward move therefore re-solves every quote of
+  the expiries priced on it (one vectorised solver call per flush, like any other).
+- "quote" (issue 6's choice): each price on the forward in force when it last changed (the
+  quote's own forward). Per expiry and forward input (venue forward, future mid, put-call
+  parity, index) a short `ForwardHistory` of (event time, forward) is kept; when a price
+  changes its side is pinned, at the next flush, to the entry in force at the change's
+  event time. Bid and ask share one time (a re-quote prices both sides); the mark has its
+  own. A change of forward input (say parity -> venue forward) re-pins every quote to the
+  new input's history: inputs may differ by a basis.
+Either way SmileQuote.log_moneyness = log(K / the quote's forward); greeks use the current
+forward at the quote's IV; USD prices are at the quote's forward. Measured side by side
+(IV vs the venues' own IVs on the recordings): bench/bench_iv_venues.py.
 
-Less work when only time moved: a quote whose price did not change keeps its forward, USD
-price and strike, so s = sigma sqrt(T) is pinned and its IV is exactly s / sqrt(T). The
+Less work when only time moved: a quote whose price and forward did not change keeps its
+USD price and strike, so s = sigma sqrt(T) is pinned and its IV is exactly s / sqrt(T). The
 flush keeps the previous IVs when no IV would move by `skip_iv_bp` (with a safety factor),
 else applies that exact time update; only changed or re-pinned quotes go to the solver.
 Bound checks (intrinsic, upper bound) do not depend on T, so they cannot flip either.
@@ -75,6 +80,7 @@ from svc_iv.solver import (
 )
 from svc_iv.wire import QuoteEncoder, time_varints
 from volmath import black76
+from volstream.config import IV_FORWARD_POLICIES
 from volstream.v1 import book_pb2 as book_pb
 from volstream.v1 import common_pb2 as common_pb
 from volstream.v1 import iv_pb2 as iv_pb
@@ -89,6 +95,10 @@ ASK: Final = 1
 MARK: Final = 2
 _SIDES: Final = 3
 _BP: Final = 1e-4
+# Which forward each price is solved on (module docstring).
+FORWARD_CURRENT: Final = "current"
+FORWARD_QUOTE: Final = "quote"
+FORWARD_POLICIES: Final = IV_FORWARD_POLICIES
 
 # Rank of each forward source (lower is preferred); used to decide what an input move can change.
 _RANK: Final[dict[int, int]] = {
@@ -103,6 +113,9 @@ _RANK: Final[dict[int, int]] = {
 @dataclass(frozen=True, slots=True)
 class IvConfig:
     halley_steps: int = DEFAULT_HALLEY_STEPS
+    # "current": every price on the expiry's current forward; "quote": on the forward in
+    # force when the price last changed (module docstring).
+    forward_policy: str = FORWARD_CURRENT
     # Near-ATM strikes in the put-call-parity median.
     parity_strikes: int = 5
     # False: every flush re-solves every quote of a changed expiry.
@@ -120,6 +133,13 @@ class IvConfig:
     # Bound on remembered events for symbols not (yet) in the InstrumentSet.
     max_pending_symbols: int = 10_000
     source: str = SOURCE
+
+    def __post_init__(self) -> None:
+        if self.forward_policy not in FORWARD_POLICIES:
+            raise ValueError(
+                f"forward_policy: {self.forward_policy!r} must be one of "
+                f"{', '.join(FORWARD_POLICIES)}"
+            )
 
 
 @dataclass(slots=True)
@@ -617,8 +637,16 @@ class IvCore:
         return NO_FORWARD, None
 
     def _pin(self, e: _Expiry, fwd: ForwardEstimate, history: ForwardHistory | None) -> Mask:
-        """Look up the own forward of every side whose price changed (or every side, when
-        the forward input changed); returns the quotes that were re-pinned."""
+        """Set the forward of every side: the current one ("current" policy), else look up
+        the own forward of every side whose price changed (or every side, when the forward
+        input changed); returns the quotes whose forward changed (to be re-solved)."""
+        if self.config.forward_policy == FORWARD_CURRENT:
+            value = fwd.value_usd if history is not None else math.nan
+            # NaN != NaN: without a forward every quote is (re-)solved to its status.
+            moved = e.quote_forward != value
+            e.quote_forward[:] = value
+            e.pin_pending[:] = False
+            return np.asarray(moved.any(axis=0), dtype=np.bool_)
         if history is not e.pin_history:
             e.pin_history = history
             e.pin_pending[:] = True

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from google.protobuf.message import DecodeError
 
 from svc_iv import wire
-from svc_iv.core import IvCore
+from svc_iv.core import IvConfig, IvCore
 from volstream.bus.stage import (
     InMessage,
     Output,
@@ -56,21 +56,26 @@ class IvStage:
         self.clocks: dict[tuple[str, str], PartitionClock] = {}
         for p in partitions:
             key = (p.venue, p.currency.upper())
-            self.cores[key] = IvCore(*key)
+            self.cores[key] = IvCore(*key, IvConfig(forward_policy=env.cfg.iv_forward_policy))
             self.clocks[key] = PartitionClock(interval_ns)
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="iv")
 
     async def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
-    async def bootstrap(self, ctx: ServiceContext) -> None:
+    async def bootstrap(self, ctx: ServiceContext, counters_only: bool = False) -> None:
         """Latest instrument set and book keyframe per partition, and the last published
-        batch's sequence, before consuming."""
+        batch's sequence, before consuming. ``counters_only``: the sequence alone, never
+        lowered (after a partial rebuild, volstream.bus.rebuild)."""
         subjects = self.env.subjects
         for venue, ccy in self.cores:
             for stream, subject in (
-                ("MD", subjects.md(venue, ccy, "instrument")),
-                ("BOOK", subjects.book(venue, ccy) + ".keyframe"),
+                ()
+                if counters_only
+                else (
+                    ("MD", subjects.md(venue, ccy, "instrument")),
+                    ("BOOK", subjects.book(venue, ccy) + ".keyframe"),
+                )
             ):
                 data = await last_message(ctx, stream, subject)
                 if data is not None:
@@ -81,7 +86,8 @@ class IvStage:
             if data is not None:
                 with contextlib.suppress(DecodeError):
                     sequence = iv_pb.SmileBatch.FromString(data).header.sequence
-                    self.clocks[(venue, ccy)].sequence = sequence
+                    clock = self.clocks[(venue, ccy)]
+                    clock.sequence = max(clock.sequence, sequence)
         log.info("bootstrapped %d partitions", len(self.cores))
 
     def _fold(self, subject: str, data: bytes) -> tuple[str, str] | None:
@@ -172,9 +178,14 @@ async def run(cfg: Config) -> None:
     async with service_context(cfg, SERVICE) as ctx:
         partitions = cfg.owned_partitions()
         stage = IvStage(ctx, partitions)
-        await stage.bootstrap(ctx)
+        if cfg.rebuild == "resume":  # "replay": the runner rebuilds the chains from BOOK
+            await stage.bootstrap(ctx)
+
+        async def continue_counters() -> None:
+            await stage.bootstrap(ctx, counters_only=True)
+
         # Closers run last-registered first: the runner finishes its batch, then the pool goes.
         ctx.on_close(stage.close)
-        await ctx.start_stage(stage_inputs(ctx, partitions), stage)
+        await ctx.start_stage(stage_inputs(ctx, partitions), stage, continue_counters)
         log.info("iv service owns %s", ", ".join(str(p) for p in partitions))
         await ctx.wait_stopped()

@@ -27,7 +27,14 @@ from typing import Literal
 import numpy as np
 
 from svc_surface import arbitrage, metrics, refit, repair
-from svc_surface.fit import FitConfig, SliceData, SviFitResult, fit_svi_slices
+from svc_surface.fit import (
+    FitConfig,
+    SliceData,
+    SviFitResult,
+    WingCaps,
+    fit_svi_slices,
+    wing_slopes,
+)
 from svc_surface.quotes import (
     _NUMERIC_FIELDS,
     BoolArray,
@@ -42,7 +49,7 @@ from svc_surface.quotes import (
 )
 from svc_surface.ssvi import SsviParams, fit_ssvi_surface
 from svc_surface.wire import encode_quote_fits
-from volmath.svi import RawSvi, implied_vol, raw_to_jw
+from volmath.svi import RawSvi, implied_vol, raw_to_jw, total_variance
 from volstream.v1 import common_pb2 as common_pb
 from volstream.v1 import iv_pb2 as iv_pb
 from volstream.v1 import surface_pb2 as surface_pb
@@ -101,6 +108,19 @@ SmileKey = tuple[str, int, int]  # venue, event time, sequence
 
 
 @dataclass(frozen=True)
+class CappedFit:
+    """A fit under calendar caps on its wing slopes (_order_wings): the caps it settled
+    on, the first estimate they started from (its ratio to the settled caps corrects the
+    next revision's first estimate) and the fit."""
+
+    caps: WingCaps
+    first: WingCaps
+    fit: SviFitResult
+    # The fingerprint of the selection it was fitted to.
+    fingerprint: bytes = b""
+
+
+@dataclass(frozen=True)
 class SliceCache:
     """What a slice's last fit left behind: its inputs' identity and fingerprint, the
     selection, the fit and the encoded quote matrix."""
@@ -110,8 +130,8 @@ class SliceCache:
     fit: SviFitResult
     smile_keys: tuple[SmileKey, ...] = ()
     matrix: QuoteMatrix | None = None
-    # The published params when an arbitrage repair changed the fit: the next repair of
-    # this slice starts from them.
+    # The published params when an arbitrage repair or wing caps changed the fit: the
+    # next repair of this slice starts from them.
     repaired: RawSvi | None = None
     # (venue, symbol) of quotes no arbitrage-free slice reached (dropped after the repair): while
     # they stay that far from the published slice, the next fit leaves them out at once.
@@ -123,6 +143,10 @@ class SliceCache:
     prior_t: float = math.nan
     prior_ns: int = 0
     prior_info: float = 0.0
+    # The slice's last fit under calendar caps on its wings (this revision's, or an
+    # earlier one's while the crossing comes and goes): the next revision fits under
+    # those caps too, in the free-fit batch, and starts its cap estimate from them.
+    capped: CappedFit | None = None
 
 
 @dataclass(frozen=True)
@@ -374,6 +398,11 @@ class _Working:
     smile_keys: tuple[SmileKey, ...] = ()
     repair_outliers: frozenset[tuple[str, str]] = frozenset()
     prior: Prior | None = None
+    # The fit under calendar caps on its wings (None: the fit needs none); `fit` stays
+    # the free fit (warm start and smoothing prior, like a repair it is not fed back).
+    capped: CappedFit | None = None
+    # The fit of the selection under last revision's caps, done with the free fits.
+    speculative: tuple[SelectedQuotes, SviFitResult] | None = None
     # slice_data() of (selected, prior) as last computed: the fit and the repair both need it.
     _data: tuple[SelectedQuotes, Prior | None, SliceData] | None = None
 
@@ -387,6 +416,10 @@ class _Working:
         ):
             self._data = (self.selected, self.prior, self.selected.slice_data(None, self.prior))
         return self._data[2]
+
+    def calibrated(self) -> SviFitResult | None:
+        """The fit to publish (before any repair): the capped one when capped."""
+        return self.capped.fit if self.capped is not None else self.fit
 
     def information(self) -> float:
         """Sum of the used quotes' weights (inverse variances)."""
@@ -509,7 +542,19 @@ def _fit_svi(work: list[_Working], cfg: SurfaceConfig, now_ns: int) -> None:
     for w in todo:
         w.prior = _prior(w, now_ns, cfg.smoothing_half_life_s)
     warm = [w.job.cache.fit.params if w.job.cache is not None else None for w in todo]
-    fits = fit_svi_slices([w.data() for w in todo], warm, cfg.fit)
+    # Slices capped last time are fitted under those caps too, in the same batch (rows
+    # cost little next to passes): _order_wings takes that fit when the caps still hold.
+    again_capped = [w for w in todo if w.job.cache is not None and w.job.cache.capped is not None]
+    last = [w.job.cache.capped for w in again_capped if w.job.cache is not None]
+    fits = fit_svi_slices(
+        [w.data() for w in todo + again_capped],
+        warm + [c.fit.params for c in last if c is not None],
+        cfg.fit,
+        [None] * len(todo) + [c.caps for c in last if c is not None],
+    )
+    for w, f in zip(again_capped, fits[len(todo) :], strict=True):
+        w.speculative = (w.selected, f)
+    fits = fits[: len(todo)]
     for w, f in zip(todo, fits, strict=True):
         w.fit = f
     if not cfg.drop_outliers:
@@ -630,7 +675,7 @@ def _repair(
         [
             repair.SliceToRepair(
                 t=w.job.t,
-                params=w.fit.params,
+                params=w.calibrated().params,  # type: ignore[union-attr]
                 data=_refit_data(w, cfg.fit.band_epsilon),
                 label=w.job.expiry_label,
                 warm=w.job.cache.repaired if w.job.cache is not None else None,
@@ -641,6 +686,170 @@ def _repair(
         cfg.check_k_range,
         cfg.fit.wing_bound,
         memo,
+    )
+
+
+_CAP_ROUNDS = 3
+# Where _order_wings looks for crossings (per unit of the check range) and the calendar
+# room it aims for there, relative to the later slice's total variance.
+_WING_POINTS = 61
+_WING_MARGIN = 1e-6
+_WING_AIM = 1e-2
+# Later rounds cut past the linear estimate by these factors (the refit's other
+# parameters take some of a cut back).
+_CUT_FACTORS = (1.0, 1.5, 2.0)
+
+
+def _order_wings(fitted: list[_Working], cfg: SurfaceConfig) -> None:
+    """Calendar order in the extrapolated wings, inside the calibration: a slice whose
+    wing (beyond its own quotes) rises above the next later slice on the check range is
+    refitted with that wing's slope capped (the inner problem's box, fit_svi_slices
+    wing_caps) instead of being repaired afterwards. Lowering a slope by d lowers w by
+    about d |k - m| there: the first cap is the slope less what closes the worst gap,
+    but never below the later slice's own slope (where the wings stop diverging: a cut
+    past it would flatten the quoted wing for nothing); later rounds close what is left
+    (equal slopes whose asymptotes still cross, a slice lowered that now crosses the one
+    before), a few batched refits in all. Crossings inside the quotes are data conflicts,
+    left to the repair. fitted: sorted by T; a slice's `fit` stays its free fit."""
+    if len(fitted) < 2:
+        return
+    lo, hi = cfg.check_k_range
+    grid = np.linspace(lo, hi, _WING_POINTS)
+    quoted = []
+    for w in fitted:
+        k_used = w.selected.k[w.selected.used]
+        quoted.append((float(k_used.min()), float(k_used.max())) if k_used.size else (hi, lo))
+    caps: dict[int, WingCaps] = {}
+    first: dict[int, WingCaps] = {}
+    refused: set[int] = set()
+    for factor in _CUT_FACTORS:
+        params = [f.params for f in (w.calibrated() for w in fitted) if f is not None]
+        totals = np.array([total_variance(p, grid) for p in params])
+        room = totals[1:] * (1.0 - _WING_MARGIN) - totals[:-1]
+        todo: list[tuple[_Working, WingCaps]] = []
+        reused = False
+        for i in np.flatnonzero(np.any(room < 0.0, axis=1)).tolist():
+            w, p = fitted[i], params[i]
+            if i in refused:
+                continue
+            q_lo, q_hi = quoted[i]
+            outside = (grid < q_lo) | (grid > q_hi)
+            if not np.any((room[i] < 0.0) & outside):
+                continue  # inside the quotes: the repair's
+            # Aim past the crossing by a wider margin (hysteresis: the next revision's
+            # noise should not bring it back and cost another round).
+            short = np.maximum(totals[i] - totals[i + 1] * (1.0 - _WING_AIM), 0.0) * outside
+            cut = factor * short / np.maximum(np.abs(grid - p.m), 0.1)
+            left = grid < p.m
+            own, later = wing_slopes(p), wing_slopes(params[i + 1])
+            put_cut = float(np.max(cut * left, initial=0.0))
+            call_cut = float(np.max(cut * ~left, initial=0.0))
+            put = own.put - put_cut if put_cut > 0.0 else math.inf
+            call = own.call - call_cut if call_cut > 0.0 else math.inf
+            cache = w.job.cache
+            if i not in caps:
+                put = max(put, min(later.put, own.put))
+                call = max(call, min(later.call, own.call))
+                first[i] = WingCaps(put, call)
+                if cache is not None and cache.capped is not None:
+                    last = cache.capped
+                    put = _corrected(put, last.first.put, last.caps.put)
+                    call = _corrected(call, last.first.call, last.caps.call)
+            old = caps.get(i, WingCaps(math.inf, math.inf))
+            cap = WingCaps(min(old.put, max(put, 0.0)), min(old.call, max(call, 0.0)))
+            if i not in caps and cache is not None and cache.capped is not None:
+                free = wing_slopes(w.fit.params) if w.fit is not None else own
+                if _close(cache.capped.caps, cap, free):
+                    # Last revision's caps still hold: their fit is at hand (the slice
+                    # unchanged), or came with the free fits.
+                    done = w.speculative
+                    kept: CappedFit | None = None
+                    if w.reused and cache.capped.fingerprint == w.fingerprint:
+                        kept = cache.capped
+                    elif done is not None and done[0] is w.selected:
+                        kept = CappedFit(cache.capped.caps, first[i], done[1], w.fingerprint)
+                    if kept is not None:
+                        w.capped, caps[i], reused = kept, cache.capped.caps, True
+                        continue
+            caps[i] = cap
+            todo.append((w, cap))
+        if not todo:
+            if reused:
+                continue  # the next round checks the reused fits
+            return
+        base = [_cap_start(w) for w, _ in todo]
+        refits = fit_svi_slices([w.data() for w, _ in todo], base, cfg.fit, [c for _, c in todo])
+        for (w, cap), f in zip(todo, refits, strict=True):
+            if _atm_within_quotes(w, f.params, cfg):
+                w.capped = CappedFit(cap, first[fitted.index(w)], f, w.fingerprint)
+            else:
+                w.capped = None  # the repair's, with its own rules
+                refused.add(fitted.index(w))
+
+
+# Last revision's caps are kept while the fresh estimate is at most this much tighter
+# (a tighter need would mostly cross again) or this much looser (the cost: a far wing
+# held up to that much flatter than needed, until the estimate moves further).
+_CAP_KEEP_TIGHTER = 0.03
+_CAP_KEEP_LOOSER = 0.15
+
+
+def _close(last: WingCaps, fresh: WingCaps, free: WingCaps) -> bool:
+    """Last revision's caps serve for fresh ones: each side within the keep window, or
+    uncapped now and last time's cap above the free fit's slope (it does not bind)."""
+    for a, b, own in ((last.put, fresh.put, free.put), (last.call, fresh.call, free.call)):
+        if math.isinf(b):
+            if not a >= own:
+                return False
+        elif not b * (1.0 - _CAP_KEEP_LOOSER) <= a <= b * (1.0 + _CAP_KEEP_TIGHTER):
+            return False
+    return True
+
+
+def _corrected(fresh: float, last_first: float, last_settled: float) -> float:
+    """A first cap estimate corrected by how far the previous revision's first estimate
+    was from the cap it settled on (estimates undershoot alike from one revision to the
+    next: the refit's other parameters take part of every cut back)."""
+    if not (math.isfinite(fresh) and math.isfinite(last_first) and last_first > 0.0):
+        return fresh
+    if not math.isfinite(last_settled):
+        return fresh
+    return fresh * min(last_settled / last_first, 1.0)
+
+
+def _cap_start(w: _Working) -> RawSvi | None:
+    """Where a capped refit starts: the slice's capped fit so far (an earlier round), else
+    the previous revision's capped fit of this slice, else its free fit."""
+    if w.capped is not None:
+        return w.capped.fit.params
+    cache = w.job.cache
+    if cache is not None and cache.capped is not None:
+        return cache.capped.fit.params
+    return w.fit.params if w.fit is not None else None
+
+
+def _atm_within_quotes(w: _Working, p: RawSvi, cfg: SurfaceConfig) -> bool:
+    """The repair's rule for a capped fit too: the ATM vol moves from the free fit's only
+    within the quotes' bid/ask band at the money and by no more than its width."""
+    assert w.fit is not None
+    t = w.job.t
+    band = _refit_data(w, cfg.fit.band_epsilon).atm_band(t)
+    if band is None:
+        return True
+    lo, hi = band
+    ref = math.sqrt(max(float(total_variance(w.fit.params, 0.0)), 0.0) / t)
+    atm_w = float(total_variance(p, 0.0))
+    if not atm_w > 0.0:
+        return False
+    atm = math.sqrt(atm_w / t)
+    tol = 1e-9 + 1e-9 * abs(ref)
+    inside = min(lo, ref) - tol <= atm <= max(hi, ref) + tol
+    return inside and abs(atm - ref) <= (hi - lo) + tol
+
+
+def _exceeds(slopes: WingCaps, cap: WingCaps) -> bool:
+    return bool(
+        slopes.put > cap.put * (1.0 + 1e-9) + 1e-12 or slopes.call > cap.call * (1.0 + 1e-9) + 1e-12
     )
 
 
@@ -670,6 +879,8 @@ _IVS = [_NUMERIC_FIELDS.index(name) for name in ("bid_iv", "ask_iv", "mid_iv")]
 MAX_ABS_LOG_MONEYNESS = 10.0
 MAX_IV = 10.0
 MAX_TIME_TO_EXPIRY_YEARS = 100.0
+# ~30 ms: below it the fit's weights (1 / (vol T)^2) overflow and every quote drops out.
+MIN_TIME_TO_EXPIRY_YEARS = 1e-9
 
 
 def invalid_smile(smile: iv_pb.Smile, columns: SmileColumns) -> str | None:
@@ -680,8 +891,8 @@ def invalid_smile(smile: iv_pb.Smile, columns: SmileColumns) -> str | None:
     if math.isinf(smile.forward_usd) or smile.forward_usd <= 0.0:
         return "forward not positive and finite"
     years = smile.time_to_expiry_years
-    if math.isinf(years) or years <= 0.0 or years > MAX_TIME_TO_EXPIRY_YEARS:
-        return "time to expiry not positive and finite"
+    if math.isinf(years) or not MIN_TIME_TO_EXPIRY_YEARS <= years <= MAX_TIME_TO_EXPIRY_YEARS:
+        return "time to expiry out of range"
     if math.isinf(smile.index_price_usd) or smile.index_price_usd < 0.0:
         return "index price negative or infinite"
     numeric = columns.numeric
@@ -715,16 +926,19 @@ def run_fit_job(job: FitJob) -> FitJobResult:
             _fit_svi(work, cfg, job.now_ns)
     work.sort(key=lambda w: w.job.t)
     fitted = [w for w in work if w.fit is not None]
+    svi = cfg.model != surface_pb.SURFACE_MODEL_SSVI
+    if svi:
+        _order_wings(fitted, cfg)
     memo = refit.RefitMemo()
     outcomes = _repair(fitted, cfg, memo)
     if cfg.drop_outliers and cfg.model != surface_pb.SURFACE_MODEL_SSVI:
         # A quote the unconstrained fit went through (a lone wing quote has that
         # leverage) can be one that no arbitrage-free surface reaches: judged against
-        # the repaired slice it is an outlier, and the slice is refitted and repaired
-        # without it.
+        # the repaired (or wing-capped) slice it is an outlier, and the slice is
+        # refitted and repaired without it.
         again: list[_Working] = []
         for w, outcome in zip(fitted, outcomes, strict=True):
-            if not outcome.repaired or outcome.params is None:
+            if not (outcome.repaired or w.capped is not None) or outcome.params is None:
                 continue
             sel = w.selected
             used = np.flatnonzero(sel.used)
@@ -742,6 +956,8 @@ def run_fit_job(job: FitJob) -> FitJobResult:
             )
             for w, f in zip(again, refits, strict=True):
                 w.fit = _combine(w.fit, f)
+                w.capped = None
+            _order_wings(fitted, cfg)
             outcomes = _repair(fitted, cfg, memo)
     published: list[tuple[_Working, repair.RepairOutcome, RawSvi]] = []
     for w, outcome in zip(fitted, outcomes, strict=True):
@@ -754,7 +970,7 @@ def run_fit_job(job: FitJob) -> FitJobResult:
     repaired = {
         w.job.expiry_time_ns: o.params
         for w, o in zip(fitted, outcomes, strict=True)
-        if o.repaired and o.params is not None
+        if (o.repaired or w.capped is not None) and o.params is not None
     }
     caches = {
         w.job.expiry_time_ns: SliceCache(
@@ -766,6 +982,7 @@ def run_fit_job(job: FitJob) -> FitJobResult:
             repaired.get(w.job.expiry_time_ns),
             w.repair_outliers,
             *_prior_state(w, job.now_ns),
+            capped=w.capped or (w.job.cache.capped if w.job.cache is not None else None),
         )
         for w in fitted
         if w.fit is not None

@@ -8,7 +8,10 @@ as min w >= 0, which short-dated crypto smiles need): the best of the unconstrai
 solution and every face, edge and corner. The outer 2-D problem in (m, ln sigma) is
 searched by a coarse grid, then polished by Newton steps on a 3x3 finite-difference
 stencil (multi-start optional). Every stage is vectorised across slices so a whole
-surface costs a handful of numpy passes.
+surface costs a handful of numpy passes. Optional per-slice caps on the wing slopes
+(WingCaps: put b (1 - rho) = v / sigma, call b (1 + rho) = u / sigma) tighten the box's
+u and v faces: calendar order against a later expiry, inside the calibration
+(docs/quant.md section 4).
 
 The objective respects the bid/ask band: per quote, the squared distance of the fitted
 total variance to [w_bid, w_ask] plus epsilon times the squared distance to the mid. It
@@ -22,6 +25,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -64,6 +68,11 @@ class FitConfig:
     # Newton polish.
     max_iter: int = 40
     band_iter: int = 6
+    # A warm-started slice stops after idle_iter iterations in a row that gained less
+    # than gain_rtol of its objective (the last digits of a refit to noisy quotes cost
+    # iterations, not accuracy; cold fits, rare, search to the end).
+    gain_rtol: float = 1e-4
+    idle_iter: int = 2
     xtol: float = 1e-10
     step_floor: float = 1e-6
     sigma_min: float = 1e-4
@@ -92,6 +101,19 @@ class SliceData:
     @property
     def n(self) -> int:
         return int(self.k.shape[0])
+
+
+class WingCaps(NamedTuple):
+    """Upper bounds on a slice's total-variance wing slopes: put b (1 - rho), call
+    b (1 + rho) (inf: Lee's bound only)."""
+
+    put: float
+    call: float
+
+
+def wing_slopes(p: RawSvi) -> WingCaps:
+    """A slice's own wing slopes (put, call)."""
+    return WingCaps(p.b * (1.0 - p.rho), p.b * (1.0 + p.rho))
 
 
 @dataclass(frozen=True)
@@ -131,10 +153,22 @@ class _Batch:
     st: Array = field(default_factory=lambda: np.zeros(0))
     stt: Array = field(default_factory=lambda: np.zeros(0))
     ones_t: Array = field(default_factory=lambda: np.zeros(0))
+    # (S,) caps on the wing slopes of w, b (1 - rho) (put) and b (1 + rho) (call), on top
+    # of Lee's bound: a slice below its later neighbour's wings (calendar order).
+    put_cap: Array = field(default_factory=lambda: np.zeros(0))
+    call_cap: Array = field(default_factory=lambda: np.zeros(0))
+    # (S,) warm-started slices: their polish stops on idle iterations (gain_rtol).
+    warm: BoolArray = field(default_factory=lambda: np.zeros(0, dtype=bool))
 
     def __post_init__(self) -> None:
         if self.a_floor.shape != self.span.shape:
             self.a_floor = -np.max(self.hi, axis=1)
+        if self.put_cap.shape != self.span.shape:
+            self.put_cap = np.full(self.span.shape, np.inf)
+        if self.call_cap.shape != self.span.shape:
+            self.call_cap = np.full(self.span.shape, np.inf)
+        if self.warm.shape != self.span.shape:
+            self.warm = np.zeros(self.span.shape, dtype=bool)
         self.set_target(self.target)
 
     def set_target(self, target: Array) -> None:
@@ -159,6 +193,9 @@ class _Batch:
             span=self.span[rows],
             t_col=self.t_col[rows],
             a_floor=self.a_floor[rows],
+            put_cap=self.put_cap[rows],
+            call_cap=self.call_cap[rows],
+            warm=self.warm[rows],
         )
 
 
@@ -242,6 +279,9 @@ def _active_sets(negative_a: bool) -> list[tuple[int, int, int]]:
 
 
 _ACTIVE_SETS = {flag: _active_sets(flag) for flag in (False, True)}
+_SET_MODES = {flag: np.array(sets, dtype=np.int64) for flag, sets in _ACTIVE_SETS.items()}
+_SET_FREE = {flag: modes == _FREE for flag, modes in _SET_MODES.items()}
+_EYE = np.eye(3)
 
 
 class _Normal:
@@ -288,14 +328,15 @@ class _Normal:
             ]
 
 
-def _inside(x: list[Array], upper: Array, a_floor: Array) -> BoolArray:
-    tol = 1e-12 * (1.0 + upper)
+def _inside(x: list[Array], upper_u: Array, upper_v: Array, a_floor: Array) -> BoolArray:
+    tol_u = 1e-12 * (1.0 + upper_u)
+    tol_v = 1e-12 * (1.0 + upper_v)
     ok: BoolArray = (
         (x[0] >= a_floor - 1e-15)
-        & (x[1] >= -tol)
-        & (x[1] <= upper + tol)
-        & (x[2] >= -tol)
-        & (x[2] <= upper + tol)
+        & (x[1] >= -tol_u)
+        & (x[1] <= upper_u + tol_u)
+        & (x[2] >= -tol_v)
+        & (x[2] <= upper_v + tol_v)
     )
     # a~ < 0 is fine while the smile stays above zero: min w = a~ + sqrt(u v).
     negative = x[0] < 0.0
@@ -306,47 +347,59 @@ def _inside(x: list[Array], upper: Array, a_floor: Array) -> BoolArray:
     return ok
 
 
-def _box_solve(ne: _Normal, upper: Array, a_floor: Array, negative_a: bool) -> list[Array]:
+def _box_solve(
+    ne: _Normal, upper_u: Array, upper_v: Array, a_floor: Array, negative_a: bool
+) -> list[Array]:
     """Exact minimiser over the box when the unconstrained one is outside: the best
-    feasible candidate over all faces, edges and corners."""
-    n = upper.shape[0]
-    best_val = np.full(n, np.inf)
-    best = [np.zeros(n), np.zeros(n), np.zeros(n)]
-    h, g = ne.h, ne.g
+    feasible candidate over all faces, edges and corners, every active set solved at
+    once (K sets x N points): fixed coordinates get an identity row, so each set is one
+    3x3 system whose free block is the reduced normal equations."""
+    modes, free = _SET_MODES[negative_a], _SET_FREE[negative_a]  # (K, 3)
+    n = upper_u.shape[0]
     zero = np.zeros(n)
-    for modes in _ACTIVE_SETS[negative_a]:
-        x: list[Array] = [zero, zero, zero]
-        free: list[int] = []
-        for i, mode in enumerate(modes):
-            if mode == _FREE:
-                free.append(i)
-            elif mode == _UPPER:
-                x[i] = upper
-            elif mode == _FLOOR:
-                x[i] = a_floor
-        fixed = [i for i in range(3) if i not in free and modes[i] in (_UPPER, _FLOOR)]
-        # Reduced right-hand side g_R - H_RF x_F.
-        rhs = []
-        for i in free:
-            r = g[i]
-            for j in fixed:
-                r = r - h[i][j] * x[j]
-            rhs.append(r)
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            if len(free) == 1:
-                i = free[0]
-                x[i] = rhs[0] / h[i][i]
-            elif len(free) == 2:
-                i, j = free
-                det = h[i][i] * h[j][j] - h[i][j] * h[i][j]
-                x[i] = (h[j][j] * rhs[0] - h[i][j] * rhs[1]) / det
-                x[j] = (h[i][i] * rhs[1] - h[i][j] * rhs[0]) / det
+    fixed = np.stack(
+        [
+            np.where((modes[:, 0] == _FLOOR)[:, None], a_floor[None, :], zero[None, :]),
+            np.where((modes[:, 1] == _UPPER)[:, None], upper_u[None, :], zero[None, :]),
+            np.where((modes[:, 2] == _UPPER)[:, None], upper_v[None, :], zero[None, :]),
+        ],
+        axis=1,
+    )  # (K, 3, N)
+    h = np.array([[ne.h[i][j] for j in range(3)] for i in range(3)])  # (3, 3, N)
+    g = np.array(ne.g)  # (3, N)
+    # Right-hand side: g_R - H_RF x_F on free rows, x_F on fixed ones.
+    rhs = np.where(free[:, :, None], g[None] - np.einsum("ijn,kjn->kin", h, fixed), fixed)
+    both = free[:, :, None] & free[:, None, :]  # (K, 3, 3)
+    a = np.where(both[..., None], h[None], _EYE[None, :, :, None])  # (K, 3, 3, N)
+    (h00, h01, h02), (h10, h11, h12), (h20, h21, h22) = (
+        (a[:, i, 0], a[:, i, 1], a[:, i, 2]) for i in range(3)
+    )
+    c00 = h11 * h22 - h12 * h21
+    c01 = h02 * h21 - h01 * h22
+    c02 = h01 * h12 - h02 * h11
+    c10 = h12 * h20 - h10 * h22
+    c11 = h00 * h22 - h02 * h20
+    c12 = h02 * h10 - h00 * h12
+    c20 = h10 * h21 - h11 * h20
+    c21 = h01 * h20 - h00 * h21
+    c22 = h00 * h11 - h01 * h10
+    r0, r1, r2 = rhs[:, 0], rhs[:, 1], rhs[:, 2]
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        inv = 1.0 / (h00 * c00 + h01 * c10 + h02 * c20)
+        x = [
+            (c00 * r0 + c01 * r1 + c02 * r2) * inv,
+            (c10 * r0 + c11 * r1 + c12 * r2) * inv,
+            (c20 * r0 + c21 * r1 + c22 * r2) * inv,
+        ]
+        # Fixed coordinates exactly at their bound (the solve leaves them to rounding).
+        x = [np.where(free[:, i, None], x[i], fixed[:, i]) for i in range(3)]
         val = ne.value(x)
-        good = _inside(x, upper, a_floor) & np.isfinite(val) & (val < best_val)
-        best_val = np.where(good, val, best_val)
-        for i in range(3):
-            best[i] = np.where(good, x[i], best[i])
-    return best
+    good = _inside(x, upper_u[None, :], upper_v[None, :], a_floor[None, :]) & np.isfinite(val)
+    val = np.where(good, val, np.inf)
+    pick = np.argmin(val, axis=0)  # the first of equal values, as a sequential scan
+    cols = np.arange(n)
+    found = np.isfinite(val[pick, cols])
+    return [np.where(found, x[i][pick, cols], 0.0) for i in range(3)]
 
 
 def _profile(
@@ -403,11 +456,13 @@ def _profile_inner(
     sqq = np.einsum("rpn,rpn->rp", oq, q).ravel()
     spq = 0.25 * s1
     ne = _Normal([[s1, sp, sq], [sp, spp, spq], [sq, spq, sqq]], [st, spt, sqt], stt)
-    upper = (bound * sigma).ravel()
-    a_floor = np.repeat(b.a_floor[rows], n_pts) if negative_a else np.zeros(upper.shape)
+    # Wing slopes: call b (1 + rho) = u / sigma, put b (1 - rho) = v / sigma.
+    upper_u = (np.minimum(bound, b.call_cap[rows])[:, None] * sigma).ravel()
+    upper_v = (np.minimum(bound, b.put_cap[rows])[:, None] * sigma).ravel()
+    a_floor = np.repeat(b.a_floor[rows], n_pts) if negative_a else np.zeros(upper_u.shape)
     x = ne.solve_all()
     finite = np.isfinite(x[0]) & np.isfinite(x[1]) & np.isfinite(x[2])
-    ok = _inside(x, upper, a_floor) & finite
+    ok = _inside(x, upper_u, upper_v, a_floor) & finite
     bad = ~ok
     if np.any(bad):
         todo = bad
@@ -415,13 +470,17 @@ def _profile_inner(
             # Screening: project the outside candidates onto the box (a feasible upper
             # bound) and solve exactly only those whose lower bound could still win.
             lower = np.where(finite, ne.value(x), -np.inf)
-            proj = [np.maximum(x[0], 0.0), np.clip(x[1], 0.0, upper), np.clip(x[2], 0.0, upper)]
+            proj = [
+                np.maximum(x[0], 0.0),
+                np.clip(x[1], 0.0, upper_u),
+                np.clip(x[2], 0.0, upper_v),
+            ]
             proj = [np.where(finite, v, 0.0) for v in proj]
             x = [np.where(bad, pv, xv) for pv, xv in zip(proj, x, strict=True)]
             row_best = np.min(ne.value(x).reshape(shape), axis=1)
             todo = bad & (lower < np.repeat(row_best, shape[1]))
         if np.any(todo):
-            sub = _box_solve(ne.take(todo), upper[todo], a_floor[todo], negative_a)
+            sub = _box_solve(ne.take(todo), upper_u[todo], upper_v[todo], a_floor[todo], negative_a)
             for i in range(3):
                 x[i] = x[i].copy()
                 x[i][todo] = sub[i]
@@ -557,6 +616,7 @@ def _polish(b: _Batch, state: _SearchState, cfg: FitConfig, max_iter: int) -> No
     floor = cfg.step_floor
     active = np.ones(s_count, dtype=bool)
     stalls = np.zeros(s_count, dtype=np.int64)
+    idle = np.zeros(s_count, dtype=np.int64)
     for _ in range(max_iter):
         rows = np.flatnonzero(active)
         if rows.size == 0:
@@ -575,6 +635,9 @@ def _polish(b: _Batch, state: _SearchState, cfg: FitConfig, max_iter: int) -> No
         # Gains at rounding level do not count: they only come from noise in F.
         real_gain = obj[sel, idx] < prev_best * (1.0 - 1e-13) - 1e-300
         stalls[rows] = np.where(real_gain, 0, stalls[rows] + 1)
+        # Gains below gain_rtol of the objective are far below the quotes' noise.
+        meaningful = obj[sel, idx] < prev_best * (1.0 - cfg.gain_rtol) - 1e-300
+        idle[rows] = np.where(meaningful, 0, idle[rows] + 1)
         upd = rows[improved]
         state.best_obj[upd] = obj[sel, idx][improved]
         state.best_pt[upd] = pts[sel, idx][improved]
@@ -619,6 +682,7 @@ def _polish(b: _Batch, state: _SearchState, cfg: FitConfig, max_iter: int) -> No
         done |= stuck & (r <= floor * 1.0000001)
         # No real gain for a while: converged once the stencil is fine, or hopeless.
         done |= ((stalls[rows] >= 3) & (new_r <= 1e-4)) | (stalls[rows] >= 8)
+        done |= b.warm[rows] & (idle[rows] >= cfg.idle_iter)
         active[rows[done]] = False
     state.step = radius[:, None] * units_at(state.centre, b.span)
     # The last Newton point may not have been evaluated: do it once.
@@ -720,11 +784,15 @@ def fit_svi_slices(
     datas: Sequence[SliceData],
     warm: Sequence[RawSvi | None] | None = None,
     config: FitConfig | None = None,
+    wing_caps: Sequence[WingCaps | None] | None = None,
 ) -> list[SviFitResult]:
     """Fit raw SVI to each slice (vectorised across slices).
 
     warm[i], when given, starts slice i's search at its (m, sigma); when that fit leaves
     quotes outside their band, a coarse sentinel grid checks for a better basin.
+    wing_caps[i], when given, bounds slice i's wing slopes inside the calibration (the
+    inner problem's box), as calendar order against a later slice requires; such a fit
+    (a finite cap) starts from a fit of the same quotes (warm) and runs no sentinel grid.
     Raises ValueError on unusable input (fewer than 3 quotes, T <= 0, non-positive vols).
     """
     cfg = config or FitConfig()
@@ -733,6 +801,11 @@ def fit_svi_slices(
     started = time.perf_counter()
     b = _batch(datas)
     s_count = len(datas)
+    if wing_caps is not None:
+        if len(wing_caps) != s_count:
+            raise ValueError("wing_caps must have one entry per slice")
+        b.put_cap = np.array([np.inf if c is None else c.put for c in wing_caps])
+        b.call_cap = np.array([np.inf if c is None else c.call for c in wing_caps])
     warm_list: list[RawSvi | None] = list(warm) if warm is not None else [None] * s_count
     if len(warm_list) != s_count:
         raise ValueError("warm must have one entry per slice")
@@ -742,6 +815,7 @@ def fit_svi_slices(
             for p in warm_list
         ]
     )
+    b.warm = is_warm
     all_rows = np.arange(s_count)
     cold_rows = all_rows[~is_warm]
     warm_rows = all_rows[is_warm]
@@ -769,12 +843,13 @@ def fit_svi_slices(
             sig = math.exp(warm_pts[i, 1])
             starts.append((int(r), warm_pts[i], np.array([0.05 * sig, 0.05])))
     _polish_starts(b, starts, cfg, state)
-    if warm_rows.size:
+    free_rows = warm_rows[~(np.isfinite(b.put_cap) | np.isfinite(b.call_cap))[warm_rows]]
+    if free_rows.size:
         # A warm fit inside every quote's band cannot be beaten on the band term; one that
         # is not may sit in a stale basin: a coarse sentinel grid checks, and a better
         # sentinel point is polished too (the market moved to another basin).
         outside = np.any(_outside_band(b, _fitted_w(b, state), cfg.band_tolerance_vol), axis=1)
-        check = warm_rows[outside[warm_rows]]
+        check = free_rows[outside[free_rows]]
         if check.size:
             found, steps = _grid_search(b, check, cfg, cfg.sentinel_m, cfg.sentinel_sigma, 1)
             sentinel = np.array([pt for _, pt in found])

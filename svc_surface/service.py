@@ -80,15 +80,18 @@ class SurfaceStage:
 
     async def bootstrap(self, ctx: ServiceContext) -> None:
         """Continue revisions and header sequences where the last published surface of each
-        key left off."""
+        key left off (never lowering them: also run after a partial rebuild,
+        volstream.bus.rebuild)."""
         for venue, ccy in self.cores:
             data = await last_message(ctx, "SURFACE", self.env.subjects.surface(venue, ccy))
             if data is None:
                 continue
             with contextlib.suppress(DecodeError):
                 last = surface_pb.Surface.FromString(data)
-                self.cores[(venue, ccy)].revision = last.revision
-                self.clocks[(venue, ccy)].sequence = last.header.sequence
+                core = self.cores[(venue, ccy)]
+                core.revision = max(core.revision, last.revision)
+                clock = self.clocks[(venue, ccy)]
+                clock.sequence = max(clock.sequence, last.header.sequence)
 
     async def handle(self, batch: list[InMessage]) -> list[Output]:
         """Fold each smile batch into its venue's core and the consolidated one, and fit a
@@ -167,8 +170,13 @@ async def run(cfg: Config) -> None:
         if cfg.consolidate == "only":  # every venue of the configured currencies
             partitions = tuple(Partition(v, c) for v in cfg.venues for c in cfg.currencies)
         stage = SurfaceStage(ctx, partitions)
-        await stage.bootstrap(ctx)
-        await ctx.start_stage(stage_inputs(ctx, partitions), stage)
+        if cfg.rebuild == "resume":  # "replay": the runner rebuilds the fits from IV
+            await stage.bootstrap(ctx)
+
+        async def continue_counters() -> None:
+            await stage.bootstrap(ctx)
+
+        await ctx.start_stage(stage_inputs(ctx, partitions), stage, continue_counters)
         log.info(
             "surface service owns %s; consolidated: %s",
             ", ".join(str(p) for p in partitions) if stage.cores else "nothing",

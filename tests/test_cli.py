@@ -37,6 +37,10 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
         (["up"], {"VOLSTREAM_HTTP_PORT": "http"}, "VOLSTREAM_HTTP_PORT"),
         (["up", "--nats", "localhost:4222"], {}, "nats_url"),
         (["up", "--tls-cert", "/tmp/x.pem"], {}, "tls_cert"),
+        (["up"], {"VOLSTREAM_REBUILD": "rewind"}, "rebuild: 'rewind'"),
+        (["up"], {"VOLSTREAM_STREAM_REPLICAS": "7"}, "stream_replicas: 7"),
+        (["up", "--iv-forward-policy", "sticky"], {}, "--iv-forward-policy"),
+        (["up"], {"VOLSTREAM_IV_FORWARD_POLICY": "sticky"}, "iv_forward_policy: 'sticky'"),
     ],
 )
 def test_invalid_flag_or_value_exits_2_naming_it(
@@ -55,3 +59,25 @@ def test_env_round_trip_reproduces_config() -> None:
 def test_env_rejects_garbage() -> None:
     with pytest.raises(ConfigError, match="VOLSTREAM_SURFACE_INTERVAL_MS"):
         from_env({"VOLSTREAM_SURFACE_INTERVAL_MS": "soon"})
+
+
+@pytest.mark.parametrize("policy", ["current", "quote"])
+def test_forward_policy_reaches_live_and_replay_config(policy: str) -> None:
+    from volstream.cli import build_parser, config_from_args
+
+    assert Config().iv_forward_policy == "current"
+    parser = build_parser()
+    live = parser.parse_args(["up", "--sim", "--iv-forward-policy", policy])
+    replay = parser.parse_args(
+        [
+            "replay",
+            "--from",
+            "2026-12-07T09:00Z",
+            "--namespace",
+            "r1",
+            "--iv-forward-policy",
+            policy,
+        ]
+    )
+    for args in (live, replay):
+        assert config_from_args(args, Config()).iv_forward_policy == policy

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from volstream.config import (
+    IV_FORWARD_POLICIES,
     KNOWN_VENUES,
     SERVICES,
     SURFACE_MODELS,
@@ -154,6 +155,12 @@ def _add_stage_settings(p: argparse.ArgumentParser) -> None:
     p.add_argument("--surface-model", choices=SURFACE_MODELS, help="svi (default) or ssvi")
     p.add_argument("--iv-interval-ms", type=_positive_int, help="IV flush cadence (event time)")
     p.add_argument(
+        "--iv-forward-policy",
+        choices=IV_FORWARD_POLICIES,
+        help="forward each price is solved on: current (default, the venues') or quote "
+        "(the forward when the price last changed)",
+    )
+    p.add_argument(
         "--book-stale-ms", type=_positive_int, help="a book is stale after this (event time)"
     )
     p.add_argument("--consolidate", choices=("auto", "only", "off"), help="consolidated surfaces")
@@ -270,6 +277,7 @@ _FLAG_TO_FIELD: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "surface_smoothing_s": ("surface_smoothing_s", float),
     "surface_model": ("surface_model", str),
     "iv_interval_ms": ("iv_interval_ms", int),
+    "iv_forward_policy": ("iv_forward_policy", str),
     "book_stale_ms": ("book_stale_ms", int),
     "consolidate": ("consolidate", str),
     "api_token": ("api_token", str),
@@ -501,11 +509,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(run_up(cfg, sim=args.sim))
     if args.command == "svc":
         setup_logging(cfg.log_level)
-        module = importlib.import_module(SERVICE_MODULES[args.name])
-        kwargs: dict[str, Any] = {}
-        if args.name == "sim" and args.port is not None:
-            kwargs["port"] = args.port
-        with contextlib.suppress(KeyboardInterrupt):
+        from volstream.profiling import profiled
+
+        # Profiling (a developer's switch) starts before the imports: its signals are safe
+        # to send as soon as the process exists.
+        with contextlib.suppress(KeyboardInterrupt), profiled(args.name):
+            module = importlib.import_module(SERVICE_MODULES[args.name])
+            kwargs: dict[str, Any] = {}
+            if args.name == "sim" and args.port is not None:
+                kwargs["port"] = args.port
             asyncio.run(module.run(cfg, **kwargs))
         return
     if args.command in ("replay", "diff"):

@@ -19,6 +19,8 @@ from typing import Any
 KNOWN_VENUES = ("deribit", "okx", "bybit", "binance")
 SERVICES = ("connector", "book", "iv", "surface", "archive", "api", "sim")
 SURFACE_MODELS = ("svi", "ssvi")
+# svc_iv.core's forward policies (docs/quant.md 2.1); the first is the default.
+IV_FORWARD_POLICIES = ("current", "quote")
 ENV_PREFIX = "VOLSTREAM_"
 
 _CURRENCY = re.compile(r"^[A-Z0-9]{2,10}$")
@@ -125,12 +127,24 @@ class Config:
     surface_model: str = "svi"
     # IV flush cadence in event time.
     iv_interval_ms: int = 200
+    # The forward each option price is solved on: "current" (the expiry's current forward,
+    # the venues' convention) or "quote" (the forward when the price last changed).
+    iv_forward_policy: str = "current"
     # Consolidated cross-venue surface (surface.all.<ccy>): "auto" = produced by a surface
     # replica that owns every configured venue of the currency; "only" = a replica that
     # produces nothing else (its own Deployment when venues are split across groups); "off".
     consolidate: str = "auto"
     # Book staleness in event time.
     book_stale_ms: int = 30_000
+    # Replicas of every stream (JetStream R1..R5): 1 on one server (`up`), 3 on the 3-node
+    # cluster in deploy/ (a quorum survives a node; docs/chaos.md).
+    stream_replicas: int = 1
+    # How a restarted book, IV or surface stage gets its state back: "resume" (restore its
+    # counters and what the last messages of the streams say, ask the connector for fresh
+    # snapshots) or "replay" (replay its input stream up to the durable's ack floor with
+    # outputs discarded: the same output as without the restart while the stream still
+    # holds the stage's whole input; volstream/bus/rebuild.py, docs/chaos.md).
+    rebuild: str = "resume"
     # API: surfaces older than this are NOT_SERVING in health.
     api_stale_ms: int = 15_000
     api_token: str | None = None
@@ -219,6 +233,15 @@ class Config:
             raise ConfigError(f"retention_log_s: {self.retention_log_s} must be positive")
         if self.archive_roll_rows <= 0:
             raise ConfigError(f"archive_roll_rows: {self.archive_roll_rows} must be positive")
+        if not 1 <= self.stream_replicas <= 5:
+            raise ConfigError(f"stream_replicas: {self.stream_replicas} must be in [1, 5]")
+        if self.rebuild not in ("resume", "replay"):
+            raise ConfigError(f"rebuild: {self.rebuild!r} must be resume or replay")
+        if self.iv_forward_policy not in IV_FORWARD_POLICIES:
+            raise ConfigError(
+                f"iv_forward_policy: {self.iv_forward_policy!r} must be one of "
+                f"{', '.join(IV_FORWARD_POLICIES)}"
+            )
         if self.consolidate not in ("auto", "only", "off"):
             raise ConfigError(f"consolidate: {self.consolidate!r} must be auto, only or off")
         if not 0.0 <= self.surface_smoothing_s <= 86_400.0:

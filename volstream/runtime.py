@@ -31,7 +31,12 @@ from volstream.bus.dlq import DeadLetters
 from volstream.bus.permissions import service_user, stream_info_allowed
 from volstream.bus.publisher import JetStreamPublisher
 from volstream.bus.stage import StageHandler, StageInput, StageRunner
-from volstream.bus.streams import default_stream_specs, ensure_streams
+from volstream.bus.streams import (
+    StreamLimits,
+    StreamSpec,
+    default_stream_specs,
+    ensure_streams,
+)
 from volstream.config import Config
 
 # Re-exported: the services and deploy's tests import the durable naming rule from here.
@@ -45,6 +50,13 @@ log = logging.getLogger("volstream.runtime")
 ReadyCheck = Callable[[], bool]
 
 
+def stream_specs(cfg: Config) -> list[StreamSpec]:
+    """The streams of ``cfg``'s namespace, at ``cfg.stream_replicas`` replicas (everyone who
+    provisions uses this, or they would undo each other's replica count)."""
+    limits = StreamLimits(num_replicas=cfg.stream_replicas)
+    return default_stream_specs(Subjects(cfg.namespace), limits)
+
+
 async def provision_streams(
     nats_url: str, cfg: Config, *, user: str | None = None, password: str | None = None
 ) -> None:
@@ -52,7 +64,7 @@ async def provision_streams(
     admin: no service user may provision)."""
     nc = await connect(nats_url, "volstream-provision", user=user, password=password)
     try:
-        await ensure_streams(nc.jetstream(), default_stream_specs(Subjects(cfg.namespace)))
+        await ensure_streams(nc.jetstream(), stream_specs(cfg))
     finally:
         await nc.drain()
 
@@ -82,9 +94,16 @@ class ServiceContext:
     def ready(self) -> bool:
         return self.nc.is_connected and all(check() for check in self.ready_checks)
 
-    async def start_stage(self, inputs: list[StageInput], handler: StageHandler) -> StageRunner:
+    async def start_stage(
+        self,
+        inputs: list[StageInput],
+        handler: StageHandler,
+        after_partial_rebuild: Callable[[], Awaitable[None]] | None = None,
+    ) -> StageRunner:
         """Run ``handler`` over ``inputs`` with this process's publisher, stopped at shutdown
-        (register closers that must run after the runner's last batch before calling this)."""
+        (register closers that must run after the runner's last batch before calling this).
+        Under ``rebuild=replay`` the runner rebuilds the handler's state from its inputs
+        first (``volstream.bus.rebuild``; ``after_partial_rebuild`` as there)."""
         runner = StageRunner(
             self.nc,
             self.service,
@@ -93,6 +112,8 @@ class ServiceContext:
             handler,
             self.metrics,
             publisher=self.publisher,  # one publisher per process; the context closes it
+            rebuild=self.cfg.rebuild == "replay",
+            after_partial_rebuild=after_partial_rebuild,
         )
         await runner.start()
         self.on_close(runner.stop)
@@ -181,7 +202,7 @@ async def service_context(
     subjects = Subjects(cfg.namespace)
     js = nc.jetstream()
     if cfg.nats_user is None:
-        await ensure_streams(js, default_stream_specs(subjects))
+        await ensure_streams(js, stream_specs(cfg))
     else:
         await check_streams(js, cfg, service)
     publisher = JetStreamPublisher(nc, metrics=metrics)

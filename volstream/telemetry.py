@@ -14,6 +14,8 @@ Standard instruments (Prometheus names after export):
 - ``volstream_handle_latency_seconds`` batch handling latency histogram
 - ``volstream_consumer_lag``         messages pending for a durable consumer (gauge)
 - ``volstream_publish_retries_total``  JetStream republishes (same ``Nats-Msg-Id``)
+- ``volstream_publish_duplicates_total``  of ``events_out``, the publishes JetStream had already
+  stored (a retry answered ``duplicate``): stored = events_out - duplicates (bench_pipeline)
 - ``volstream_reconnects_total``     NATS reconnects
 
 Tracing is optional and travels in NATS headers as W3C ``traceparent``. Inject it once per
@@ -165,6 +167,9 @@ class Metrics:
         )
         self.consumer_lag = self.gauge("consumer_lag", "messages pending for a durable consumer")
         self.publish_retries = self.counter("publish_retries", "JetStream republishes")
+        self.publish_duplicates = self.counter(
+            "publish_duplicates", "acknowledged publishes JetStream had already stored"
+        )
         self.reconnects = self.counter("reconnects", "NATS reconnects")
 
     # --- getters for service-specific instruments ------------------------------------

@@ -75,6 +75,8 @@ class PooledConnector:
         # (source, sequence) pair (Nats-Msg-Id dedupe would drop the new events).
         self._sequence = time.time_ns()
         self._tasks: list[asyncio.Task[None]] = []
+        # InstrumentSets of withdrawn instruments on their way to the sink.
+        self._emits: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
         self._refresh_now = asyncio.Event()
         self._last_refresh_monotonic = -math.inf
@@ -129,7 +131,50 @@ class PooledConnector:
         instruments early."""
         news = [change for change in result.instrument_states if self._is_news(change)]
         if news:
+            closed = [c for c in news if c.state.lower() not in ACTIVE_STATES]
+            if closed:
+                self.withdraw(closed)
             self.request_refresh(f"{news[0].symbol} is {news[0].state} (+{len(news) - 1} more)")
+
+    def withdraw(self, changes: Sequence[InstrumentStateChange]) -> None:
+        """Known instruments that are no longer open (locked, halted, suspended, ...) leave
+        at once, before any refresh: a new InstrumentSet without them (delisted_symbols)
+        goes out, and their channels are unsubscribed. A later refresh lists them again
+        when the venue reopens them."""
+        gone: dict[str, list[str]] = {}
+        for change in changes:
+            currency = self.currency_of(change.symbol)
+            known = self.instruments.get(currency or "", {})
+            if currency is not None and known.pop(change.symbol, None) is not None:
+                gone.setdefault(currency, []).append(change.symbol)
+        if not gone:
+            return
+        now_ns = time.time_ns()
+        for currency, symbols in gone.items():
+            current = self.instruments[currency]
+            instrument_set = md_pb.InstrumentSet(
+                header=common_pb.EventHeader(
+                    event_time_ns=now_ns,
+                    receive_time_ns=now_ns,
+                    source=self.source,
+                    sequence=self.next_sequence(),
+                ),
+                venue=self.venue,
+                currency=currency,
+                instruments=[current[symbol] for symbol in sorted(current)],
+                delisted_symbols=sorted(symbols),
+            )
+            self.sink.count("discovery.withdrawn", len(symbols))
+            task = asyncio.get_running_loop().create_task(
+                self.sink.emit(
+                    currency, "instrument", md_pb.MarketDataEvent(instrument_set=instrument_set)
+                )
+            )
+            self._emits.add(task)
+            task.add_done_callback(self._emits.discard)
+        self._apply_plan()
+        for conn in self.connections:
+            conn.reconcile()
 
     def _is_news(self, change: InstrumentStateChange) -> bool:
         currency = self.currency_of(change.symbol)

@@ -72,7 +72,7 @@ async def test_error_ack_fails_fast_instead_of_hanging(nc: Client) -> None:
 
 
 async def test_subject_without_stream_is_retried_then_reported(nc: Client) -> None:
-    publisher = JetStreamPublisher(nc, max_attempts=3, retry_backoff_s=0.02)
+    publisher = JetStreamPublisher(nc, max_attempts=3, retry_for_s=0.0, retry_backoff_s=0.02)
     await publisher.publish("nostream.x", b"x", msg_id="m1")
     with pytest.raises(PublishError, match="503"):
         await publisher.flush(5)

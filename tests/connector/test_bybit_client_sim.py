@@ -60,3 +60,43 @@ async def test_bybit_gap_resync_reconnect_listing_and_expiry() -> None:
         )
         assert f"orderbook.25.{new}" not in run.channels()
         assert run.sink.counters["connection.reconnect"] == reconnects
+
+
+async def test_bybit_instrument_requests_always_name_the_base_coin() -> None:
+    """instruments-info defaults baseCoin to BTC when it is omitted (the simulator too): an
+    ETH connector must name it on every page, or it would list BTC options as ETH's."""
+    import aiohttp
+
+    from simulator import SimConfig, run_simulator
+    from svc_connector.venues import registry
+    from svc_connector.venues.base import ConnectorConfig, MemorySink
+
+    sim = await run_simulator(
+        SimConfig(port=0, venues=("bybit",), currencies=("BTC", "ETH"), max_expiries=1)
+    )
+    try:
+        adapter = registry.get("bybit")
+        base = sim.urls["bybit"].rest_base
+        config = ConnectorConfig(
+            currencies=("ETH",),
+            endpoints=adapter.simulator_endpoints(base, "ws" + base.removeprefix("http")),
+        )
+        connector = adapter.make_connector(config, MemorySink())
+        asked: list[dict[str, str]] = []
+        get = connector.get  # type: ignore[attr-defined]
+
+        async def recording_get(http: object, url: str, params: dict[str, str]) -> object:
+            asked.append(dict(params))
+            return await get(http, url, params)
+
+        connector.get = recording_get  # type: ignore[attr-defined]
+        async with aiohttp.ClientSession() as http:
+            instruments, _ = await connector.fetch_instruments(http)  # type: ignore[attr-defined]
+            # What omitting it gives: BTC's list.
+            async with http.get(f"{base}/v5/market/instruments-info?category=option") as r:
+                default = await r.json()
+        assert asked and all(p["baseCoin"] == "ETH" for p in asked)
+        assert instruments and {i.currency for i in instruments} == {"ETH"}
+        assert {e["baseCoin"] for e in default["result"]["list"]} == {"BTC"}
+    finally:
+        await sim.stop()

@@ -159,6 +159,7 @@ TICKER_KEYS = (
     "index_price",
     "interest_rate",
     "open_interest",
+    "state",
     "greeks",
 )
 BOOK_KEYS = ("instrument_name", "timestamp", "type", "change_id", "prev_change_id", "bids", "asks")
@@ -225,6 +226,11 @@ def _perturb_data(data: dict[str, Any], keys: Sequence[str], rng: random.Random)
         data[key][rng.choice(("delta", "gamma", "vega", "theta", "rho"))] = rng.choice(JUNK)
     elif key == "instrument_name" and rng.random() < 0.5:
         data[key] = rng.choice(("XYZ-1JAN30-1-C", "BTC-PERPETUAL", "ETH-30JUL21-2800-C", "BTC"))
+    elif key == "state" and rng.random() < 0.7:
+        # The lifecycle states (January 2026): not open -> the checked path drops the prices.
+        data[key] = rng.choice(
+            ("open", "locked", "settlement", "delivered", "inactive", "halted", "archivized")
+        )
     elif key == "type" and rng.random() < 0.5:
         data[key] = rng.choice(("snapshot", "change", "update", "SNAPSHOT"))
     elif key in ("prev_change_id", "change_id") and isinstance(data.get(key), int):

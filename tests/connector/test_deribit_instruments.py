@@ -93,7 +93,14 @@ def test_rest_get_instruments_recording(venue_fixtures: Path) -> None:
     for instrument in result.instruments:
         entry = raw[instrument.symbol]
         assert instrument.venue == "deribit" and instrument.currency == "BTC"
-        assert instrument.contract_size_coin == entry["contract_size"]
+        # Options: coins per contract; inverse futures and the perpetual: USD per contract.
+        assert instrument.contract_size == entry["contract_size"]
+        if entry["kind"] == "option":
+            assert instrument.contract_size_coin == entry["contract_size"]
+            assert instrument.contract_size_unit == instrument.size_unit == md_pb.SIZE_UNIT_COIN
+        else:
+            assert instrument.contract_size_coin == 0.0
+            assert instrument.contract_size_unit == instrument.size_unit == md_pb.SIZE_UNIT_USD
         assert instrument.tick_size_native == entry["tick_size"]
         assert instrument.min_size_native == entry["min_trade_amount"]
         assert instrument.settlement_currency == "BTC"  # inverse: settles in the coin
@@ -116,7 +123,8 @@ def test_rest_get_instruments_recording(venue_fixtures: Path) -> None:
         else:
             # Futures are quoted in USD per coin (quote_currency "USD").
             assert instrument.premium_unit == md_pb.PREMIUM_UNIT_USD_PER_COIN
-            assert instrument.contract_size_coin == 10.0
+            # 10 USD per contract (inverse), not 10 coins.
+            assert instrument.contract_size == 10.0 and instrument.contract_size_coin == 0.0
     perpetual = next(i for i in result.instruments if i.kind == md_pb.INSTRUMENT_KIND_PERPETUAL)
     assert perpetual.symbol == "BTC-PERPETUAL" and perpetual.expiry_time_ns == 0
 

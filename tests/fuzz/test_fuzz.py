@@ -182,7 +182,8 @@ def _seed_smile() -> iv_pb.Smile:
     [
         ("forward_usd", -1.0, "forward not positive and finite"),
         ("forward_usd", math.inf, "forward not positive and finite"),
-        ("time_to_expiry_years", 0.0, "time to expiry not positive and finite"),
+        ("time_to_expiry_years", 0.0, "time to expiry out of range"),
+        ("time_to_expiry_years", 4.8e-292, "time to expiry out of range"),
         ("index_price_usd", -math.inf, "index price negative or infinite"),
         ("strike_usd", -5.0, "strike not positive"),
         ("bid_iv", math.inf, "infinite quote value"),

@@ -383,22 +383,29 @@ def _ivs(smile: iv_pb.Smile) -> np.ndarray:
 
 @pytest.mark.filterwarnings("error")
 @pytest.mark.parametrize(
-    ("move", "later_ns", "outcome", "tolerance_bp"),
+    ("policy", "move", "later_ns", "outcome", "tolerance_bp"),
     [
-        # No IV moves by 0.5 bp in 5 s: nothing solved, whatever the forward did (every
-        # price stays on its own forward).
-        (1e-4, 5 * NS, "skipped_solves", 0.5),
-        (2e-2, 5 * NS, "skipped_solves", 0.5),
+        # "quote": no IV moves by 0.5 bp in 5 s: nothing solved, whatever the forward did
+        # (every price stays on its own forward).
+        ("quote", 1e-4, 5 * NS, "skipped_solves", 0.5),
+        ("quote", 2e-2, 5 * NS, "skipped_solves", 0.5),
         # A day later every IV moved: the time update s / sqrt(T) is exact.
-        (2e-2, DAY_NS, "time_updates", 1e-8),
+        ("quote", 2e-2, DAY_NS, "time_updates", 1e-8),
+        # "current": a forward move re-solves every quote; time alone does not.
+        ("current", 1e-4, 5 * NS, "full_solves", 1e-8),
+        ("current", 0.0, 5 * NS, "skipped_solves", 0.5),
+        ("current", 0.0, DAY_NS, "time_updates", 1e-8),
     ],
 )
 def test_forward_and_time_only_moves(
-    move: float, later_ns: int, outcome: str, tolerance_bp: float
+    policy: str, move: float, later_ns: int, outcome: str, tolerance_bp: float
 ) -> None:
     """Against a core that re-solves everything: the IVs stay within the promised distance,
     and the work done is what the outcome says."""
-    cores = _wide_chain(IvConfig()), _wide_chain(IvConfig(incremental=False))
+    cores = (
+        _wide_chain(IvConfig(forward_policy=policy)),
+        _wide_chain(IvConfig(forward_policy=policy, incremental=False)),
+    )
     for core in cores:
         core.flush(NOW)
     before = dataclasses.replace(cores[0].stats)
@@ -422,8 +429,10 @@ def test_forward_and_time_only_moves(
     if outcome == "skipped_solves":
         assert (solved, time_update, skipped) == (0, 0, n)
         assert gap_bp > 0  # the kept IVs would have moved a little
-    else:
+    elif outcome == "time_updates":
         assert (solved, time_update, skipped) == (0, n, 0)
+    else:
+        assert (solved, time_update, skipped) == (n, 0, 0)
     assert cores[1].stats.full_solves == 2
 
 
@@ -444,7 +453,8 @@ def test_changed_quotes_are_always_solved_exactly() -> None:
 # --------------------------------------------------------------------------------------
 # Recorded Deribit tickers through the core
 # --------------------------------------------------------------------------------------
-def test_deribit_recorded_tickers_through_the_core(venue_fixtures: Path) -> None:
+@pytest.mark.parametrize("policy", ["current", "quote"])
+def test_deribit_recorded_tickers_through_the_core(venue_fixtures: Path, policy: str) -> None:
     body = json.loads(
         (venue_fixtures / "deribit" / "rest_get_instruments_BTC_2021-07-22.json").read_text()
     )
@@ -461,7 +471,7 @@ def test_deribit_recorded_tickers_through_the_core(venue_fixtures: Path) -> None
                 )
             )
     instruments_by_symbol = {i.symbol: i for i in instruments}
-    core = IvCore("deribit", "BTC")
+    core = IvCore("deribit", "BTC", IvConfig(forward_policy=policy))
     core.on_instruments(iset(instruments))
     path = venue_fixtures / "deribit" / "ws_ticker_options_2021-07-22.jsonl"
     checked = stale_quotes = 0
@@ -507,7 +517,9 @@ def test_deribit_recorded_tickers_through_the_core(venue_fixtures: Path) -> None
                     stale_quotes += abs(own_forward / smile.forward_usd - 1.0) > 1e-9
         checked += 1
     assert checked > 40
-    assert stale_quotes > 0  # the underlying moved under quotes that did not
+    # "quote": the underlying moved under quotes that did not; "current": every quote is on
+    # the smile's forward.
+    assert (stale_quotes > 0) == (policy == "quote")
     assert core.stats.skipped_solves + core.stats.partial_solves > 0
 
 

@@ -1,4 +1,5 @@
-"""Each price is solved on the forward that held when it last changed (its own forward)."""
+"""The forward policies: "quote" solves each price on the forward that held when it last
+changed (its own forward); "current" (the default) on the expiry's current forward."""
 
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ K = 45_000.0
 CALL = name(K, True)
 CARRIER = name(40_000, True)  # the ticker that carries the venue forward
 # Time updates always applied (never kept): IVs exact to compare at 1e-10.
-EXACT = IvConfig(skip_iv_bp=0.0)
+EXACT = IvConfig(skip_iv_bp=0.0, forward_policy="quote")
+CURRENT = IvConfig(skip_iv_bp=0.0, forward_policy="current")
 
 
 def _core(config: IvConfig = EXACT) -> IvCore:
@@ -161,6 +163,74 @@ def test_a_new_forward_input_re_pins_every_quote() -> None:
     assert smile.forward_source == common_pb.FORWARD_SOURCE_VENUE
     assert core.stats.quotes_solved - solved == 4
     assert q.bid_iv == pytest.approx(_iv(bid, F, NOW + NS), abs=1e-10)
+
+
+# --------------------------------------------------------------------------------------
+# "current": every price on the expiry's current forward
+# --------------------------------------------------------------------------------------
+def test_current_is_the_default_and_unknown_policies_are_refused() -> None:
+    assert IvConfig().forward_policy == "current"
+    with pytest.raises(ValueError, match=r"'spot'.*current, quote"):
+        IvConfig(forward_policy="spot")
+
+
+@pytest.mark.filterwarnings("error")
+def test_current_re_solves_every_quote_on_a_forward_move() -> None:
+    core = _core(CURRENT)
+    bid, ask = coin_price(K, True, 0.78), coin_price(K, True, 0.82)
+    core.on_top(top(CALL, bid, ask, t=NOW))
+    _, q = _quote(core, NOW)
+    assert q.bid_iv == pytest.approx(0.78, abs=1e-12)
+
+    # The forward moves 1%, the call's price does not: solved on F2 like the venue does.
+    f2 = F * 1.01
+    later = NOW + 2 * NS
+    core.on_ticker(ticker(CARRIER, t=NOW + NS, forward_usd=f2))
+    solved = core.stats.quotes_solved
+    smile, q = _quote(core, later)
+    assert smile.forward_usd == f2
+    assert core.stats.quotes_solved - solved == 4  # every quote of the expiry
+    assert q.bid_iv == pytest.approx(_iv(bid, f2, later), abs=1e-10)
+    assert q.ask_iv == pytest.approx(_iv(ask, f2, later), abs=1e-10)
+    assert q.log_moneyness == pytest.approx(math.log(K / f2), abs=1e-15)
+    assert q.bid_price_usd_per_coin == pytest.approx(bid * f2, rel=1e-15)
+    assert abs(q.bid_iv - _iv(bid, F, later)) > 1e-3  # the policies differ here
+
+    # Only time moves: nothing is re-solved, the IVs follow s / sqrt(T) exactly.
+    solved = core.stats.quotes_solved
+    core.on_top(top(CALL, bid, ask, t=later + NS))  # size-only: no re-pricing
+    _, q = _quote(core, later + 10 * NS)
+    assert core.stats.quotes_solved == solved
+    assert q.bid_iv == pytest.approx(_iv(bid, f2, later + 10 * NS), abs=1e-10)
+
+
+def test_current_index_move_re_solves_only_the_expiries_priced_on_it() -> None:
+    """The work-saving rule holds for "current": an index move cannot change an expiry
+    priced on a venue forward, so only the index-priced expiry is re-solved."""
+    core = IvCore("deribit", "BTC", CURRENT)
+    other = EXP1 + 7 * 86_400 * NS
+    strikes = (40_000.0, K)
+    core.on_instruments(
+        iset(
+            [inst(k, c) for k in strikes for c in (True, False)]
+            + [inst(k, c, expiry=other) for k in strikes for c in (True, False)]
+        )
+    )
+    core.on_ticker(ticker(CARRIER, forward_usd=F))  # EXP1 on the venue forward
+    core.on_index(md_pb.IndexPrice(header=common_pb.EventHeader(event_time_ns=NOW), price_usd=F))
+    core.on_top(top(CALL, 0.05, 0.06, t=NOW))
+    core.on_top(top(name(K, True, other), 0.07, 0.08, t=NOW))
+    first = {s.expiry_time_ns: s for s in core.flush(NOW)}
+    assert first[other].forward_source == common_pb.FORWARD_SOURCE_INDEX
+    solved = core.stats.quotes_solved
+    core.on_index(
+        md_pb.IndexPrice(header=common_pb.EventHeader(event_time_ns=NOW + NS), price_usd=F + 400)
+    )
+    (smile,) = core.flush(NOW + NS)
+    assert smile.expiry_time_ns == other and smile.forward_usd == F + 400
+    assert core.stats.quotes_solved - solved == 4
+    q = by_symbol(smile)[name(K, True, other)]
+    assert q.log_moneyness == pytest.approx(math.log(K / (F + 400)), abs=1e-15)
 
 
 # --------------------------------------------------------------------------------------

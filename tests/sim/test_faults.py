@@ -325,3 +325,72 @@ async def test_control_rejects_bad_requests_and_counts_faults(sim: SimHandle) ->
     await control_fault(sim, {"kind": "stale", "duration_s": 0.1})
     counts = (await stats(sim))["venues"]["deribit"]["faults_applied"]
     assert counts == {"sequence_gap": 1, "stale_quotes": 1}
+
+
+async def test_wrong_types_and_unknown_channel_resend_the_last_notification(
+    sim: SimHandle, client: RpcClient
+) -> None:
+    names, _ = await book_stream(sim, client, 3)
+    for kind in ("wrong_types", "unknown_channel"):
+        status, body = await control_fault(sim, {"kind": kind, "count": 2})
+        assert status == 200 and body["injected"] == 2, body
+    injected: list[dict[str, Any]] = []
+    for _ in range(400):
+        msg = orjson.loads(await asyncio.wait_for(client.ws.recv(), 3))
+        params = msg.get("params", {})
+        data = params.get("data", {})
+        unknown_channel = params.get("channel", "").startswith("sim_unknown.")
+        if unknown_channel or isinstance(data.get("instrument_name"), list):
+            injected.append(msg)
+        if len(injected) == 4:
+            break
+    wrong = [m for m in injected if isinstance(m["params"]["data"]["instrument_name"], list)]
+    unknown = [m for m in injected if m["params"]["channel"].startswith("sim_unknown.")]
+    assert len(wrong) == 2 and len(unknown) == 2
+    # Wrong types: every data field of another JSON type, the envelope as the venue's.
+    data = wrong[0]["params"]["data"]
+    assert wrong[0]["params"]["channel"].startswith("book.")
+    assert data["instrument_name"][0] in names
+    assert isinstance(data["change_id"], str) and isinstance(data["bids"], dict)
+    # Unknown channel: the data intact on a channel nobody subscribed.
+    assert unknown[0]["params"]["data"]["instrument_name"] in names
+
+
+async def test_bad_input_faults_before_any_notification_inject_nothing(sim: SimHandle) -> None:
+    quiet = await RpcClient.connect(sim.urls["deribit"].ws_url)
+    try:
+        await quiet.call("public/test")
+        _, body = await control_fault(sim, {"kind": "wrong_types", "count": 3})
+        assert body["ok"] and body["injected"] == 0
+    finally:
+        await quiet.close()
+
+
+async def control_rate(sim: SimHandle, body: object) -> tuple[int, dict[str, Any]]:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{sim.base_url}/control/rate", json=body) as resp,
+    ):
+        return resp.status, orjson.loads(await resp.read())
+
+
+async def test_rate_control_sets_pauses_and_rejects_bad_values(
+    sim: SimHandle, client: RpcClient
+) -> None:
+    await book_stream(sim, client, 8)
+    status, body = await control_rate(sim, {"messages_per_second": 0})
+    assert status == 200 and body["venues"] == ["deribit"]
+    assert (await stats(sim))["venues"]["deribit"]["messages_per_second"] == 0
+    await client.notifications(0.3)  # what was queued before the pause
+    before = (await stats(sim))["venues"]["deribit"]["counters"]["frames_sent"]
+    await sim.step(20)  # two simulated seconds: no updates, no index pushes
+    await asyncio.sleep(0.2)
+    assert (await stats(sim))["venues"]["deribit"]["counters"]["frames_sent"] == before
+    status, body = await control_rate(sim, {"messages_per_second": 500, "venue": "deribit"})
+    assert status == 200 and body["ok"]
+    bad_bodies: list[object] = [{"messages_per_second": -1}, {"messages_per_second": "x"}, []]
+    for bad in [*bad_bodies, {"venue": 3}]:
+        status, body = await control_rate(sim, bad)
+        assert status == 400 and not body["ok"], bad
+    status, body = await control_rate(sim, {"messages_per_second": 1, "venue": "nasdaq"})
+    assert status == 400 and "nasdaq" in body["error"]

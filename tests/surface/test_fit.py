@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 from scipy.optimize import least_squares
 
-from svc_surface.fit import FitConfig, SliceData, fit_svi_slice, fit_svi_slices
+from svc_surface.fit import (
+    FitConfig,
+    SliceData,
+    WingCaps,
+    fit_svi_slice,
+    fit_svi_slices,
+    wing_slopes,
+)
 from volmath.svi import RawSvi, implied_vol, min_total_variance, total_variance
 
 TRUTH = RawSvi(a=0.018, b=0.09, rho=-0.10, m=0.0, sigma=0.08)
@@ -159,3 +166,32 @@ def test_rejects_unusable_input() -> None:
     bad[3] = np.nan
     with pytest.raises(ValueError):
         fit_svi_slice(mid_only(bad))
+
+
+def test_wing_caps_bound_the_slopes_inside_the_fit() -> None:
+    # A slice whose call wing is steeper than a later expiry allows: capped inside the
+    # calibration (the inner problem's box), the fit honours the caps exactly and fits
+    # the quotes as well as the caps let it; a cap that does not bind changes nothing.
+    rng = np.random.default_rng(3)
+    vols = implied_vol(TRUTH, K, T) + rng.normal(0.0, 0.001, K.size)
+    data = mid_only(vols)
+    free = fit_svi_slice(data)
+    put_free = free.params.b * (1 - free.params.rho)
+    call_free = free.params.b * (1 + free.params.rho)
+    caps = WingCaps(put=put_free * 1.5, call=call_free * 0.8)
+    capped = fit_svi_slices([data], [free.params], wing_caps=[caps])[0]
+    p = capped.params
+    assert p.b * (1 + p.rho) <= caps.call * (1 + 1e-9)
+    assert p.b * (1 - p.rho) <= caps.put * (1 + 1e-9)
+    assert p.b * (1 + p.rho) == pytest.approx(caps.call, rel=1e-6)  # it binds
+    # A calibration under the caps, not a projection: it beats the free fit scaled down
+    # to the cap by far.
+    scaled = free.params._replace(b=free.params.b * caps.call / call_free)
+    scaled_rmse = float(np.sqrt(np.mean((implied_vol(scaled, K, T) - vols) ** 2))) * 1e4
+    assert capped.rmse_bp < 0.5 * scaled_rmse
+    loose = WingCaps(put=put_free * 2.0, call=call_free * 2.0)
+    same = fit_svi_slices([data], [free.params], wing_caps=[loose])[0]
+    assert total_variance(same.params, K) == pytest.approx(
+        total_variance(free.params, K), rel=1e-6, abs=1e-9
+    )
+    assert wing_slopes(p) == (p.b * (1 - p.rho), p.b * (1 + p.rho))

@@ -117,6 +117,10 @@ def test_published_surfaces_are_arbitrage_free(specs, seed, model, consolidated)
     surface = core.fit(NOW_NS + 1)
     if surface is None:
         return
+    assert_arbitrage_free(surface)
+
+
+def assert_arbitrage_free(surface: surface_pb.Surface) -> None:
     raws = [s.raw for s in surface.slices]
     ts = [s.time_to_expiry_years for s in surface.slices]
     assert ts == sorted(ts)
@@ -132,3 +136,36 @@ def test_published_surfaces_are_arbitrage_free(specs, seed, model, consolidated)
     for p0, p1 in itertools.pairwise(raws):
         k = grid_for(p0, p1)
         assert float(np.min(w_of(p1, k) - w_of(p0, k))) >= -1e-9
+
+
+@settings(
+    max_examples=6,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(
+    specs=st.lists(slice_strategy, min_size=2, max_size=5, unique_by=lambda s: s["days"]),
+    seed=st.integers(min_value=0, max_value=2**31 - 1),
+    move=st.floats(min_value=-0.03, max_value=0.03),
+)
+def test_warm_revisions_stay_arbitrage_free(specs, seed, move) -> None:
+    # The next revision starts from the last one: warm fits, wing caps carried over and
+    # fitted with the free fits, cached repairs. Each smile moves by a common shift.
+    core = SurfaceCore("deribit", "BTC", SurfaceConfig(min_quotes_per_slice=5))
+    smiles = [build_smile(spec, seed + i) for i, spec in enumerate(specs)]
+    for step, shift in enumerate([0.0, move]):
+        for i, smile in enumerate(smiles):
+            moved = iv_pb.Smile()
+            moved.CopyFrom(smile)
+            for q in moved.quotes:
+                q.bid_iv, q.mid_iv, q.ask_iv = (
+                    max(q.bid_iv + shift * (1 + 0.1 * i), 0.0),
+                    max(q.mid_iv + shift * (1 + 0.1 * i), 0.01),
+                    max(q.ask_iv + shift * (1 + 0.1 * i), 0.01),
+                )
+            moved.header.event_time_ns += step
+            moved.header.sequence += step
+            core.on_smile(moved)
+        surface = core.fit(NOW_NS + 1 + step)
+        if surface is not None:
+            assert_arbitrage_free(surface)

@@ -105,6 +105,11 @@ def _durable(s: Subjects, base: str, durable: str) -> list[str]:
     ]
 
 
+def _direct_get(s: Subjects, base: str) -> list[str]:
+    """Batched direct gets of a whole stream (a stage's rebuild, volstream.bus.rebuild)."""
+    return [f"{JS_API}.DIRECT.GET.{s.stream_name(base)}"]
+
+
 def _ordered(s: Subjects, base: str) -> list[str]:
     """An ordered (ephemeral push) consumer of nats-py: create, info, flow control."""
     stream = s.stream_name(base)
@@ -134,20 +139,20 @@ def service_user(service: str, cfg: Config) -> NatsUser:
         pub += [s.stage_filter("dlq", "book", ">")]
         pub += [s.control("connector", v, "resync") for v in venues]
         pub += _stream_info(s, "MD", "BOOK", "DLQ")
-        pub += _durable(s, "MD", name)
+        pub += _durable(s, "MD", name) + _direct_get(s, "MD")
         pub += _msg_get(s, "BOOK")
     elif service == "iv":
         pub = _by_venue(s, "iv", cfg)
         pub += [s.stage_filter("dlq", "iv", ">")]
         pub += _stream_info(s, "MD", "BOOK", "IV", "DLQ")
-        pub += _durable(s, "BOOK", name)
+        pub += _durable(s, "BOOK", name) + _direct_get(s, "BOOK")
         pub += _msg_get(s, "MD", "BOOK", "IV")
     elif service == "surface":
         pub = [] if cfg.consolidate == "only" else _by_venue(s, "surface", cfg)
         pub += [s.surface("all", c) for c in cfg.consolidated_currencies()]
         pub += [s.stage_filter("dlq", "surface", ">")]
         pub += _stream_info(s, "IV", "SURFACE", "DLQ")
-        pub += _durable(s, "IV", name)
+        pub += _durable(s, "IV", name) + _direct_get(s, "IV")
         pub += _msg_get(s, "SURFACE")
     elif service == "archive":
         # Reads surfaces into files; its only output is dead letters (undecodable surfaces).

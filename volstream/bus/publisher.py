@@ -9,8 +9,9 @@ through its own ack subscription, so it sees error acks immediately and can act 
 - every message carries the caller's deterministic ``Nats-Msg-Id``; a retry republishes the
   *same* id, so JetStream's duplicate window makes retries safe (a stored message answers
   ``duplicate: true``);
-- retryable errors (429, 503, 500, no responders) back off exponentially with jitter;
-  others (400 bad request, stream mismatch ...) fail at once;
+- retryable errors (429, 503, 500, no responders) back off exponentially with jitter, for
+  at least ``max_attempts`` attempts and at least ``retry_for_s`` (30 s: a cluster's leader
+  election); others (400 bad request, stream mismatch ...) fail at once;
 - a message not acknowledged within ``ack_timeout_s`` is republished;
 - after a reconnect, everything sent before the drop is republished at once (its ack was
   lost with the connection), without counting against ``max_attempts``;
@@ -91,6 +92,7 @@ class PublisherStats:
 class _InFlight:
     __slots__ = (
         "attempts",
+        "created_at",
         "generation",
         "headers",
         "msg_id",
@@ -113,6 +115,7 @@ class _InFlight:
         self.attempts = 1
         self.generation = 0
         self.sent_at = 0.0
+        self.created_at = time.monotonic()
 
 
 class JetStreamPublisher:
@@ -127,6 +130,7 @@ class JetStreamPublisher:
         max_inflight_msgs: int = 20_000,
         ack_timeout_s: float = 5.0,
         max_attempts: int = 8,
+        retry_for_s: float = 30.0,
         retry_backoff_s: float = 0.1,
         max_retry_backoff_s: float = 2.0,
         enqueue_timeout_s: float = 60.0,
@@ -141,6 +145,7 @@ class JetStreamPublisher:
         self._max_msgs = max_inflight_msgs
         self._ack_timeout_s = ack_timeout_s
         self._max_attempts = max_attempts
+        self._retry_for_s = retry_for_s
         self._retry_backoff_s = retry_backoff_s
         self._max_retry_backoff_s = max_retry_backoff_s
         self._enqueue_timeout_s = enqueue_timeout_s
@@ -176,7 +181,7 @@ class JetStreamPublisher:
         self.duplicates = 0
         self.retries = 0
         self.failures = 0
-        self._reported = (0, 0, 0)
+        self._reported = (0, 0, 0, 0)
 
     # --- public API ------------------------------------------------------------------------
     async def publish(
@@ -359,6 +364,15 @@ class JetStreamPublisher:
             )
         self._forget(entry)
 
+    def _may_retry(self, entry: _InFlight) -> bool:
+        """Retry while under ``max_attempts`` or younger than ``retry_for_s``: a JetStream
+        cluster answers 503 (no stream leader) or not at all for the seconds a leader
+        election takes, and a count of fast retries alone would give up inside it."""
+        return (
+            entry.attempts < self._max_attempts
+            or time.monotonic() - entry.created_at < self._retry_for_s
+        )
+
     def _backoff(self, attempts: int) -> float:
         delay = min(self._max_retry_backoff_s, self._retry_backoff_s * 2.0 ** max(0, attempts - 1))
         return float(delay * random.uniform(0.5, 1.0))
@@ -407,7 +421,7 @@ class JetStreamPublisher:
 
     def _on_error(self, entry: _InFlight, code: int, err_code: int, description: str) -> None:
         reason = f"{code}/{err_code} {description}".strip()
-        if code in RETRYABLE_CODES and entry.attempts < self._max_attempts:
+        if code in RETRYABLE_CODES and self._may_retry(entry):
             log.debug("publish %s [%s]: %s, retrying", entry.subject, entry.msg_id, reason)
             self._schedule_retry(entry, self._backoff(entry.attempts), counts_as_attempt=True)
         else:
@@ -449,7 +463,7 @@ class JetStreamPublisher:
             entry = due
             if not connected:
                 self._schedule_retry(entry, self._tick_s, counts_as_attempt=False)
-            elif entry.attempts >= self._max_attempts:
+            elif not self._may_retry(entry):
                 self._fail(
                     entry, f"no ack after {entry.attempts} attempt(s) of {self._ack_timeout_s}s"
                 )
@@ -483,8 +497,9 @@ class JetStreamPublisher:
         if self._metrics is None:
             return
         out = self.published + self.duplicates
-        last_out, last_retries, last_failures = self._reported
+        last_out, last_retries, last_failures, last_duplicates = self._reported
         self._metrics.events_out.add(out - last_out)
+        self._metrics.publish_duplicates.add(self.duplicates - last_duplicates)
         self._metrics.publish_retries.add(self.retries - last_retries)
         self._metrics.failures.add(self.failures - last_failures, {"kind": "publish"})
-        self._reported = (out, self.retries, self.failures)
+        self._reported = (out, self.retries, self.failures, self.duplicates)

@@ -56,6 +56,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -74,6 +75,7 @@ from volstream.bus.dlq import (
     venue_of,
 )
 from volstream.bus.publisher import JetStreamPublisher
+from volstream.bus.rebuild import rebuild_from_input
 from volstream.bus.streams import ConsumerSpec, ensure_consumer
 from volstream.config import Config
 from volstream.subjects import Subjects, token
@@ -246,7 +248,13 @@ class StageRunner:
         idle_heartbeat_s: float = 2.5,
         retry_backoff_s: float = 0.5,
         max_retry_backoff_s: float = 10.0,
+        rebuild: bool = False,
+        after_partial_rebuild: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        """``rebuild``: before consuming, replay each input up to its durable's ack floor
+        through the handler with outputs discarded (``volstream.bus.rebuild``);
+        ``after_partial_rebuild`` runs before consuming when an input stream had lost its
+        first messages (the stage continues its counters from what it published)."""
         if not inputs:
             raise ValueError("a stage needs at least one input")
         self._nc = nc
@@ -267,6 +275,8 @@ class StageRunner:
         self.publisher = publisher or JetStreamPublisher(nc, metrics=metrics)
         self.dead_letters = DeadLetters(self.publisher, subjects, self.service, metrics)
         self._ensure_consumers = ensure_consumers
+        self._rebuild = rebuild
+        self._after_partial_rebuild = after_partial_rebuild
         self._tracer = tracer
         self._lock = asyncio.Lock()
         self.consumers: list[PullConsumer] = []
@@ -284,6 +294,11 @@ class StageRunner:
         for spec in self.inputs:
             if self._ensure_consumers:
                 await ensure_consumer(js, spec.consumer_spec())
+            if self._rebuild:
+                async with self._lock:
+                    stats = await rebuild_from_input(self._nc, spec, self._handler)
+                    if stats.partial and self._after_partial_rebuild is not None:
+                        await self._after_partial_rebuild()
             consumer = PullConsumer(
                 self._nc,
                 spec.stream,

@@ -21,6 +21,13 @@ class PremiumUnit(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PREMIUM_UNIT_COIN_PER_COIN: _ClassVar[PremiumUnit]
     PREMIUM_UNIT_USD_PER_COIN: _ClassVar[PremiumUnit]
     PREMIUM_UNIT_USD_PER_CONTRACT: _ClassVar[PremiumUnit]
+
+class SizeUnit(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SIZE_UNIT_UNSPECIFIED: _ClassVar[SizeUnit]
+    SIZE_UNIT_COIN: _ClassVar[SizeUnit]
+    SIZE_UNIT_USD: _ClassVar[SizeUnit]
+    SIZE_UNIT_CONTRACT: _ClassVar[SizeUnit]
 INSTRUMENT_KIND_UNSPECIFIED: InstrumentKind
 INSTRUMENT_KIND_OPTION: InstrumentKind
 INSTRUMENT_KIND_FUTURE: InstrumentKind
@@ -29,9 +36,13 @@ PREMIUM_UNIT_UNSPECIFIED: PremiumUnit
 PREMIUM_UNIT_COIN_PER_COIN: PremiumUnit
 PREMIUM_UNIT_USD_PER_COIN: PremiumUnit
 PREMIUM_UNIT_USD_PER_CONTRACT: PremiumUnit
+SIZE_UNIT_UNSPECIFIED: SizeUnit
+SIZE_UNIT_COIN: SizeUnit
+SIZE_UNIT_USD: SizeUnit
+SIZE_UNIT_CONTRACT: SizeUnit
 
 class Instrument(_message.Message):
-    __slots__ = ("venue", "symbol", "currency", "kind", "option_kind", "strike_usd", "expiry_time_ns", "premium_currency", "settlement_currency", "premium_unit", "contract_size_coin", "tick_size_native", "min_size_native", "underlying", "is_active")
+    __slots__ = ("venue", "symbol", "currency", "kind", "option_kind", "strike_usd", "expiry_time_ns", "premium_currency", "settlement_currency", "premium_unit", "contract_size_coin", "tick_size_native", "min_size_native", "underlying", "is_active", "contract_size", "contract_size_unit", "size_unit")
     VENUE_FIELD_NUMBER: _ClassVar[int]
     SYMBOL_FIELD_NUMBER: _ClassVar[int]
     CURRENCY_FIELD_NUMBER: _ClassVar[int]
@@ -47,6 +58,9 @@ class Instrument(_message.Message):
     MIN_SIZE_NATIVE_FIELD_NUMBER: _ClassVar[int]
     UNDERLYING_FIELD_NUMBER: _ClassVar[int]
     IS_ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    CONTRACT_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CONTRACT_SIZE_UNIT_FIELD_NUMBER: _ClassVar[int]
+    SIZE_UNIT_FIELD_NUMBER: _ClassVar[int]
     venue: str
     symbol: str
     currency: str
@@ -62,7 +76,10 @@ class Instrument(_message.Message):
     min_size_native: float
     underlying: str
     is_active: bool
-    def __init__(self, venue: _Optional[str] = ..., symbol: _Optional[str] = ..., currency: _Optional[str] = ..., kind: _Optional[_Union[InstrumentKind, str]] = ..., option_kind: _Optional[_Union[_common_pb2.OptionKind, str]] = ..., strike_usd: _Optional[float] = ..., expiry_time_ns: _Optional[int] = ..., premium_currency: _Optional[str] = ..., settlement_currency: _Optional[str] = ..., premium_unit: _Optional[_Union[PremiumUnit, str]] = ..., contract_size_coin: _Optional[float] = ..., tick_size_native: _Optional[float] = ..., min_size_native: _Optional[float] = ..., underlying: _Optional[str] = ..., is_active: _Optional[bool] = ...) -> None: ...
+    contract_size: float
+    contract_size_unit: SizeUnit
+    size_unit: SizeUnit
+    def __init__(self, venue: _Optional[str] = ..., symbol: _Optional[str] = ..., currency: _Optional[str] = ..., kind: _Optional[_Union[InstrumentKind, str]] = ..., option_kind: _Optional[_Union[_common_pb2.OptionKind, str]] = ..., strike_usd: _Optional[float] = ..., expiry_time_ns: _Optional[int] = ..., premium_currency: _Optional[str] = ..., settlement_currency: _Optional[str] = ..., premium_unit: _Optional[_Union[PremiumUnit, str]] = ..., contract_size_coin: _Optional[float] = ..., tick_size_native: _Optional[float] = ..., min_size_native: _Optional[float] = ..., underlying: _Optional[str] = ..., is_active: _Optional[bool] = ..., contract_size: _Optional[float] = ..., contract_size_unit: _Optional[_Union[SizeUnit, str]] = ..., size_unit: _Optional[_Union[SizeUnit, str]] = ...) -> None: ...
 
 class InstrumentSet(_message.Message):
     __slots__ = ("header", "venue", "currency", "instruments", "listed_symbols", "delisted_symbols")

@@ -541,6 +541,10 @@ def _instrument(entry: dict[str, Any], counts: Counter[str]) -> md_pb.Instrument
         settlement_currency=quote,
         premium_unit=PER_CONTRACT,
         contract_size_coin=unit,
+        contract_size=unit,
+        contract_size_unit=md_pb.SIZE_UNIT_COIN,
+        # Quantities (book, minQty) count contracts of `unit` coins.
+        size_unit=md_pb.SIZE_UNIT_CONTRACT,
         tick_size_native=tick or 0.0,
         min_size_native=min_size or 0.0,
         underlying=underlying or f"{currency}{quote}",

@@ -308,6 +308,9 @@ def _instrument(entry: dict[str, Any], counts: Counter[str]) -> md_pb.Instrument
         premium_unit=md_pb.PREMIUM_UNIT_USD_PER_COIN,
         # Bybit option quantities are in coins: one contract is one coin.
         contract_size_coin=1.0,
+        contract_size=1.0,
+        contract_size_unit=md_pb.SIZE_UNIT_COIN,
+        size_unit=md_pb.SIZE_UNIT_COIN,
         tick_size_native=req_number(price_filter, "tickSize", where),
         min_size_native=(
             opt_number(lot_filter, "minOrderQty", counts, "instrument") or 0.0

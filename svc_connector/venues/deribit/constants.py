@@ -38,6 +38,9 @@ TICKER_CHANNEL: Final = "ticker.{inst}.{interval}"
 PRICE_INDEX_CHANNEL: Final = "deribit_price_index.{index}"
 VOLATILITY_INDEX_CHANNEL: Final = "deribit_volatility_index.{index}"
 INSTRUMENT_STATE_CHANNEL: Final = "instrument.state.{kind}.{currency}"
+# The one order-book lifecycle state with tradable quotes (January 2026; the others:
+# locked, settlement, delivered, inactive, halted, archivized; older: closed).
+OPEN_STATE: Final = "open"
 
 DEFAULT_INTERVAL: Final = "100ms"
 

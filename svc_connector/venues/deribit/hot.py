@@ -168,6 +168,8 @@ class DeribitHotPath(StampingSession):
             return None
         event = md_pb.MarketDataEvent()
         if channel.startswith("ticker."):
+            if data.state is not None and data.state != c.OPEN_STATE:
+                return None  # not open: the checked path drops its prices
             ticker = event.ticker
             ticker.symbol = symbol
             unit = self._premium_units.get(symbol) or premium_unit_from_name(symbol)

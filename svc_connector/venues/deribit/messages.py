@@ -153,7 +153,9 @@ class InstrumentStateData(TypedDict):
 
     timestamp: int
     instrument_name: str
-    state: Literal["created", "started", "settled", "closed", "deactivated", "terminated"]
+    # Older: created, started, settled, closed, deactivated, terminated; since January 2026
+    # the book lifecycle: open, locked, settlement, delivered, inactive, halted, archivized.
+    state: str
 
 
 # ---- REST ------------------------------------------------------------------------------------

@@ -314,6 +314,19 @@ def _parse_ticker(
     timestamp_ms = req_json_int(data, "timestamp", where)
     # Collected in a dict and built in one constructor call (cheaper than field by field).
     fields: dict[str, Any] = {}
+    state = data.get("state")
+    if state is not None and state != c.OPEN_STATE:
+        # Not open (locked, halted, settlement, ...): no tradable price, so no price, size,
+        # IV or greek; forward and index still hold.
+        _not_open_ticker(data, counts, fields)
+        emit_ticker(
+            result, currency, symbol, fields, ms_to_ns(timestamp_ms), receive_time_ns, c.SOURCE
+        )
+        counts["ticker.not_open"] += 1
+        # Also state news: the connector withdraws the instrument (its book may still hold
+        # prices) as an instrument.state notification would.
+        result.instrument_states.append(InstrumentStateChange(symbol, str(state)))
+        return
     bid_price = opt_json_number(data, "best_bid_price", counts, "ticker")
     bid_size = opt_json_number(data, "best_bid_amount", counts, "ticker")
     ask_price = opt_json_number(data, "best_ask_price", counts, "ticker")
@@ -359,6 +372,18 @@ def _parse_ticker(
     fill_usd_fields(fields, unit, None)
     emit_ticker(result, currency, symbol, fields, ms_to_ns(timestamp_ms), receive_time_ns, c.SOURCE)
     result.counts["ticker"] += 1
+
+
+def _not_open_ticker(data: dict[str, Any], counts: Counter[str], fields: dict[str, Any]) -> None:
+    forward = positive(opt_json_number(data, "underlying_price", counts, "ticker"))
+    if forward is not None:
+        fields["forward_usd"] = forward
+    forward_name = data.get("underlying_index")
+    if isinstance(forward_name, str):
+        fields["forward_name"] = forward_name
+    index_price = positive(opt_json_number(data, "index_price", counts, "ticker"))
+    if index_price is not None:
+        fields["index_price_usd"] = index_price
 
 
 def _index_currency(index_name: str, where: str) -> str:
@@ -482,7 +507,15 @@ def _instrument(entry: dict[str, Any], counts: Counter[str]) -> md_pb.Instrument
         underlying = price_index
     else:
         underlying = f"{base.lower()}_usd" if is_inverse else f"{base.lower()}_{quote.lower()}"
-    is_active = entry.get("is_active")
+    # Inverse futures and perpetuals state `contract_size` and amounts in USD (10 per BTC
+    # contract), not coins; options and linear futures in coins.
+    contract_size = req_json_number(entry, "contract_size", where)
+    size_unit = md_pb.SIZE_UNIT_USD if kind == "future" and is_inverse else md_pb.SIZE_UNIT_COIN
+    # Since January 2026 `state` says whether the book is open; older bodies: `is_active`.
+    state = entry.get("state")
+    is_active = state == c.OPEN_STATE if isinstance(state, str) else entry.get("is_active")
+    if isinstance(state, str) and state != c.OPEN_STATE:
+        counts["instrument.not_open"] += 1
     instrument = md_pb.Instrument(
         venue=c.VENUE,
         symbol=name,
@@ -491,7 +524,10 @@ def _instrument(entry: dict[str, Any], counts: Counter[str]) -> md_pb.Instrument
         or (base if premium_unit == md_pb.PREMIUM_UNIT_COIN_PER_COIN else "USD"),
         settlement_currency=settlement,
         premium_unit=premium_unit,
-        contract_size_coin=req_json_number(entry, "contract_size", where),
+        contract_size=contract_size,
+        contract_size_unit=size_unit,
+        size_unit=size_unit,
+        contract_size_coin=contract_size if size_unit == md_pb.SIZE_UNIT_COIN else 0.0,
         tick_size_native=req_json_number(entry, "tick_size", where),
         min_size_native=opt_json_number(entry, "min_trade_amount", counts, "instrument") or 0.0,
         underlying=underlying,

@@ -11,6 +11,9 @@ specifics:
   ``index-tickers``; per option a ``books`` channel (optionally ``tickers``/``mark-price``);
   per future ``tickers``; ``instruments`` (type OPTION): a listing or state change of a
   followed currency refreshes discovery early;
+- books without a websocket snapshot (OKX's announced change): the session asks for the
+  REST book ``GET /api/v5/market/books?instId=&sz=400`` (paced), fetched here and handed
+  back to it (:meth:`OkxSession.on_rest_book`);
 - keep-alive: the text ``ping`` whenever nothing was sent for ``heartbeat_interval_s``
   (20 s; the venue drops a connection silent for 30 s), answered by ``pong``; the watchdog
   reconnects when not even the ``pong`` comes back;
@@ -19,20 +22,37 @@ specifics:
 
 Venue options (``constants.OPTION_*``): ``book_channel`` ("books"), ``option_tickers``
 ("false"), ``mark_price`` ("false"), ``future_tickers`` ("true"), ``family_quote`` ("USD"),
-``verify_checksum`` ("true"), ``instrument_channel`` ("true"), ``early_refresh_spacing_s``
-("5", every PooledConnector).
+``verify_checksum`` ("true"), ``instrument_channel`` ("true"), ``rest_books_per_second``
+("20"), ``snapshot_wait_s`` ("2"), ``early_refresh_spacing_s`` ("5", every PooledConnector).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import asyncio
+import time
+from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 
-from svc_connector.runtime.pool import PooledConnector
-from svc_connector.runtime.settings import ConnectionPlan, RuntimeSettings, option_flag
-from svc_connector.venues.base import ConnectorConfig, EventSink, VenueRequest, VenueSession
+from svc_connector.kit.pacing import TokenBucket
+from svc_connector.runtime.connection import WsConnection
+from svc_connector.runtime.pool import DiscoveryFailed, PooledConnector
+from svc_connector.runtime.settings import (
+    ConnectionPlan,
+    RuntimeSettings,
+    option_flag,
+    option_float,
+)
+from svc_connector.venues.base import (
+    ConnectorConfig,
+    EventSink,
+    FrameResult,
+    ResubscribeRequest,
+    VenueRequest,
+    VenueSession,
+)
 from svc_connector.venues.okx import constants as c
 from svc_connector.venues.okx.parse import parse_instruments
 from svc_connector.venues.okx.session import OkxSession
@@ -54,6 +74,8 @@ class OkxSettings:
     family_quote: str
     verify_checksum: bool
     instrument_channel: bool
+    rest_books_per_second: float
+    snapshot_wait_s: float
 
     @classmethod
     def from_config(cls, config: ConnectorConfig) -> OkxSettings:
@@ -73,6 +95,10 @@ class OkxSettings:
             family_quote=options.get(c.OPTION_FAMILY_QUOTE, "USD").upper(),
             verify_checksum=option_flag(options, c.OPTION_VERIFY_CHECKSUM, True),
             instrument_channel=option_flag(options, c.OPTION_INSTRUMENT_CHANNEL, True),
+            rest_books_per_second=option_float(
+                options, c.OPTION_REST_BOOKS_PER_SECOND, c.REST_BOOKS_PER_SECOND
+            ),
+            snapshot_wait_s=option_float(options, c.OPTION_SNAPSHOT_WAIT_S, 2.0),
         )
 
     def family(self, currency: str) -> str:
@@ -123,6 +149,11 @@ class OkxConnector(PooledConnector):
     def __init__(self, config: ConnectorConfig, sink: EventSink) -> None:
         self.okx = OkxSettings.from_config(config)
         super().__init__(self.okx.runtime, sink, connects_per_second=c.CONNECTS_PER_SECOND)
+        rate = self.okx.rest_books_per_second
+        self._books_bucket = TokenBucket(rate, 1.0, time.monotonic())
+        self._books_lock = asyncio.Lock()
+        self._book_tasks: set[asyncio.Task[None]] = set()
+        self._books_in_flight: set[str] = set()
 
     def new_session(self) -> VenueSession:
         return OkxSession(
@@ -146,6 +177,73 @@ class OkxConnector(PooledConnector):
 
     def currency_of(self, symbol: str) -> str | None:
         return currency_of(symbol)
+
+    def on_resubscribe(self, conn: WsConnection, request: ResubscribeRequest) -> bool:
+        """A book without a websocket snapshot: fetch its REST book (others resubscribe)."""
+        if request.reason != c.REST_SNAPSHOT_REASON:
+            return False
+        if request.symbol in self._books_in_flight:
+            return True
+        self._books_in_flight.add(request.symbol)
+        self._spawn(self._fetch_book(conn, request.symbol))
+        return True
+
+    def on_result(self, conn: WsConnection, result: FrameResult) -> None:
+        """A confirmed book subscription: its REST book if no snapshot came in time."""
+        super().on_result(conn, result)
+        for channel in result.subscribed:
+            name, _, symbol = channel.partition(":")
+            if name in c.INCREMENTAL_BOOKS and symbol:
+                self._spawn(self._check_snapshot(conn, symbol, channel))
+
+    async def _check_snapshot(self, conn: WsConnection, symbol: str, channel: str) -> None:
+        await asyncio.sleep(self.okx.snapshot_wait_s)
+        session = conn.session
+        if (
+            isinstance(session, OkxSession)
+            and symbol not in self._books_in_flight
+            and session.expect_rest_book(symbol, channel, time.time_ns())
+        ):
+            self.sink.count("book.no_ws_snapshot")
+            self._books_in_flight.add(symbol)
+            await self._fetch_book(conn, symbol)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._book_tasks.add(task)
+        task.add_done_callback(self._book_tasks.discard)
+
+    async def stop(self) -> None:
+        for task in list(self._book_tasks):
+            task.cancel()
+        await super().stop()
+
+    async def _fetch_book(self, conn: WsConnection, symbol: str) -> None:
+        """GET the REST book of ``symbol`` (paced) and hand it to the connection's session;
+        on failure the session asks again after its resync timeout."""
+        try:
+            await self._fetch_book_paced(conn, symbol)
+        finally:
+            self._books_in_flight.discard(symbol)
+
+    async def _fetch_book_paced(self, conn: WsConnection, symbol: str) -> None:
+        async with self._books_lock:
+            wait = self._books_bucket.wait_time(time.monotonic())
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self._books_bucket.take(time.monotonic())
+        http, session = self.http, conn.session
+        if http is None or not isinstance(session, OkxSession):
+            return
+        url = f"{self.settings.rest_url}{c.BOOKS_PATH}"
+        params = {"instId": symbol, "sz": c.REST_BOOK_DEPTH}
+        try:
+            _, body, receive_ns = await self.get(http, url, params)
+        except DiscoveryFailed as exc:
+            self.log.warning("okx: REST book of %s failed: %s", symbol, exc)
+            self.sink.count("book.rest_snapshot_failed")
+            return
+        await conn.deliver(session.on_rest_book(body, symbol, receive_ns))
 
     async def fetch_instruments(
         self, http: aiohttp.ClientSession

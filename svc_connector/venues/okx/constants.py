@@ -22,6 +22,15 @@ SOURCE: Final = "connector.okx"
 # REST paths are appended to Endpoints.rest_url (the host), exactly as on the venue.
 WS_PATH: Final = "/ws/v5/public"
 INSTRUMENTS_PATH: Final = "/api/v5/public/instruments"
+# The REST book a book is built from when the websocket sends no initial snapshot.
+BOOKS_PATH: Final = "/api/v5/market/books"
+REST_BOOK_DEPTH: Final = "400"
+# ResubscribeRequest reason by which a session asks its client for a REST book.
+REST_SNAPSHOT_REASON: Final = "no websocket snapshot: REST book"
+# Updates kept per book while its REST snapshot is on its way (the oldest go first).
+MAX_BUFFERED_UPDATES: Final = 1000
+# REST market books: the venue allows 40 requests per 2 s per IP.
+REST_BOOKS_PER_SECOND: Final = 20.0
 
 LIVE: Final = Endpoints(ws_url="wss://ws.okx.com:8443" + WS_PATH, rest_url="https://www.okx.com")
 # Demo trading (unconfirmed for public market data: the venue documents this host for demo).
@@ -108,3 +117,7 @@ OPTION_FAMILY_QUOTE: Final = "family_quote"  # "USD"
 OPTION_VERIFY_CHECKSUM: Final = "verify_checksum"  # "true"
 # "true": follow the `instruments` channel to refresh discovery early on listings/expiries.
 OPTION_INSTRUMENT_CHANNEL: Final = "instrument_channel"  # "true"
+# REST books fetched per second when books come without a websocket snapshot.
+OPTION_REST_BOOKS_PER_SECOND: Final = "rest_books_per_second"  # "20"
+# A book with no snapshot this long after its subscription is confirmed gets its REST book.
+OPTION_SNAPSHOT_WAIT_S: Final = "snapshot_wait_s"  # "2"

@@ -167,6 +167,10 @@ class OkxHotPath(StampingSession):
     _premium_units: dict[str, md_pb.PremiumUnit]
     _contract_sizes: dict[str, float]
     _tickers: TickerMerger
+    # Books built from a REST snapshot (waiting for it, or for the update that spans it):
+    # the checked path's business.
+    _rest_books: dict[str, Any]
+    _bridging: set[str]
 
     def _hot_frame(self, raw: bytes | str, now_ns: int) -> FrameResult | None:
         """The hot path: the usual push frames (``books`` updates and snapshots,
@@ -218,6 +222,7 @@ class OkxHotPath(StampingSession):
             or not -EXACT_INT < sequence < EXACT_INT
             or prev != self._books.last_sequence(symbol)  # also None: no book, resyncing
             or symbol in self._strings  # its checksum book needs the venue's strings
+            or symbol in self._bridging
         ):
             return None
         body = self._hot_book_body(raw, entry, skip_empty=False)
@@ -257,7 +262,12 @@ class OkxHotPath(StampingSession):
             return None
         entry = push.data[0]
         sequence = entry.seqId
-        if sequence is None or not -EXACT_INT < sequence < EXACT_INT:
+        if (
+            sequence is None
+            or not -EXACT_INT < sequence < EXACT_INT
+            or symbol in self._rest_books
+            or symbol in self._bridging
+        ):
             return None
         # A snapshot keeps the levels with a size (size 0 deletes only in updates).
         body = self._hot_book_body(raw, entry, skip_empty=True)

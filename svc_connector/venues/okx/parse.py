@@ -24,6 +24,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+import orjson
+
 from svc_connector.kit.book_levels import TextLevel, add_book_levels, book_levels, text_levels
 from svc_connector.kit.fields import (
     FieldError,
@@ -334,6 +336,44 @@ def _incremental_book(
     parsed.books.append((item, BookText(symbol, bids, asks, checksum, has_sequence)))
 
 
+def parse_rest_book(
+    body: bytes | str, symbol: str, receive_time_ns: int
+) -> tuple[NormalisedEvent | None, str]:
+    """A ``GET /api/v5/market/books?instId=`` body -> (BookSnapshot event at its ``seqId``,
+    ""), or (None, reason). A snapshot without ``seqId`` cannot be bridged to the
+    websocket updates: refused. Pure; never raises."""
+    try:
+        message = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        return None, f"REST book {symbol}: not JSON: {exc}"
+    if not isinstance(message, dict):
+        return None, f"REST book {symbol}: not an object"
+    if str(message.get("code", "0")) != "0":
+        return None, f"REST book {symbol}: venue error {message.get('code')} {message.get('msg')}"
+    data = message.get("data")
+    if not isinstance(data, list) or len(data) != 1 or not isinstance(data[0], dict):
+        return None, f"REST book {symbol}: 'data' is not one book"
+    entry = data[0]
+    where = f"REST book {symbol}"
+    try:
+        currency = _currency(symbol, where)
+        sequence = _optional_int(entry, "seqId", where)
+        if sequence is None:
+            return None, f"{where}: no 'seqId' to bridge the websocket updates with"
+        bids = text_levels(entry.get("bids"), where, "bids")
+        asks = text_levels(entry.get("asks"), where, "asks")
+        event = md_pb.MarketDataEvent()
+        snapshot = event.book_snapshot
+        fill_header(snapshot.header, req_integer(entry, "ts", where), receive_time_ns)
+        snapshot.symbol = symbol
+        add_book_levels(snapshot.bids, [level for level in bids if float(level[1]) > 0])
+        add_book_levels(snapshot.asks, [level for level in asks if float(level[1]) > 0])
+        snapshot.venue_sequence = sequence
+    except (FieldError, ValueError, OverflowError) as exc:
+        return None, str(exc)
+    return NormalisedEvent(currency, "book", event), ""
+
+
 def fill_header(header: common_pb.EventHeader, timestamp_ms: int, receive_time_ns: int) -> None:
     """:func:`ms_header` written into an event's own header."""
     header.event_time_ns = ms_to_ns(timestamp_ms)
@@ -603,10 +643,14 @@ def _instrument(entry: dict[str, Any], counts: Counter[str]) -> md_pb.Instrument
     size_currency = str(entry.get("ctValCcy", "")).upper()
     contract_value = req_number(entry, "ctVal", where)
     multiplier = opt_number(entry, "ctMult", counts, "instrument") or 1.0
+    stated = contract_value * multiplier
     if size_currency == currency:
-        contract_size = contract_value * multiplier
+        contract_size, stated_unit = stated, md_pb.SIZE_UNIT_COIN
     else:
         contract_size = 0.0  # a USD face value (inverse futures): no size in coins
+        stated_unit = (
+            md_pb.SIZE_UNIT_USD if size_currency in USD_QUOTES else md_pb.SIZE_UNIT_UNSPECIFIED
+        )
         counts["instrument.face_not_in_coin"] += 1
     state = entry.get("state")
     instrument = md_pb.Instrument(
@@ -615,6 +659,10 @@ def _instrument(entry: dict[str, Any], counts: Counter[str]) -> md_pb.Instrument
         currency=currency,
         settlement_currency=settle,
         contract_size_coin=contract_size,
+        contract_size=stated,
+        contract_size_unit=stated_unit,
+        # Book sizes, minSz and lotSz count contracts.
+        size_unit=md_pb.SIZE_UNIT_CONTRACT,
         tick_size_native=req_number(entry, "tickSz", where),
         min_size_native=opt_number(entry, "minSz", counts, "instrument")
         or opt_number(entry, "lotSz", counts, "instrument")

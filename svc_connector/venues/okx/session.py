@@ -12,24 +12,53 @@ previous ``seqId``, also for keep-alives and after a reset at maintenance); mess
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import orjson
 
+from svc_connector.kit.fields import raw_bytes
 from svc_connector.kit.requests import PendingRequests, name_venue_errors, request_channels
 from svc_connector.kit.sequencing import BookSequencer, book_reset_event, sequence_delta
 from svc_connector.kit.tickers import TickerMerger, fill_usd_fields, ticker_fields
-from svc_connector.venues.base import FrameResult, NormalisedEvent, RequestAck, VenueRequest
+from svc_connector.venues.base import (
+    DeadLetter,
+    FrameResult,
+    NormalisedEvent,
+    RequestAck,
+    ResubscribeRequest,
+    VenueRequest,
+)
 from svc_connector.venues.okx import constants as c
 from svc_connector.venues.okx.checksum import OkxChecksumBook
 from svc_connector.venues.okx.hot import OkxHotPath
-from svc_connector.venues.okx.parse import OWNED_FIELDS, BookText, ParsedFrame, parse_frame_detailed
+from svc_connector.venues.okx.parse import (
+    OWNED_FIELDS,
+    BookText,
+    ParsedFrame,
+    parse_frame_detailed,
+    parse_rest_book,
+)
 from svc_connector.venues.okx.symbols import channel_arg, premium_unit_from_id
 from volstream.v1 import common_pb2 as common_pb
 from volstream.v1 import market_data_pb2 as md_pb
 
 _MAX_PENDING: Final = 10_000
+
+
+@dataclass(slots=True)
+class _RestBook:
+    """A book waiting for its REST snapshot: the updates meanwhile, in arrival order."""
+
+    channel: str
+    # prevSeqId of the first update kept: a REST snapshot older than it is asked again.
+    first_prev: int
+    asked_ns: int
+    updates: deque[NormalisedEvent] = field(
+        default_factory=lambda: deque(maxlen=c.MAX_BUFFERED_UPDATES)
+    )
 
 
 class OkxSession(OkxHotPath):
@@ -50,10 +79,19 @@ class OkxSession(OkxHotPath):
       string-level book is kept only for books whose snapshot carried a non-zero checksum
       (the venue sends 0 since June 2026); a non-zero checksum on an update of a book
       without one resyncs it like a mismatch (``book.checksum_unexpected``);
-    - a gap, an update without a snapshot, or a checksum mismatch: the message is dropped,
-      a ``BookReset`` is emitted and the book channel is resubscribed (the venue answers
-      with a fresh snapshot); updates in between are dropped, the resubscribe is requested
-      again if no snapshot came within ``resync_timeout_ns``.
+    - a gap or a checksum mismatch: the message is dropped, a ``BookReset`` is emitted and
+      the book channel is resubscribed (the venue answers with a fresh snapshot); updates
+      in between are dropped, the resubscribe is requested again if no snapshot came within
+      ``resync_timeout_ns``;
+    - no snapshot since subscribing (OKX's announced removal of the initial snapshot): the
+      book is built from the REST book (``GET /api/v5/market/books``), asked for with a
+      ``ResubscribeRequest`` whose reason is ``REST_SNAPSHOT_REASON`` (the client fetches
+      it and hands it to :meth:`on_rest_book`). Updates are kept meanwhile; a snapshot
+      whose ``seqId`` is below the first kept update's ``prevSeqId`` is asked again;
+      updates with ``seqId`` <= the snapshot's are dropped, the one with ``prevSeqId`` <=
+      the snapshot's ``seqId`` < its ``seqId`` continues it (emitted with
+      ``prev_venue_sequence`` = the snapshot's, the one rule consumers apply), the rest
+      follow in order. Once a book came without a snapshot, gaps resync from REST too;
 
     Tickers: ``opt-summary`` (IVs, forward, greeks), ``tickers`` (best bid/ask) and
     ``mark-price`` each own some VenueTicker fields; the session emits the merged ticker of
@@ -89,6 +127,12 @@ class OkxSession(OkxHotPath):
         self._pending = PendingRequests(_MAX_PENDING)
         # request id -> channels whose ack has not arrived yet (OKX acks one per argument).
         self._unacked: dict[str, set[str]] = {}
+        # Books waiting for their REST snapshot, and those waiting for the update spanning it.
+        self._rest_books: dict[str, _RestBook] = {}
+        self._bridging: set[str] = set()
+        # The venue sent an update without a snapshot: it sends none (resync from REST).
+        self._no_ws_snapshots = False
+        self._resync_timeout_ns = resync_timeout_ns
 
     @property
     def source(self) -> str:
@@ -103,6 +147,8 @@ class OkxSession(OkxHotPath):
     def on_connected(self) -> None:
         self._books.reset()
         self._strings.clear()
+        self._rest_books.clear()
+        self._bridging.clear()
         self._pending.clear()
         self._unacked.clear()
 
@@ -195,6 +241,8 @@ class OkxSession(OkxHotPath):
         snapshot = item.event.book_snapshot
         if not text.has_sequence:
             snapshot.venue_sequence = 1
+        self._rest_books.pop(text.symbol, None)
+        self._bridging.discard(text.symbol)
         self._books.snapshot(text.symbol, snapshot.venue_sequence)
         # A checksum book only for books the venue checksums (it sends 0 since June 2026).
         if text.checksum and self._verify_checksums:
@@ -209,18 +257,132 @@ class OkxSession(OkxHotPath):
         self, item: NormalisedEvent, text: BookText, result: FrameResult, now_ns: int
     ) -> list[NormalisedEvent]:
         delta = item.event.book_delta
+        symbol = text.symbol
         if not text.has_sequence:
-            last = self._books.last_sequence(text.symbol)
+            last = self._books.last_sequence(symbol)
             if last is not None:
                 delta.prev_venue_sequence = last
                 delta.venue_sequence = last + 1
-        events = sequence_delta(self._books, item, result.channel, result, now_ns)
+        elif symbol in self._rest_books:
+            return self._keep_for_rest(item, result, now_ns)
+        elif self._books.last_sequence(symbol) is None and not self._books.is_resyncing(symbol):
+            # No snapshot since subscribing: the venue sends none, the REST book will do.
+            self._no_ws_snapshots = True
+            result.counts["book.no_ws_snapshot"] += 1
+            self._ask_rest(symbol, result.channel, delta.prev_venue_sequence, result, now_ns)
+            return self._keep_for_rest(item, result, now_ns)
+        events = self._sequenced(item, result, now_ns)
         if len(events) != 1 or events[0] is not item:
             return events
         strings = self._strings.get(text.symbol)
         if strings is not None:
             strings.apply_update(text.bids, text.asks)
         return self._checked(item, text, result, now_ns)
+
+    # ---- books built from a REST snapshot ------------------------------------------------------
+
+    def _ask_rest(
+        self, symbol: str, channel: str, first_prev: int, result: FrameResult, now_ns: int
+    ) -> None:
+        self._rest_books[symbol] = _RestBook(channel, first_prev, now_ns)
+        self._books.start_resync(symbol, now_ns)
+        self._bridging.discard(symbol)
+        result.resubscribes.append(ResubscribeRequest(symbol, channel, c.REST_SNAPSHOT_REASON))
+        result.counts["book.rest_snapshot_requested"] += 1
+
+    def _keep_for_rest(
+        self, item: NormalisedEvent, result: FrameResult, now_ns: int
+    ) -> list[NormalisedEvent]:
+        symbol = item.event.book_delta.symbol
+        waiting = self._rest_books[symbol]
+        waiting.updates.append(item)
+        result.counts["book.buffered"] += 1
+        if now_ns - waiting.asked_ns >= self._resync_timeout_ns:
+            waiting.asked_ns = now_ns
+            reason = c.REST_SNAPSHOT_REASON
+            result.resubscribes.append(ResubscribeRequest(symbol, waiting.channel, reason))
+            result.counts["book.rest_snapshot_requested"] += 1
+        return []
+
+    def _sequenced(
+        self, item: NormalisedEvent, result: FrameResult, now_ns: int
+    ) -> list[NormalisedEvent]:
+        """The sequence rule, the update spanning a REST snapshot, and, once the venue sends
+        no snapshots, a resync from REST instead of a resubscribe."""
+        delta = item.event.book_delta
+        symbol = delta.symbol
+        if symbol in self._bridging:
+            last = self._books.last_sequence(symbol)
+            if last is not None and delta.venue_sequence <= last:
+                result.counts["book.stale_dropped"] += 1
+                return []
+            self._bridging.discard(symbol)
+            if last is not None and delta.prev_venue_sequence <= last:
+                delta.prev_venue_sequence = last
+                self._books.snapshot(symbol, delta.venue_sequence)
+                result.counts["book.bridged"] += 1
+                return [item]
+        asked = len(result.resubscribes)
+        events = sequence_delta(self._books, item, result.channel, result, now_ns)
+        if self._no_ws_snapshots and len(result.resubscribes) > asked:
+            # A gap: resubscribing brings no snapshot, the REST book does.
+            request = result.resubscribes.pop()
+            self._ask_rest(symbol, request.channel, delta.prev_venue_sequence, result, now_ns)
+            self._rest_books[symbol].updates.append(item)
+        return events
+
+    def expect_rest_book(self, symbol: str, channel: str, now_ns: int) -> bool:
+        """A book subscribed a while ago has neither a snapshot nor an update (a quiet book
+        on a venue that sends no snapshots): True when the client should fetch its REST
+        book (updates are kept from now on, any snapshot seqId will do)."""
+        books = self._books
+        if (
+            symbol in self._rest_books
+            or books.last_sequence(symbol) is not None
+            or books.is_resyncing(symbol)
+        ):
+            return False
+        self._no_ws_snapshots = True
+        self._rest_books[symbol] = _RestBook(channel, -1, now_ns)
+        books.start_resync(symbol, now_ns)
+        return True
+
+    def on_rest_book(self, body: bytes | str, symbol: str, receive_time_ns: int) -> FrameResult:
+        """The REST book of ``symbol``, asked for by a ``REST_SNAPSHOT_REASON`` request: the
+        snapshot and the kept updates that follow it (class docstring). Stamped like a
+        frame's result; never raises."""
+        result = FrameResult()
+        waiting = self._rest_books.get(symbol)
+        if waiting is None:
+            result.counts["book.rest_snapshot_unexpected"] += 1
+            return result
+        result.channel = waiting.channel
+        event, reason = parse_rest_book(body, symbol, receive_time_ns)
+        if event is None:
+            # Asked again by the next update after the resync timeout.
+            result.counts["book.rest_snapshot_bad"] += 1
+            result.dead_letters.append(DeadLetter(raw_bytes(body), reason))
+            return result
+        sequence = event.event.book_snapshot.venue_sequence
+        if sequence < waiting.first_prev:
+            # Older than the updates kept: they cannot continue it. Ask again.
+            result.counts["book.rest_snapshot_too_old"] += 1
+            waiting.asked_ns = receive_time_ns
+            reason = c.REST_SNAPSHOT_REASON
+            result.resubscribes.append(ResubscribeRequest(symbol, waiting.channel, reason))
+            return result
+        del self._rest_books[symbol]
+        self._books.snapshot(symbol, sequence)
+        self._strings.pop(symbol, None)
+        self._bridging.add(symbol)
+        result.counts["book.rest_snapshot"] += 1
+        result.events.append(event)
+        for item in waiting.updates:
+            if symbol in self._rest_books:  # a gap among the kept updates: asked again
+                self._rest_books[symbol].updates.append(item)
+                continue
+            result.events.extend(self._sequenced(item, result, receive_time_ns))
+        return self.stamp(result)
 
     def _checked(
         self, item: NormalisedEvent, text: BookText, result: FrameResult, now_ns: int
