@@ -160,7 +160,7 @@ def _orderbook(message: dict[str, Any], receive_time_ns: int, result: FrameResul
         book = event.book_delta
         book.MergeFromString(levels)
         book.venue_sequence = int64(update_id, "u", where)
-        book.prev_venue_sequence = update_id - 1
+        book.prev_venue_sequence = int64(update_id - 1, "u", where)
         result.counts["book.delta"] += 1
     else:
         raise FieldError(f"{where}: missing or unknown book 'type' {kind!r}")
