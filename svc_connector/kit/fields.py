@@ -68,7 +68,7 @@ def req_integer(data: Mapping[str, object], key: str, where: str) -> int:
         return value
     if isinstance(value, str):
         text = value.strip()
-        if text.lstrip("-").isdigit():
+        if text.isascii() and text.lstrip("-").isdigit():  # not "¹": int() refuses it
             return int(text)
     raise FieldError(f"{where}: missing or non-integer '{key}'")
 

@@ -126,6 +126,15 @@ def test_a_sequence_beyond_int64_is_a_reasoned_dead_letter() -> None:
     assert not any(d.reason.startswith("internal") for d in result.dead_letters)
 
 
+@pytest.mark.parametrize("text", ["1\u00b9", "\u00b2"])
+def test_a_digit_string_int_refuses_is_a_reasoned_dead_letter(text: str) -> None:
+    """Before: str.isdigit() took superscripts, then int() raised inside the parser."""
+    from svc_connector.kit.fields import FieldError, req_integer
+
+    with pytest.raises(FieldError):
+        req_integer({"u": text}, "u", "where")
+
+
 def test_an_entry_nested_too_deep_to_re_encode_is_dead_lettered_alone() -> None:
     """Before: orjson reads 1024 levels but writes 255, and the dead letter's re-encoding of
     the entry raised inside the parser's error path."""

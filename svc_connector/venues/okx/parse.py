@@ -297,7 +297,11 @@ def _incremental_book(
         symbol = req_text(arg, "instId", where)
     currency = _currency(symbol, where)
     ts = entry.get("ts")
-    timestamp_ms = int(ts) if type(ts) is str and ts.isdigit() else req_integer(entry, "ts", where)
+    timestamp_ms = (
+        int(ts)
+        if type(ts) is str and ts.isascii() and ts.isdigit()
+        else req_integer(entry, "ts", where)
+    )
     bids = text_levels(entry.get("bids"), where, "bids")
     asks = text_levels(entry.get("asks"), where, "asks")
     checksum = _optional_int(entry, "checksum", where) or 0
@@ -439,7 +443,11 @@ def _opt_summary(entry: dict[str, Any], receive_time_ns: int, parsed: ParsedFram
     symbol = req_text(entry, "instId", where)
     currency = _currency(symbol, where)
     ts = entry.get("ts")
-    timestamp_ms = int(ts) if type(ts) is str and ts.isdigit() else req_integer(entry, "ts", where)
+    timestamp_ms = (
+        int(ts)
+        if type(ts) is str and ts.isascii() and ts.isdigit()
+        else req_integer(entry, "ts", where)
+    )
     fields = _summary_fields_fast(entry)
     if fields is None:
         fields = _summary_fields_checked(entry, result.counts)
