@@ -21,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
+import inspect
 import logging
 import time
 from collections.abc import Callable
@@ -29,6 +31,7 @@ from typing import Any, NoReturn, TypeAlias
 
 import grpc
 import grpc.aio
+from google.protobuf.message import DecodeError
 from google.protobuf.message_factory import GetMessageClass
 from nats.aio.client import Client
 
@@ -397,15 +400,63 @@ def _serializer(message_class: Any) -> Callable[[Any], bytes]:
     return serialize_unless_bytes
 
 
+class _Malformed:
+    """A request whose bytes are not its message: answered INVALID_ARGUMENT by the method's
+    wrapper (grpc would answer UNKNOWN "Unexpected DecodeError" and log a traceback)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+def _lenient(decode: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def deserialize(data: bytes) -> Any:
+        try:
+            return decode(data)
+        except DecodeError as exc:
+            return _Malformed(str(exc))
+
+    return deserialize
+
+
+def _refusing_malformed(behaviour: Any) -> Any:
+    """``behaviour`` (a servicer method) that first answers a malformed request with
+    INVALID_ARGUMENT; an async generator stays one (grpc tells the kinds apart)."""
+
+    async def refuse(request: _Malformed, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {request.error}")
+
+    if inspect.isasyncgenfunction(behaviour):
+
+        @functools.wraps(behaviour)
+        async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            if isinstance(request, _Malformed):
+                await refuse(request, context)
+            async for item in behaviour(request, context):
+                yield item
+
+        return stream
+
+    @functools.wraps(behaviour)
+    async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        if isinstance(request, _Malformed):
+            await refuse(request, context)
+        return await behaviour(request, context)
+
+    return call
+
+
 def method_handlers(servicer: SurfaceServicer) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
     """What the generated ``add_SurfaceServiceServicer_to_server`` registers, derived from the
-    service descriptor, except that a method may return (or write) its response as bytes."""
+    service descriptor, except that a method may return (or write) its response as bytes, and
+    that a request that does not decode is answered INVALID_ARGUMENT with the decode error."""
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in SURFACE_SERVICE.methods:
         handler = HANDLER_KINDS[method.client_streaming, method.server_streaming]
         handlers[method.name] = handler(
-            getattr(servicer, method.name),
-            request_deserializer=GetMessageClass(method.input_type).FromString,
+            _refusing_malformed(getattr(servicer, method.name)),
+            request_deserializer=_lenient(GetMessageClass(method.input_type).FromString),
             response_serializer=_serializer(GetMessageClass(method.output_type)),
         )
     return handlers

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import time
@@ -56,6 +57,9 @@ class ArchiveStage:
         self.bytes = m.counter("archive_bytes", "bytes of archive files committed")
         self.messages = m.counter("archive_messages", "stream messages archived")
         self.lag = m.gauge("archive_pending_rows", "rows buffered, not yet in a file")
+        self.write_errors = m.counter(
+            "archive_write_errors", "archive writes that failed (then the process exits)"
+        )
         self.namespace = ctx.subjects.namespace
 
     async def handle(self, batch: list[InMessage]) -> list[Output]:
@@ -114,10 +118,18 @@ class ArchiveStage:
                     p.core.durable_through,
                     list(p.core.high_water.items()),
                 )
-        except OSError:
+        except OSError as exc:
             # Rows taken from the buffers and not on disk must not be acknowledged as kept:
-            # stop now; the restart rewinds to the manifest and writes them again.
-            log.critical("archive write failed: exiting so the restart can redo it", exc_info=True)
+            # stop now; the restart rewinds to the manifest and writes them again. A full disk
+            # (ENOSPC) makes the restarts fail the same way until space returns (docs/archive.md).
+            code = errno.errorcode.get(exc.errno or 0, "unknown")
+            self.write_errors.add(1, {"errno": code})
+            log.critical(
+                "archive write failed (%s: %s): exiting so the restart can redo it",
+                code,
+                exc.strerror or exc,
+                exc_info=True,
+            )
             logging.shutdown()
             os._exit(EXIT_WRITE_FAILED)
         self.lag.set(sum(q.core.pending_rows() for q in self.pipelines.values()))

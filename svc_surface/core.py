@@ -36,6 +36,7 @@ from svc_surface.fit import (
     wing_slopes,
 )
 from svc_surface.quotes import (
+    _NUMERIC_FIELDS,
     BoolArray,
     Prior,
     QuoteConfig,
@@ -225,25 +226,32 @@ class SurfaceCore:
     def _reject(self, reason: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
 
-    def on_smile(self, smile: iv_pb.Smile) -> None:
+    def on_smile(self, smile: iv_pb.Smile) -> str | None:
         """Keep the latest smile per expiry (by event time). Foreign or malformed smiles are
-        counted in `rejected` by reason, never raised."""
+        counted in `rejected` by reason, never raised; a smile with values the fit cannot
+        use returns that reason (the stage dead-letters its message)."""
         if smile.currency != self.currency:
             self._reject("wrong currency")
-            return
+            return None
         if not self._accepts_venue(smile.venue):
             self._reject("wrong venue")
-            return
+            return None
         if smile.expiry_time_ns <= 0:
             self._reject("no expiry")
-            return
+            return "no expiry"
         key = (smile.venue, smile.expiry_time_ns)
         old = self._smiles.get(key)
         if old is not None and old.header.event_time_ns > smile.header.event_time_ns:
             self._reject("out of order")
-            return
+            return None
+        columns = SmileColumns.of(smile)
+        invalid = invalid_smile(smile, columns)
+        if invalid is not None:
+            self._reject(invalid)
+            return invalid
         self._smiles[key] = smile
-        self._columns[key] = SmileColumns.of(smile)
+        self._columns[key] = columns
+        return None
 
     # -- fit -----------------------------------------------------------------------------
     def _live_smiles(self, now_ns: int) -> dict[int, list[iv_pb.Smile]]:
@@ -856,6 +864,54 @@ def _set_metrics(
     msg.rr10 = values.rr10
     msg.bf10 = values.bf10
     msg.delta_convention = convention  # type: ignore[assignment]
+
+
+_STRIKE = _NUMERIC_FIELDS.index("strike_usd")
+# Prices and IVs: NaN (absent) or not negative.
+_NOT_NEGATIVE = [
+    _NUMERIC_FIELDS.index(name)
+    for name in ("bid_price_usd_per_coin", "ask_price_usd_per_coin", "bid_iv", "ask_iv", "mid_iv")
+]
+
+
+_LOG_MONEYNESS = _NUMERIC_FIELDS.index("log_moneyness")
+_IVS = [_NUMERIC_FIELDS.index(name) for name in ("bid_iv", "ask_iv", "mid_iv")]
+# Bounds far outside any market (strikes e^10 away from the forward, 1000% vol): what the
+# fit can square without overflowing.
+MAX_ABS_LOG_MONEYNESS = 10.0
+MAX_IV = 10.0
+MAX_TIME_TO_EXPIRY_YEARS = 100.0
+# ~30 ms: below it the fit's weights (1 / (vol T)^2) overflow and every quote drops out.
+MIN_TIME_TO_EXPIRY_YEARS = 1e-9
+
+
+def invalid_smile(smile: iv_pb.Smile, columns: SmileColumns) -> str | None:
+    """Why the fit cannot use ``smile`` (its reason in ``rejected``), or None. The IV stage
+    never publishes such values; a smile from anywhere else on the bus may hold anything,
+    and a non-positive forward or time, or an infinite value, breaks the fit's maths."""
+    # NaN is "absent" (a slice without a forward is skipped with that reason at the fit).
+    if math.isinf(smile.forward_usd) or smile.forward_usd <= 0.0:
+        return "forward not positive and finite"
+    years = smile.time_to_expiry_years
+    if math.isinf(years) or not MIN_TIME_TO_EXPIRY_YEARS <= years <= MAX_TIME_TO_EXPIRY_YEARS:
+        return "time to expiry out of range"
+    if math.isinf(smile.index_price_usd) or smile.index_price_usd < 0.0:
+        return "index price negative or infinite"
+    numeric = columns.numeric
+    if numeric.size:
+        if np.isinf(numeric).any():
+            return "infinite quote value"
+        strikes = numeric[:, _STRIKE]
+        if not np.all(strikes > 0.0):  # NaN fails too
+            return "strike not positive"
+        if np.any(numeric[:, _NOT_NEGATIVE] < 0.0):  # NaN (absent) passes
+            return "negative price or IV"
+        # Finite but absurd values overflow the fit's squares (NaN, absent, passes).
+        if np.any(np.abs(numeric[:, _LOG_MONEYNESS]) > MAX_ABS_LOG_MONEYNESS):
+            return "log-moneyness out of range"
+        if np.any(numeric[:, _IVS] > MAX_IV):
+            return "IV out of range"
+    return None
 
 
 def run_fit_job(job: FitJob) -> FitJobResult:

@@ -110,16 +110,23 @@ class SurfaceStage:
                 reason = f"partition {smiles.venue}:{smiles.currency} not owned"
                 outputs.append(dead_letter_output(self.env.subjects, SERVICE, msg, reason))
                 continue
+            invalid: list[str] = []
             for key in ((smiles.venue, ccy), (ALL, ccy)):
                 core = self.cores.get(key)
                 if core is None:
                     continue
                 for smile in smiles.smiles:
-                    core.on_smile(smile)
+                    unusable = core.on_smile(smile)
+                    if unusable is not None and not invalid:
+                        label = smile.expiry_label or smile.expiry_time_ns
+                        invalid.append(f"smile {label}: {unusable}")
                 self.clocks[key].observe(smiles.header.event_time_ns)
                 output = await self._fit(key, msg)
                 if output is not None:
                     outputs.append(output)
+            if invalid:
+                # The message's other smiles are used; the bad one is kept with its reason.
+                outputs.append(dead_letter_output(self.env.subjects, SERVICE, msg, invalid[0]))
         return outputs
 
     async def _fit(self, key: Key, last: InMessage) -> Output | None:

@@ -13,10 +13,29 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeGuard
 
 MS_TO_NS = 1_000_000
+INT64_MAX = 2**63 - 1
+INT64_MIN = -(2**63)
+# Milliseconds whose nanoseconds fit an int64 (the proto's time fields).
+MAX_TIMESTAMP_MS = INT64_MAX // MS_TO_NS
 
 
 class FieldError(Exception):
     """A required field is missing or malformed: the frame becomes a dead letter with this text."""
+
+
+def ms_to_ns(timestamp_ms: int) -> int:
+    """A venue time in milliseconds as int64 nanoseconds; FieldError when it does not fit
+    (a JSON integer has no bound, protobuf's int64 fields have)."""
+    if not -MAX_TIMESTAMP_MS <= timestamp_ms <= MAX_TIMESTAMP_MS:
+        raise FieldError(f"timestamp out of range: {timestamp_ms} ms")
+    return timestamp_ms * MS_TO_NS
+
+
+def int64(value: int, key: str, where: str) -> int:
+    """``value`` when it fits a protobuf int64 field (a venue sequence), else FieldError."""
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise FieldError(f"{where}: '{key}' out of the int64 range: {value}")
+    return value
 
 
 def as_number(value: object) -> float | None:
@@ -49,7 +68,7 @@ def req_integer(data: Mapping[str, object], key: str, where: str) -> int:
         return value
     if isinstance(value, str):
         text = value.strip()
-        if text.lstrip("-").isdigit():
+        if text.isascii() and text.lstrip("-").isdigit():  # not "¹": int() refuses it
             return int(text)
     raise FieldError(f"{where}: missing or non-integer '{key}'")
 

@@ -32,6 +32,15 @@ def decode_frame(raw: bytes | str, result: FrameResult) -> dict[str, Any] | None
     return message
 
 
+def entry_bytes(entry: object) -> bytes:
+    """An entry of a decoded frame as JSON again, for its dead letter. orjson reads 1024
+    levels of nesting but writes only 255: a deeper entry is named, not re-encoded."""
+    try:
+        return orjson.dumps(entry)
+    except (TypeError, orjson.JSONEncodeError) as exc:
+        return f"<entry not re-encodable: {exc}>".encode()
+
+
 def each_entry(
     entries: Iterable[object], where: str, result: FrameResult, parse_one: Callable[[Any], None]
 ) -> None:
@@ -41,7 +50,7 @@ def each_entry(
             parse_one(as_object(entry, where))
         except FieldError as exc:
             result.counts["bad_entry"] += 1
-            result.dead_letters.append(DeadLetter(orjson.dumps(entry), str(exc)))
+            result.dead_letters.append(DeadLetter(entry_bytes(entry), str(exc)))
 
 
 def internal_error(raw: bytes | str, where: str, exc: Exception) -> FrameResult:
@@ -76,19 +85,17 @@ def collect_instruments(
     for entry in entries:
         if not isinstance(entry, dict):
             result.dead_letters.append(
-                DeadLetter(orjson.dumps(entry), "instrument is not an object")
+                DeadLetter(entry_bytes(entry), "instrument is not an object")
             )
             continue
         try:
             instrument = parse_one(entry, result.counts)
         except FieldError as exc:
-            result.dead_letters.append(DeadLetter(orjson.dumps(entry), str(exc)))
+            result.dead_letters.append(DeadLetter(entry_bytes(entry), str(exc)))
             continue
         except Exception as exc:  # a parser bug must not stop discovery
             result.dead_letters.append(
-                DeadLetter(
-                    orjson.dumps(entry), f"internal parse error: {type(exc).__name__}: {exc}"
-                )
+                DeadLetter(entry_bytes(entry), f"internal parse error: {type(exc).__name__}: {exc}")
             )
             continue
         if instrument is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from svc_connector.kit.fields import MS_TO_NS
+from svc_connector.kit.fields import ms_to_ns
 from svc_connector.kit.frames import internal_error
 from svc_connector.venues.base import FrameResult, VenueRequest
 from volstream.v1 import common_pb2 as common_pb
@@ -14,7 +14,7 @@ from volstream.v1 import common_pb2 as common_pb
 def ms_header(timestamp_ms: int, receive_time_ns: int, source: str) -> common_pb.EventHeader:
     """Header of a venue event stamped in milliseconds (sequence left for the session)."""
     return common_pb.EventHeader(
-        event_time_ns=timestamp_ms * MS_TO_NS, receive_time_ns=receive_time_ns, source=source
+        event_time_ns=ms_to_ns(timestamp_ms), receive_time_ns=receive_time_ns, source=source
     )
 
 

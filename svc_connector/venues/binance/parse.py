@@ -36,12 +36,13 @@ from svc_connector.kit.book_levels import (
     wire_levels,
 )
 from svc_connector.kit.fields import (
-    MS_TO_NS,
     FieldError,
     as_number,
     as_object,
     cached,
+    int64,
     iv_fraction,
+    ms_to_ns,
     opt_number,
     positive,
     raw_bytes,
@@ -319,9 +320,7 @@ def _quote(
     if size is None:
         counts["ticker.unknown_contract_size"] += 1
     fill_usd_fields(fields, PER_CONTRACT, size)
-    emit_ticker(
-        result, currency, symbol, fields, timestamp_ms * MS_TO_NS, receive_time_ns, c.SOURCE
-    )
+    emit_ticker(result, currency, symbol, fields, ms_to_ns(timestamp_ms), receive_time_ns, c.SOURCE)
     counts["ticker.mark_price" if underlying else "ticker.ticker"] += 1
 
 
@@ -406,7 +405,7 @@ def _depth(
         update_id = as_number(data.get("u"))
         snapshot = event.book_snapshot
         snapshot.MergeFromString(levels)
-        snapshot.venue_sequence = int(update_id) if update_id is not None else 0
+        snapshot.venue_sequence = int64(int(update_id), "u", where) if update_id is not None else 0
         snapshot.is_periodic = True
         book = snapshot
         result.counts["book.partial_snapshot"] += 1
@@ -417,11 +416,11 @@ def _depth(
         prev = req_integer(data, "pu", where)
         book = event.book_delta
         book.MergeFromString(levels)
-        book.venue_sequence = sequence
-        book.prev_venue_sequence = prev
+        book.venue_sequence = int64(sequence, "u", where)
+        book.prev_venue_sequence = int64(prev, "pu", where)
         result.counts["book.diff"] += 1
     header = book.header
-    header.event_time_ns = timestamp_ms * MS_TO_NS
+    header.event_time_ns = ms_to_ns(timestamp_ms)
     header.receive_time_ns = receive_time_ns
     header.source = c.SOURCE
     book.symbol = symbol
@@ -482,7 +481,7 @@ def parse_instruments(body: bytes | str, receive_time_ns: int) -> InstrumentPars
         return result
     server_time = as_number(message.get("serverTime"))
     if server_time is not None:
-        result.venue_time_ns = int(server_time) * MS_TO_NS
+        result.venue_time_ns = ms_to_ns(int(server_time))
     entries = message.get("optionSymbols")
     if not isinstance(entries, list):
         result.dead_letters.append(DeadLetter(raw_bytes(body), "exchangeInfo: no optionSymbols"))
@@ -537,7 +536,7 @@ def _instrument(entry: dict[str, Any], counts: Counter[str]) -> md_pb.Instrument
         kind=md_pb.INSTRUMENT_KIND_OPTION,
         option_kind=option_kind,
         strike_usd=req_number(entry, "strikePrice", where),
-        expiry_time_ns=req_integer(entry, "expiryDate", where) * MS_TO_NS,
+        expiry_time_ns=ms_to_ns(req_integer(entry, "expiryDate", where)),
         premium_currency=quote,
         settlement_currency=quote,
         premium_unit=PER_CONTRACT,

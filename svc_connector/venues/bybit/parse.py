@@ -24,11 +24,12 @@ from typing import Any, Final
 
 from svc_connector.kit.book_levels import ASKS_TAG, BIDS_TAG, wire_levels
 from svc_connector.kit.fields import (
-    MS_TO_NS,
     FieldError,
     as_number,
     cached,
+    int64,
     iv_fraction,
+    ms_to_ns,
     opt_number,
     positive,
     raw_bytes,
@@ -153,18 +154,18 @@ def _orderbook(message: dict[str, Any], receive_time_ns: int, result: FrameResul
     if is_snapshot:
         book = event.book_snapshot
         book.MergeFromString(levels)
-        book.venue_sequence = update_id
+        book.venue_sequence = int64(update_id, "u", where)
         result.counts["book.snapshot"] += 1
     elif kind == "delta":
         book = event.book_delta
         book.MergeFromString(levels)
-        book.venue_sequence = update_id
-        book.prev_venue_sequence = update_id - 1
+        book.venue_sequence = int64(update_id, "u", where)
+        book.prev_venue_sequence = int64(update_id - 1, "u", where)
         result.counts["book.delta"] += 1
     else:
         raise FieldError(f"{where}: missing or unknown book 'type' {kind!r}")
     header = book.header
-    header.event_time_ns = timestamp_ms * MS_TO_NS
+    header.event_time_ns = ms_to_ns(timestamp_ms)
     header.receive_time_ns = receive_time_ns
     header.source = c.SOURCE
     book.symbol = symbol
@@ -224,9 +225,7 @@ def _ticker(message: dict[str, Any], receive_time_ns: int, result: FrameResult) 
         value = opt_number(data, key, counts, "ticker")
         if value is not None:
             fields[target] = value
-    emit_ticker(
-        result, currency, symbol, fields, timestamp_ms * MS_TO_NS, receive_time_ns, c.SOURCE
-    )
+    emit_ticker(result, currency, symbol, fields, ms_to_ns(timestamp_ms), receive_time_ns, c.SOURCE)
     counts["ticker"] += 1
 
 
@@ -251,7 +250,7 @@ def parse_instruments_page(
         return result, ""
     venue_time = as_number(message.get("time"))
     if venue_time is not None:
-        result.venue_time_ns = int(venue_time) * MS_TO_NS
+        result.venue_time_ns = ms_to_ns(int(venue_time))
     code = message.get("retCode")
     if code not in (0, "0", None):
         result.venue_errors.append(
@@ -303,7 +302,7 @@ def _instrument(entry: dict[str, Any], counts: Counter[str]) -> md_pb.Instrument
         kind=md_pb.INSTRUMENT_KIND_OPTION,
         option_kind=option_kind,
         strike_usd=symbol.strike,
-        expiry_time_ns=int(delivery_ms) * MS_TO_NS if delivery_ms else symbol.expiry_time_ns,
+        expiry_time_ns=ms_to_ns(int(delivery_ms)) if delivery_ms else symbol.expiry_time_ns,
         premium_currency=settle,
         settlement_currency=settle,
         premium_unit=md_pb.PREMIUM_UNIT_USD_PER_COIN,

@@ -22,11 +22,12 @@ from typing import Any, Final
 
 from svc_connector.kit.book_levels import add_number_levels, best_first, best_first_pairs
 from svc_connector.kit.fields import (
-    MS_TO_NS,
     FieldError,
     as_object,
     cached,
+    int64,
     is_json_number,
+    ms_to_ns,
     opt_json_number,
     positive,
     raw_bytes,
@@ -255,7 +256,7 @@ def _parse_book(data: dict[str, Any], receive_time_ns: int, result: FrameResult)
         live_bids, live_asks = best_first_pairs(bids, asks)
         add_number_levels(snapshot.bids, live_bids)
         add_number_levels(snapshot.asks, live_asks)
-        snapshot.venue_sequence = change_id
+        snapshot.venue_sequence = int64(change_id, "change_id", where)
         result.counts["book.snapshot"] += 1
     else:
         if not is_json_number(prev):
@@ -265,8 +266,8 @@ def _parse_book(data: dict[str, Any], receive_time_ns: int, result: FrameResult)
         delta.symbol = symbol
         add_number_levels(delta.bids, bids)
         add_number_levels(delta.asks, asks)
-        delta.venue_sequence = change_id
-        delta.prev_venue_sequence = int(prev)
+        delta.venue_sequence = int64(change_id, "change_id", where)
+        delta.prev_venue_sequence = int64(int(prev), "prev_change_id", where)
         result.counts["book.change"] += 1
     result.events.append(NormalisedEvent(currency, "book", event))
 
@@ -319,7 +320,7 @@ def _parse_ticker(
         # IV or greek; forward and index still hold.
         _not_open_ticker(data, counts, fields)
         emit_ticker(
-            result, currency, symbol, fields, timestamp_ms * MS_TO_NS, receive_time_ns, c.SOURCE
+            result, currency, symbol, fields, ms_to_ns(timestamp_ms), receive_time_ns, c.SOURCE
         )
         counts["ticker.not_open"] += 1
         # Also state news: the connector withdraws the instrument (its book may still hold
@@ -369,9 +370,7 @@ def _parse_ticker(
     # Deribit premiums are coin or USD per coin (no contract size involved).
     unit = premium_units.get(symbol) or premium_unit_from_name(symbol)
     fill_usd_fields(fields, unit, None)
-    emit_ticker(
-        result, currency, symbol, fields, timestamp_ms * MS_TO_NS, receive_time_ns, c.SOURCE
-    )
+    emit_ticker(result, currency, symbol, fields, ms_to_ns(timestamp_ms), receive_time_ns, c.SOURCE)
     result.counts["ticker"] += 1
 
 
@@ -545,13 +544,13 @@ def _instrument(entry: dict[str, Any], counts: Counter[str]) -> md_pb.Instrument
         else:
             raise FieldError(f"{where}: missing or unknown 'option_type'")
         instrument.strike_usd = req_json_number(entry, "strike", where)
-        instrument.expiry_time_ns = expiry_ms * MS_TO_NS
+        instrument.expiry_time_ns = ms_to_ns(expiry_ms)
         counts["instrument.option"] += 1
     elif entry.get("settlement_period") == "perpetual" or name.endswith("-PERPETUAL"):
         instrument.kind = md_pb.INSTRUMENT_KIND_PERPETUAL
         counts["instrument.perpetual"] += 1
     else:
         instrument.kind = md_pb.INSTRUMENT_KIND_FUTURE
-        instrument.expiry_time_ns = expiry_ms * MS_TO_NS
+        instrument.expiry_time_ns = ms_to_ns(expiry_ms)
         counts["instrument.future"] += 1
     return instrument

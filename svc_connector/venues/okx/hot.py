@@ -13,6 +13,7 @@ import struct
 from typing import Any, Final
 
 import msgspec
+import orjson
 
 from svc_connector.kit.book_levels import ASKS_TAG, BIDS_TAG
 from svc_connector.kit.fields import MS_TO_NS
@@ -47,6 +48,19 @@ _MINUS_ZERO_BYTES: Final = b'"-0"'
 
 # One BookLevel on the wire, as svc_connector.session.levels_wire writes it.
 _pack_level: Final = struct.Struct("<BBBdBd").pack
+
+
+def _orjson_reads(raw: bytes | str) -> bool:
+    """Whether the checked path's orjson reads ``raw``. The Structs skip the fields they do
+    not read, unchecked; orjson refuses some of those anywhere in a frame (a number that
+    overflows a double, a lone surrogate, invalid UTF-8) and the checked path dead-letters
+    the frame, so the hot path must leave it there. Asked only of frames the Structs took:
+    a validating parse costs ~5 us a frame, a fifth of a regex scan for the same cases."""
+    try:
+        orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return False
+    return True
 
 
 def _hot_ts(text: str) -> int | None:
@@ -176,6 +190,8 @@ class OkxHotPath(StampingSession):
         else:
             if book.event is not None or book.arg.channel not in c.INCREMENTAL_BOOKS:
                 return None
+            if not _orjson_reads(raw):
+                return None
             if book.action == "update":
                 return self._hot_update(raw, book, now_ns)
             if book.action == "snapshot":
@@ -186,6 +202,8 @@ class OkxHotPath(StampingSession):
         except msgspec.MsgspecError:
             return None
         if summary.event is not None or summary.arg.channel != c.OPT_SUMMARY:
+            return None
+        if not _orjson_reads(raw):
             return None
         return self._hot_summaries(raw, summary, now_ns)
 

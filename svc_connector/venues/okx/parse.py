@@ -28,12 +28,13 @@ import orjson
 
 from svc_connector.kit.book_levels import TextLevel, add_book_levels, book_levels, text_levels
 from svc_connector.kit.fields import (
-    MS_TO_NS,
     FieldError,
     as_number,
     as_object,
     cached,
+    int64,
     iv_fraction,
+    ms_to_ns,
     opt_number,
     positive,
     raw_bytes,
@@ -48,6 +49,7 @@ from svc_connector.kit.frames import (
     decode_frame,
     decode_rest_object,
     each_entry,
+    entry_bytes,
     guarded,
 )
 from svc_connector.kit.stamping import ms_header
@@ -242,7 +244,7 @@ def _on_push(
                 _opt_summary(as_object(entry, where), receive_time_ns, parsed)
             except FieldError as exc:
                 result.counts["bad_entry"] += 1
-                result.dead_letters.append(DeadLetter(orjson.dumps(entry), str(exc)))
+                result.dead_letters.append(DeadLetter(entry_bytes(entry), str(exc)))
     elif channel == c.TICKERS:
         each_entry(data, where, result, lambda e: _ticker(e, receive_time_ns, units, result))
     elif channel == c.INDEX_TICKERS:
@@ -295,10 +297,16 @@ def _incremental_book(
         symbol = req_text(arg, "instId", where)
     currency = _currency(symbol, where)
     ts = entry.get("ts")
-    timestamp_ms = int(ts) if type(ts) is str and ts.isdigit() else req_integer(entry, "ts", where)
+    timestamp_ms = (
+        int(ts)
+        if type(ts) is str and ts.isascii() and ts.isdigit()
+        else req_integer(entry, "ts", where)
+    )
     bids = text_levels(entry.get("bids"), where, "bids")
     asks = text_levels(entry.get("asks"), where, "asks")
     checksum = _optional_int(entry, "checksum", where) or 0
+    if not -(2**31) <= checksum < 2**31:  # a CRC-32 as a signed int32 (the proto's type)
+        raise FieldError(f"{where}: 'checksum' out of the int32 range: {checksum}")
     sequence = _optional_int(entry, "seqId", where)
     prev = _optional_int(entry, "prevSeqId", where)
     has_sequence = sequence is not None
@@ -310,7 +318,7 @@ def _incremental_book(
         snapshot.symbol = symbol
         add_book_levels(snapshot.bids, [level for level in bids if float(level[1]) > 0])
         add_book_levels(snapshot.asks, [level for level in asks if float(level[1]) > 0])
-        snapshot.venue_sequence = sequence or 0
+        snapshot.venue_sequence = int64(sequence or 0, "seqId", where)
         result.counts["book.snapshot"] += 1
     elif action == "update":
         if has_sequence and prev is None:
@@ -320,8 +328,8 @@ def _incremental_book(
         delta.symbol = symbol
         add_book_levels(delta.bids, bids)
         add_book_levels(delta.asks, asks)
-        delta.venue_sequence = sequence or 0
-        delta.prev_venue_sequence = prev or 0
+        delta.venue_sequence = int64(sequence or 0, "seqId", where)
+        delta.prev_venue_sequence = int64(prev or 0, "prevSeqId", where)
         delta.checksum = checksum
         is_keepalive = not bids and not asks and has_sequence and prev == sequence
         result.counts["book.keepalive" if is_keepalive else "book.update"] += 1
@@ -372,7 +380,7 @@ def parse_rest_book(
 
 def fill_header(header: common_pb.EventHeader, timestamp_ms: int, receive_time_ns: int) -> None:
     """:func:`ms_header` written into an event's own header."""
-    header.event_time_ns = timestamp_ms * MS_TO_NS
+    header.event_time_ns = ms_to_ns(timestamp_ms)
     header.receive_time_ns = receive_time_ns
     header.source = c.SOURCE
 
@@ -435,13 +443,17 @@ def _opt_summary(entry: dict[str, Any], receive_time_ns: int, parsed: ParsedFram
     symbol = req_text(entry, "instId", where)
     currency = _currency(symbol, where)
     ts = entry.get("ts")
-    timestamp_ms = int(ts) if type(ts) is str and ts.isdigit() else req_integer(entry, "ts", where)
+    timestamp_ms = (
+        int(ts)
+        if type(ts) is str and ts.isascii() and ts.isdigit()
+        else req_integer(entry, "ts", where)
+    )
     fields = _summary_fields_fast(entry)
     if fields is None:
         fields = _summary_fields_checked(entry, result.counts)
     if parsed.defer_tickers:
         event = md_pb.MarketDataEvent()
-        parsed.ticker_parts[id(event)] = (symbol, timestamp_ms * MS_TO_NS, fields)
+        parsed.ticker_parts[id(event)] = (symbol, ms_to_ns(timestamp_ms), fields)
     else:
         header = ms_header(timestamp_ms, receive_time_ns, c.SOURCE)
         event = md_pb.MarketDataEvent(ticker={"header": header, "symbol": symbol, **fields})
@@ -708,7 +720,7 @@ def _instrument(entry: dict[str, Any], counts: Counter[str]) -> md_pb.Instrument
 def _expiry_ns(value: object, symbol: Any, where: str) -> int:
     milliseconds = as_number(value)
     if milliseconds is not None and milliseconds > 0:
-        return int(milliseconds) * MS_TO_NS
+        return ms_to_ns(int(milliseconds))
     if symbol is not None and symbol.expiry_time_ns is not None:
         return int(symbol.expiry_time_ns)
     raise FieldError(f"{where}: missing or non-numeric 'expTime'")
