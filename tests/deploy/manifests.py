@@ -32,6 +32,8 @@ STAGE_INPUT_STREAM = {"book": "MD", "iv": "BOOK", "surface": "IV", "api": "SURFA
 PARTITIONED_STAGES = ("book", "iv", "surface")
 # Secrets that production provisions out of band (never rendered there).
 EXTERNAL_SECRETS = frozenset({"volstream-api-token", "volstream-api-tls"})
+# ... and the NATS users' passwords (nats-user-<user>, deploy/README.md).
+EXTERNAL_SECRET_PREFIX = "nats-user-"
 
 
 def render_targets() -> list[str]:

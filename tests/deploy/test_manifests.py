@@ -27,6 +27,7 @@ import pytest
 
 from tests.deploy.manifests import (
     DEPLOY,
+    EXTERNAL_SECRET_PREFIX,
     EXTERNAL_SECRETS,
     KUBECTL,
     PARTITIONED_STAGES,
@@ -420,7 +421,8 @@ def test_config_and_secret_references_resolve(target: str, objs: tuple[Obj, ...]
         for kind, name, key in refs:
             obj = find(objs, kind, name, ns_of(w))
             if obj is None:
-                assert kind == "Secret" and name in EXTERNAL_SECRETS and production, (
+                external = name in EXTERNAL_SECRETS or name.startswith(EXTERNAL_SECRET_PREFIX)
+                assert kind == "Secret" and external and production, (
                     f"{ident(w)}: {kind} {name} is not rendered"
                 )
                 continue
@@ -689,7 +691,15 @@ def nats_conf(objs: tuple[Obj, ...], sts: Obj) -> str:
     volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
     cm = find(objs, "ConfigMap", volume["configMap"]["name"], ns_of(sts))
     assert cm is not None, f"{ident(sts)}: config ConfigMap not rendered"
-    return str(cm["data"][Path(conf_path).name])
+    data = cm["data"]
+
+    def expand(name: str) -> str:
+        # nats-server's `include ./file`, resolved within the mounted ConfigMap.
+        return re.sub(
+            r"^include \./(\S+)$", lambda m: expand(m.group(1)), str(data[name]), flags=re.M
+        )
+
+    return expand(Path(conf_path).name)
 
 
 def test_nats_is_a_three_node_jetstream_cluster_with_matching_routes(
@@ -717,6 +727,8 @@ def test_nats_is_a_three_node_jetstream_cluster_with_matching_routes(
 
     # The server itself accepts the rendered config with the container's environment.
     env = {e["name"]: e["value"] for e in c["env"] if "value" in e}
+    # The users' passwords (NATS_PW_*, from Secrets): any value, every one must be set.
+    env |= {e["name"]: "pw" for e in c["env"] if "secretKeyRef" in e.get("valueFrom", {})}
     env["POD_NAME"] = f"{name_of(sts)}-0"
     (tmp_path / "nats.conf").write_text(conf)
     proc = subprocess.run(

@@ -13,7 +13,7 @@ service may subscribe to. Streams are provisioned by the admin user (``volstream
 service may create, update or delete a stream or another service's consumer.
 
 ``volstream up`` writes these users into the embedded nats-server's ``authorization`` block
-(:func:`authorization_block`); deploy/ is meant to render the same table into Secrets.
+(:func:`authorization_block`); deploy/ renders the same table (volstream.deploy_auth).
 """
 
 from __future__ import annotations
