@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
+from dataclasses import replace
+from pathlib import Path
 
+import nats
+import nats.errors
 import pytest
 
 from tests.deploy.manifests import (
@@ -23,7 +28,11 @@ from tests.deploy.manifests import (
     volstream_config,
 )
 from volstream import deploy_auth
+from volstream.bus.connection import credential_options
+from volstream.bus.embedded import EmbeddedNats
 from volstream.bus.permissions import ADMIN_USER, NatsUser, service_user
+from volstream.config import Config
+from volstream.runtime import check_streams, provision_streams
 
 _ENTRY = re.compile(
     r'^    \{user: "(?P<user>[^"]+)", password: \$(?P<var>\w+)'
@@ -126,3 +135,34 @@ def test_streams_are_provisioned_by_the_admin_job(target: str) -> None:
         "name": deploy_auth.secret_name(ADMIN_USER),
         "key": "password",
     }
+
+
+async def test_a_real_server_runs_the_production_users(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The production auth.conf in a real nats-server, passwords from the environment as the
+    StatefulSet gives them: the admin provisions (the Job's call), a connector finds its
+    streams and publishes its venue only, a wrong password is refused."""
+    conf = (REPO / "deploy/overlays/production/nats-auth/auth.conf").read_text()
+    # A letter first: nats-server parses an unquoted variable's value ("-x..." or "123" fails).
+    passwords = {name: "p" + secrets.token_urlsafe(16) for name in _auth_users(conf)}
+    for name, password in passwords.items():
+        monkeypatch.setenv(deploy_auth.env_var(name), password)
+    with EmbeddedNats(data_dir=tmp_path / "nats", authorization=conf) as server:
+        # One node here: the same streams at one replica.
+        cfg = replace(deploy_auth.shared_config(), stream_replicas=1)
+        await provision_streams(server.url, cfg, user=ADMIN_USER, password=passwords[ADMIN_USER])
+        user = "connector-okx"
+        with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+            await nats.connect(
+                server.url, allow_reconnect=False, **credential_options(user, "wrong")
+            )
+        nc = await nats.connect(server.url, **credential_options(user, passwords[user]))
+        try:
+            await check_streams(nc.jetstream(), Config(venues=("okx",)), "connector")
+            ack = await nc.jetstream().publish("md.okx.btc.book", b"x", timeout=5)
+            assert ack.stream == "MD"
+            with pytest.raises(nats.errors.TimeoutError):  # denied: no stream sees it
+                await nc.jetstream().publish("md.deribit.btc.book", b"x", timeout=0.5)
+        finally:
+            await nc.close()
