@@ -157,7 +157,7 @@ class ServiceContext:
 
 async def check_streams(js: JetStreamContext, cfg: Config, service: str) -> None:
     """A service with its own NATS user may not provision streams (volstream up does that as
-    the admin user; deploy/ is meant to do it the same way): check that the streams it uses
+    the admin user; deploy/ in its nats-provision Job): check that the streams it uses
     exist, and say so plainly when one does not (its user may not create it)."""
     user = service_user(service, cfg)
     for spec in default_stream_specs(Subjects(cfg.namespace)):
