@@ -66,6 +66,7 @@ from hypothesis import HealthCheck, Phase, Verbosity, given, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
+from tests.connector.hot_path import frame_view
 from volstream.bus.consumer import AckMetadata, InMessage
 from volstream.bus.dlq import DLQ_REASON
 from volstream.v1 import market_data_pb2 as md_pb
@@ -805,23 +806,6 @@ def new_session(venue: str) -> Any:
     session.set_instruments(venue_instruments(venue))
     session._shared_sequence = itertools.count(1).__next__
     return session
-
-
-def frame_view(result: Any) -> dict[str, Any]:
-    """Everything a FrameResult carries, in comparable form (as tests/connector/hot_path.py)."""
-    return {
-        "events": [(e.currency, e.kind, e.event.SerializeToString()) for e in result.events],
-        "counts": dict(result.counts),
-        "dead_letters": [(d.raw, d.reason) for d in result.dead_letters],
-        "channel": result.channel,
-        "replies": result.replies,
-        "acks": result.acks,
-        "subscribed": result.subscribed,
-        "unsubscribed": result.unsubscribed,
-        "venue_errors": result.venue_errors,
-        "resubscribes": result.resubscribes,
-        "instrument_states": result.instrument_states,
-    }
 
 
 def _hot_target(venue: str) -> Target:

@@ -173,6 +173,32 @@ def sequence_delta(
     return [book_reset_event(books, item, symbol, channel, reason, result, now_ns)]
 
 
+def bridge_rest_snapshot(
+    books: BookSequencer, bridging: set[str], item: NormalisedEvent, result: FrameResult
+) -> list[NormalisedEvent] | None:
+    """The first updates after a book built from a REST snapshot (Binance, OKX without a
+    websocket snapshot), for a symbol in ``bridging``: an update at or below the snapshot's
+    sequence is stale (nothing); the first one spanning it (prev <= snapshot < sequence) is
+    emitted as continuing the snapshot (prev = the snapshot's sequence, the one rule
+    consumers apply: its levels are absolute sizes) and ends the bridge. None: not bridging,
+    or no span (the ordinary sequence rule decides)."""
+    delta = item.event.book_delta
+    symbol = delta.symbol
+    if symbol not in bridging:
+        return None
+    last = books.last_sequence(symbol)
+    if last is not None and delta.venue_sequence <= last:
+        result.counts["book.stale_dropped"] += 1
+        return []
+    bridging.discard(symbol)
+    if last is None or delta.prev_venue_sequence > last:
+        return None
+    delta.prev_venue_sequence = last
+    books.snapshot(symbol, delta.venue_sequence)
+    result.counts["book.bridged"] += 1
+    return [item]
+
+
 def sequence_book_events(
     books: BookSequencer,
     result: FrameResult,

@@ -6,22 +6,17 @@ checked to hit exactly one line, so a change of the deployed file's shape fails 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from volstream.bus.embedded import free_port, nats_server_binary
-from volstream.process import die_with_parent, pdeathsig_prefix
+from volstream.bus.embedded import free_port, spawn_nats_server, wait_listening
 
 NATS_DEPLOY = Path(__file__).resolve().parents[2] / "deploy/base/platform/nats"
 DEPLOY_CONF = NATS_DEPLOY / "nats.conf"
-_DEATH_PREFIX = pdeathsig_prefix()
 
 
 def _rewrite(text: str, pattern: str, replacement: str) -> str:
@@ -116,26 +111,8 @@ class LocalCluster:
     def start(self, node: Node, timeout_s: float = 10.0) -> None:
         # The StatefulSet's container env: the pod name and its store limits.
         env = {**os.environ, **statefulset_env(), "POD_NAME": node.name}
-        node.proc = subprocess.Popen(
-            [*_DEATH_PREFIX, nats_server_binary(), "-c", str(node.conf), "-l", str(node.log)],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-            preexec_fn=None if _DEATH_PREFIX else die_with_parent,
-        )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if node.proc.poll() is not None:
-                raise RuntimeError(f"{node.name} exited: {node.log.read_text()[-2000:]}")
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", node.client_port), timeout=0.2),
-            ):
-                return
-            time.sleep(0.05)
-        raise TimeoutError(f"{node.name} did not listen within {timeout_s}s")
+        node.proc = spawn_nats_server(node.conf, node.log, env)
+        wait_listening(node.proc, node.client_port, timeout_s, f"{node.name}, log {node.log}")
 
     def start_all(self) -> None:
         for node in self.nodes:

@@ -53,6 +53,38 @@ def nats_server_binary() -> str:
 _DEATH_PREFIX = pdeathsig_prefix()
 
 
+def spawn_nats_server(
+    conf: Path, log_file: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """A nats-server on ``conf`` in its own session, logging to ``log_file``, that dies
+    with this process."""
+    return subprocess.Popen(
+        [*_DEATH_PREFIX, nats_server_binary(), "-c", str(conf), "-l", str(log_file)],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        preexec_fn=None if _DEATH_PREFIX else die_with_parent,
+    )
+
+
+def wait_listening(proc: subprocess.Popen[bytes], port: int, timeout_s: float, where: str) -> None:
+    """Return once ``proc`` accepts connections on loopback ``port``; RuntimeError if it
+    exits first, TimeoutError after ``timeout_s`` (``where`` says where to look)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"nats-server exited with {proc.returncode}; {where}")
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection(("127.0.0.1", port), timeout=0.2),
+        ):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nats-server did not listen on {port} within {timeout_s}s; {where}")
+
+
 class EmbeddedNats:
     """A nats-server child process with JetStream on a free loopback port.
 
@@ -92,29 +124,14 @@ class EmbeddedNats:
             "}\n"
         ) + (self.authorization or "")
         write_private(conf, text)  # it may hold passwords
-        self.proc = subprocess.Popen(
-            [*_DEATH_PREFIX, nats_server_binary(), "-c", str(conf), "-l", str(self.log_file)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-            preexec_fn=None if _DEATH_PREFIX else die_with_parent,
-        )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"nats-server exited with {self.proc.returncode}; see {self.log_file}"
-                )
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2),
-            ):
-                log.info("embedded nats-server on %s (data %s)", self.url, self.data_dir)
-                return self
-            time.sleep(0.05)
-        self.stop()
-        raise TimeoutError(f"nats-server did not listen on {self.port} within {timeout_s}s")
+        self.proc = spawn_nats_server(conf, self.log_file)
+        try:
+            wait_listening(self.proc, self.port, timeout_s, f"see {self.log_file}")
+        except TimeoutError:
+            self.stop()
+            raise
+        log.info("embedded nats-server on %s (data %s)", self.url, self.data_dir)
+        return self
 
     def stop(self, timeout_s: float = 5.0) -> None:
         if self.proc and self.proc.poll() is None:

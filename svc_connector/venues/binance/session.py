@@ -21,7 +21,7 @@ import orjson
 from svc_connector.kit.fields import raw_bytes
 from svc_connector.kit.frames import internal_error
 from svc_connector.kit.requests import PendingRequests, match_acks, request_channels
-from svc_connector.kit.sequencing import BookSequencer, sequence_delta
+from svc_connector.kit.sequencing import BookSequencer, bridge_rest_snapshot, sequence_delta
 from svc_connector.kit.tickers import TickerMerger, fill_usd_fields, ticker_fields
 from svc_connector.venues.base import (
     DeadLetter,
@@ -203,20 +203,10 @@ class BinanceSession(BinanceHotPath):
         if result.channel:
             self._diff_channels[symbol] = result.channel
         channel = self._diff_channels.get(symbol, result.channel)
-        if symbol in self._bridging:
-            last = self._books.last_sequence(symbol)
-            if last is not None and delta.venue_sequence <= last:
-                result.counts["book.stale_dropped"] += 1
-                return []
-            self._bridging.discard(symbol)
-            if last is not None and delta.prev_venue_sequence <= last:
-                # The first diff spanning the REST snapshot's update id (pu <= its u < u).
-                # Its levels are absolute sizes, so it applies on the snapshot: emitted as
-                # continuing it (prev = the snapshot's u), the one rule consumers apply.
-                delta.prev_venue_sequence = last
-                self._books.snapshot(symbol, delta.venue_sequence)
-                result.counts["book.bridged"] += 1
-                return [item]
+        # The first diff spanning the REST snapshot's update id (pu <= its u < u).
+        bridged = bridge_rest_snapshot(self._books, self._bridging, item, result)
+        if bridged is not None:
+            return bridged
         events = sequence_delta(self._books, item, channel, result, now_ns)
         if self._buffer_diffs and events != [item] and self._books.is_resyncing(symbol):
             buffer = self._buffers.setdefault(symbol, deque(maxlen=c.MAX_BUFFERED_DELTAS))

@@ -318,7 +318,7 @@ def _parse_ticker(
     if state is not None and state != c.OPEN_STATE:
         # Not open (locked, halted, settlement, ...): no tradable price, so no price, size,
         # IV or greek; forward and index still hold.
-        _not_open_ticker(data, counts, fields)
+        _forward_and_index(data, counts, fields)
         emit_ticker(
             result, currency, symbol, fields, ms_to_ns(timestamp_ms), receive_time_ns, c.SOURCE
         )
@@ -346,15 +346,7 @@ def _parse_ticker(
         iv = _iv_fraction(opt_json_number(data, key, counts, "ticker"))
         if iv is not None:
             fields[key] = iv
-    forward = positive(opt_json_number(data, "underlying_price", counts, "ticker"))
-    if forward is not None:
-        fields["forward_usd"] = forward
-    forward_name = data.get("underlying_index")
-    if isinstance(forward_name, str):
-        fields["forward_name"] = forward_name
-    index_price = positive(opt_json_number(data, "index_price", counts, "ticker"))
-    if index_price is not None:
-        fields["index_price_usd"] = index_price
+    _forward_and_index(data, counts, fields)
     rate = opt_json_number(data, "interest_rate", counts, "ticker")
     if rate is not None:
         fields["interest_rate"] = rate
@@ -374,7 +366,8 @@ def _parse_ticker(
     result.counts["ticker"] += 1
 
 
-def _not_open_ticker(data: dict[str, Any], counts: Counter[str], fields: dict[str, Any]) -> None:
+def _forward_and_index(data: dict[str, Any], counts: Counter[str], fields: dict[str, Any]) -> None:
+    """The forward and index fields: all a ticker of an instrument that is not open keeps."""
     forward = positive(opt_json_number(data, "underlying_price", counts, "ticker"))
     if forward is not None:
         fields["forward_usd"] = forward

@@ -21,7 +21,12 @@ import orjson
 
 from svc_connector.kit.fields import raw_bytes
 from svc_connector.kit.requests import PendingRequests, name_venue_errors, request_channels
-from svc_connector.kit.sequencing import BookSequencer, book_reset_event, sequence_delta
+from svc_connector.kit.sequencing import (
+    BookSequencer,
+    book_reset_event,
+    bridge_rest_snapshot,
+    sequence_delta,
+)
 from svc_connector.kit.tickers import TickerMerger, fill_usd_fields, ticker_fields
 from svc_connector.venues.base import (
     DeadLetter,
@@ -311,17 +316,9 @@ class OkxSession(OkxHotPath):
         no snapshots, a resync from REST instead of a resubscribe."""
         delta = item.event.book_delta
         symbol = delta.symbol
-        if symbol in self._bridging:
-            last = self._books.last_sequence(symbol)
-            if last is not None and delta.venue_sequence <= last:
-                result.counts["book.stale_dropped"] += 1
-                return []
-            self._bridging.discard(symbol)
-            if last is not None and delta.prev_venue_sequence <= last:
-                delta.prev_venue_sequence = last
-                self._books.snapshot(symbol, delta.venue_sequence)
-                result.counts["book.bridged"] += 1
-                return [item]
+        bridged = bridge_rest_snapshot(self._books, self._bridging, item, result)
+        if bridged is not None:
+            return bridged
         asked = len(result.resubscribes)
         events = sequence_delta(self._books, item, result.channel, result, now_ns)
         if self._no_ws_snapshots and len(result.resubscribes) > asked:
