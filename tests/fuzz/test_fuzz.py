@@ -21,6 +21,7 @@ from svc_connector.venues.okx.parse import parse_frame as okx_parse_frame
 from svc_connector.venues.okx.parse import parse_instruments as okx_parse_instruments
 from svc_surface.core import SurfaceCore
 from tests.bus.conftest import sample_value
+from tests.connector.hot_path import frame_view
 from volstream.bus.connection import connect
 from volstream.bus.consumer import AckMetadata, InMessage
 from volstream.bus.dlq import DLQ_REASON, DLQ_SUBJECT
@@ -172,9 +173,9 @@ def test_okx_hot_path_leaves_frames_orjson_refuses_to_the_checked_path(edit: byt
     frame = seeds[0].replace(b'"instType":', edit + b'"instTyp2":', 1)
     checked, hot = fuzz.new_session("okx"), fuzz.new_session("okx")
     checked.hot_path = False
-    want = fuzz.frame_view(checked.on_frame(frame, fuzz.RECEIVE_NS))
+    want = frame_view(checked.on_frame(frame, fuzz.RECEIVE_NS))
     assert want["dead_letters"] and not want["events"]
-    assert fuzz.frame_view(hot.on_frame(frame, fuzz.RECEIVE_NS)) == want
+    assert frame_view(hot.on_frame(frame, fuzz.RECEIVE_NS)) == want
     assert hot.hot_hits == 0
 
 
