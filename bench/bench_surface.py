@@ -50,7 +50,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np
 from scipy.optimize import least_squares
 
-from svc_surface.core import SurfaceCore
+from svc_surface.core import SurfaceConfig, SurfaceCore
 from svc_surface.fit import FitConfig, SliceData, fit_svi_slice, fit_svi_slices
 from svc_surface.quotes import select_quotes
 from tests.surface.synthetic import NS_PER_DAY, crypto_like_slice, make_smile
@@ -251,31 +251,64 @@ def bench_sim(repeats: int, seed: int) -> list[tuple[str, float, float, float, s
                 f"{rr_err * 100:.2f} vp",
             )
         )
-        rng = np.random.default_rng(seed)
-        warm = _Timer()
-        worst = 0.0
-        warm_repaired = warm_slices = 0
-        for i in range(1, repeats + 1):
-            for s in _renoised(smiles, rng, i):
-                core.on_smile(s)
-            surface = warm(partial(core.fit, now + i * 1_000_000))
-            assert surface is not None
-            warm_repaired += sum(s.diagnostics.repaired for s in surface.slices)
-            warm_slices += len(surface.slices)
-            worst = max(
-                worst,
-                max(
-                    abs(s.metrics.atm_vol - truth[s.expiry_time_ns].atm_vol) for s in surface.slices
-                ),
-            )
-        rows.append(
-            warm.row(
-                f"sim {ccy.upper()} fit warm (re-noised)",
-                f"worst |ATM-truth| over {repeats} fits {worst * 100:.2f} vp; repaired "
-                f"{warm_repaired}/{warm_slices} slices ({100 * warm_repaired / warm_slices:.0f}%)",
-            )
-        )
+        for label, config in (
+            ("warm (re-noised)", SurfaceConfig()),
+            ("warm, no hold", SurfaceConfig(hold_max_s=0.0)),
+        ):
+            rows.append(_bench_warm(ccy, label, config, smiles, now, truth, repeats, seed))
     return rows
+
+
+def _bench_warm(
+    ccy: str,
+    label: str,
+    config: SurfaceConfig,
+    smiles: list[iv_pb.Smile],
+    now: int,
+    truth: dict[int, surface_pb.SmileMetrics],
+    repeats: int,
+    seed: int,
+) -> tuple[str, float, float, float, str]:
+    """Warm revisions of a cold-fitted core, every smile re-noised (the same draws for
+    every config): time, worst ATM error, repairs and the slices that kept their fit."""
+    core = SurfaceCore("deribit", ccy.upper(), config)
+    for s in smiles:
+        core.on_smile(s)
+    last = core.fit(now)
+    assert last is not None
+    rng = np.random.default_rng(seed)
+    warm = _Timer()
+    worst = worst_rr = 0.0
+    warm_repaired = warm_slices = kept = 0
+    for i in range(1, repeats + 1):
+        for s in _renoised(smiles, rng, i):
+            core.on_smile(s)
+        surface = warm(partial(core.fit, now + i * 1_000_000))
+        assert surface is not None
+        warm_repaired += sum(s.diagnostics.repaired for s in surface.slices)
+        warm_slices += len(surface.slices)
+        before = {s.expiry_time_ns: s.raw for s in last.slices}
+        kept += sum(before.get(s.expiry_time_ns) == s.raw for s in surface.slices)
+        last = surface
+        worst = max(
+            worst,
+            max(abs(s.metrics.atm_vol - truth[s.expiry_time_ns].atm_vol) for s in surface.slices),
+        )
+        worst_rr = max(
+            worst_rr,
+            max(
+                abs(s.metrics.rr25 - truth[s.expiry_time_ns].rr25)
+                for s in surface.slices
+                if s.time_to_expiry_years * 365 >= 7
+            ),
+        )
+    return warm.row(
+        f"sim {ccy.upper()} fit {label}",
+        f"worst |ATM-truth| over {repeats} fits {worst * 100:.2f} vp, |RR25-truth| (>=7d) "
+        f"{worst_rr * 100:.2f} vp; repaired "
+        f"{warm_repaired}/{warm_slices} slices ({100 * warm_repaired / warm_slices:.0f}%); "
+        f"{kept} kept their fit",
+    )
 
 
 def _random_slice(

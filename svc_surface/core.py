@@ -22,6 +22,7 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Literal
 
 import numpy as np
@@ -81,6 +82,13 @@ class SurfaceConfig:
     # (kept inside every quote's band), so the fit is an exponentially weighted average of
     # snapshot fits with this half life (quotes.Prior). 0 turns it off.
     smoothing_half_life_s: float = 20.0
+    # A slice whose quotes did not move beyond their noise since its last refit keeps that
+    # fit (no quote's bid or ask moved by more than its half spread against the fit, and
+    # their weighted mean, over all quotes, the puts or the calls, by less than hold_z
+    # standard errors), for at most hold_max_s of event time (docs/quant.md section 6).
+    # 0 turns holding off: every changed slice is refitted.
+    hold_max_s: float = 5.0
+    hold_z: float = 2.0
     # Butterfly/calendar check range in log-moneyness.
     check_k_range: tuple[float, float] = arbitrage.K_CHECK_RANGE
     # Consolidated surface: weight multiplier per venue (default 1).
@@ -147,6 +155,10 @@ class SliceCache:
     # earlier one's while the crossing comes and goes): the next revision fits under
     # those caps too, in the free-fit batch, and starts its cap estimate from them.
     capped: CappedFit | None = None
+    # The selection `fit` was made on and the fingerprint of its inputs (an earlier
+    # revision's while the slice is held): a hold is judged against them.
+    fitted_to: SelectedQuotes | None = None
+    fit_fingerprint: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -394,7 +406,10 @@ class _Working:
     selected: SelectedQuotes
     fingerprint: bytes
     fit: SviFitResult | None = None
+    # reused: the same inputs as last time; held: new quotes within their noise of the
+    # ones `fit` was made on. Either way `fit` is an earlier revision's.
     reused: bool = False
+    held: bool = False
     smile_keys: tuple[SmileKey, ...] = ()
     repair_outliers: frozenset[tuple[str, str]] = frozenset()
     prior: Prior | None = None
@@ -416,6 +431,20 @@ class _Working:
         ):
             self._data = (self.selected, self.prior, self.selected.slice_data(None, self.prior))
         return self._data[2]
+
+    def fitted_to(self) -> SelectedQuotes:
+        """The selection `fit` was made on."""
+        cache = self.job.cache
+        if (self.reused or self.held) and cache is not None and cache.fitted_to is not None:
+            return cache.fitted_to
+        return self.selected
+
+    def fit_fingerprint(self) -> bytes:
+        """The fingerprint of the inputs `fit` was made on."""
+        cache = self.job.cache
+        if (self.reused or self.held) and cache is not None and cache.fit_fingerprint:
+            return cache.fit_fingerprint
+        return self.fingerprint
 
     def calibrated(self) -> SviFitResult | None:
         """The fit to publish (before any repair): the capped one when capped."""
@@ -477,10 +506,8 @@ def _select(job: FitJob) -> tuple[list[_Working], list[SkippedSlice]]:
                     sj,
                     sj.cache.selected,
                     sj.cache.fingerprint,
-                    None,
-                    False,
-                    keys,
-                    sj.cache.repair_outliers,
+                    smile_keys=keys,
+                    repair_outliers=sj.cache.repair_outliers,
                 )
             )
             continue
@@ -500,9 +527,7 @@ def _select(job: FitJob) -> tuple[list[_Working], list[SkippedSlice]]:
                 SkippedSlice(sj.expiry_time_ns, f"{selected.n_used} usable quotes < {minimum}")
             )
             continue
-        work.append(
-            _Working(sj, selected, selected.fingerprint(), None, False, _smile_keys(usable))
-        )
+        work.append(_Working(sj, selected, selected.fingerprint(), smile_keys=_smile_keys(usable)))
     return work, skipped
 
 
@@ -534,8 +559,13 @@ def _fit_svi(work: list[_Working], cfg: SurfaceConfig, now_ns: int) -> None:
         if cache is not None and cache.fingerprint == w.fingerprint:
             w.selected, w.fit, w.reused = cache.selected, cache.fit, True
             w.repair_outliers = cache.repair_outliers
-        else:
-            todo.append(w)
+            continue
+        held = _held_selection(w, cfg, now_ns)
+        if cache is not None and held is not None:
+            w.selected, w.fit, w.held = held, cache.fit, True
+            w.repair_outliers = cache.repair_outliers
+            continue
+        todo.append(w)
     if not todo:
         return
     if cfg.drop_outliers:
@@ -597,6 +627,49 @@ def _fit_svi(work: list[_Working], cfg: SurfaceConfig, now_ns: int) -> None:
         )
         for w, f in zip(again, refits, strict=True):
             w.fit = _combine(w.fit, f)
+
+
+def _held_selection(w: _Working, cfg: SurfaceConfig, now_ns: int) -> SelectedQuotes | None:
+    """The slice's selection, with the outliers its last fit left out, when its quotes did
+    not move beyond their noise since that fit (which is then kept); None when the slice
+    must be refitted. Moves are measured against the fit (each quote's bid, ask and mid
+    minus the fitted vol at its own k and T), so a forward move that carries the quotes
+    along the smile is no move; a quote's noise is its half spread."""
+    cache = w.job.cache
+    if cfg.hold_max_s <= 0.0 or cache is None or cache.fitted_to is None:
+        return None
+    if now_ns - cache.prior_ns > cfg.hold_max_s * 1e9:
+        return None  # the smoothing keeps averaging: refit now and then
+    ref, new = cache.fitted_to, w.selected
+    if new.symbol != ref.symbol or new.venue != ref.venue:
+        return None
+    dropped = ref.drop_reason == surface_pb.DROP_REASON_OUTLIER
+    if not np.array_equal(new.used, ref.used | dropped):
+        return None  # a quote came or went
+    # The quotes left out as outliers count too: one that moved may be back in line.
+    u = new.used
+    k_ref, k_new = ref.k[u], new.k[u]
+    n = k_ref.size
+    # Rows bid, mid, ask; each minus the fitted vol at the quote's own k and T.
+    w_fit = total_variance(cache.fit.params, np.concatenate((k_ref, k_new)))
+    with np.errstate(invalid="ignore"):
+        fit_ref, fit_new = np.sqrt(w_fit[:n] / ref.t), np.sqrt(w_fit[n:] / new.t)
+        ref_q = np.stack((ref.bid_iv, ref.mid_iv, ref.ask_iv))[:, u]
+        moved = (np.stack((new.bid_iv, new.mid_iv, new.ask_iv))[:, u] - fit_new) - (ref_q - fit_ref)
+        half = 0.5 * (ref_q[2] - ref_q[0])
+        # NaN anywhere fails the comparison: refit.
+        if not np.all(np.abs(moved[::2]) <= half):
+            return None
+    # The weighted mean move of the mids over all quotes, the puts and the calls.
+    puts = k_new < 0.0
+    sides = np.stack((np.ones(n), puts, ~puts)) * ref.weight[u]
+    total = sides.sum(axis=1)
+    shift = np.abs(sides @ moved[1])
+    noise = np.sqrt((sides * sides) @ (half * half))
+    if not np.all((shift <= cfg.hold_z * noise) | (total <= 0.0)):
+        return None
+    flags = dropped[new.used]
+    return new.drop_outliers(flags) if np.any(flags) else new
 
 
 def _drop_known_repair_outliers(w: _Working, cfg: SurfaceConfig) -> None:
@@ -678,7 +751,7 @@ def _repair(
             repair.SliceToRepair(
                 t=w.job.t,
                 params=w.calibrated().params,  # type: ignore[union-attr]
-                data=_refit_data(w, cfg.fit.band_epsilon),
+                data_of=partial(_refit_data, w, cfg.fit.band_epsilon),
                 label=w.job.expiry_label,
                 warm=w.job.cache.repaired if w.job.cache is not None else None,
             )
@@ -702,7 +775,7 @@ _WING_AIM = 1e-2
 _CUT_FACTORS = (1.0, 1.5, 2.0)
 
 
-def _order_wings(fitted: list[_Working], cfg: SurfaceConfig) -> None:
+def _order_wings(fitted: list[_Working], cfg: SurfaceConfig, now_ns: int) -> None:
     """Calendar order in the extrapolated wings, inside the calibration: a slice whose
     wing (beyond its own quotes) rises above the next later slice on the check range is
     refitted with that wing's slope capped (the inner problem's box, fit_svi_slices
@@ -766,7 +839,7 @@ def _order_wings(fitted: list[_Working], cfg: SurfaceConfig) -> None:
                     # unchanged), or came with the free fits.
                     done = w.speculative
                     kept: CappedFit | None = None
-                    if w.reused and cache.capped.fingerprint == w.fingerprint:
+                    if (w.reused or w.held) and cache.capped.fingerprint == w.fit_fingerprint():
                         kept = cache.capped
                     elif done is not None and done[0] is w.selected:
                         kept = CappedFit(cache.capped.caps, first[i], done[1], w.fingerprint)
@@ -779,11 +852,16 @@ def _order_wings(fitted: list[_Working], cfg: SurfaceConfig) -> None:
             if reused:
                 continue  # the next round checks the reused fits
             return
+        for w, _ in todo:
+            if w.held and w.prior is None:
+                # Fitted under caps now: its new quotes, smoothed like a refit's.
+                w.prior = _prior(w, now_ns, cfg.smoothing_half_life_s)
         base = [_cap_start(w) for w, _ in todo]
         refits = fit_svi_slices([w.data() for w, _ in todo], base, cfg.fit, [c for _, c in todo])
         for (w, cap), f in zip(todo, refits, strict=True):
             if _atm_within_quotes(w, f.params, cfg):
-                w.capped = CappedFit(cap, first[fitted.index(w)], f, w.fingerprint)
+                # A held slice's capped fit goes with the fit it holds (kept while held).
+                w.capped = CappedFit(cap, first[fitted.index(w)], f, w.fit_fingerprint())
             else:
                 w.capped = None  # the repair's, with its own rules
                 refused.add(fitted.index(w))
@@ -930,7 +1008,7 @@ def run_fit_job(job: FitJob) -> FitJobResult:
     fitted = [w for w in work if w.fit is not None]
     svi = cfg.model != surface_pb.SURFACE_MODEL_SSVI
     if svi:
-        _order_wings(fitted, cfg)
+        _order_wings(fitted, cfg, job.now_ns)
     memo = refit.RefitMemo()
     outcomes = _repair(fitted, cfg, memo)
     if cfg.drop_outliers and cfg.model != surface_pb.SURFACE_MODEL_SSVI:
@@ -959,7 +1037,8 @@ def run_fit_job(job: FitJob) -> FitJobResult:
             for w, f in zip(again, refits, strict=True):
                 w.fit = _combine(w.fit, f)
                 w.capped = None
-            _order_wings(fitted, cfg)
+                w.reused = w.held = False  # fitted now, to this selection
+            _order_wings(fitted, cfg, job.now_ns)
             outcomes = _repair(fitted, cfg, memo)
     published: list[tuple[_Working, repair.RepairOutcome, RawSvi]] = []
     for w, outcome in zip(fitted, outcomes, strict=True):
@@ -985,6 +1064,8 @@ def run_fit_job(job: FitJob) -> FitJobResult:
             w.repair_outliers,
             *_prior_state(w, job.now_ns),
             capped=w.capped or (w.job.cache.capped if w.job.cache is not None else None),
+            fitted_to=w.fitted_to(),
+            fit_fingerprint=w.fit_fingerprint(),
         )
         for w in fitted
         if w.fit is not None
@@ -1010,61 +1091,90 @@ def _prior_state(w: _Working, now_ns: int) -> tuple[RawSvi | None, float, int, f
     cache = w.job.cache
     if w.fit is None:
         return None, math.nan, 0, 0.0
-    if w.reused and cache is not None and cache.prior is not None:
+    if (w.reused or w.held) and cache is not None and cache.prior is not None:
         return cache.prior, cache.prior_t, cache.prior_ns, cache.prior_info
     return w.fit.params, w.job.t, now_ns, w.posterior_information()
 
 
-def _quote_matrix(sel: SelectedQuotes, p: RawSvi, t: float) -> QuoteMatrix:
-    """The through-fit matrix of one slice: fitted vol vs bid/ask for every quote."""
-    fitted_iv = implied_vol(p, sel.k, t)
-    used_mask = sel.used
-    total_w = float(sel.weight[used_mask].sum()) if np.any(used_mask) else 0.0
-    resid_bp = (fitted_iv - sel.mid_iv) * 1e4
-    used_resid = resid_bp[used_mask]
-    norm_w = sel.weight / total_w if total_w > 0.0 else np.zeros(len(sel))
-    position = np.full(len(sel), surface_pb.FIT_POSITION_INSIDE, dtype=np.int64)
-    position[fitted_iv < sel.bid_iv] = surface_pb.FIT_POSITION_BELOW_BID
-    position[fitted_iv > sel.ask_iv] = surface_pb.FIT_POSITION_ABOVE_ASK
-    no_band = ~(np.isfinite(sel.bid_iv) & np.isfinite(sel.ask_iv) & np.isfinite(fitted_iv))
-    position[no_band] = surface_pb.FIT_POSITION_NO_BAND
-    blob = encode_quote_fits(
-        sel.symbol,
-        sel.venue,
-        {
-            "option_kind": sel.option_kind,
-            "strike_usd": sel.strike,
-            "log_moneyness": sel.k,
-            "bid_iv": sel.bid_iv,
-            "ask_iv": sel.ask_iv,
-            "mid_iv": sel.mid_iv,
-            "fitted_iv": fitted_iv,
-            "residual_bp": resid_bp,
-            "position": position,
-            "used": used_mask,
-            "drop_reason": sel.drop_reason,
-            "weight": np.where(used_mask, norm_w, 0.0),
-        },
-    )
-    shares: list[tuple[str, float, int]] = []
-    venues = set(sel.venue)
-    if len(venues) == 1:
-        shares.append((next(iter(venues)), float(norm_w[used_mask].sum()), int(used_mask.sum())))
-    else:
-        venue_arr = np.array(sel.venue)
-        for venue in sorted(venues):
-            in_venue = used_mask & (venue_arr == venue)
-            shares.append((venue, float(norm_w[in_venue].sum()), int(in_venue.sum())))
-    n_used = int(used_mask.sum())
-    return QuoteMatrix(
-        params=p,
-        blob=blob,
-        quotes_used=n_used,
-        quotes_dropped=len(sel) - n_used,
-        rmse_bp=float(np.sqrt(np.mean(used_resid**2))) if used_resid.size else math.nan,
-        max_abs_residual_bp=float(np.max(np.abs(used_resid))) if used_resid.size else math.nan,
-        venue_shares=tuple(shares),
-    )
+def _quote_matrices(items: Sequence[tuple[SelectedQuotes, RawSvi, float]]) -> list[QuoteMatrix]:
+    """The through-fit matrix of each (selection, published params, T): fitted vol vs
+    bid/ask for every quote. The column arithmetic runs once over every slice's quotes (a
+    numpy call per slice costs more than its arithmetic)."""
+    if not items:
+        return []
+    sels = [sel for sel, _, _ in items]
+    sizes = [len(sel) for sel in sels]
+    bounds = np.cumsum([0, *sizes]).tolist()
+    # Each quote's slice params and T, then implied_vol's arithmetic (the same values).
+    p = np.repeat(np.array([tuple(q) for _, q, _ in items]).reshape(-1, 5), sizes, axis=0)
+    t = np.repeat(np.array([t for _, _, t in items], dtype=np.float64), sizes)
+    k = np.concatenate([sel.k for sel in sels])
+    bid = np.concatenate([sel.bid_iv for sel in sels])
+    ask = np.concatenate([sel.ask_iv for sel in sels])
+    x = k - p[:, 3]
+    w = p[:, 0] + p[:, 1] * (p[:, 2] * x + np.sqrt(x * x + p[:, 4] * p[:, 4]))
+    with np.errstate(invalid="ignore"):
+        fitted_all = np.sqrt(w / t)
+    resid_all = (fitted_all - np.concatenate([sel.mid_iv for sel in sels])) * 1e4
+    position_all = np.full(k.size, surface_pb.FIT_POSITION_INSIDE, dtype=np.int64)
+    position_all[fitted_all < bid] = surface_pb.FIT_POSITION_BELOW_BID
+    position_all[fitted_all > ask] = surface_pb.FIT_POSITION_ABOVE_ASK
+    no_band = ~(np.isfinite(bid) & np.isfinite(ask) & np.isfinite(fitted_all))
+    position_all[no_band] = surface_pb.FIT_POSITION_NO_BAND
+    out: list[QuoteMatrix] = []
+    for (sel, params, _), lo, hi in zip(items, bounds[:-1], bounds[1:], strict=True):
+        used_mask = sel.used
+        n_used = int(np.count_nonzero(used_mask))
+        total_w = float(sel.weight[used_mask].sum()) if n_used else 0.0
+        resid_bp = resid_all[lo:hi]
+        used_resid = resid_bp[used_mask]
+        norm_w = sel.weight / total_w if total_w > 0.0 else np.zeros(len(sel))
+        blob = encode_quote_fits(
+            sel.symbol,
+            sel.venue,
+            {
+                "option_kind": sel.option_kind,
+                "strike_usd": sel.strike,
+                "log_moneyness": sel.k,
+                "bid_iv": sel.bid_iv,
+                "ask_iv": sel.ask_iv,
+                "mid_iv": sel.mid_iv,
+                "fitted_iv": fitted_all[lo:hi],
+                "residual_bp": resid_bp,
+                "position": position_all[lo:hi],
+                "used": used_mask,
+                "drop_reason": sel.drop_reason,
+                "weight": np.where(used_mask, norm_w, 0.0),
+            },
+        )
+        shares: list[tuple[str, float, int]] = []
+        venues = set(sel.venue)
+        if len(venues) == 1:
+            shares.append((next(iter(venues)), float(norm_w[used_mask].sum()), n_used))
+        else:
+            venue_arr = np.array(sel.venue)
+            for venue in sorted(venues):
+                in_venue = used_mask & (venue_arr == venue)
+                shares.append((venue, float(norm_w[in_venue].sum()), int(in_venue.sum())))
+        out.append(
+            QuoteMatrix(
+                params=params,
+                blob=blob,
+                quotes_used=n_used,
+                quotes_dropped=len(sel) - n_used,
+                rmse_bp=float(np.sqrt(np.mean(used_resid**2))) if n_used else math.nan,
+                max_abs_residual_bp=float(np.max(np.abs(used_resid))) if n_used else math.nan,
+                venue_shares=tuple(shares),
+            )
+        )
+    return out
+
+
+def _reusable_matrix(w: _Working, p: RawSvi) -> QuoteMatrix | None:
+    """Last revision's through-fit matrix when neither the quotes nor the params changed."""
+    cache = w.job.cache
+    cached = cache.matrix if cache is not None and w.reused else None
+    return cached if cached is not None and cached.params == p else None
 
 
 def _build_surface(
@@ -1099,6 +1209,19 @@ def _build_surface(
     venue_weight: dict[str, float] = {}
     venue_count: dict[str, int] = {}
     n_pub = len(published)
+    rebuild = [i for i, (w, _, p) in enumerate(published) if _reusable_matrix(w, p) is None]
+    fresh = dict(
+        zip(
+            rebuild,
+            _quote_matrices(
+                [
+                    (published[i][0].selected, published[i][2], published[i][0].job.t)
+                    for i in rebuild
+                ]
+            ),
+            strict=True,
+        )
+    )
     for idx, ((w, outcome, p), m) in enumerate(zip(published, slice_metrics, strict=True)):
         sj, fit = w.job, w.fit
         assert fit is not None
@@ -1117,10 +1240,8 @@ def _build_surface(
         es.jw.min_variance = jw.v_tilde
         _set_metrics(es.metrics, m, conv)
 
-        cached = sj.cache.matrix if sj.cache is not None and w.reused else None
-        qm = cached if cached is not None and cached.params == p else None
-        if qm is None:
-            qm = _quote_matrix(w.selected, p, sj.t)
+        qm = fresh.get(idx) or _reusable_matrix(w, p)
+        assert qm is not None
         matrices[sj.expiry_time_ns] = qm
 
         d = es.diagnostics

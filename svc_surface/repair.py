@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum, auto
 from typing import NamedTuple
 
@@ -62,6 +62,13 @@ class SliceToRepair:
     # The slice's last repaired (published) params: constrained refits try them first
     # as their starting point (a surface that barely moved re-solves in a few steps).
     warm: RawSvi | None = None
+    # Builds `data` when it is None and a repair needs it (most surfaces need none).
+    data_of: Callable[[], RefitData] | None = None
+
+    def with_data(self) -> SliceToRepair:
+        if self.data is not None or self.data_of is None:
+            return self
+        return replace(self, data=self.data_of(), data_of=None)
 
 
 @dataclass(frozen=True)
@@ -555,6 +562,7 @@ def repair_surface(
         return [by_input[i] for i in range(len(slices))]
 
     memo = memo if memo is not None else RefitMemo()
+    ordered = [s.with_data() for s in ordered]
     states: list[_Slice] = []
     for j, s in enumerate(ordered):
         st = _Slice(src=s, params=s.params if valid[j] else None, raw_min_g=first_bf[j].min_g)

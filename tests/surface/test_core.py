@@ -15,6 +15,7 @@ from tests.surface.builders import NOW_NS, truth_smiles, truth_surface
 from tests.surface.synthetic import NS_PER_DAY, QuoteFaults
 from volmath.svi import JwSvi, RawSvi, jw_to_raw
 from volstream.v1 import common_pb2 as common_pb
+from volstream.v1 import iv_pb2 as iv_pb
 from volstream.v1 import surface_pb2 as surface_pb
 
 DAYS = [1, 2, 3, 7, 14, 21, 30, 60, 90, 180, 365]
@@ -108,7 +109,8 @@ def test_surface_message_is_complete() -> None:
 
 def test_refits_only_changed_slices_warm() -> None:
     truths = truth_surface(DAYS)
-    core = SurfaceCore("deribit", "BTC")
+    # Holding off: the changed smile is a fresh noise draw, which a hold would keep.
+    core = SurfaceCore("deribit", "BTC", SurfaceConfig(hold_max_s=0.0))
     for smile in truth_smiles(truths, seed=1):
         core.on_smile(smile)
     first = core.fit(LATER)
@@ -137,6 +139,54 @@ def test_refits_only_changed_slices_warm() -> None:
     assert again.fit(LATER) is not None
     republished = again.fit(LATER + 1)
     assert republished is not None and republished.revision == 2
+
+
+def shifted(smiles: list[iv_pb.Smile], shift: float, step: int) -> list[iv_pb.Smile]:
+    """The smiles with every quote's vols moved by `shift`, `step` ns later."""
+    out = []
+    for smile in smiles:
+        moved = iv_pb.Smile()
+        moved.CopyFrom(smile)
+        for q in moved.quotes:
+            q.bid_iv, q.mid_iv, q.ask_iv = q.bid_iv + shift, q.mid_iv + shift, q.ask_iv + shift
+        moved.header.event_time_ns += step
+        moved.header.sequence += step
+        out.append(moved)
+    return out
+
+
+def test_a_slice_whose_quotes_stay_within_their_noise_keeps_its_fit() -> None:
+    days = [7, 30, 90]
+    smiles = truth_smiles(truth_surface(days), seed=3)
+    core = SurfaceCore("deribit", "BTC", SurfaceConfig(hold_max_s=5.0))
+    for smile in smiles:
+        core.on_smile(smile)
+    first = core.fit(LATER)
+    assert first is not None
+    second_s = 1_000_000_000
+
+    def revision(shift: float, at_ns: int) -> surface_pb.Surface:
+        for smile in shifted(smiles, shift, at_ns - NOW_NS):
+            core.on_smile(smile)
+        surface = core.fit(at_ns + 1)
+        assert surface is not None
+        return surface
+
+    # A tenth of a vol point: well inside every quote's band and the noise of the mean.
+    quiet = revision(0.001, LATER + second_s)
+    assert [raw_of(s) for s in quiet.slices] == [raw_of(s) for s in first.slices]
+    # The through-fit matrix shows the new quotes all the same.
+    assert quiet.slices[0].quotes[0].mid_iv == pytest.approx(
+        first.slices[0].quotes[0].mid_iv + 0.001
+    )
+    # A vol point: beyond the noise, every slice is refitted.
+    moved = revision(0.01, LATER + 2 * second_s)
+    assert all(raw_of(a) != raw_of(b) for a, b in zip(first.slices, moved.slices, strict=True))
+    # Back within the noise of that fit: held, until the hold's age runs out.
+    held = revision(0.0105, LATER + 3 * second_s)
+    assert [raw_of(s) for s in held.slices] == [raw_of(s) for s in moved.slices]
+    late = revision(0.011, LATER + 9 * second_s)
+    assert all(raw_of(a) != raw_of(b) for a, b in zip(moved.slices, late.slices, strict=True))
 
 
 def test_expired_slices_are_dropped() -> None:

@@ -38,7 +38,9 @@ def errors(surface: surface_pb.Surface, truth: dict[int, RawSvi]) -> list[tuple[
 def refit_sequence(
     half_life_s: float, steps: int, truth: dict[int, RawSvi], noise_vol: float, seed0: int = 0
 ) -> tuple[SurfaceCore, list[list[tuple[float, float]]]]:
-    core = SurfaceCore("deribit", "BTC", SurfaceConfig(smoothing_half_life_s=half_life_s))
+    # Holding off: every revision refits (what the smoothing does with each refit).
+    config = SurfaceConfig(smoothing_half_life_s=half_life_s, hold_max_s=0.0)
+    core = SurfaceCore("deribit", "BTC", config)
     history = []
     for step in range(steps):
         now = NOW_NS + step * SECOND
