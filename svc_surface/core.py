@@ -22,10 +22,11 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import partial
+from functools import lru_cache, partial
 from typing import Literal
 
 import numpy as np
+from numpy.typing import NDArray
 
 from svc_surface import arbitrage, metrics, refit, repair
 from svc_surface.fit import (
@@ -54,7 +55,9 @@ from volmath.svi import RawSvi, implied_vol, raw_to_jw, total_variance
 from volstream.v1 import common_pb2 as common_pb
 from volstream.v1 import iv_pb2 as iv_pb
 from volstream.v1 import surface_pb2 as surface_pb
+from volstream.wire import varint
 
+Array = NDArray[np.float64]
 NS_PER_YEAR = 365 * 86_400 * 1_000_000_000
 CONSOLIDATED_VENUE = "all"
 
@@ -1170,6 +1173,46 @@ def _quote_matrices(items: Sequence[tuple[SelectedQuotes, RawSvi, float]]) -> li
     return out
 
 
+# TenorPoint.nodes and the DeltaNode fields (surface.proto): label = 1 (string), delta = 2,
+# vol = 3, strike_usd = 4 (doubles, wire type 1).
+_TENOR_NODES_FIELD = 6
+_NODE_DOUBLE_TAGS = (b"\x11", b"\x19", b"\x21")
+
+
+@lru_cache(maxsize=8)
+def _node_template(labels: tuple[str, ...]) -> tuple[NDArray[np.uint8], NDArray[np.intp]]:
+    """The wire bytes of one tenor's DeltaNodes with their doubles blank, and where each
+    node's delta, vol and strike go: (nodes, 24) byte offsets."""
+    blob = b""
+    offsets = []
+    for label in labels:
+        name = label.encode()
+        head = b"\x0a" + varint(len(name)) + name
+        body = head + b"".join(tag + bytes(8) for tag in _NODE_DOUBLE_TAGS)
+        node = bytes([(_TENOR_NODES_FIELD << 3) | 2]) + varint(len(body)) + body
+        first = len(blob) + len(node) - len(body) + len(head) + 1
+        offsets.append([first + 9 * j + b for j in range(3) for b in range(8)])
+        blob += node
+    template = np.frombuffer(blob, dtype=np.uint8)
+    at = np.array(offsets, dtype=np.intp)
+    at.setflags(write=False)
+    return template, at
+
+
+def _node_blobs(labels: tuple[str, ...], deltas: Array, vols: Array, strikes: Array) -> list[bytes]:
+    """Per row of vols/strikes (tenors, nodes): bytes that, merged into a TenorPoint, append
+    its DeltaNodes (equal to adding them field by field: tests/surface/test_core.py)."""
+    template, at = _node_template(labels)
+    rows, n = vols.shape
+    values = np.empty((rows, n, 3), dtype="<f8")
+    values[:, :, 0] = deltas
+    values[:, :, 1] = vols
+    values[:, :, 2] = strikes
+    out = np.tile(template, (rows, 1))
+    out[:, at] = values.view(np.uint8).reshape(rows, n, 24)
+    return [r.tobytes() for r in out]
+
+
 def _reusable_matrix(w: _Working, p: RawSvi) -> QuoteMatrix | None:
     """Last revision's through-fit matrix when neither the quotes nor the params changed."""
     cache = w.job.cache
@@ -1264,8 +1307,11 @@ def _build_surface(
             venue_weight[venue] = venue_weight.get(venue, 0.0) + share / n_pub
             venue_count[venue] = venue_count.get(venue, 0) + count
 
-    # Fixed tenors and their risk nodes.
+    # Fixed tenors and their risk nodes (every tenor's nodes encoded at once).
     row = 0
+    node_blobs = _node_blobs(
+        all_nodes.labels, all_nodes.deltas, all_nodes.vols[n_slices:], all_nodes.strikes[n_slices:]
+    )
     for tn in tenors:
         tp = surface.tenors.add()
         tp.tenor_days = tn.tenor_days
@@ -1275,15 +1321,7 @@ def _build_surface(
         if not tn.available:
             continue
         _set_metrics(tp.metrics, tenor_metrics[row], conv)
-        node_row = n_slices + row
-        for label, delta, vol, strike in zip(
-            all_nodes.labels,
-            all_nodes.deltas.tolist(),
-            all_nodes.vols[node_row].tolist(),
-            all_nodes.strikes[node_row].tolist(),
-            strict=True,
-        ):
-            tp.nodes.add(label=label, delta=delta, vol=vol, strike_usd=strike)
+        tp.MergeFromString(node_blobs[row])  # appends its DeltaNodes
         row += 1
 
     k_ranges = []

@@ -94,33 +94,35 @@ def _d1_and_slope(s: SmileSet, k: Array) -> tuple[Array, Array, Array, Array]:
 
 def _solve(fn_and_slope: _Objective, lo: Array, hi: Array, x0: Array, iters: int = 60) -> Array:
     """Vectorised safeguarded Newton for decreasing-through-zero f on [lo, hi]
-    (f(lo) > 0 > f(hi)); bisects whenever a Newton step leaves the bracket."""
+    (f(lo) > 0 > f(hi)); bisects whenever a Newton step leaves the bracket. Every row is
+    evaluated at each step and only the unconverged ones move (with a few hundred rows,
+    gathering the active ones costs more than evaluating them all)."""
     x = np.clip(x0, lo, hi)
-    lo, hi = lo.copy(), hi.copy()
     active = np.ones(x.shape, dtype=bool)
     for _ in range(iters):
-        idx = np.flatnonzero(active)
-        if idx.size == 0:
+        if not active.any():
             break
-        f, df = fn_and_slope(x[idx], idx)
+        f, df = fn_and_slope(x, None)
         pos = f > 0.0
-        lo[idx] = np.where(pos, x[idx], lo[idx])
-        hi[idx] = np.where(pos, hi[idx], x[idx])
+        lo = np.where(active & pos, x, lo)
+        hi = np.where(active & ~pos, x, hi)
         with np.errstate(divide="ignore", invalid="ignore"):
-            newton = x[idx] - f / df
-        inside = np.isfinite(newton) & (newton >= lo[idx]) & (newton <= hi[idx])
-        nxt = np.where(inside, newton, 0.5 * (lo[idx] + hi[idx]))
-        exact = f == 0.0
-        nxt = np.where(exact, x[idx], nxt)
-        done = (np.abs(nxt - x[idx]) < 1e-14 * (1.0 + np.abs(nxt))) | exact
-        done |= (hi[idx] - lo[idx]) < 1e-15
-        x[idx] = nxt
-        active[idx[done]] = False
+            newton = x - f / df
+            inside = np.isfinite(newton) & (newton >= lo) & (newton <= hi)
+            nxt = np.where(inside, newton, 0.5 * (lo + hi))
+            exact = f == 0.0
+            nxt = np.where(exact, x, nxt)
+            done = (np.abs(nxt - x) < 1e-14 * (1.0 + np.abs(nxt))) | exact
+            done |= (hi - lo) < 1e-15
+        x = np.where(active, nxt, x)
+        active &= ~done
     return x
 
 
 class _Objective:
-    def __call__(self, k: Array, idx: NDArray[np.intp]) -> tuple[Array, Array]:
+    """f and f' at k, one k per smile (idx: the smiles' rows, None: all of them)."""
+
+    def __call__(self, k: Array, idx: NDArray[np.intp] | None) -> tuple[Array, Array]:
         raise NotImplementedError  # pragma: no cover - interface
 
 
@@ -130,7 +132,10 @@ class _ForwardD1(_Objective):
     def __init__(self, s: SmileSet, target: Array) -> None:
         self.s, self.target = s, target
 
-    def __call__(self, k: Array, idx: NDArray[np.intp]) -> tuple[Array, Array]:
+    def __call__(self, k: Array, idx: NDArray[np.intp] | None) -> tuple[Array, Array]:
+        if idx is None:
+            d1, dd1, _, _ = _d1_and_slope(self.s, k)
+            return d1 - self.target, dd1
         d1, dd1, _, _ = _d1_and_slope(self.s.take(idx), k)
         return d1 - self.target[idx], dd1
 
@@ -142,11 +147,11 @@ class _PremiumAdjusted(_Objective):
     def __init__(self, s: SmileSet, delta: Array) -> None:
         self.s, self.delta = s, delta
 
-    def __call__(self, k: Array, idx: NDArray[np.intp]) -> tuple[Array, Array]:
-        d1, dd1, sw, dsw = _d1_and_slope(self.s.take(idx), k)
+    def __call__(self, k: Array, idx: NDArray[np.intp] | None) -> tuple[Array, Array]:
+        s, delta = (self.s, self.delta) if idx is None else (self.s.take(idx), self.delta[idx])
+        d1, dd1, sw, dsw = _d1_and_slope(s, k)
         d2 = d1 - sw
         dd2 = dd1 - dsw
-        delta = self.delta[idx]
         call = delta > 0.0
         ek = np.exp(k)
         pdf = np.exp(-0.5 * d2 * d2) / math.sqrt(2.0 * math.pi)
@@ -187,7 +192,6 @@ def k_at_delta(s: SmileSet, delta: ArrayLike, convention: int = FORWARD) -> Arra
     n = len(s)
     if dl.shape != (n,):
         raise ValueError("one delta per smile")
-    all_rows = np.arange(n)
     w0 = s.w(np.zeros(n))
     sw0 = np.sqrt(np.maximum(w0, 1e-12))
     span = 10.0 * sw0 + w0 + 0.5
@@ -209,8 +213,8 @@ def k_at_delta(s: SmileSet, delta: ArrayLike, convention: int = FORWARD) -> Arra
         lo, hi = -span, span.copy()
         guess = -target * sw0 + 0.5 * w0
         obj = _ForwardD1(s, target)
-    f_lo, _ = obj(lo, all_rows)
-    f_hi, _ = obj(hi, all_rows)
+    f_lo, _ = obj(lo, None)
+    f_hi, _ = obj(hi, None)
     valid &= (f_lo >= 0.0) & (f_hi < 0.0)
     k = np.full(n, np.nan)
     idx = np.flatnonzero(valid)

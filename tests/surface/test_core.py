@@ -9,8 +9,14 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 import pytest
 
-from svc_surface.core import ConsolidatedSurfaceCore, SurfaceConfig, SurfaceCore, run_fit_job
-from svc_surface.metrics import PREMIUM_ADJUSTED, smile_metrics
+from svc_surface.core import (
+    ConsolidatedSurfaceCore,
+    SurfaceConfig,
+    SurfaceCore,
+    _node_blobs,
+    run_fit_job,
+)
+from svc_surface.metrics import PREMIUM_ADJUSTED, node_layout, smile_metrics
 from tests.surface.builders import NOW_NS, truth_smiles, truth_surface
 from tests.surface.synthetic import NS_PER_DAY, QuoteFaults
 from volmath.svi import JwSvi, RawSvi, jw_to_raw
@@ -187,6 +193,20 @@ def test_a_slice_whose_quotes_stay_within_their_noise_keeps_its_fit() -> None:
     assert [raw_of(s) for s in held.slices] == [raw_of(s) for s in moved.slices]
     late = revision(0.011, LATER + 9 * second_s)
     assert all(raw_of(a) != raw_of(b) for a, b in zip(moved.slices, late.slices, strict=True))
+
+
+def test_tenor_nodes_encoded_at_once_equal_nodes_added_one_by_one() -> None:
+    labels = tuple(label for label, _ in node_layout())
+    deltas = np.array([d for _, d in node_layout()])
+    rng = np.random.default_rng(5)
+    vols, strikes = rng.uniform(0.2, 1.5, (3, len(labels))), rng.uniform(1e3, 1e5, (3, len(labels)))
+    vols[1, 4], strikes[2, 0] = math.nan, 0.0
+    for row, blob in enumerate(_node_blobs(labels, deltas, vols, strikes)):
+        merged, added = surface_pb.TenorPoint(), surface_pb.TenorPoint()
+        merged.MergeFromString(blob)
+        for label, delta, vol, strike in zip(labels, deltas, vols[row], strikes[row], strict=True):
+            added.nodes.add(label=label, delta=delta, vol=vol, strike_usd=strike)
+        assert merged.SerializeToString() == added.SerializeToString()
 
 
 def test_expired_slices_are_dropped() -> None:
