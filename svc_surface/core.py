@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -556,19 +556,22 @@ def _fit_svi(work: list[_Working], cfg: SurfaceConfig, now_ns: int) -> None:
     """Fit changed slices (warm), then drop outliers: slices whose first fit looks pulled
     by bad quotes get a trimmed refit first, so outliers are judged against a fit they
     did not distort; slices that lost quotes are refitted."""
-    todo: list[_Working] = []
+    changed: list[_Working] = []
     for w in work:
         cache = w.job.cache
         if cache is not None and cache.fingerprint == w.fingerprint:
             w.selected, w.fit, w.reused = cache.selected, cache.fit, True
             w.repair_outliers = cache.repair_outliers
-            continue
-        held = _held_selection(w, cfg, now_ns)
+        else:
+            changed.append(w)
+    todo: list[_Working] = []
+    for w, held in zip(changed, _held_selections(changed, cfg, now_ns), strict=True):
+        cache = w.job.cache
         if cache is not None and held is not None:
             w.selected, w.fit, w.held = held, cache.fit, True
             w.repair_outliers = cache.repair_outliers
-            continue
-        todo.append(w)
+        else:
+            todo.append(w)
     if not todo:
         return
     if cfg.drop_outliers:
@@ -632,12 +635,16 @@ def _fit_svi(work: list[_Working], cfg: SurfaceConfig, now_ns: int) -> None:
             w.fit = _combine(w.fit, f)
 
 
-def _held_selection(w: _Working, cfg: SurfaceConfig, now_ns: int) -> SelectedQuotes | None:
-    """The slice's selection, with the outliers its last fit left out, when its quotes did
-    not move beyond their noise since that fit (which is then kept); None when the slice
-    must be refitted. Moves are measured against the fit (each quote's bid, ask and mid
-    minus the fitted vol at its own k and T), so a forward move that carries the quotes
-    along the smile is no move; a quote's noise is its half spread."""
+class _HoldCandidate(NamedTuple):
+    ref: SelectedQuotes  # the selection the held fit was made on
+    new: SelectedQuotes
+    params: RawSvi
+    dropped: BoolArray  # the quotes ref left out as outliers
+
+
+def _hold_candidate(w: _Working, cfg: SurfaceConfig, now_ns: int) -> _HoldCandidate | None:
+    """The slice may be held: a fit not older than hold_max_s, and the same quotes (none
+    came or went) as that fit's."""
     cache = w.job.cache
     if cfg.hold_max_s <= 0.0 or cache is None or cache.fitted_to is None:
         return None
@@ -648,31 +655,70 @@ def _held_selection(w: _Working, cfg: SurfaceConfig, now_ns: int) -> SelectedQuo
         return None
     dropped = ref.drop_reason == surface_pb.DROP_REASON_OUTLIER
     if not np.array_equal(new.used, ref.used | dropped):
-        return None  # a quote came or went
-    # The quotes left out as outliers count too: one that moved may be back in line.
-    u = new.used
-    k_ref, k_new = ref.k[u], new.k[u]
-    n = k_ref.size
-    # Rows bid, mid, ask; each minus the fitted vol at the quote's own k and T.
-    w_fit = total_variance(cache.fit.params, np.concatenate((k_ref, k_new)))
-    with np.errstate(invalid="ignore"):
-        fit_ref, fit_new = np.sqrt(w_fit[:n] / ref.t), np.sqrt(w_fit[n:] / new.t)
-        ref_q = np.stack((ref.bid_iv, ref.mid_iv, ref.ask_iv))[:, u]
-        moved = (np.stack((new.bid_iv, new.mid_iv, new.ask_iv))[:, u] - fit_new) - (ref_q - fit_ref)
-        half = 0.5 * (ref_q[2] - ref_q[0])
-        # NaN anywhere fails the comparison: refit.
-        if not np.all(np.abs(moved[::2]) <= half):
-            return None
-    # The weighted mean move of the mids over all quotes, the puts and the calls.
-    puts = k_new < 0.0
-    sides = np.stack((np.ones(n), puts, ~puts)) * ref.weight[u]
-    total = sides.sum(axis=1)
-    shift = np.abs(sides @ moved[1])
-    noise = np.sqrt((sides * sides) @ (half * half))
-    if not np.all((shift <= cfg.hold_z * noise) | (total <= 0.0)):
         return None
-    flags = dropped[new.used]
-    return new.drop_outliers(flags) if np.any(flags) else new
+    return _HoldCandidate(ref, new, cache.fit.params, dropped)
+
+
+def _held_selections(
+    ws: Sequence[_Working], cfg: SurfaceConfig, now_ns: int
+) -> list[SelectedQuotes | None]:
+    """Per slice: its selection, with the outliers its last fit left out, when its quotes
+    did not move beyond their noise since that fit (which is then kept); None when the
+    slice must be refitted (docs/quant.md section 6). Moves are measured against the fit
+    (each quote's bid, ask and mid minus the fitted vol at its own k and T), so a forward
+    move that carries the quotes along the smile is no move; a quote's noise is its half
+    spread. The arithmetic runs once over every candidate slice's quotes."""
+    out: list[SelectedQuotes | None] = [None] * len(ws)
+    found = [(i, c) for i, w in enumerate(ws) if (c := _hold_candidate(w, cfg, now_ns)) is not None]
+    if not found:
+        return out
+    # The quotes left out as outliers count too: one that moved may be back in line.
+    used = [c.new.used for _, c in found]
+    sizes = [int(np.count_nonzero(u)) for u in used]
+    starts = np.cumsum([0, *sizes[:-1]])
+
+    def column(get: Callable[[SelectedQuotes], Array], which: int) -> Array:
+        return np.concatenate([get(c[which])[u] for (_, c), u in zip(found, used, strict=True)])
+
+    p = np.repeat(np.array([tuple(c.params) for _, c in found]).reshape(-1, 5), sizes, axis=0)
+    k_ref, k_new = column(lambda q: q.k, 0), column(lambda q: q.k, 1)
+    t_ref = np.repeat(np.array([c.ref.t for _, c in found]), sizes)
+    t_new = np.repeat(np.array([c.new.t for _, c in found]), sizes)
+    with np.errstate(invalid="ignore"):
+        fit_move = np.sqrt(_svi_w(p, k_new) / t_new) - np.sqrt(_svi_w(p, k_ref) / t_ref)
+        half = 0.5 * (column(lambda q: q.ask_iv, 0) - column(lambda q: q.bid_iv, 0))
+        moved_bid = column(lambda q: q.bid_iv, 1) - column(lambda q: q.bid_iv, 0) - fit_move
+        moved_ask = column(lambda q: q.ask_iv, 1) - column(lambda q: q.ask_iv, 0) - fit_move
+        # NaN anywhere fails the comparison: refit.
+        quiet = (np.abs(moved_bid) <= half) & (np.abs(moved_ask) <= half)
+    moved_mid = column(lambda q: q.mid_iv, 1) - column(lambda q: q.mid_iv, 0) - fit_move
+    # The weighted mean move of the mids over all quotes, the puts and the calls.
+    weight = column(lambda q: q.weight, 0)
+    on_put = weight * (k_new < 0.0)
+    sides = np.stack((weight, on_put, weight - on_put))
+    sums = np.add.reduceat(
+        np.concatenate(
+            (sides, sides * moved_mid, sides * sides * (half * half), (~quiet)[None, :])
+        ),
+        starts,
+        axis=1,
+    )
+    total, shift, noise2, loud = sums[:3], np.abs(sums[3:6]), sums[6:9], sums[9]
+    within = (shift <= cfg.hold_z * np.sqrt(noise2)) | (total <= 0.0)
+    hold = np.all(within, axis=0) & (loud == 0.0)
+    for (i, c), ok in zip(found, hold.tolist(), strict=True):
+        if ok:
+            flags = c.dropped[c.new.used]
+            out[i] = c.new.drop_outliers(flags) if np.any(flags) else c.new
+    return out
+
+
+def _svi_w(p: Array, k: Array) -> Array:
+    """Raw SVI total variance with one parameter row (a, b, rho, m, sigma) per k."""
+    x = k - p[:, 3]
+    return np.asarray(
+        p[:, 0] + p[:, 1] * (p[:, 2] * x + np.sqrt(x * x + p[:, 4] * p[:, 4])), dtype=np.float64
+    )
 
 
 def _drop_known_repair_outliers(w: _Working, cfg: SurfaceConfig) -> None:
@@ -1114,10 +1160,8 @@ def _quote_matrices(items: Sequence[tuple[SelectedQuotes, RawSvi, float]]) -> li
     k = np.concatenate([sel.k for sel in sels])
     bid = np.concatenate([sel.bid_iv for sel in sels])
     ask = np.concatenate([sel.ask_iv for sel in sels])
-    x = k - p[:, 3]
-    w = p[:, 0] + p[:, 1] * (p[:, 2] * x + np.sqrt(x * x + p[:, 4] * p[:, 4]))
     with np.errstate(invalid="ignore"):
-        fitted_all = np.sqrt(w / t)
+        fitted_all = np.sqrt(_svi_w(p, k) / t)
     resid_all = (fitted_all - np.concatenate([sel.mid_iv for sel in sels])) * 1e4
     position_all = np.full(k.size, surface_pb.FIT_POSITION_INSIDE, dtype=np.int64)
     position_all[fitted_all < bid] = surface_pb.FIT_POSITION_BELOW_BID
