@@ -29,7 +29,9 @@ quasi-explicit SVI calibration against a naive 5-parameter least-squares fit, si
     of 0.2 vol point per smile plus 0.1 vol point per quote), next to the accuracy against
     the simulator's truth (worst |ATM - truth| over all slices, worst |RR25 - truth| from 7
     days) and the number of slices published and repaired (cold; and the share of warm
-    slices repaired). Target: warm <= 10 ms, repairs on <= 5% of slices.
+    slices repaired). Target: warm <= 10 ms, repairs on <= 5% of slices. The re-noising
+    stays within the quotes' noise, so warm slices keep their fit (SurfaceConfig.hold_max_s,
+    docs/quant.md section 6; "kept" counts them); "no hold" refits every slice each time.
 """
 
 from __future__ import annotations

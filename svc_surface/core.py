@@ -848,7 +848,9 @@ def _order_wings(fitted: list[_Working], cfg: SurfaceConfig, now_ns: int) -> Non
     refused: set[int] = set()
     for factor in _CUT_FACTORS:
         params = [f.params for f in (w.calibrated() for w in fitted) if f is not None]
-        totals = np.array([total_variance(p, grid) for p in params])
+        rows = np.array([tuple(p) for p in params]).reshape(-1, 5)
+        totals = _svi_w(np.repeat(rows, grid.size, axis=0), np.tile(grid, len(params)))
+        totals = totals.reshape(len(params), grid.size)
         room = totals[1:] * (1.0 - _WING_MARGIN) - totals[:-1]
         todo: list[tuple[_Working, WingCaps]] = []
         reused = False
