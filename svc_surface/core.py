@@ -654,7 +654,7 @@ def _hold_candidate(w: _Working, cfg: SurfaceConfig, now_ns: int) -> _HoldCandid
     if new.symbol != ref.symbol or new.venue != ref.venue:
         return None
     dropped = ref.drop_reason == surface_pb.DROP_REASON_OUTLIER
-    if not np.array_equal(new.used, ref.used | dropped):
+    if not np.array_equal(new.used, ref.used | dropped) or not new.used.any():
         return None
     return _HoldCandidate(ref, new, cache.fit.params, dropped)
 
@@ -677,23 +677,26 @@ def _held_selections(
     sizes = [int(np.count_nonzero(u)) for u in used]
     starts = np.cumsum([0, *sizes[:-1]])
 
-    def column(get: Callable[[SelectedQuotes], Array], which: int) -> Array:
-        return np.concatenate([get(c[which])[u] for (_, c), u in zip(found, used, strict=True)])
+    def column(get: Callable[[SelectedQuotes], Array], new: bool) -> Array:
+        """One field of the used quotes of every candidate, new or as last fitted."""
+        return np.concatenate(
+            [get(c.new if new else c.ref)[u] for (_, c), u in zip(found, used, strict=True)]
+        )
 
     p = np.repeat(np.array([tuple(c.params) for _, c in found]).reshape(-1, 5), sizes, axis=0)
-    k_ref, k_new = column(lambda q: q.k, 0), column(lambda q: q.k, 1)
+    k_ref, k_new = column(lambda q: q.k, False), column(lambda q: q.k, True)
     t_ref = np.repeat(np.array([c.ref.t for _, c in found]), sizes)
     t_new = np.repeat(np.array([c.new.t for _, c in found]), sizes)
     with np.errstate(invalid="ignore"):
         fit_move = np.sqrt(_svi_w(p, k_new) / t_new) - np.sqrt(_svi_w(p, k_ref) / t_ref)
-        half = 0.5 * (column(lambda q: q.ask_iv, 0) - column(lambda q: q.bid_iv, 0))
-        moved_bid = column(lambda q: q.bid_iv, 1) - column(lambda q: q.bid_iv, 0) - fit_move
-        moved_ask = column(lambda q: q.ask_iv, 1) - column(lambda q: q.ask_iv, 0) - fit_move
+        half = 0.5 * (column(lambda q: q.ask_iv, False) - column(lambda q: q.bid_iv, False))
+        moved_bid = column(lambda q: q.bid_iv, True) - column(lambda q: q.bid_iv, False) - fit_move
+        moved_ask = column(lambda q: q.ask_iv, True) - column(lambda q: q.ask_iv, False) - fit_move
         # NaN anywhere fails the comparison: refit.
         quiet = (np.abs(moved_bid) <= half) & (np.abs(moved_ask) <= half)
-    moved_mid = column(lambda q: q.mid_iv, 1) - column(lambda q: q.mid_iv, 0) - fit_move
+    moved_mid = column(lambda q: q.mid_iv, True) - column(lambda q: q.mid_iv, False) - fit_move
     # The weighted mean move of the mids over all quotes, the puts and the calls.
-    weight = column(lambda q: q.weight, 0)
+    weight = column(lambda q: q.weight, False)
     on_put = weight * (k_new < 0.0)
     sides = np.stack((weight, on_put, weight - on_put))
     sums = np.add.reduceat(
