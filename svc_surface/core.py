@@ -88,8 +88,9 @@ class SurfaceConfig:
     # A slice whose quotes did not move beyond their noise since its last refit keeps that
     # fit (no quote's bid or ask moved by more than its half spread against the fit, and
     # their weighted mean, over all quotes, the puts or the calls, by less than hold_z
-    # standard errors), for at most hold_max_s of event time (docs/quant.md section 6).
-    # 0 turns holding off: every changed slice is refitted.
+    # standard errors), for at most hold_max_s of event time, and not when that fit had
+    # no smoothing prior (docs/quant.md section 6). 0 turns holding off: every changed
+    # slice is refitted.
     hold_max_s: float = 5.0
     hold_z: float = 2.0
     # Butterfly/calendar check range in log-moneyness.
@@ -162,6 +163,8 @@ class SliceCache:
     # revision's while the slice is held): a hold is judged against them.
     fitted_to: SelectedQuotes | None = None
     fit_fingerprint: bytes = b""
+    # The smoothing prior's weight in that fit (0: none, a first fit or one after a reset).
+    fit_prior_weight: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -650,6 +653,8 @@ def _hold_candidate(w: _Working, cfg: SurfaceConfig, now_ns: int) -> _HoldCandid
         return None
     if now_ns - cache.prior_ns > cfg.hold_max_s * 1e9:
         return None  # the smoothing keeps averaging: refit now and then
+    if cfg.smoothing_half_life_s > 0.0 and not cache.fit_prior_weight > 0.0:
+        return None  # a fit without a prior: the next refit averages it with new quotes
     ref, new = cache.fitted_to, w.selected
     if new.symbol != ref.symbol or new.venue != ref.venue:
         return None
@@ -1120,6 +1125,7 @@ def run_fit_job(job: FitJob) -> FitJobResult:
             capped=w.capped or (w.job.cache.capped if w.job.cache is not None else None),
             fitted_to=w.fitted_to(),
             fit_fingerprint=w.fit_fingerprint(),
+            fit_prior_weight=_fit_prior_weight(w),
         )
         for w in fitted
         if w.fit is not None
@@ -1133,6 +1139,15 @@ def run_fit_job(job: FitJob) -> FitJobResult:
         skipped=tuple(skipped),
         fit_time_ms=(time.perf_counter() - started) * 1e3,
     )
+
+
+def _fit_prior_weight(w: _Working) -> float:
+    """The smoothing prior's weight in the slice's fit (an earlier revision's when reused
+    or held)."""
+    cache = w.job.cache
+    if (w.reused or w.held) and cache is not None:
+        return cache.fit_prior_weight
+    return w.prior.weight if w.prior is not None else 0.0
 
 
 def _prior_state(w: _Working, now_ns: int) -> tuple[RawSvi | None, float, int, float]:

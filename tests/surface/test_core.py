@@ -178,21 +178,27 @@ def test_a_slice_whose_quotes_stay_within_their_noise_keeps_its_fit() -> None:
         assert surface is not None
         return surface
 
+    # A fit made without a prior (the first one) is refitted: the smoothing averages it.
+    second = revision(0.0005, LATER + second_s)
+    assert all(raw_of(a) != raw_of(b) for a, b in zip(first.slices, second.slices, strict=True))
     # A tenth of a vol point: well inside every quote's band and the noise of the mean.
-    quiet = revision(0.001, LATER + second_s)
-    assert [raw_of(s) for s in quiet.slices] == [raw_of(s) for s in first.slices]
+    quiet = revision(0.001, LATER + 2 * second_s)
+    assert [raw_of(s) for s in quiet.slices] == [raw_of(s) for s in second.slices]
     # The through-fit matrix shows the new quotes all the same.
     assert quiet.slices[0].quotes[0].mid_iv == pytest.approx(
         first.slices[0].quotes[0].mid_iv + 0.001
     )
-    # A vol point: beyond the noise, every slice is refitted.
-    moved = revision(0.01, LATER + 2 * second_s)
-    assert all(raw_of(a) != raw_of(b) for a, b in zip(first.slices, moved.slices, strict=True))
-    # Back within the noise of that fit: held, until the hold's age runs out.
-    held = revision(0.0105, LATER + 3 * second_s)
-    assert [raw_of(s) for s in held.slices] == [raw_of(s) for s in moved.slices]
-    late = revision(0.011, LATER + 9 * second_s)
-    assert all(raw_of(a) != raw_of(b) for a, b in zip(moved.slices, late.slices, strict=True))
+    # A vol point: beyond the noise, every slice is refitted (afresh: the prior is reset,
+    # so the next revision refits too).
+    moved = revision(0.01, LATER + 3 * second_s)
+    assert all(raw_of(a) != raw_of(b) for a, b in zip(quiet.slices, moved.slices, strict=True))
+    settled = revision(0.0102, LATER + 4 * second_s)
+    assert all(raw_of(a) != raw_of(b) for a, b in zip(moved.slices, settled.slices, strict=True))
+    # Within the noise of that fit: held, until the hold's age runs out.
+    held = revision(0.0105, LATER + 5 * second_s)
+    assert [raw_of(s) for s in held.slices] == [raw_of(s) for s in settled.slices]
+    late = revision(0.011, LATER + 10 * second_s)
+    assert all(raw_of(a) != raw_of(b) for a, b in zip(settled.slices, late.slices, strict=True))
 
 
 def test_tenor_nodes_encoded_at_once_equal_nodes_added_one_by_one() -> None:
