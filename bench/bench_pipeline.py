@@ -3,7 +3,7 @@ and RSS per service, at a series of total venue message rates; prints the knee.
 
     .venv/bin/python -m bench.bench_pipeline [--rates 1000,2000,5000,10000,20000,25000,50000]
         [--seconds 20] [--warmup 10] [--burst 5x2s/30s|none] [--bad 0]
-        [--venues deribit,okx,bybit,binance]
+        [--venues deribit,okx,bybit,binance] [--stage-lags]
 
 The system is `volstream up --sim` as a user runs it (tests/system/conftest.py::start_up):
 an embedded nats-server, every service its own process under the supervisor, the exchange
@@ -27,6 +27,12 @@ Per rate:
    = frames the connectors received = published + dead-lettered + ignored; messages stored
    in each stream = what its producers had acknowledged; every durable (book, IV, surface,
    archive) consumed everything on its filter. Loss is the sum of every difference.
+
+With `--stage-lags` the bench also follows iv.> and surface.> (core NATS subscriptions) and
+prints, per stage, the publish lag of what it published in the window: header publish time
+minus header event time (the venue time of the newest input). The IV row is connector +
+book + IV; the surface rows add the surface stage; the client's latency adds the API and
+gRPC. It costs the bench process the IV stream's bytes (a few MB/s).
 
 CPU per service is the process tree's (a service's worker processes included) user + system
 time over the window from /proc (psutil), as % of one core; the simulator is the load
