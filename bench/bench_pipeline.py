@@ -3,7 +3,7 @@ and RSS per service, at a series of total venue message rates; prints the knee.
 
     .venv/bin/python -m bench.bench_pipeline [--rates 1000,2000,5000,10000,20000,25000,50000]
         [--seconds 20] [--warmup 10] [--burst 5x2s/30s|none] [--bad 0]
-        [--venues deribit,okx,bybit,binance]
+        [--venues deribit,okx,bybit,binance] [--stage-lags]
 
 The system is `volstream up --sim` as a user runs it (tests/system/conftest.py::start_up):
 an embedded nats-server, every service its own process under the supervisor, the exchange
@@ -27,6 +27,12 @@ Per rate:
    = frames the connectors received = published + dead-lettered + ignored; messages stored
    in each stream = what its producers had acknowledged; every durable (book, IV, surface,
    archive) consumed everything on its filter. Loss is the sum of every difference.
+
+With `--stage-lags` the bench also follows iv.> and surface.> (core NATS subscriptions) and
+prints, per stage, the publish lag of what it published in the window: header publish time
+minus header event time (the venue time of the newest input). The IV row is connector +
+book + IV; the surface rows add the surface stage; the client's latency adds the API and
+gRPC. It costs the bench process the IV stream's bytes (a few MB/s).
 
 CPU per service is the process tree's (a service's worker processes included) user + system
 time over the window from /proc (psutil), as % of one core; the simulator is the load
@@ -66,10 +72,12 @@ import aiohttp
 import grpc
 import nats
 import psutil
+from google.protobuf.message import DecodeError
 
 from bench.bench_api import print_rows
 from volstream.bus.credentials import read_credentials
 from volstream.bus.permissions import ADMIN_USER
+from volstream.v1 import common_pb2 as common_pb
 from volstream.v1 import surface_service_pb2 as api_pb
 from volstream.v1 import surface_service_pb2_grpc as api_grpc
 
@@ -373,6 +381,65 @@ def tree_cpu_rss(pid: int) -> tuple[float, float]:
     return cpu, rss
 
 
+# ---- where the time goes: lag at each stage's publication -----------------------------------
+
+
+def header_times(payload: bytes) -> tuple[int, int] | None:
+    """(event time, publish time) of a SmileBatch or Surface from its leading header field
+    (field 1, written first by both stages), without parsing the rest of the message."""
+    if len(payload) < 2 or payload[0] != 0x0A:
+        return None
+    length, at, shift = 0, 1, 0
+    while at < len(payload):
+        byte = payload[at]
+        length |= (byte & 0x7F) << shift
+        at += 1
+        if byte < 0x80:
+            break
+        shift += 7
+    try:
+        header = common_pb.EventHeader.FromString(payload[at : at + length])
+    except DecodeError:
+        return None
+    return header.event_time_ns, header.publish_time_ns
+
+
+class StageLags:
+    """While `recording`, per published IV batch and surface: its publish time minus its
+    event time (the venue time of its newest input), i.e. how late each stage publishes.
+    Core NATS subscriptions on iv.> and surface.> (JetStream publishes reach them too)."""
+
+    def __init__(self) -> None:
+        self.recording = False
+        self.offset_ns = 0
+        self.lags_ms: dict[str, list[float]] = {"iv": [], "surface": [], "surface.all": []}
+        self._subs: list[Any] = []
+
+    async def start(self, nc: Any) -> None:
+        for subject in ("iv.>", "surface.>"):
+            self._subs.append(await nc.subscribe(subject, cb=self._on_message))
+
+    async def stop(self) -> None:
+        for sub in self._subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    def reset(self) -> None:
+        self.lags_ms = {k: [] for k in self.lags_ms}
+
+    async def _on_message(self, msg: Any) -> None:
+        if not self.recording:
+            return
+        times = header_times(msg.data)
+        if times is None or not times[1]:
+            return
+        stage = msg.subject.split(".", 1)[0]
+        if stage == "surface" and msg.subject.split(".")[1] == "all":
+            stage = "surface.all"
+        if stage in self.lags_ms:
+            self.lags_ms[stage].append((times[1] - (times[0] - self.offset_ns)) / 1e6)
+
+
 # ---- the gRPC client -------------------------------------------------------------------------
 
 
@@ -503,14 +570,17 @@ class RateResult:
     drain_s: float = 0.0
     drained: bool = False
     bad_sent: dict[str, int] = field(default_factory=lambda: dict.fromkeys(BAD_KINDS, 0))
+    # StageLags: per stage, publish time minus event time of every message (--stage-lags).
+    stage_lags_ms: dict[str, list[float]] = field(default_factory=dict)
 
     def unknown_channels_ignored(self) -> int:
         return sum(n for k, n in self.recon.ignored.items() if k.startswith("unknown_channel"))
 
-    def pct(self, q: float) -> float:
-        if not self.latencies_ms:
+    def pct(self, q: float, values: Sequence[float] | None = None) -> float:
+        values = self.latencies_ms if values is None else values
+        if not values:
             return math.nan
-        ordered = sorted(self.latencies_ms)
+        ordered = sorted(values)
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
     def services_cpu(self) -> float:
@@ -523,6 +593,7 @@ async def measure_rate(
     rate: int,
     args: argparse.Namespace,
     before: Snapshot,
+    lags: StageLags | None = None,
 ) -> tuple[RateResult, Snapshot]:
     result = RateResult(rate)
     await system.set_total_rate(rate)
@@ -533,6 +604,10 @@ async def measure_rate(
     at_start = {name: tree_cpu_rss(pid) for name, pid in pids.items()}
     client.latencies_ms = []
     client.recording = True
+    if lags is not None:
+        lags.offset_ns = client.offset_ns
+        lags.reset()
+        lags.recording = True
     started = time.monotonic()
     bursting = False
     next_bad = started
@@ -557,6 +632,9 @@ async def measure_rate(
                     result.bad_sent[kind] += await system.inject(v, kind, count)
         await asyncio.sleep(0.05)
     client.recording = False
+    if lags is not None:
+        lags.recording = False
+        result.stage_lags_ms = {k: list(v) for k, v in lags.lags_ms.items()}
     result.seconds = time.monotonic() - started
     for name, pid in pids.items():
         cpu, rss = tree_cpu_rss(pid)
@@ -594,6 +672,20 @@ def print_tables(results: Sequence[RateResult]) -> None:
         ("latency p50 ms", *(f"{r.pct(0.5):.0f}" for r in results)),
         ("latency p99 ms", *(f"{r.pct(0.99):.0f}" for r in results)),
         ("latency max ms", *(f"{r.pct(1.0):.0f}" for r in results)),
+        *(
+            (
+                f"  lag at {stage} publish p50/p99 ms",
+                *(
+                    f"{r.pct(0.5, r.stage_lags_ms[stage]):.0f}/"
+                    f"{r.pct(0.99, r.stage_lags_ms[stage]):.0f}"
+                    if r.stage_lags_ms.get(stage)
+                    else "-"
+                    for r in results
+                ),
+            )
+            for stage in ("iv", "surface", "surface.all")
+            if any(r.stage_lags_ms.get(stage) for r in results)
+        ),
         ("loss (frames + messages)", *(str(r.recon.loss) for r in results)),
         (
             "bad: truncated + wrong types sent",
@@ -703,10 +795,14 @@ async def bench_main(args: argparse.Namespace) -> None:
     progress(f"volstream up --sim in {tmp} (log {up.log_path})")
     system: System | None = None
     client: LatencyClient | None = None
+    lags: StageLags | None = None
     results: list[RateResult] = []
     try:
         system = await open_system(up, args.venues)
         await wait_ready(system)
+        if args.stage_lags:
+            lags = StageLags()
+            await lags.start(system.nc)
         client = LatencyClient(f"127.0.0.1:{up.grpc_port}")
         client.start()
         progress("surfaces served; settling the first state")
@@ -714,7 +810,7 @@ async def bench_main(args: argparse.Namespace) -> None:
         before, _, _ = await system.drained(args.drain_timeout)
         for rate in args.rates:
             progress(f"{rate:,} msg/s: {args.warmup:.0f} s warm-up, {args.seconds:.0f} s measured")
-            result, before = await measure_rate(system, client, rate, args, before)
+            result, before = await measure_rate(system, client, rate, args, before, lags)
             results.append(result)
             progress(
                 f"{rate:,} msg/s: p99 {result.pct(0.99):.0f} ms, loss {result.recon.loss}, "
@@ -723,6 +819,8 @@ async def bench_main(args: argparse.Namespace) -> None:
     finally:
         if client is not None:
             client.stop()
+        if lags is not None:
+            await lags.stop()
         if system is not None:
             await system.close()
         stop_up(up, timeout_s=30)
@@ -739,6 +837,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--burst", type=parse_burst, default=parse_burst("5x2s/30s"))
     p.add_argument("--bad", type=non_negative, default=0.0, help="bad frames/s injected")
     p.add_argument("--venues", type=parse_venues, default=VENUES)
+    p.add_argument(
+        "--stage-lags",
+        action="store_true",
+        help="also record each stage's publish lag (subscribes to iv.> and surface.>)",
+    )
     p.add_argument(
         "--drain-timeout", type=positive, default=180.0, help="seconds to wait for a drain"
     )

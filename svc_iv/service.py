@@ -2,9 +2,14 @@
 partition -> per-expiry smiles on iv.<venue>.<ccy>.
 
 Smiles are flushed on a cadence in event time (cfg.iv_interval_ms), kept per partition by
-the stage kit's ``PartitionClock``, which also stamps each batch header. At start-up the
-latest instrument set and book keyframe of each owned partition are read back from
-JetStream, so a restarted replica prices its chains as soon as tickers arrive, and the
+the stage kit's ``PartitionClock``, which also stamps each batch header: a partition is
+flushed at the first input whose event time is the interval past its last flush, and the
+flush solves and publishes only the expiries whose inputs changed. The flushed batch is
+published once the next 32 input messages are folded (``publish_every``), not after the
+rest of the consumed batch. Why the interval is not shorter, and why a batch carries whole
+smiles rather than the changed quotes: docs/architecture.md section 3, "Cadences". At
+start-up the latest instrument set and book keyframe of each owned partition are read back
+from JetStream, so a restarted replica prices its chains as soon as tickers arrive, and the
 batch sequence continues from the last published batch.
 """
 
@@ -44,6 +49,11 @@ SOURCE = "svc_iv"
 
 
 class IvStage:
+    # Publish a flushed partition once the next 32 input messages are folded, not after the
+    # rest of a 256-message batch (volstream.bus.stage, "Publishing early"; cuts are per
+    # input message).
+    publish_every = 32
+
     def __init__(
         self, env: StageEnv, partitions: tuple[Partition, ...], *, offload: bool = True
     ) -> None:

@@ -244,10 +244,12 @@ class SurfaceCore:
     def _reject(self, reason: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
 
-    def on_smile(self, smile: iv_pb.Smile) -> str | None:
+    def on_smile(self, smile: iv_pb.Smile, columns: SmileColumns | None = None) -> str | None:
         """Keep the latest smile per expiry (by event time). Foreign or malformed smiles are
         counted in `rejected` by reason, never raised; a smile with values the fit cannot
-        use returns that reason (the stage dead-letters its message)."""
+        use returns that reason (the stage dead-letters its message). ``columns``: the
+        smile's SmileColumns.of when the caller has them (the stage reads each smile once
+        for its venue's core and the consolidated one)."""
         if smile.currency != self.currency:
             self._reject("wrong currency")
             return None
@@ -262,7 +264,8 @@ class SurfaceCore:
         if old is not None and old.header.event_time_ns > smile.header.event_time_ns:
             self._reject("out of order")
             return None
-        columns = SmileColumns.of(smile)
+        if columns is None:
+            columns = SmileColumns.of(smile)
         invalid = invalid_smile(smile, columns)
         if invalid is not None:
             self._reject(invalid)

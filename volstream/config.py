@@ -120,7 +120,8 @@ class Config:
     # The simulator's market scenario, NAME[:key=value,...] (volstream/scenario.py,
     # docs/simulator.md section 2).
     sim_scenario: str = "quiet"
-    # Surface refit cadence in event time.
+    # Surface refits: a key is refitted as soon as a smile of it changes, but at most once
+    # per this interval of event time (docs/architecture.md section 3, "Cadences").
     surface_interval_ms: int = 500
     # Half life (s) of the surface's temporal smoothing: each refit is pulled toward the
     # last fit inside every quote's bid/ask band (svc_surface.quotes.Prior); 0 turns it off.
@@ -128,7 +129,8 @@ class Config:
     # Surface model: "svi" (a raw SVI slice per expiry, repaired across expiries) or "ssvi"
     # (one SSVI surface for all expiries).
     surface_model: str = "svi"
-    # IV flush cadence in event time.
+    # IV flush cadence in event time: a partition's changed expiries, at most once per this
+    # interval (docs/architecture.md section 3, "Cadences").
     iv_interval_ms: int = 200
     # The forward each option price is solved on: "current" (the expiry's current forward,
     # the venues' convention) or "quote" (the forward when the price last changed).

@@ -190,3 +190,40 @@ async def test_stage_runs_cpu_work_off_the_loop(nc: Client) -> None:
     # Work done on the loop would delay a probe by about work_s; half of it is the slack
     # allowed for scheduling on a loaded machine.
     assert worst_lag < work_s / 2
+
+
+async def test_publish_every_sends_each_part_before_handling_the_next(nc: Client) -> None:
+    """With ``publish_every = 1`` a part's outputs are on the bus before the next part of the
+    same batch is handled (a slow fit of one key no longer holds back another's surface);
+    the batch is still acked once, after every output is stored."""
+    await ensure_streams(nc.jetstream(), default_stream_specs(NS, StreamLimits.compact()))
+    await publish_inputs(nc, 0, 40)
+    book = NS.stream_name("BOOK")
+
+    class Early(Upper):
+        publish_every = 1
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.parts: list[int] = []
+
+        async def handle(self, batch: list[InMessage]) -> list[Output]:
+            self.parts.append(len(batch))
+            # Every earlier output is stored before this part is handled (times out if the
+            # runner held them back until the end of the batch).
+            await wait_for_stream(nc, book, self.handled, timeout_s=5)
+            return await super().handle(batch)
+
+    metrics = setup_telemetry("bus-test-stage-early", None)
+    handler = Early()
+    runner = StageRunner(nc, SERVICE, NS, inputs(), handler, metrics, batch_size=10)
+    await runner.start()
+    await wait_for_stream(nc, book, 40)
+    await runner.stop()
+    assert handler.parts == [1] * 40
+    outputs = await read_stream(nc, book, NS.stage_all("book"))
+    assert outputs == [f"TICK-{i}".encode() for i in range(40)]
+    info = await nc.jetstream().consumer_info(NS.stream_name("MD"), SERVICE)
+    assert (info.num_pending, info.num_ack_pending) == (0, 0)
+    # Fewer batches than parts: the parts came in batches of up to 10.
+    assert runner.batches < 40

@@ -35,6 +35,22 @@ def test_clock_moves_forward_only_and_cuts_on_its_cadence() -> None:
     assert clock.due() and clock.last_cut_ns == 12 * S
 
 
+def test_clock_as_a_throttle_cuts_only_when_told() -> None:
+    """ready() asks without recording; cut() records: a stretch with nothing to publish
+    leaves the next change free to go out at once."""
+    clock = PartitionClock(interval_ns=2 * S)
+    assert not clock.ready()  # no time yet
+    clock.observe(10 * S)
+    assert clock.ready() and clock.ready()  # asking records nothing
+    clock.cut()
+    clock.observe(11 * S)
+    assert not clock.ready()  # within the minimum interval
+    clock.observe(15 * S)  # nothing was cut at 12 s: ready, and stays so until a cut
+    assert clock.ready()
+    clock.cut()
+    assert clock.last_cut_ns == 15 * S and not clock.ready()
+
+
 def test_stamp_header_owns_every_field_and_counts_per_partition() -> None:
     clock = PartitionClock(interval_ns=S, sequence=41)  # continued after a restart
     clock.observe(5 * S)

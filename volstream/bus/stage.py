@@ -21,11 +21,23 @@ forwards another source's message unchanged, header included.)
 
 For each consumed batch, in this order:
 
-1. ``outputs = await handler.handle(batch)`` (``batch``: ``list[InMessage]`` in stream order);
-2. every output is published with its ``Nats-Msg-Id`` (core-NATS outputs, e.g. control
-   requests, with a plain publish);
-3. the publisher is flushed: all outputs are stored by JetStream;
+1. ``outputs = await handler.handle(part)`` for each part of the batch in stream order (the
+   whole batch, ``list[InMessage]``, unless the handler asks for smaller parts: below);
+2. every output of a part is published with its ``Nats-Msg-Id`` as soon as the part is
+   handled (core-NATS outputs, e.g. control requests, with a plain publish);
+3. after the last part the publisher is flushed: all outputs are stored by JetStream;
 4. only then the input batch is acknowledged.
+
+Publishing early. A handler may set ``publish_every = n``: the runner then hands it the batch
+``n`` messages at a time and publishes each part's outputs before handling the next, while
+acking once per batch as above. An output then leaves as soon as the message that cut it is
+handled instead of after the whole batch: the surface stage (``publish_every = 1``) no
+longer holds a fitted surface back while it fits the batch's other keys, nor the IV stage
+(``publish_every = 32``) a flushed partition while it folds the rest of a 256-message
+batch. Only a stage that cuts its outputs per message, never per batch (every stage
+here: section 3 of docs/architecture.md), may set it: then its outputs do not depend on
+the parts, and the in-process bus (one message per call) and the rebuild (a batch per
+call) still see the same ones.
 
 A crash anywhere before 4 redelivers the batch: delivery is at-least-once and the duplicate
 outputs of a re-handled batch are dropped by JetStream's duplicate window, *provided output
@@ -151,7 +163,11 @@ class PartitionClock:
 
     ``now_ns`` only moves forward. :meth:`due` says whether the cadence ``interval_ns`` has
     passed since the last cut (the first cut is due as soon as there is a time) and records
-    the cut when it has. ``sequence`` counts the partition's published messages.
+    the cut when it has. As a throttle (a minimum interval between outputs that are cut only
+    when there is something new to say), :meth:`ready` asks the same without recording and
+    :meth:`cut` records the output once it is made: a stretch with nothing new then leaves
+    the next change free to go out at once. ``sequence`` counts the partition's published
+    messages.
     """
 
     __slots__ = ("interval_ns", "last_cut_ns", "now_ns", "sequence")
@@ -168,12 +184,21 @@ class PartitionClock:
             self.now_ns = event_time_ns
         return self.now_ns
 
-    def due(self) -> bool:
+    def ready(self) -> bool:
+        """Whether a cut is allowed now (``interval_ns`` since the last one, or none yet)."""
         now = self.now_ns
         last = self.last_cut_ns
-        if now <= 0 or (last is not None and now - last < self.interval_ns):
+        return now > 0 and (last is None or now - last >= self.interval_ns)
+
+    def cut(self) -> None:
+        """Record an output cut at now."""
+        self.last_cut_ns = self.now_ns
+
+    def due(self) -> bool:
+        """:meth:`ready`, and the cut recorded when it is."""
+        if not self.ready():
             return False
-        self.last_cut_ns = now
+        self.cut()
         return True
 
     def next_sequence(self) -> int:
@@ -200,7 +225,16 @@ def output_msg_id(source: str, subject: str, last: InMessage) -> str:
 
 
 class StageHandler(Protocol):
+    """``handle`` a part of a consumed batch: the outputs to publish. Optional class
+    attribute ``publish_every: int`` (module docstring, "Publishing early")."""
+
     async def handle(self, batch: list[InMessage]) -> list[Output]: ...
+
+
+def _publish_every(handler: StageHandler) -> int | None:
+    """The handler's ``publish_every`` when it asks for parts (a positive int), else None."""
+    every = getattr(handler, "publish_every", None)
+    return every if isinstance(every, int) and every > 0 else None
 
 
 def dead_letter_output(subjects: Subjects, service: str, msg: InMessage, reason: str) -> Output:
@@ -262,6 +296,7 @@ class StageRunner:
         self.subjects = subjects
         self.inputs = list(inputs)
         self._handler = handler
+        self._publish_every = _publish_every(handler)
         self.metrics = metrics
         self._options = _Options(
             batch_size=batch_size,
@@ -352,7 +387,16 @@ class StageRunner:
                 await self._handle(batch, inject_trace())
 
     async def _handle(self, batch: list[InMessage], trace_headers: dict[str, str] | None) -> None:
-        outputs = await self._handler.handle(batch)
+        every = self._publish_every or len(batch) or 1
+        for start in range(0, max(len(batch), 1), every):
+            outputs = await self._handler.handle(batch[start : start + every])
+            await self._publish(outputs, trace_headers)
+            self.outputs += len(outputs)
+        await self.publisher.flush(self._options.flush_timeout_s)
+        self.batches += 1
+
+    async def _publish(self, outputs: list[Output], trace_headers: dict[str, str] | None) -> None:
+        """Publish without waiting for the acks (the flush before the batch's ack waits)."""
         publisher = self.publisher
         for out in outputs:
             if not out.jetstream:
@@ -364,6 +408,3 @@ class StageRunner:
             await publisher.publish(out.subject, out.payload, out.msg_id, headers)
             if headers and DLQ_REASON in headers:
                 self.metrics.dead_letter(headers[DLQ_REASON])
-        await publisher.flush(self._options.flush_timeout_s)
-        self.batches += 1
-        self.outputs += len(outputs)
