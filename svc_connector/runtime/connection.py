@@ -13,6 +13,9 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+# picows.websockets: the websockets asyncio API (same connect options, frames, errors) on a
+# Cython websocket core; a received frame costs ~1 us instead of websockets' ~7 us
+# (bench_connector's null clients), a quarter to a third of the connector's time per frame.
 from picows.websockets.asyncio.client import ClientConnection, connect
 from picows.websockets.exceptions import ConnectionClosed
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
