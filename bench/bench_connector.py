@@ -11,7 +11,8 @@ A replay server in a separate process then writes the recorded frames, pre-encod
 websocket frames, to a local websocket at full speed, once per client (the client is always
 the bottleneck, never the server):
 
-- ``null``:      a websocket client that receives every frame and does nothing else;
+- ``null``:      a websocket client that receives every frame and does nothing else (the
+                 runtime's client library, picows: the ceiling of the same library);
 - ``connector``: the connector's own per-frame path (the venue connection's frame handler:
                  session parse + sequencing + normalisation, counters, ``NatsSink``
                  batching into MarketDataBatch, JetStream publish to a real nats-server
@@ -49,7 +50,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from websockets.asyncio.client import ClientConnection, connect
+# The clients use the runtime's websocket library (svc_connector/runtime/connection.py), so the
+# null client is the ceiling of the same library; the replay server stays on websockets.
+from picows.websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.frames import Frame as WsFrame
 from websockets.frames import Opcode

@@ -14,7 +14,7 @@ from typing import Final
 
 import msgspec
 
-from svc_connector.kit.book_levels import add_number_levels, best_first_pairs
+from svc_connector.kit.book_levels import ASKS_TAG, BIDS_TAG, best_first_pairs, levels_wire
 from svc_connector.kit.fields import MS_TO_NS
 from svc_connector.kit.sequencing import BookSequencer
 from svc_connector.kit.stamping import StampingSession
@@ -212,13 +212,25 @@ class DeribitHotPath(StampingSession):
             if prev is None or prev == 0 or prev != self._books.last_sequence(symbol):
                 return None
             delta = event.book_delta
+            # The levels as wire bytes, appended in C (a level added per call costs several
+            # times more); a zero size reads back as the same message.
+            delta.MergeFromString(
+                levels_wire(
+                    BIDS_TAG,
+                    [
+                        (price, 0.0 if action == "delete" else amount)
+                        for action, price, amount in bids
+                    ],
+                )
+                + levels_wire(
+                    ASKS_TAG,
+                    [
+                        (price, 0.0 if action == "delete" else amount)
+                        for action, price, amount in asks
+                    ],
+                )
+            )
             delta.symbol = symbol
-            add = delta.bids.add
-            for action, price, amount in bids:
-                add(price_native=price, size_native=0.0 if action == "delete" else amount)
-            add = delta.asks.add
-            for action, price, amount in asks:
-                add(price_native=price, size_native=0.0 if action == "delete" else amount)
             delta.venue_sequence = change_id
             delta.prev_venue_sequence = prev
             self._books.check_delta(symbol, prev, change_id, now_ns)  # APPLY: prev == last
@@ -231,8 +243,9 @@ class DeribitHotPath(StampingSession):
                 [(price, amount) for action, price, amount in bids if action != "delete"],
                 [(price, amount) for action, price, amount in asks if action != "delete"],
             )
-            add_number_levels(snapshot.bids, live_bids)
-            add_number_levels(snapshot.asks, live_asks)
+            snapshot.MergeFromString(
+                levels_wire(BIDS_TAG, live_bids) + levels_wire(ASKS_TAG, live_asks)
+            )
             snapshot.venue_sequence = change_id
             self._books.snapshot(symbol, change_id)
             return snapshot.header
