@@ -279,18 +279,25 @@ async def measure(
         res = results.setdefault(venue, VenueResult(venue))
         truth_venue = "deribit" if venue == ALL else None
         series: dict[str, list[tuple[float, float]]] = {}
-        biases: dict[str, list[tuple[float, SliceError]]] = {}
+        biases: dict[str, list[tuple[float, SliceError, str]]] = {}
         for surface in surfaces:
             t = (surface.header.event_time_ns - start_ns) / 1e9
             if t < WARMUP_S:
                 continue
             errs: list[SliceError] = watch.errors(key, truth_venue, MIN_DAYS, surface=surface)
             in_event = window is not None and window[0] <= t < window[1] + SETTLE_S
+            # Repair marks per expiry (R: repaired, how).
+            marks = {
+                sl.expiry_time_ns: (
+                    f" R:{sl.diagnostics.repair_method[:12]}" if sl.diagnostics.repaired else ""
+                )
+                for sl in surface.slices
+            }
             for e in errs:
                 name = f"{e.currency} {e.expiry_label}"
                 if window is not None:
                     series.setdefault(name, []).append((t, abs(e.atm_error)))
-                    biases.setdefault(name, []).append((t, e))
+                    biases.setdefault(name, []).append((t, e, marks.get(e.expiry_time_ns, "")))
                 if not in_event:
                     res.atm.setdefault(name, []).append(abs(e.atm_error))
                     res.rr.setdefault(name, []).append(abs(e.rr25_error))
@@ -306,14 +313,14 @@ async def measure(
                     # (ATM error, RR error, put-side and call-side mean of the used quotes'
                     # mid minus truth / fitted minus truth), vol points, about every second.
                     rows, last = [], -math.inf
-                    for t, e in biases[name]:
+                    for t, e, mark in biases[name]:
                         if t > window[0] - 2 and t - last >= 0.9:
                             last = t
                             mp, fp, mc, fc = (100 * b for b in e.bias)
                             rows.append(
                                 f"{t - window[1]:+.1f}:{100 * e.atm_error:+.2f}/"
                                 f"{100 * e.rr25_error:+.2f} "
-                                f"p{mp:+.2f},{fp:+.2f} c{mc:+.2f},{fc:+.2f}"
+                                f"p{mp:+.2f},{fp:+.2f} c{mc:+.2f},{fc:+.2f}{mark}"
                             )
                     print(f"  {venue} {name} atm/rr, mid/fit bias puts, calls: " + " ".join(rows))
     return results, placed
