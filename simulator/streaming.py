@@ -208,25 +208,26 @@ class MessageBudget:
     Venues publish requotes as fast as the makers send them: after a jump the whole chain
     is requoted within the makers' latency, many times the quiet rate, for a few seconds.
     The steady rate caps the average, not the burst; below the rate the makers' own
-    activity fills the rest (PushVenue.on_tick). At least one tick's share always fits, so
-    `burst_s` 0 is a hard cap at the steady rate."""
+    activity fills the rest (PushVenue.on_tick). The bucket starts empty: the burst
+    allowance builds up from rate the requotes left unused, so a venue whose makers need
+    more than the rate from the start sends the rate, never more for long (a client or a
+    load generator counting frames sees the rate it set). At least one tick's share always
+    fits, so `burst_s` 0 is a hard cap at the steady rate."""
 
-    # Updates that may go out now; starts full (None: not refilled yet).
-    tokens: float | None = None
+    # Updates that may go out now beyond this tick's share.
+    tokens: float = 0.0
 
     def refill(self, per_s: float, dt_s: float, burst_s: float) -> None:
         """Add `dt_s` of the steady rate `per_s` (updates per second), up to the capacity."""
         per_tick = max(per_s * dt_s, 0.0)
         capacity = max(per_s * burst_s, per_tick)
-        held = capacity if self.tokens is None else self.tokens + per_tick
-        self.tokens = min(held, capacity)
+        self.tokens = min(self.tokens + per_tick, capacity)
 
     def take(self, wanted: int, draw: float) -> int:
         """How many of `wanted` updates go out now (the fraction of a token rounded up
         with probability equal to it, `draw` uniform in [0, 1)); they are spent."""
-        tokens = self.tokens or 0.0
-        sent = max(0, min(wanted, int(tokens + draw)))
-        self.tokens = tokens - sent
+        sent = max(0, min(wanted, int(self.tokens + draw)))
+        self.tokens -= sent
         return sent
 
 

@@ -16,9 +16,10 @@ START = 1_773_057_600 * 1_000_000_000  # 2026-03-09T12:00:00Z
 TICK_S = 0.1
 
 
-def test_budget_starts_full_and_refills_at_the_steady_rate() -> None:
+def test_budget_builds_up_from_unused_rate_and_refills_at_the_steady_rate() -> None:
     b = MessageBudget()
-    b.refill(100.0, TICK_S, burst_s=5.0)
+    for _ in range(50):
+        b.refill(100.0, TICK_S, burst_s=5.0)
     assert b.tokens == pytest.approx(500.0)
     assert b.take(450, 0.0) == 450
     b.refill(100.0, TICK_S, burst_s=5.0)
@@ -29,6 +30,15 @@ def test_budget_starts_full_and_refills_at_the_steady_rate() -> None:
     for _ in range(100):
         b.refill(100.0, TICK_S, burst_s=5.0)
         sent += b.take(1_000, 0.5)
+    assert 990 <= sent <= 1_010
+
+
+def test_a_market_needing_more_than_the_rate_from_the_start_gets_the_rate() -> None:
+    b = MessageBudget()
+    sent = 0
+    for _ in range(100):
+        b.refill(100.0, TICK_S, burst_s=30.0)
+        sent += b.take(25, 0.5)
     assert 990 <= sent <= 1_010
 
 
@@ -58,8 +68,9 @@ def test_zero_burst_is_a_hard_cap_and_zero_rate_sends_nothing() -> None:
 
 def _venue_after_jump(burst_s: float) -> tuple[int, list[int], list[int]]:
     """Deribit at 400 messages/s (200 updates/s: two notifications an update), every BTC
-    option watched, a 3% jump 1 s in: (options, updates sent per tick, requotes waiting for
-    the budget per tick) over 5 s."""
+    option watched, a 3% jump 20 s in (the budget builds up from the rate the quiet market
+    leaves unused): (options, updates sent per tick, requotes waiting for the budget per
+    tick) over 24 s."""
     config = SimConfig(
         venues=("deribit",),
         currencies=("BTC",),
@@ -70,7 +81,7 @@ def _venue_after_jump(burst_s: float) -> tuple[int, list[int], list[int]]:
         min_time_to_expiry_s=7 * 86_400.0,
         messages_per_second=400.0,
         burst_s=burst_s,
-        scenario=replace(SCENARIOS["jump"], index_vol=0.0, jump_at_s=1.0),
+        scenario=replace(SCENARIOS["jump"], index_vol=0.0, jump_at_s=20.0),
     )
     handle = SimHandle(config)
     venue = handle.venues["deribit"]
@@ -81,7 +92,7 @@ def _venue_after_jump(burst_s: float) -> tuple[int, list[int], list[int]]:
         market.set_watched(inst, +1)
     market.ensure_books(options, START)
     sent, waiting = [], []
-    for n in range(1, 51):
+    for n in range(1, 241):
         now = START + int(n * TICK_S * 1e9)
         handle.truth.step(now)
         before = venue.counters["updates"]
@@ -93,12 +104,12 @@ def _venue_after_jump(burst_s: float) -> tuple[int, list[int], list[int]]:
 
 async def test_a_jump_is_requoted_in_a_burst_above_the_rate() -> None:
     n, sent, waiting = _venue_after_jump(burst_s=30.0)
-    # Quiet first second: the steady 20 updates a tick (the makers' activity fills them).
-    assert 150 <= sum(sent[:10]) <= 250, sent[:10]
-    # The jump (1 s to 2 s) requotes every option several times: far above the rate, and
-    # nothing waits for the gateway.
-    assert sum(sent[10:30]) > 3 * n > 10 * 20 * 2, sent
+    # Quiet, the steady 20 updates a tick (the makers' activity fills them).
+    assert 150 <= sum(sent[150:160]) <= 250, sent[150:160]
+    # The jump (20 s to 21 s) requotes every option several times: far above the rate,
+    # and nothing waits for the gateway.
+    assert sum(sent[200:220]) > 3 * n > 10 * 20 * 2, sent[200:220]
     assert max(waiting) == 0, waiting
     _, capped_sent, capped_waiting = _venue_after_jump(burst_s=0.0)
-    assert sum(capped_sent[10:30]) <= 1.15 * 20 * 20, "a hard cap at the steady rate"
+    assert sum(capped_sent[200:220]) <= 1.15 * 20 * 20, "a hard cap at the steady rate"
     assert max(capped_waiting) > n / 3, "with a hard cap the requotes queue"
