@@ -30,6 +30,12 @@ def parse_args(argv: list[str] | None = None) -> SimConfig:
     p.add_argument(
         "--venue-rates", default="", help="per-venue overrides of --rate: okx=5000,bybit=3000"
     )
+    p.add_argument(
+        "--burst-s",
+        type=float,
+        default=30.0,
+        help="seconds of --rate that requotes after a move may burst above it (0: hard cap)",
+    )
     p.add_argument("--tick", type=float, default=0.1, help="tick interval in seconds")
     p.add_argument("--clock", choices=CLOCK_MODES, default="realtime")
     p.add_argument(
@@ -60,6 +66,8 @@ def parse_args(argv: list[str] | None = None) -> SimConfig:
     try:
         start_ns = parse_utc_ns(a.start, "--start") if a.start else start_from_env()
         scenario = parse_scenario(a.scenario, "--scenario")
+        if not (0.0 <= a.burst_s <= 3_600.0):
+            raise ConfigError(f"--burst-s: {a.burst_s:g} is outside [0, 3600]")
     except ConfigError as exc:
         p.error(str(exc))
     return SimConfig(
@@ -69,6 +77,7 @@ def parse_args(argv: list[str] | None = None) -> SimConfig:
         currencies=tuple(c.strip().upper() for c in a.currencies.split(",") if c.strip()),
         seed=a.seed,
         messages_per_second=a.rate,
+        burst_s=a.burst_s,
         tick_interval_s=a.tick,
         clock=a.clock,
         start_time_ns=start_ns,

@@ -74,6 +74,9 @@ class SimConfig:
     # Per venue: book-change + ticker notifications per second if every instrument's book
     # and ticker channels are subscribed (a client watching a subset gets its share).
     messages_per_second: float = 2_000.0
+    # Requotes after a move may burst above that rate by this many seconds of it (a token
+    # bucket; 0: the rate is a hard cap).
+    burst_s: float = 30.0
     tick_interval_s: float = 0.1
     clock: ClockMode = "realtime"
     # Event time at start (default: VOLSTREAM_SIM_START when set, else now); the listed
@@ -144,6 +147,7 @@ class SimHandle:
             index_interval_s=config.index_interval_s,
             min_heartbeat_interval_s=config.min_heartbeat_interval_s,
             max_send_queue=config.max_send_queue,
+            burst_s=config.burst_s,
         )
         self.venues: dict[str, VenueSim] = {
             v: VENUE_FACTORIES[v](

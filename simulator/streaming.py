@@ -13,6 +13,7 @@ import asyncio
 import itertools
 import logging
 import os
+import random
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -199,6 +200,37 @@ def option_float(options: Mapping[str, object], key: str, default: float) -> flo
     return float(value)
 
 
+@dataclass(slots=True)
+class MessageBudget:
+    """A venue's message budget for market makers' requotes: a token bucket that refills
+    at the venue's steady rate and holds `burst_s` seconds of it.
+
+    Venues publish requotes as fast as the makers send them: after a jump the whole chain
+    is requoted within the makers' latency, many times the quiet rate, for a few seconds.
+    The steady rate caps the average, not the burst; below the rate the makers' own
+    activity fills the rest (PushVenue.on_tick). The bucket starts empty: the burst
+    allowance builds up from rate the requotes left unused, so a venue whose makers need
+    more than the rate from the start sends the rate, never more for long (a client or a
+    load generator counting frames sees the rate it set). At least one tick's share always
+    fits, so `burst_s` 0 is a hard cap at the steady rate."""
+
+    # Updates that may go out now beyond this tick's share.
+    tokens: float = 0.0
+
+    def refill(self, per_s: float, dt_s: float, burst_s: float) -> None:
+        """Add `dt_s` of the steady rate `per_s` (updates per second), up to the capacity."""
+        per_tick = max(per_s * dt_s, 0.0)
+        capacity = max(per_s * burst_s, per_tick)
+        self.tokens = min(self.tokens + per_tick, capacity)
+
+    def take(self, wanted: int, draw: float) -> int:
+        """How many of `wanted` updates go out now (the fraction of a token rounded up
+        with probability equal to it, `draw` uniform in [0, 1)); they are spent."""
+        sent = max(0, min(wanted, int(self.tokens + draw)))
+        self.tokens -= sent
+        return sent
+
+
 class PushSession(WsSession):
     """A websocket connection of a push venue: its subscriptions and request accounting."""
 
@@ -307,6 +339,9 @@ class PushVenue(VenueSim):
             "bytes_sent": 0,
             "listed": 0,
             "expired": 0,
+            # Sum over ticks of the requotes due but waiting for the budget (x the tick
+            # interval: requote-seconds of delay the gateway added).
+            "requote_ticks_waited": 0,
         }
         self.frames_by_kind: dict[str, int] = {k.name.lower(): 0 for k in FrameKind}
         self.faults_applied: dict[str, int] = {}
@@ -315,6 +350,10 @@ class PushVenue(VenueSim):
         self._texts: dict[float, NumberText] = {}
         # Subscriptions held, per kind (all sessions).
         self.kind_counts: dict[SubKind, int] = {}
+        # The requotes' message budget; per currency, requotes due but not yet sent.
+        self.budget = MessageBudget()
+        self.rng = random.Random(ctx.seed * 1000 + seed_salt + 999)
+        self.requotes_waiting: dict[str, int] = {}
 
     def text(self, step: float) -> NumberText:
         """The venue's number formatting for a price/size step (cached per step)."""
@@ -586,24 +625,35 @@ class PushVenue(VenueSim):
 
     def on_tick(self, now_ns: int, dt_s: float) -> None:
         loop_time = asyncio.get_running_loop().time()
-        total_open = sum(len(m.open_instruments()) for m in self.markets.values()) or 1
-        budget = self.ctx.messages_per_second * dt_s / self.messages_per_update
+        # Market makers requote what the truth moved by a tick, after their latency
+        # (docs/simulator.md section 1); a stale-quotes fault holds them back too. The
+        # requotes go out as they fall due, bursting above the steady rate as far as the
+        # venue's budget (a token bucket) allows; short of it each currency gets a share
+        # by what it has due, earliest due first. The makers' own activity (a random
+        # choice of books) fills what the requotes leave of the steady rate.
+        steady = self.ctx.messages_per_second / self.messages_per_update
+        self.budget.refill(steady, dt_s, self.ctx.burst_s)
+        dues: dict[str, list[SimInstrument]] = {}
         for market in self.markets.values():
             changes = market.sync_listings(now_ns)
             if changes.listed or changes.expired:
                 self.on_listing(market, changes, now_ns)
-            # Market makers requote what the truth moved by a tick, after their latency
-            # (docs/simulator.md section 1); a stale-quotes fault holds them back too. The
-            # requotes are the venue's message rate first (earliest due first; beyond the
-            # rate they wait, as behind a busy gateway); the makers' own activity (a random
-            # choice of books) fills the rest of it.
             market.reprice(now_ns)
+            dues[market.currency] = [
+                i for i in market.due(now_ns) if not self._is_stale(i.symbol, loop_time)
+            ]
+        wanted = sum(len(d) for d in dues.values())
+        sent = self.budget.take(wanted, self.rng.random())
+        filler = steady * dt_s - sent
+        total_open = sum(len(m.open_instruments()) for m in self.markets.values()) or 1
+        for market in self.markets.values():
+            due = dues[market.currency]
+            quota = len(due) if sent >= wanted else round(sent * len(due) / wanted)
+            self.requotes_waiting[market.currency] = len(due) - quota
+            self.counters["requote_ticks_waited"] += len(due) - quota
+            due = due[:quota]
             share = len(market.open_instruments()) / total_open
-            allowed = budget * share
-            due = [i for i in market.due(now_ns) if not self._is_stale(i.symbol, loop_time)]
-            if len(due) > allowed:
-                due = due[: int(allowed + market.rng.random())]
-            selected = market.select(allowed - len(due))
+            selected = market.select(filler * share)
             chosen = [
                 i for i in selected if i.watchers > 0 and not self._is_stale(i.symbol, loop_time)
             ]
@@ -764,6 +814,9 @@ class PushVenue(VenueSim):
             "channels_subscribed": len(self.subs),
             "instruments_open": {ccy: len(m.open_instruments()) for ccy, m in self.markets.items()},
             "messages_per_second": self.ctx.messages_per_second,
+            "burst_s": self.ctx.burst_s,
+            "requotes": {ccy: m.requotes for ccy, m in self.markets.items()},
+            "requotes_waiting": dict(self.requotes_waiting),
             "counters": dict(self.counters),
             "frames_by_kind": dict(self.frames_by_kind),
             "faults_applied": dict(self.faults_applied),

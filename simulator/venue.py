@@ -32,6 +32,9 @@ class VenueContext:
     index_interval_s: float
     min_heartbeat_interval_s: float
     max_send_queue: int
+    # Seconds of the steady message rate that market makers' requotes may burst above it
+    # (streaming.MessageBudget; docs/simulator.md section 1).
+    burst_s: float = 30.0
     # Venue-specific settings (each venue module documents its keys); SimConfig.venue_options.
     options: Mapping[str, object] = field(default_factory=dict)
 

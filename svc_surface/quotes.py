@@ -78,12 +78,14 @@ class Prior:
     # A prior outside the bands of more than this share of the quotes (by weight) is
     # stale: the market moved beyond its quotes' width, so the fit starts afresh.
     RESET_OUTSIDE_SHARE = 0.5
-    # A prior the quotes moved away from as a whole, by more than this many standard errors
-    # of their weighted mean (each mid's noise taken as its half spread) and by at least
-    # SHIFT_FLOOR in vol, is behind a real move (a jump, a vol shock): the fit starts
-    # afresh rather than lag it by the half life (docs/quant.md section 6).
-    SHIFT_Z = 2.0
+    # A prior the quotes moved away from as a whole, by more than SHIFT_Z standard errors
+    # of their weighted mean (estimated from the quotes' own scatter around the prior) and
+    # by at least SHIFT_FLOOR in vol, is behind a real move (a jump, a vol shock): the fit
+    # starts afresh rather than lag it by the half life (docs/quant.md section 6). Groups
+    # of fewer than SHIFT_MIN_QUOTES quotes are not judged (their scatter says too little).
+    SHIFT_Z = 3.5
     SHIFT_FLOOR = 0.002
+    SHIFT_MIN_QUOTES = 8
 
     @staticmethod
     def decay(dt_s: float, half_life_s: float) -> float:
@@ -101,21 +103,26 @@ class Prior:
         return float(weight[outside].sum()) / total if total > 0.0 else 1.0
 
     def behind_move(self, k: Array, mid: Array, bid: Array, ask: Array, weight: Array) -> bool:
-        """Whether the quotes moved off the prior beyond the noise band: their weighted mean
-        over all of them, on the put side (k < 0) or on the call side (k >= 0), so that a
-        tilt (a jump's stale quotes repriced, a skew move) counts as much as a level shift."""
+        """Whether the quotes moved off the prior beyond their noise: their weighted mean
+        over all of them, or over each third of them by log-moneyness (put wing, centre,
+        call wing), so that a tilt (a jump's stale quotes repriced, a skew move) or a
+        change of curvature counts as much as a level shift.
+
+        The noise is the quotes' own scatter around the prior (the standard error of the
+        weighted mean, from the residuals about it), not their half spreads: a maker's mid
+        sits well inside its spread, and spreads double in a fast market, so a half-spread
+        noise band let a prior several vol points off through right after a jump."""
         prior = np.asarray(implied_vol(self.params, k, self.t), dtype=np.float64)
         with np.errstate(invalid="ignore"):
-            noise = np.where(np.isfinite(bid) & np.isfinite(ask), 0.5 * (ask - bid), np.nan)
-            ok = np.isfinite(prior) & np.isfinite(mid) & np.isfinite(noise) & (weight > 0.0)
-        for side in (ok, ok & (k < 0.0), ok & (k >= 0.0)):
-            if not side.any():
-                continue
-            w, gap, sd = weight[side], (mid - prior)[side], noise[side]
-            total = float(w.sum())
-            shift = float((w * gap).sum()) / total
-            band = math.sqrt(float((w * w * sd * sd).sum())) / total
-            if abs(shift) > max(self.SHIFT_Z * band, self.SHIFT_FLOOR):
+            banded = np.isfinite(bid) & np.isfinite(ask)
+            ok = np.isfinite(prior) & np.isfinite(mid) & banded & (weight > 0.0)
+        idx = np.flatnonzero(ok)
+        by_k = idx[np.argsort(k[idx], kind="stable")]
+        gap = mid - prior
+        for group in (idx, *np.array_split(by_k, 3)):
+            if mean_shift_is_real(
+                gap[group], weight[group], self.SHIFT_Z, self.SHIFT_FLOOR, self.SHIFT_MIN_QUOTES
+            ):
                 return True
         return False
 
@@ -130,6 +137,21 @@ class Prior:
             ok = np.isfinite(inside) & (inside > 0.0)
         blended = (mid + self.weight * np.where(ok, inside, mid)) / (1.0 + self.weight)
         return np.asarray(blended, dtype=np.float64)
+
+
+def mean_shift_is_real(gap: Array, weight: Array, z: float, floor: float, min_quotes: int) -> bool:
+    """Whether the weighted mean of `gap` (quotes minus a reference) is beyond both `z`
+    standard errors and `floor`. The standard error comes from the gaps' own scatter about
+    their mean (sandwich form, n / (n - 1) corrected), so it needs no noise model; fewer
+    than `min_quotes` gaps say nothing."""
+    n = gap.size
+    total = float(weight.sum())
+    if n < max(min_quotes, 2) or total <= 0.0:
+        return False
+    shift = float((weight * gap).sum()) / total
+    resid = gap - shift
+    se = math.sqrt(float((weight * weight * resid * resid).sum()) * n / (n - 1)) / total
+    return abs(shift) > max(z * se, floor)
 
 
 @dataclass(frozen=True)

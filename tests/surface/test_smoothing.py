@@ -9,7 +9,7 @@ import pytest
 
 from svc_surface.core import SurfaceConfig, SurfaceCore
 from svc_surface.metrics import smile_metrics
-from svc_surface.quotes import Prior
+from svc_surface.quotes import Prior, mean_shift_is_real
 from tests.surface.builders import NOW_NS, truth_smiles
 from tests.surface.synthetic import NS_PER_DAY, crypto_like_slice
 from volmath.svi import RawSvi
@@ -156,3 +156,55 @@ def test_quote_noise_alone_keeps_the_prior() -> None:
     tilt = np.where(k < 0.0, 0.008, -0.008)
     ones = np.ones(k.size)
     assert prior.behind_move(k, fair + tilt, fair + tilt - 0.01, fair + tilt + 0.01, ones)
+
+
+def test_mean_shift_is_judged_against_the_quotes_own_scatter() -> None:
+    rng = np.random.default_rng(11)
+    weight = np.ones(30)
+    # Pure noise: beyond 3.5 standard errors about once in 2 000 draws.
+    false = sum(
+        mean_shift_is_real(rng.normal(0.0, 0.004, 30), weight, 3.5, 0.002, 8) for _ in range(2_000)
+    )
+    assert false <= 6
+    # A 0.5-vol shift with 0.4-vol scatter is 6.8 standard errors: real.
+    assert mean_shift_is_real(0.005 + rng.normal(0.0, 0.004, 30), weight, 3.5, 0.002, 8)
+    # Never below the floor, and never on a handful of quotes.
+    assert not mean_shift_is_real(np.full(30, 0.0015), weight, 3.5, 0.002, 8)
+    assert not mean_shift_is_real(np.full(5, 0.05), np.ones(5), 3.5, 0.002, 8)
+
+
+def test_a_prior_off_by_a_vol_point_inside_widened_spreads_is_behind() -> None:
+    """Right after a jump spreads are doubled (half spreads of 3 vol points) and the prior,
+    fitted on quotes not yet requoted, sits a vol point off the requoted mids: well inside
+    every band, far outside the mids' own scatter (0.4 vol points)."""
+    prior = Prior(crypto_like_slice(10 / 365, 0.6), t=10 / 365, weight=4.0)
+    from volmath.svi import implied_vol
+
+    k = np.linspace(-0.2, 0.2, 30)
+    fair = np.asarray(implied_vol(prior.params, k, prior.t))
+    rng = np.random.default_rng(5)
+    half = np.full(k.size, 0.03)
+    weight = 1.0 / (2 * half) ** 2
+    tilt = np.where(k < 0.0, -0.01, 0.0)
+    mid = fair + tilt + rng.normal(0.0, 0.004, k.size)
+    assert prior.behind_move(k, mid, mid - half, mid + half, weight)
+    assert prior.outside_share(k, mid - half, mid + half, weight) == 0.0
+
+
+def test_a_change_of_curvature_is_a_move() -> None:
+    """Wings up and the centre down (no tilt, little mean shift): the centre third of the
+    quotes moved off the prior."""
+    prior = Prior(crypto_like_slice(10 / 365, 0.6), t=10 / 365, weight=4.0)
+    from volmath.svi import implied_vol
+
+    k = np.linspace(-0.2, 0.2, 36)
+    fair = np.asarray(implied_vol(prior.params, k, prior.t))
+    rng = np.random.default_rng(8)
+    half = np.full(k.size, 0.03)
+    weight = 1.0 / (2 * half) ** 2
+    bend = np.where(np.abs(k) < 0.067, -0.009, 0.0045)
+    mid = fair + bend + rng.normal(0.0, 0.003, k.size)
+    assert prior.behind_move(k, mid, mid - half, mid + half, weight)
+    assert not prior.behind_move(
+        k, fair + rng.normal(0.0, 0.003, k.size), mid - half, mid + half, weight
+    )
