@@ -18,6 +18,13 @@ Emission rules:
 Staleness: a VALID book is stale when `now_ns - last_seen > stale_after_ns`, where last_seen
 is the event time of its last snapshot, applied delta or keep-alive. Books are kept in an
 ordered map by last touch so each `tops()` looks only at the oldest ones.
+
+Keyframes (`keyframe_tops_bytes`): every book, but most books do not change between two
+keyframes (a keyframe every 5 s of event time carries thousands of tops against a few
+hundred changed books). Each book's TopOfBook is kept as wire bytes without its header
+sequence, and only the books touched since the previous keyframe (any event of theirs, or a
+stale transition) are built again; the others cost a header and a few concatenations. The
+bytes are exactly what `tops_into(batch, now_ns, keyframe=True)` serialises to.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from svc_book.book import (
 )
 from volstream.v1 import book_pb2 as book_pb
 from volstream.v1 import market_data_pb2 as md_pb
+from volstream.wire import WIRE_LEN, WIRE_VARINT, field_key, varint
 
 SOURCE = "svc_book"
 
@@ -50,6 +58,17 @@ _PROTO_STATUS = {
     BookStatus.AWAITING_SNAPSHOT: book_pb.BOOK_STATUS_AWAITING_SNAPSHOT,
     BookStatus.GAP: book_pb.BOOK_STATUS_GAP,
 }
+
+# Wire pieces of a keyframe's tops (book.proto): TopOfBookBatch.tops is field 4, TopOfBook's
+# header field 1, and in the EventHeader event_time_ns is field 1, source 4, sequence 5.
+_BATCH_TOP_KEY = field_key(4, WIRE_LEN)
+_TOP_HEADER_KEY = field_key(1, WIRE_LEN)
+_EVENT_TIME_KEY = field_key(1, WIRE_VARINT)
+_SOURCE_AND_SEQUENCE_KEY = (
+    field_key(4, WIRE_LEN) + varint(len(SOURCE)) + SOURCE.encode() + field_key(5, WIRE_VARINT)
+)
+# Varints of the lengths a top and its header have (a top is ~100 bytes).
+_LENGTHS = [varint(n) for n in range(1 << 14)]
 
 # OKX sends a keep-alive for a quiet book every ~60 s: stay above it so quiet books do not flap.
 DEFAULT_STALE_AFTER_NS = 90 * 1_000_000_000
@@ -103,6 +122,23 @@ def _pairs(levels: Sequence[md_pb.BookLevel]) -> Sequence[Level]:
     return [(level.price_native, level.size_native) for level in levels]
 
 
+def _top_state(book: L2Book, stale: bool) -> _TopState:
+    """What a TopOfBook of `book` publishes, as a comparable tuple."""
+    if book.status is not _VALID:
+        return (book.status, False, None, None, None, None)
+    if book.bid_prices:
+        bid_px: float | None = book.bid_prices[-1]
+        bid_size: float | None = book.bid_sizes[-1]
+    else:
+        bid_px = bid_size = None
+    if book.ask_prices:
+        ask_px: float | None = book.ask_prices[0]
+        ask_size: float | None = book.ask_sizes[0]
+    else:
+        ask_px = ask_size = None
+    return (_VALID, stale, bid_px, bid_size, ask_px, ask_size)
+
+
 class BookCore:
     """All books of one (venue, currency) partition. Pure and synchronous."""
 
@@ -119,6 +155,10 @@ class BookCore:
         self._fresh: OrderedDict[str, None] = OrderedDict()
         self._stale: set[str] = set()
         self._needs_resync: dict[str, None] = {}
+        # Keyframe cache: symbol -> (header bytes up to the sequence's value, the rest of its
+        # TopOfBook), valid while the book is untouched; touched symbols since the last one.
+        self._keyframe_parts: dict[str, tuple[bytes, bytes]] = {}
+        self._touched: dict[str, None] = {}
         self._stats = BookStats()
         # Header sequence of the last TopOfBook emitted; a runtime restoring state may set it.
         self.output_sequence = 0
@@ -142,6 +182,7 @@ class BookCore:
             else:
                 self._apply_other(event)
             return
+        self._touched[symbol] = None
         book = self._books.get(symbol)
         if book is None:
             book = self._new_book(symbol)
@@ -198,6 +239,7 @@ class BookCore:
         if not symbol:
             self._stats.rejected += 1
             return
+        self._touched[symbol] = None
         book = self._books.get(symbol)
         if book is None:
             book = self._new_book(symbol)
@@ -222,6 +264,7 @@ class BookCore:
         if not symbol:
             self._stats.rejected += 1
             return
+        self._touched[symbol] = None
         book = self._books.get(symbol)
         if book is None:
             book = self._new_book(symbol)
@@ -244,6 +287,7 @@ class BookCore:
         self._fresh.pop(symbol, None)
         self._stale.discard(symbol)
         self._needs_resync.pop(symbol, None)
+        self._keyframe_parts.pop(symbol, None)
         return True
 
     def _new_book(self, symbol: str) -> L2Book:
@@ -307,20 +351,7 @@ class BookCore:
             book = books.get(symbol)
             if book is None:
                 continue
-            if book.status is _VALID:
-                if book.bid_prices:
-                    bid_px: float | None = book.bid_prices[-1]
-                    bid_size: float | None = book.bid_sizes[-1]
-                else:
-                    bid_px = bid_size = None
-                if book.ask_prices:
-                    ask_px: float | None = book.ask_prices[0]
-                    ask_size: float | None = book.ask_sizes[0]
-                else:
-                    ask_px = ask_size = None
-                state: _TopState = (_VALID, symbol in stale, bid_px, bid_size, ask_px, ask_size)
-            else:
-                state = (book.status, False, None, None, None, None)
+            state = _top_state(book, symbol in stale)
             if not keyframe and emitted.get(symbol) == state:
                 continue
             emitted[symbol] = state
@@ -328,6 +359,45 @@ class BookCore:
         self._dirty = {}
         self._stats.emitted += len(changed)
         return changed
+
+    def keyframe_tops_bytes(self, now_ns: int) -> tuple[bytes, int]:
+        """Every book's TopOfBook, in first-seen order, as the wire bytes of a
+        TopOfBookBatch's `tops` field, and how many: byte for byte what
+        `tops_into(batch, now_ns, keyframe=True)` adds to a batch, with the same bookkeeping
+        (sequences, emitted states), re-encoding only the books touched since the previous
+        keyframe (module docstring)."""
+        self._mark_stale(now_ns)
+        parts = self._keyframe_parts
+        for symbol in self._touched:
+            parts.pop(symbol, None)
+        self._touched = {}
+        emitted = self._emitted
+        stale = self._stale
+        lengths = _LENGTHS
+        sequence = self.output_sequence
+        frames: list[bytes] = []
+        for symbol, book in self._books.items():
+            part = parts.get(symbol)
+            if part is None:
+                # Touched since the last keyframe. An untouched book's state is still the one
+                # recorded as emitted when it was encoded: nothing else changes it.
+                state = _top_state(book, symbol in stale)
+                emitted[symbol] = state
+                top = _TopOfBook()
+                self._fill_body(top, symbol, book, state)
+                event_ns = book.last_event_ns
+                head = _EVENT_TIME_KEY + varint(event_ns) if event_ns else b""
+                part = parts[symbol] = (head + _SOURCE_AND_SEQUENCE_KEY, top.SerializeToString())
+            sequence += 1
+            header = part[0] + varint(sequence)
+            top_bytes = _TOP_HEADER_KEY + lengths[len(header)] + header + part[1]
+            size = len(top_bytes)
+            length = lengths[size] if size < len(lengths) else varint(size)
+            frames.append(_BATCH_TOP_KEY + length + top_bytes)
+        self.output_sequence = sequence
+        self._dirty = {}
+        self._stats.emitted += len(frames)
+        return b"".join(frames), len(frames)
 
     def _fill(self, top: book_pb.TopOfBook, symbol: str, book: L2Book, state: _TopState) -> None:
         # Field-by-field assignment is ~2x faster than keyword construction (upb), and
@@ -337,6 +407,12 @@ class BookCore:
         header.event_time_ns = book.last_event_ns
         header.source = SOURCE
         header.sequence = self.output_sequence
+        self._fill_body(top, symbol, book, state)
+
+    def _fill_body(
+        self, top: book_pb.TopOfBook, symbol: str, book: L2Book, state: _TopState
+    ) -> None:
+        """Every field of `top` but its header."""
         top.symbol = symbol
         top.last_update_time_ns = book.last_change_ns
         status, stale, bid_px, bid_size, ask_px, ask_size = state
@@ -378,6 +454,7 @@ class BookCore:
             del fresh[symbol]
             self._stale.add(symbol)
             self._dirty[symbol] = None
+            self._touched[symbol] = None
             self._stats.stale_transitions += 1
 
     # -- inspection --------------------------------------------------------------------
