@@ -245,9 +245,9 @@ class ParallelReplay:
         published: list[Published] = []
         dead_letters: list[Output] = []
         surface = self._streams["SURFACE"]
-        for out, dead, ccy in cascades:
-            if ccy is not None:
-                extra, extra_dead = consolidated_results[ccy].popleft()
+        for out, dead, of_currency in cascades:
+            if of_currency is not None:
+                extra, extra_dead = consolidated_results[of_currency].popleft()
                 out.extend(extra)
                 # The surface stage dead-letters a message once, for its first unusable
                 # smile: the venue's core sees it before the consolidated one.
