@@ -40,8 +40,9 @@ from svc_book.book import (
     Level,
 )
 from volstream.v1 import book_pb2 as book_pb
+from volstream.v1 import common_pb2 as common_pb
 from volstream.v1 import market_data_pb2 as md_pb
-from volstream.wire import WIRE_LEN, WIRE_VARINT, field_key, varint
+from volstream.wire import WIRE_LEN, field_key, varint
 
 SOURCE = "svc_book"
 
@@ -59,14 +60,10 @@ _PROTO_STATUS = {
     BookStatus.GAP: book_pb.BOOK_STATUS_GAP,
 }
 
-# Wire pieces of a keyframe's tops (book.proto): TopOfBookBatch.tops is field 4, TopOfBook's
-# header field 1, and in the EventHeader event_time_ns is field 1, source 4, sequence 5.
+# Wire pieces of a keyframe's tops (book.proto): TopOfBookBatch.tops is field 4 and a
+# TopOfBook's header field 1 (serialised first: fields go out in number order).
 _BATCH_TOP_KEY = field_key(4, WIRE_LEN)
 _TOP_HEADER_KEY = field_key(1, WIRE_LEN)
-_EVENT_TIME_KEY = field_key(1, WIRE_VARINT)
-_SOURCE_AND_SEQUENCE_KEY = (
-    field_key(4, WIRE_LEN) + varint(len(SOURCE)) + SOURCE.encode() + field_key(5, WIRE_VARINT)
-)
 # Varints of the lengths a top and its header have (a top is ~100 bytes).
 _LENGTHS = [varint(n) for n in range(1 << 14)]
 
@@ -155,10 +152,11 @@ class BookCore:
         self._fresh: OrderedDict[str, None] = OrderedDict()
         self._stale: set[str] = set()
         self._needs_resync: dict[str, None] = {}
-        # Keyframe cache: symbol -> (header bytes up to the sequence's value, the rest of its
-        # TopOfBook), valid while the book is untouched; touched symbols since the last one.
-        self._keyframe_parts: dict[str, tuple[bytes, bytes]] = {}
+        # Keyframe cache: symbol -> (its header's event time, the rest of its TopOfBook as
+        # wire bytes), valid while the book is untouched; touched symbols since the last one.
+        self._keyframe_parts: dict[str, tuple[int, bytes]] = {}
         self._touched: dict[str, None] = {}
+        self._keyframe_header = common_pb.EventHeader(source=SOURCE)
         self._stats = BookStats()
         # Header sequence of the last TopOfBook emitted; a runtime restoring state may set it.
         self.output_sequence = 0
@@ -371,33 +369,59 @@ class BookCore:
         for symbol in self._touched:
             parts.pop(symbol, None)
         self._touched = {}
-        emitted = self._emitted
-        stale = self._stale
+        books = self._books
+        missing = [symbol for symbol in books if symbol not in parts]
+        if missing:
+            self._encode_bodies(missing)
+        header = self._keyframe_header
         lengths = _LENGTHS
         sequence = self.output_sequence
         frames: list[bytes] = []
-        for symbol, book in self._books.items():
-            part = parts.get(symbol)
-            if part is None:
-                # Touched since the last keyframe. An untouched book's state is still the one
-                # recorded as emitted when it was encoded: nothing else changes it.
-                state = _top_state(book, symbol in stale)
-                emitted[symbol] = state
-                top = _TopOfBook()
-                self._fill_body(top, symbol, book, state)
-                event_ns = book.last_event_ns
-                head = _EVENT_TIME_KEY + varint(event_ns) if event_ns else b""
-                part = parts[symbol] = (head + _SOURCE_AND_SEQUENCE_KEY, top.SerializeToString())
+        for symbol in books:
+            event_ns, body = parts[symbol]
             sequence += 1
-            header = part[0] + varint(sequence)
-            top_bytes = _TOP_HEADER_KEY + lengths[len(header)] + header + part[1]
-            size = len(top_bytes)
-            length = lengths[size] if size < len(lengths) else varint(size)
-            frames.append(_BATCH_TOP_KEY + length + top_bytes)
+            header.event_time_ns = event_ns
+            header.sequence = sequence
+            head = header.SerializeToString()
+            top = _TOP_HEADER_KEY + lengths[len(head)] + head + body
+            size = len(top)
+            frames.append(_BATCH_TOP_KEY + (lengths[size] if size < 16384 else varint(size)) + top)
         self.output_sequence = sequence
         self._dirty = {}
         self._stats.emitted += len(frames)
         return b"".join(frames), len(frames)
+
+    def _encode_bodies(self, symbols: list[str]) -> None:
+        """Cache the TopOfBook of each of `symbols` without its header: filled into one
+        scratch batch and serialised at once (one protobuf call, not one per top), then cut
+        at each top's frame. A touched book's state is recorded as emitted; an untouched
+        one's still is (nothing else changes it)."""
+        scratch = book_pb.TopOfBookBatch()
+        add = scratch.tops.add
+        books = self._books
+        stale = self._stale
+        emitted = self._emitted
+        for symbol in symbols:
+            book = books[symbol]
+            state = _top_state(book, symbol in stale)
+            emitted[symbol] = state
+            self._fill_body(add(), symbol, book, state)
+        data = scratch.SerializeToString()
+        parts = self._keyframe_parts
+        at = 0
+        for symbol in symbols:
+            at += 1  # the frame's key (field 4, length-delimited): one byte
+            size = 0
+            shift = 0
+            while True:
+                byte = data[at]
+                at += 1
+                size |= (byte & 0x7F) << shift
+                if byte < 0x80:
+                    break
+                shift += 7
+            parts[symbol] = (books[symbol].last_event_ns, data[at : at + size])
+            at += size
 
     def _fill(self, top: book_pb.TopOfBook, symbol: str, book: L2Book, state: _TopState) -> None:
         # Field-by-field assignment is ~2x faster than keyword construction (upb), and
