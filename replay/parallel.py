@@ -99,6 +99,8 @@ class _Worker:
     ) -> None:
         self.name = name
         self.inbox: Queue[Job | None] = ctx.Queue()
+        # Exiting never waits to feed a worker that is gone (the parent failed, or it did).
+        self.inbox.cancel_join_thread()
         self.outbox: Queue[Any] = ctx.Queue()
         self.process = ctx.Process(
             target=_worker_main,
