@@ -20,6 +20,7 @@ from nats.js.errors import NotFoundError
 
 from replay.archive_source import is_archive, load_archive
 from replay.compare import compare, render
+from replay.parallel import default_workers
 from replay.run import OUTPUT_STREAMS, Progress, replay
 from replay.source import RangeError, ReadInterrupted, check_range, read_range, retained
 from volstream.bus.connection import connect
@@ -109,6 +110,11 @@ async def _delete_namespace(nc: Client, namespace: str) -> None:
 
 async def _replay(args: argparse.Namespace, cfg: Config) -> int:
     check_namespace(cfg.namespace)
+    workers = getattr(args, "workers", None)
+    if workers is None:
+        workers = default_workers()
+    if workers < 1:
+        raise UsageError(f"--workers {workers}: must be at least 1")
     try:
         from_ns = parse_utc_ns(args.from_time, "--from")
         to_ns = parse_utc_ns(args.to_time, "--to") if args.to_time else None
@@ -129,7 +135,9 @@ async def _replay(args: argparse.Namespace, cfg: Config) -> int:
             )
         if existing:
             await _delete_namespace(nc, cfg.namespace)
-        stats = await replay(nc, cfg, from_ns, end_ns, Progress(enabled=not args.quiet))
+        stats = await replay(
+            nc, cfg, from_ns, end_ns, Progress(enabled=not args.quiet), workers=workers
+        )
     finally:
         await nc.drain()
     surfaces = stats.outputs.get("surface", 0)
@@ -140,6 +148,9 @@ async def _replay(args: argparse.Namespace, cfg: Config) -> int:
         f"{Subjects(cfg.namespace).stream_name('SURFACE')}), "
         f"{stats.dead_letters} dead letters"
     )
+    if stats.stage_cpu_s:
+        cpu = ", ".join(f"{k} {v:.1f} s" for k, v in stats.stage_cpu_s.items())
+        print(f"stage CPU ({workers} worker{'s' if workers > 1 else ''}): {cpu}")
     return 0
 
 

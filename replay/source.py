@@ -146,7 +146,9 @@ async def read_range(
         opt_start_time=utc_datetime(from_ns),
         ack_policy=AckPolicy.NONE,
         filter_subject=subject_filter,
-        inactive_threshold=60.0,
+        # The reader may take a while between fetches (a busy machine, a replay's workers
+        # starting); the server removes the consumer only when it is idle this long.
+        inactive_threshold=600.0,
         max_waiting=1,
     )
     reconnects = nc.stats["reconnects"]
@@ -163,6 +165,13 @@ async def read_range(
                 if idle >= 2:  # nothing more stored: the range ends at the stream's end
                     return
                 continue
+            except ServiceUnavailableError:
+                # No responder for the pull: the consumer is gone (removed by the server, or
+                # JetStream restarting); what it had in hand is lost.
+                raise ReadInterrupted(
+                    f"JetStream stopped serving the read of {stream} (its consumer is gone): "
+                    "the read is incomplete; try again"
+                ) from None
             idle = 0
             if nc.stats["reconnects"] != reconnects:
                 raise ReadInterrupted(

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from svc_book import service as book_service
 from svc_iv import service as iv_service
 from svc_surface import service as surface_service
 from volstream.bus.inprocess import LocalStage
+from volstream.bus.stage import InMessage, Output, StageHandler
 from volstream.config import Config
 from volstream.subjects import Subjects
 from volstream.telemetry import Metrics
@@ -46,6 +48,46 @@ def local_stages(env: ReplayEnv) -> list[LocalStage]:
             surface_service.SurfaceStage(env, partitions, offload=False),
         ),
     ]
+
+
+def consolidation_stages(env: ReplayEnv) -> list[LocalStage]:
+    """The surface stage of a replica that only consolidates (``env.cfg.consolidate`` "only"):
+    surface.all.<ccy> of every currency of ``env.cfg`` from the IV of all its venues."""
+    partitions = env.cfg.owned_partitions()
+    return [
+        LocalStage(
+            "surface.all",
+            surface_service.stage_inputs(env, partitions),
+            surface_service.SurfaceStage(env, partitions, offload=False),
+        )
+    ]
+
+
+class TimedHandler:
+    """A stage handler that adds up the CPU time its calls take (the in-process bus calls
+    handlers one at a time, so each call's time is the stage's own)."""
+
+    def __init__(self, handler: StageHandler) -> None:
+        self.handler = handler
+        self.cpu_s = 0.0
+
+    async def handle(self, batch: list[InMessage]) -> list[Output]:
+        started = time.process_time()
+        try:
+            return await self.handler.handle(batch)
+        finally:
+            self.cpu_s += time.process_time() - started
+
+
+def timed(stages: list[LocalStage]) -> list[LocalStage]:
+    """The same stages, each handler behind a TimedHandler (``close_stages`` still takes the
+    original list)."""
+    return [LocalStage(s.name, s.inputs, TimedHandler(s.handler)) for s in stages]
+
+
+def stage_cpu(stages: list[LocalStage]) -> dict[str, float]:
+    """CPU seconds per stage name of ``timed`` stages."""
+    return {s.name: s.handler.cpu_s for s in stages if isinstance(s.handler, TimedHandler)}
 
 
 async def close_stages(stages: list[LocalStage]) -> None:

@@ -18,6 +18,13 @@ Emission rules:
 Staleness: a VALID book is stale when `now_ns - last_seen > stale_after_ns`, where last_seen
 is the event time of its last snapshot, applied delta or keep-alive. Books are kept in an
 ordered map by last touch so each `tops()` looks only at the oldest ones.
+
+Keyframes (`keyframe_tops_bytes`): every book, but most books do not change between two
+keyframes (a keyframe every 5 s of event time carries thousands of tops against a few
+hundred changed books). Each book's TopOfBook is kept as wire bytes without its header
+sequence, and only the books touched since the previous keyframe (any event of theirs, or a
+stale transition) are built again; the others cost a header and a few concatenations. The
+bytes are exactly what `tops_into(batch, now_ns, keyframe=True)` serialises to.
 """
 
 from __future__ import annotations
@@ -33,7 +40,9 @@ from svc_book.book import (
     Level,
 )
 from volstream.v1 import book_pb2 as book_pb
+from volstream.v1 import common_pb2 as common_pb
 from volstream.v1 import market_data_pb2 as md_pb
+from volstream.wire import WIRE_LEN, field_key, varint
 
 SOURCE = "svc_book"
 
@@ -50,6 +59,13 @@ _PROTO_STATUS = {
     BookStatus.AWAITING_SNAPSHOT: book_pb.BOOK_STATUS_AWAITING_SNAPSHOT,
     BookStatus.GAP: book_pb.BOOK_STATUS_GAP,
 }
+
+# Wire pieces of a keyframe's tops (book.proto): TopOfBookBatch.tops is field 4 and a
+# TopOfBook's header field 1 (serialised first: fields go out in number order).
+_BATCH_TOP_KEY = field_key(4, WIRE_LEN)
+_TOP_HEADER_KEY = field_key(1, WIRE_LEN)
+# Varints of the lengths a top and its header have (a top is ~100 bytes).
+_LENGTHS = [varint(n) for n in range(1 << 14)]
 
 # OKX sends a keep-alive for a quiet book every ~60 s: stay above it so quiet books do not flap.
 DEFAULT_STALE_AFTER_NS = 90 * 1_000_000_000
@@ -103,6 +119,23 @@ def _pairs(levels: Sequence[md_pb.BookLevel]) -> Sequence[Level]:
     return [(level.price_native, level.size_native) for level in levels]
 
 
+def _top_state(book: L2Book, stale: bool) -> _TopState:
+    """What a TopOfBook of `book` publishes, as a comparable tuple."""
+    if book.status is not _VALID:
+        return (book.status, False, None, None, None, None)
+    if book.bid_prices:
+        bid_px: float | None = book.bid_prices[-1]
+        bid_size: float | None = book.bid_sizes[-1]
+    else:
+        bid_px = bid_size = None
+    if book.ask_prices:
+        ask_px: float | None = book.ask_prices[0]
+        ask_size: float | None = book.ask_sizes[0]
+    else:
+        ask_px = ask_size = None
+    return (_VALID, stale, bid_px, bid_size, ask_px, ask_size)
+
+
 class BookCore:
     """All books of one (venue, currency) partition. Pure and synchronous."""
 
@@ -119,6 +152,11 @@ class BookCore:
         self._fresh: OrderedDict[str, None] = OrderedDict()
         self._stale: set[str] = set()
         self._needs_resync: dict[str, None] = {}
+        # Keyframe cache: symbol -> (its header's event time, the rest of its TopOfBook as
+        # wire bytes), valid while the book is untouched; touched symbols since the last one.
+        self._keyframe_parts: dict[str, tuple[int, bytes]] = {}
+        self._touched: dict[str, None] = {}
+        self._keyframe_header = common_pb.EventHeader(source=SOURCE)
         self._stats = BookStats()
         # Header sequence of the last TopOfBook emitted; a runtime restoring state may set it.
         self.output_sequence = 0
@@ -142,6 +180,7 @@ class BookCore:
             else:
                 self._apply_other(event)
             return
+        self._touched[symbol] = None
         book = self._books.get(symbol)
         if book is None:
             book = self._new_book(symbol)
@@ -198,6 +237,7 @@ class BookCore:
         if not symbol:
             self._stats.rejected += 1
             return
+        self._touched[symbol] = None
         book = self._books.get(symbol)
         if book is None:
             book = self._new_book(symbol)
@@ -222,6 +262,7 @@ class BookCore:
         if not symbol:
             self._stats.rejected += 1
             return
+        self._touched[symbol] = None
         book = self._books.get(symbol)
         if book is None:
             book = self._new_book(symbol)
@@ -244,6 +285,7 @@ class BookCore:
         self._fresh.pop(symbol, None)
         self._stale.discard(symbol)
         self._needs_resync.pop(symbol, None)
+        self._keyframe_parts.pop(symbol, None)
         return True
 
     def _new_book(self, symbol: str) -> L2Book:
@@ -307,20 +349,7 @@ class BookCore:
             book = books.get(symbol)
             if book is None:
                 continue
-            if book.status is _VALID:
-                if book.bid_prices:
-                    bid_px: float | None = book.bid_prices[-1]
-                    bid_size: float | None = book.bid_sizes[-1]
-                else:
-                    bid_px = bid_size = None
-                if book.ask_prices:
-                    ask_px: float | None = book.ask_prices[0]
-                    ask_size: float | None = book.ask_sizes[0]
-                else:
-                    ask_px = ask_size = None
-                state: _TopState = (_VALID, symbol in stale, bid_px, bid_size, ask_px, ask_size)
-            else:
-                state = (book.status, False, None, None, None, None)
+            state = _top_state(book, symbol in stale)
             if not keyframe and emitted.get(symbol) == state:
                 continue
             emitted[symbol] = state
@@ -328,6 +357,71 @@ class BookCore:
         self._dirty = {}
         self._stats.emitted += len(changed)
         return changed
+
+    def keyframe_tops_bytes(self, now_ns: int) -> tuple[bytes, int]:
+        """Every book's TopOfBook, in first-seen order, as the wire bytes of a
+        TopOfBookBatch's `tops` field, and how many: byte for byte what
+        `tops_into(batch, now_ns, keyframe=True)` adds to a batch, with the same bookkeeping
+        (sequences, emitted states), re-encoding only the books touched since the previous
+        keyframe (module docstring)."""
+        self._mark_stale(now_ns)
+        parts = self._keyframe_parts
+        for symbol in self._touched:
+            parts.pop(symbol, None)
+        self._touched = {}
+        books = self._books
+        missing = [symbol for symbol in books if symbol not in parts]
+        if missing:
+            self._encode_bodies(missing)
+        header = self._keyframe_header
+        lengths = _LENGTHS
+        sequence = self.output_sequence
+        frames: list[bytes] = []
+        for symbol in books:
+            event_ns, body = parts[symbol]
+            sequence += 1
+            header.event_time_ns = event_ns
+            header.sequence = sequence
+            head = header.SerializeToString()
+            top = _TOP_HEADER_KEY + lengths[len(head)] + head + body
+            size = len(top)
+            frames.append(_BATCH_TOP_KEY + (lengths[size] if size < 16384 else varint(size)) + top)
+        self.output_sequence = sequence
+        self._dirty = {}
+        self._stats.emitted += len(frames)
+        return b"".join(frames), len(frames)
+
+    def _encode_bodies(self, symbols: list[str]) -> None:
+        """Cache the TopOfBook of each of `symbols` without its header: filled into one
+        scratch batch and serialised at once (one protobuf call, not one per top), then cut
+        at each top's frame. A touched book's state is recorded as emitted; an untouched
+        one's still is (nothing else changes it)."""
+        scratch = book_pb.TopOfBookBatch()
+        add = scratch.tops.add
+        books = self._books
+        stale = self._stale
+        emitted = self._emitted
+        for symbol in symbols:
+            book = books[symbol]
+            state = _top_state(book, symbol in stale)
+            emitted[symbol] = state
+            self._fill_body(add(), symbol, book, state)
+        data = scratch.SerializeToString()
+        parts = self._keyframe_parts
+        at = 0
+        for symbol in symbols:
+            at += 1  # the frame's key (field 4, length-delimited): one byte
+            size = 0
+            shift = 0
+            while True:
+                byte = data[at]
+                at += 1
+                size |= (byte & 0x7F) << shift
+                if byte < 0x80:
+                    break
+                shift += 7
+            parts[symbol] = (books[symbol].last_event_ns, data[at : at + size])
+            at += size
 
     def _fill(self, top: book_pb.TopOfBook, symbol: str, book: L2Book, state: _TopState) -> None:
         # Field-by-field assignment is ~2x faster than keyword construction (upb), and
@@ -337,6 +431,12 @@ class BookCore:
         header.event_time_ns = book.last_event_ns
         header.source = SOURCE
         header.sequence = self.output_sequence
+        self._fill_body(top, symbol, book, state)
+
+    def _fill_body(
+        self, top: book_pb.TopOfBook, symbol: str, book: L2Book, state: _TopState
+    ) -> None:
+        """Every field of `top` but its header."""
         top.symbol = symbol
         top.last_update_time_ns = book.last_change_ns
         status, stale, bid_px, bid_size, ask_px, ask_size = state
@@ -378,6 +478,7 @@ class BookCore:
             del fresh[symbol]
             self._stale.add(symbol)
             self._dirty[symbol] = None
+            self._touched[symbol] = None
             self._stats.stale_transitions += 1
 
     # -- inspection --------------------------------------------------------------------

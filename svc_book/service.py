@@ -71,6 +71,7 @@ from volstream.runtime import ServiceContext, durable_name, last_message, servic
 from volstream.subjects import parse_partition
 from volstream.v1 import book_pb2 as book_pb
 from volstream.v1 import market_data_pb2 as md_pb
+from volstream.wire import WIRE_VARINT, field_key
 
 log = logging.getLogger("svc_book")
 
@@ -82,6 +83,8 @@ RESYNC_INTERVAL_NS = 5_000_000_000
 YIELD_EVERY = 32
 
 _decode_batch = md_pb.MarketDataBatch.FromString
+# TopOfBookBatch.is_keyframe (field 5) = true, as protobuf writes it after the tops.
+_IS_KEYFRAME = field_key(5, WIRE_VARINT) + b"\x01"
 _BOOK_SUFFIX = ".book"
 
 
@@ -233,9 +236,15 @@ class BookStage:
         if core.tops_into(changed, clock.now_ns):
             outputs.append(self._output(state, state.subject, changed, msg))
         if clock.due():
-            every = self._batch(state, keyframe=True)
-            core.tops_into(every, clock.now_ns, keyframe=True)
-            outputs.append(self._output(state, state.keyframe_subject, every, msg))
+            # Assembled from the core's cached wire bytes of every top: a keyframe re-encodes
+            # only the books touched since the previous one (svc_book.core). Field order as
+            # protobuf writes it: header, venue, currency, tops, is_keyframe.
+            tops, _count = core.keyframe_tops_bytes(clock.now_ns)
+            head = self._batch(state, keyframe=False)
+            stamp_header(head.header, SOURCE, clock)
+            payload = head.SerializeToString() + tops + _IS_KEYFRAME
+            subject = state.keyframe_subject
+            outputs.append(Output(subject, payload, output_msg_id(SOURCE, subject, msg)))
 
     @staticmethod
     def _batch(state: PartitionState, keyframe: bool) -> book_pb.TopOfBookBatch:

@@ -187,6 +187,11 @@ def _add_history(sub: Any) -> None:
     )
     rp.add_argument("--replace", action="store_true", help="delete the namespace's streams first")
     rp.add_argument("--quiet", action="store_true", help="no progress line")
+    rp.add_argument(
+        "--workers",
+        type=int,
+        help="partition worker processes (default: one per core; 1: all in this process)",
+    )
     rp.add_argument("--nats", dest="nats_url", help="NATS URL (default: from <data-dir>/up.json)")
     rp.add_argument("--data-dir", type=Path, help="state directory of `up` (default .volstream)")
     rp.add_argument("--venues", help=f"comma list of venues ({','.join(KNOWN_VENUES)})")

@@ -218,3 +218,40 @@ def test_tops_into_a_batch_matches_tops() -> None:
         assert added == len(expected) and list(batch.tops) == expected
         assert batch.is_keyframe == keyframe
     assert plain.output_sequence == batched.output_sequence == 7  # 1+1+1+1, keyframe 3, 0
+
+
+def test_keyframe_bytes_reencode_only_touched_books() -> None:
+    core, twin = _core(stale_after_s=10), _core(stale_after_s=10)
+    events = [
+        snapshot("A", [(10.0, 1.0), (9.0, 2.0)], [(11.0, 3.0)], 5, 1 * S),
+        snapshot("B", [(20.0, 1.0)], [(21.0, 3.0)], 7, 1 * S),
+        reset("C", 1 * S),
+    ]
+    for event in events:
+        core.apply(event)
+        twin.apply(event)
+
+    def keyframe_pair(now_ns: int) -> None:
+        batch = book_pb.TopOfBookBatch()
+        count = twin.tops_into(batch, now_ns, keyframe=True)
+        batch.ClearField("is_keyframe")
+        assert core.keyframe_tops_bytes(now_ns) == (batch.SerializeToString(), count)
+
+    keyframe_pair(2 * S)
+    assert len(core._keyframe_parts) == 3
+    # A deep level (no new top, same event time): A is re-encoded, B and C come from cache.
+    for c in (core, twin):
+        c.apply(delta("A", [(9.0, 5.0)], [], 6, 5, 1 * S))
+    cached_b = core._keyframe_parts["B"]
+    keyframe_pair(3 * S)
+    assert core._keyframe_parts["B"] is cached_b
+    # Time alone makes A and B stale: both re-encoded with the flag.
+    keyframe_pair(20 * S)
+    stale = book_pb.TopOfBookBatch.FromString(core.keyframe_tops_bytes(21 * S)[0])
+    assert [t.stale for t in stale.tops] == [True, True, False]
+    twin.tops_into(book_pb.TopOfBookBatch(), 21 * S, keyframe=True)
+    # Delisted: gone from the keyframe and the cache.
+    for c in (core, twin):
+        c.apply(md_pb.MarketDataEvent(instrument_set=md_pb.InstrumentSet(delisted_symbols=["B"])))
+    keyframe_pair(22 * S)
+    assert "B" not in core._keyframe_parts and core.output_sequence == twin.output_sequence

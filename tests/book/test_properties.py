@@ -405,3 +405,60 @@ def test_no_exception_escapes_for_any_input(
     counted += s.not_valid + s.rejected + s.ignored
     book_events = sum(1 for event, _, _ in steps if event.WhichOneof("event") != "instrument_set")
     assert counted == book_events
+
+
+# -- keyframes from cached bytes ---------------------------------------------------------------
+
+small_pairs = st.lists(st.tuples(st.sampled_from(PRICES), st.sampled_from(SIZES)), max_size=3)
+
+
+@st.composite
+def book_event(draw: st.DrawFn) -> md_pb.MarketDataEvent:
+    """Well-formed events over three symbols whose sequences often continue (deltas apply,
+    deep and at the top), at times that repeat (a change keeps the book's event time)."""
+    symbol = draw(st.sampled_from(["A", "B", "C"]))
+    t = draw(st.integers(0, 12)) * 1_000
+    kind = draw(st.sampled_from(["snapshot", "delta", "delta", "delta", "reset", "delist"]))
+    if kind == "snapshot":
+        return snapshot(symbol, draw(small_pairs), draw(small_pairs), draw(st.integers(0, 3)), t)
+    if kind == "reset":
+        return reset(symbol, t)
+    if kind == "delist":
+        return md_pb.MarketDataEvent(
+            instrument_set=md_pb.InstrumentSet(venue="okx", delisted_symbols=[symbol])
+        )
+    seq = draw(st.integers(1, 4))
+    prev = draw(st.sampled_from([seq - 1, seq, seq - 2]))
+    return delta(symbol, draw(small_pairs), draw(small_pairs), seq, prev, t)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.tuples(book_event(), st.integers(0, 20), st.sampled_from(["", "tops", "keyframe"])),
+        max_size=40,
+    )
+)
+def test_keyframe_bytes_are_the_keyframe_batch_bytes(
+    steps: list[tuple[md_pb.MarketDataEvent, int, str]],
+) -> None:
+    """keyframe_tops_bytes (cached per untouched book) is byte for byte the `tops` of the
+    keyframe batch that tops_into builds, and leaves the same state behind: the next
+    publications of both cores are equal too."""
+    config = BookConfig(stale_after_ns=STALE_AFTER, depth_levels=DEPTH)
+    built, cached = BookCore("okx", "BTC", config), BookCore("okx", "BTC", config)
+    now = 0
+    for event, advance, action in steps:
+        now += advance * 500
+        built.apply(event)
+        cached.apply(event)
+        if action == "tops":
+            a, b = book_pb.TopOfBookBatch(), book_pb.TopOfBookBatch()
+            assert built.tops_into(a, now) == cached.tops_into(b, now)
+            assert a.SerializeToString() == b.SerializeToString()
+        elif action == "keyframe":
+            batch = book_pb.TopOfBookBatch()
+            count = built.tops_into(batch, now, keyframe=True)
+            batch.ClearField("is_keyframe")
+            assert cached.keyframe_tops_bytes(now) == (batch.SerializeToString(), count)
+        assert built.output_sequence == cached.output_sequence

@@ -54,6 +54,7 @@ class InProcessBus:
 
     ``stream_of(subject)`` names the stream a subject is stored in (None: not stored, e.g. a
     core-NATS control subject). ``on_publish`` sees every stored message, in order.
+    ``stages`` is fixed once messages flow (where a subject goes is remembered).
     """
 
     stages: list[LocalStage]
@@ -63,12 +64,21 @@ class InProcessBus:
     control_messages: int = 0
     _sequences: dict[str, int] = field(default_factory=dict)
     _queue: deque[Published] = field(default_factory=deque)
+    _routes: dict[tuple[str, str], list[tuple[LocalStage, StageInput]]] = field(
+        default_factory=dict
+    )
 
     async def publish(
-        self, subject: str, payload: bytes, headers: dict[str, str] | None = None
+        self,
+        subject: str,
+        payload: bytes,
+        headers: dict[str, str] | None = None,
+        stream_seq: int | None = None,
     ) -> None:
-        """Store a message and run every stage it reaches, transitively, before returning."""
-        self._store(subject, payload, headers)
+        """Store a message and run every stage it reaches, transitively, before returning.
+        ``stream_seq``: its position in its stream, when the caller numbers that stream (a
+        partition of a replay sees part of it, replay/parallel.py); later ones count on."""
+        self._store(subject, payload, headers, stream_seq=stream_seq)
         await self.drain()
 
     async def publish_many(self, messages: Iterable[tuple[str, bytes]]) -> None:
@@ -76,43 +86,58 @@ class InProcessBus:
             await self.publish(subject, payload)
 
     def _store(
-        self, subject: str, payload: bytes, headers: dict[str, str] | None, msg_id: str = ""
+        self,
+        subject: str,
+        payload: bytes,
+        headers: dict[str, str] | None,
+        msg_id: str = "",
+        stream_seq: int | None = None,
     ) -> None:
         stream = self.stream_of(subject)
         if stream is None:
             self.control_messages += 1
             return
-        seq = self._sequences.get(stream, 0) + 1
+        seq = self._sequences.get(stream, 0) + 1 if stream_seq is None else stream_seq
         self._sequences[stream] = seq
         message = Published(stream, seq, subject, payload, headers, msg_id)
         if self.on_publish is not None:
             self.on_publish(message)
         self._queue.append(message)
 
+    def _consumers(self, stream: str, subject: str) -> list[tuple[LocalStage, StageInput]]:
+        """The stage inputs a message reaches, in stage order (cached per subject: a
+        replay's subjects are few and its messages many)."""
+        key = (stream, subject)
+        found = self._routes.get(key)
+        if found is None:
+            found = self._routes[key] = [
+                (stage, spec)
+                for stage in self.stages
+                for spec in stage.inputs
+                if spec.stream == stream
+                and any(subject_matches(f, subject) for f in spec.filter_subjects)
+            ]
+        return found
+
     async def drain(self) -> None:
         queue = self._queue
         while queue:
             message = queue.popleft()
-            for stage in self.stages:
-                for spec in stage.inputs:
-                    if spec.stream != message.stream or not any(
-                        subject_matches(f, message.subject) for f in spec.filter_subjects
-                    ):
-                        continue
-                    meta = AckMetadata(message.stream, spec.durable, 1, message.stream_seq, 0, 0, 0)
-                    batch = [
-                        InMessage(
-                            message.subject,
-                            message.payload,
-                            message.headers,
-                            message.stream_seq,
-                            meta,
-                        )
-                    ]
-                    for out in await stage.handler.handle(batch):
-                        if out.headers and DLQ_REASON in out.headers:
-                            self.dead_letters.append(out)
-                        elif out.jetstream:
-                            self._store(out.subject, out.payload, out.headers, out.msg_id)
-                        else:
-                            self.control_messages += 1
+            for stage, spec in self._consumers(message.stream, message.subject):
+                meta = AckMetadata(message.stream, spec.durable, 1, message.stream_seq, 0, 0, 0)
+                batch = [
+                    InMessage(
+                        message.subject,
+                        message.payload,
+                        message.headers,
+                        message.stream_seq,
+                        meta,
+                    )
+                ]
+                for out in await stage.handler.handle(batch):
+                    if out.headers and DLQ_REASON in out.headers:
+                        self.dead_letters.append(out)
+                    elif out.jetstream:
+                        self._store(out.subject, out.payload, out.headers, out.msg_id)
+                    else:
+                        self.control_messages += 1
