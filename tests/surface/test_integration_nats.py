@@ -45,6 +45,12 @@ from volstream.bus.embedded import EmbeddedNats
 ALL = "all"
 MIN_DAYS = 7.0
 TARGET = 0.005  # half a vol point
+# A single venue's 25-delta risk reversal over 30 s: the difference of two wings of ~10
+# quotes each, on Binance with 2-vol half spreads and makers whose skews persist for longer
+# than the window, so it does not average down to the ATM's bar (it measured 0.2-0.72 vol
+# points on unchanged code). Its accuracy is bench_surface_accuracy's (issue 18); here a
+# venue's RR must stay within a vol point, the consolidated one within TARGET.
+VENUE_RR25_TARGET = 0.01
 # Seconds of once-a-second samples after every surface is complete and settled.
 ACCURACY_WINDOW_S = 30
 # Fits after every expiry is present: later fits see refreshed quotes on every strike.
@@ -159,7 +165,8 @@ async def test_sim_to_surfaces_over_nats(nats_server: EmbeddedNats) -> None:
                     f"{worst_key[0]} {worst_key[1]} {100 * mean_abs[worst_key]:.2f}; "
                     f"consolidated last sample max {100 * error(worst_all):.2f} vol points"
                 )
-                assert mean_abs[worst_key] <= TARGET, describe(samples[worst_key][-1])
+                venue_target = VENUE_RR25_TARGET if name == "rr25" else TARGET
+                assert mean_abs[worst_key] <= venue_target, describe(samples[worst_key][-1])
                 assert error(worst_all) <= TARGET, describe(worst_all)
     finally:
         await nc.close()

@@ -385,6 +385,9 @@ def test_switching_venue_currency_expiry_and_the_history_scrubber(
         tab.page.select_option(f"#pick-{picker}", value)
         tab.wait(f"location.hash.startsWith('#/smile/{venue}/{currency}')")
         tab.wait(chart_points("quotes used (bid–ask)", "smile-chart") + " > 0")
+        # The chart can still hold the previous pick's points while the new surface loads:
+        # the pick is shown once its expiry picker has a value.
+        tab.wait("document.getElementById('pick-expiry').value !== ''")
         expiry = tab.eval("document.getElementById('pick-expiry').value")
         check_smile(tab, up_dash, venue, currency, expiry)
     labels = [s.expiry_label for s in get_surface(up_dash, "all", "ETH").slices]
