@@ -25,7 +25,8 @@ For each consumed batch, in this order:
    whole batch, ``list[InMessage]``, unless the handler asks for smaller parts: below);
 2. every output of a part is published with its ``Nats-Msg-Id`` as soon as the part is
    handled (core-NATS outputs, e.g. control requests, with a plain publish);
-3. after the last part the publisher is flushed: all outputs are stored by JetStream;
+3. the publisher is flushed after each part (all its outputs stored by JetStream, so parts
+   are stored in order even when a publish is retried);
 4. only then the input batch is acknowledged.
 
 Publishing early. A handler may set ``publish_every = n``: the runner then hands it the batch
@@ -392,7 +393,10 @@ class StageRunner:
             outputs = await self._handler.handle(batch[start : start + every])
             await self._publish(outputs, trace_headers)
             self.outputs += len(outputs)
-        await self.publisher.flush(self._options.flush_timeout_s)
+            # Each part stored before the next is handled: a publish retried across a server
+            # restart is stored after those sent behind it (volstream.bus.publisher), so
+            # without this a later part's output could overtake an earlier one's.
+            await self.publisher.flush(self._options.flush_timeout_s)
         self.batches += 1
 
     async def _publish(self, outputs: list[Output], trace_headers: dict[str, str] | None) -> None:
