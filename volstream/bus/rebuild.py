@@ -9,6 +9,9 @@ the same handler, discarding the outputs: they were all stored before the floor 
 their input (the stage kit publishes and flushes before it acks). The durable then resumes
 at its floor as usual; outputs of inputs delivered but not acked before the crash are
 published again with the same msg-ids and dropped by the duplicate window (section 4).
+The stage kit then starts its per-input mark at the floor this rebuild read to, so that a
+later redelivery of an input the rebuild handled (a durable rewound below its floor) is
+skipped, not handled a second time (``volstream.bus.stage``, "Handled once").
 
 The durable itself is never moved backwards, so a crash during the rebuild finds the same
 floor and rebuilds the same way. The input is read with batched direct gets (nats-server

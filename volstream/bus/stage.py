@@ -40,6 +40,37 @@ here: section 3 of docs/architecture.md), may set it: then its outputs do not de
 the parts, and the in-process bus (one message per call) and the rebuild (a batch per
 call) still see the same ones.
 
+Handled once. The runner keeps, per input (stream and durable), the highest stream sequence
+it has handled: its *mark*. An input at or below the mark is not handed to the handler again
+but skipped, and acked with its batch: a durable rewound to an ack floor that lags behind
+what the stage handled (a leader change whose new leader has older consumer state, a lost
+ack, a gap on the wire; ``volstream.bus.consumer``), an ``ack_wait`` redelivery of a message
+still buffered, or the consumer's one-at-a-time retry of a batch whose first parts went
+through, would otherwise mutate the handler's state (books, chains, smiles, throttles) a
+second time, and the cuts, payloads and msg-ids after it would differ from an uninterrupted
+run's. Design:
+
+- the mark advances only after a part's outputs are published *and flushed*, so every
+  input at or below it has its outputs stored; skipping it loses nothing, and acking it (as
+  the consumer does with the batch) keeps the rule "ack only what is stored". A part handled
+  and flushed before a later part of the same batch raised is skipped when the batch comes
+  again; the part that raised is handled again (the handler raised: see below);
+- the mark starts at the durable's ack floor when the runner starts: everything at or below
+  it was acked, hence handled and stored, by this process's predecessors. Under ``rebuild``
+  the rebuild has just handled exactly those inputs into the state (``volstream.bus.rebuild``
+  reads to the same floor), so a later redelivery of them is skipped too;
+- inputs repeated inside one batch (the same stream sequence twice) are handled once;
+- a skipped input is never silent: counted in ``stage_inputs_skipped`` (reason
+  ``already_handled``, with stream and consumer) and logged at INFO once per run of
+  consecutive batches with skips, at DEBUG for the rest of the run;
+- stream sequences are per stream, and two durables on one stream are independent: the key
+  is (stream, durable). The mark lives in memory; a new process starts from the ack floor.
+
+What is still handled twice: the inputs of a part whose handler raised after changing its
+state, or whose outputs were not all stored (flush timeout or publish error), are handled
+again when redelivered: the runner cannot tell what the handler changed, and only handling
+again publishes the outputs. That is at-least-once, as below.
+
 A crash anywhere before 4 redelivers the batch: delivery is at-least-once and the duplicate
 outputs of a re-handled batch are dropped by JetStream's duplicate window, *provided output
 msg-ids are deterministic*. Every stage builds them with :func:`output_msg_id`:
@@ -76,6 +107,7 @@ from typing import Protocol
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
+from nats.js.errors import NotFoundError
 from opentelemetry.trace import Tracer
 
 from volstream.bus.consumer import InMessage, PullConsumer, in_message
@@ -109,6 +141,12 @@ __all__ = [
 ]
 
 log = logging.getLogger("volstream.bus")
+
+SKIPPED_ALREADY_HANDLED = "already_handled"
+
+# An input's key for its mark: stream sequences count per stream, and durables on one stream
+# deliver independently (module docstring, "Handled once").
+InputKey = tuple[str, str]
 
 
 @dataclass
@@ -238,6 +276,15 @@ def _publish_every(handler: StageHandler) -> int | None:
     return every if isinstance(every, int) and every > 0 else None
 
 
+async def _ack_floor(nc: Client, spec: StageInput) -> int:
+    """The stream sequence through which ``spec``'s durable has acked everything (0: none)."""
+    try:
+        info = await nc.jetstream().consumer_info(spec.stream, spec.durable)
+    except NotFoundError:
+        return 0
+    return int(info.ack_floor.stream_seq or 0) if info.ack_floor else 0
+
+
 def dead_letter_output(subjects: Subjects, service: str, msg: InMessage, reason: str) -> Output:
     """An output that dead-letters ``msg`` (original payload, reason in headers)."""
     svc = token(service)
@@ -320,6 +367,13 @@ class StageRunner:
         self._stopped = asyncio.Event()
         self.batches = 0
         self.outputs = 0
+        # Highest stream sequence handled with outputs stored, per (stream, durable).
+        self.marks: dict[InputKey, int] = {}
+        self.skipped = 0
+        self._skipped_metric = metrics.counter(
+            "stage_inputs_skipped", "consumed inputs not handed to the stage again, by reason"
+        )
+        self._skipping: set[InputKey] = set()  # inputs whose last batch had skips (logging)
 
     async def start(self) -> None:
         if self._started:
@@ -330,11 +384,16 @@ class StageRunner:
         for spec in self.inputs:
             if self._ensure_consumers:
                 await ensure_consumer(js, spec.consumer_spec())
+            key = (spec.stream, spec.durable)
             if self._rebuild:
                 async with self._lock:
                     stats = await rebuild_from_input(self._nc, spec, self._handler)
+                    # The rebuild handled everything up to the floor into the state.
+                    self._advance_mark(key, stats.through_seq)
                     if stats.partial and self._after_partial_rebuild is not None:
                         await self._after_partial_rebuild()
+            else:
+                self._advance_mark(key, await _ack_floor(self._nc, spec))
             consumer = PullConsumer(
                 self._nc,
                 spec.stream,
@@ -388,16 +447,76 @@ class StageRunner:
                 await self._handle(batch, inject_trace())
 
     async def _handle(self, batch: list[InMessage], trace_headers: dict[str, str] | None) -> None:
-        every = self._publish_every or len(batch) or 1
-        for start in range(0, max(len(batch), 1), every):
-            outputs = await self._handler.handle(batch[start : start + every])
+        fresh = self._not_yet_handled(batch)
+        every = self._publish_every or len(fresh) or 1
+        for start in range(0, len(fresh), every):
+            part = fresh[start : start + every]
+            outputs = await self._handler.handle(part)
             await self._publish(outputs, trace_headers)
             self.outputs += len(outputs)
             # Each part stored before the next is handled: a publish retried across a server
             # restart is stored after those sent behind it (volstream.bus.publisher), so
             # without this a later part's output could overtake an earlier one's.
             await self.publisher.flush(self._options.flush_timeout_s)
+            # Stored: from here a redelivery of the part is skipped, not handled again.
+            for msg in part:
+                self._advance_mark((msg.metadata.stream, msg.metadata.consumer), msg.stream_seq)
         self.batches += 1
+
+    def _advance_mark(self, key: InputKey, stream_seq: int) -> None:
+        if stream_seq > self.marks.get(key, 0):
+            self.marks[key] = stream_seq
+
+    def _not_yet_handled(self, batch: list[InMessage]) -> list[InMessage]:
+        """``batch`` without the inputs handled already (at or below their input's mark, or
+        repeated in the batch); those are counted and logged (module docstring)."""
+        marks = self.marks
+        fresh: list[InMessage] = []
+        # Per input: its mark, and the highest sequence kept so far in this batch. Deliveries
+        # come in stream order, so the common case is one comparison per message.
+        floors: dict[InputKey, tuple[int, int]] = {}
+        skipped: dict[InputKey, list[int]] = {}
+        for msg in batch:
+            meta = msg.metadata
+            key = (meta.stream, meta.consumer)
+            seq = msg.stream_seq
+            mark, top = floors.get(key) or (marks.get(key, 0),) * 2
+            if seq > top:
+                floors[key] = (mark, seq)
+                fresh.append(msg)
+            elif seq <= mark or any(
+                m.stream_seq == seq and m.metadata[:2] == key for m in fresh
+            ):  # handled before, or already kept in this batch
+                skipped.setdefault(key, []).append(seq)
+            else:  # out of order but new: kept (not expected from a sole client)
+                fresh.append(msg)
+        for key in floors.keys() - skipped.keys():
+            self._skipping.discard(key)
+        for key, seqs in skipped.items():
+            self._report_skipped(key, seqs)
+        return fresh
+
+    def _report_skipped(self, key: InputKey, seqs: list[int]) -> None:
+        stream, durable = key
+        self.skipped += len(seqs)
+        self._skipped_metric.add(
+            len(seqs), {"reason": SKIPPED_ALREADY_HANDLED, "stream": stream, "consumer": durable}
+        )
+        # INFO for the first batch of a run of batches with skips (one rewind), DEBUG after.
+        level = logging.DEBUG if key in self._skipping else logging.INFO
+        self._skipping.add(key)
+        log.log(
+            level,
+            "stage %s: %d input(s) of %s.%s already handled (stream seqs %d..%d, handled "
+            "through %d): acked, not handled again",
+            self.service,
+            len(seqs),
+            stream,
+            durable,
+            min(seqs),
+            max(seqs),
+            self.marks.get(key, 0),
+        )
 
     async def _publish(self, outputs: list[Output], trace_headers: dict[str, str] | None) -> None:
         """Publish without waiting for the acks (the flush before the batch's ack waits)."""
