@@ -646,11 +646,25 @@ class _HoldCandidate(NamedTuple):
     new: SelectedQuotes
     params: RawSvi
     dropped: BoolArray  # the quotes ref left out as outliers
+    fresh: BoolArray  # quotes used now that the held fit did not see
+
+
+def _max_changed(n_used: int) -> int:
+    """How many quotes may come or go while a slice is held: a few at the edges of a
+    selection flicker on every venue (a far wing's price at the minimum tick with no IV,
+    the at-the-money strike's call and put swapping as the forward crosses it)."""
+    return max(_HOLD_MIN_CHANGED, int(_HOLD_CHANGED_SHARE * n_used))
+
+
+_HOLD_MIN_CHANGED = 2
+_HOLD_CHANGED_SHARE = 0.2
+# The share of a held slice's weight its quotes past their half spread may carry.
+_HOLD_LOUD_SHARE = 0.1
 
 
 def _hold_candidate(w: _Working, cfg: SurfaceConfig, now_ns: int) -> _HoldCandidate | None:
-    """The slice may be held: a fit not older than hold_max_s, and the same quotes (none
-    came or went) as that fit's."""
+    """The slice may be held: a fit not older than hold_max_s, and the same quotes as that
+    fit's but for a few that came or went (_max_changed)."""
     cache = w.job.cache
     if cfg.hold_max_s <= 0.0 or cache is None or cache.fitted_to is None:
         return None
@@ -662,9 +676,11 @@ def _hold_candidate(w: _Working, cfg: SurfaceConfig, now_ns: int) -> _HoldCandid
     if new.symbol != ref.symbol or new.venue != ref.venue:
         return None
     dropped = ref.drop_reason == surface_pb.DROP_REASON_OUTLIER
-    if not np.array_equal(new.used, ref.used | dropped) or not new.used.any():
+    seen = ref.used | dropped
+    changed = int(np.count_nonzero(new.used != seen))
+    if changed > _max_changed(int(np.count_nonzero(seen))) or not (new.used & seen).any():
         return None
-    return _HoldCandidate(ref, new, cache.fit.params, dropped)
+    return _HoldCandidate(ref, new, cache.fit.params, dropped, new.used & ~seen)
 
 
 def _held_selections(
@@ -675,7 +691,9 @@ def _held_selections(
     slice must be refitted (docs/quant.md section 6). Moves are measured against the fit
     (each quote's bid, ask and mid minus the fitted vol at its own k and T), so a forward
     move that carries the quotes along the smile is no move; a quote's noise is its half
-    spread. The arithmetic runs once over every candidate slice's quotes."""
+    spread. A quote that came in since counts as quiet when the fit passes inside its
+    bid/ask band, and it is left out of the mean moves; one that went adds nothing. The
+    arithmetic runs once over every candidate slice's quotes."""
     out: list[SelectedQuotes | None] = [None] * len(ws)
     found = [(i, c) for i, w in enumerate(ws) if (c := _hold_candidate(w, cfg, now_ns)) is not None]
     if not found:
@@ -695,28 +713,48 @@ def _held_selections(
     k_ref, k_new = column(lambda q: q.k, False), column(lambda q: q.k, True)
     t_ref = np.repeat(np.array([c.ref.t for _, c in found]), sizes)
     t_new = np.repeat(np.array([c.new.t for _, c in found]), sizes)
+    fresh = np.concatenate([c.fresh[u] for (_, c), u in zip(found, used, strict=True)])
+    seen = ~fresh
+    bid_new, ask_new = column(lambda q: q.bid_iv, True), column(lambda q: q.ask_iv, True)
     with np.errstate(invalid="ignore"):
-        fit_move = np.sqrt(_svi_w(p, k_new) / t_new) - np.sqrt(_svi_w(p, k_ref) / t_ref)
+        fit_new = np.sqrt(_svi_w(p, k_new) / t_new)
+        fit_move = fit_new - np.sqrt(_svi_w(p, k_ref) / t_ref)
         half = 0.5 * (column(lambda q: q.ask_iv, False) - column(lambda q: q.bid_iv, False))
-        moved_bid = column(lambda q: q.bid_iv, True) - column(lambda q: q.bid_iv, False) - fit_move
-        moved_ask = column(lambda q: q.ask_iv, True) - column(lambda q: q.ask_iv, False) - fit_move
-        # NaN anywhere fails the comparison: refit.
-        quiet = (np.abs(moved_bid) <= half) & (np.abs(moved_ask) <= half)
+        moved_bid = bid_new - column(lambda q: q.bid_iv, False) - fit_move
+        moved_ask = ask_new - column(lambda q: q.ask_iv, False) - fit_move
+        # NaN anywhere fails the comparisons: refit.
+        inside = (bid_new <= fit_new) & (fit_new <= ask_new)
+        moved = np.maximum(np.abs(moved_bid), np.abs(moved_ask))
+        quiet = np.where(fresh, inside, moved <= half)
+        # Beyond its whole spread (or a new quote the fit misses): never noise.
+        wild = np.where(fresh, ~inside, ~(moved <= 2.0 * half))
+        half = np.where(seen, half, 0.0)
     moved_mid = column(lambda q: q.mid_iv, True) - column(lambda q: q.mid_iv, False) - fit_move
+    moved_mid = np.where(seen, moved_mid, 0.0)
     # The weighted mean move of the mids over all quotes, the puts and the calls.
-    weight = column(lambda q: q.weight, False)
+    weight_now = column(lambda q: q.weight, True)
+    weight = np.where(seen, column(lambda q: q.weight, False), 0.0)
     on_put = weight * (k_new < 0.0)
     sides = np.stack((weight, on_put, weight - on_put))
     sums = np.add.reduceat(
         np.concatenate(
-            (sides, sides * moved_mid, sides * sides * (half * half), (~quiet)[None, :])
+            (
+                sides,
+                sides * moved_mid,
+                sides * sides * (half * half),
+                np.stack((wild, weight_now * ~quiet, weight_now)),
+            )
         ),
         starts,
         axis=1,
     )
-    total, shift, noise2, loud = sums[:3], np.abs(sums[3:6]), sums[6:9], sums[9]
+    total, shift, noise2 = sums[:3], np.abs(sums[3:6]), sums[6:9]
+    n_wild, loud_weight, weight_sum = sums[9], sums[10], sums[11]
     within = (shift <= cfg.hold_z * np.sqrt(noise2)) | (total <= 0.0)
-    hold = np.all(within, axis=0) & (loud == 0.0)
+    # A few quotes past their half spread (within their whole one) are the noise the
+    # smoothing averages away, as long as the mean moves stay within their errors and
+    # they carry little of the slice's weight (their leverage on the fit).
+    hold = np.all(within, axis=0) & (n_wild == 0.0) & (loud_weight <= _HOLD_LOUD_SHARE * weight_sum)
     for (i, c), ok in zip(found, hold.tolist(), strict=True):
         if ok:
             flags = c.dropped[c.new.used]
@@ -896,18 +934,28 @@ def _order_wings(fitted: list[_Working], cfg: SurfaceConfig, now_ns: int) -> Non
             cap = WingCaps(min(old.put, max(put, 0.0)), min(old.call, max(call, 0.0)))
             if i not in caps and cache is not None and cache.capped is not None:
                 free = wing_slopes(w.fit.params) if w.fit is not None else own
-                if _close(cache.capped.caps, cap, free):
-                    # Last revision's caps still hold: their fit is at hand (the slice
-                    # unchanged), or came with the free fits.
-                    done = w.speculative
-                    kept: CappedFit | None = None
-                    if (w.reused or w.held) and cache.capped.fingerprint == w.fit_fingerprint():
-                        kept = cache.capped
-                    elif done is not None and done[0] is w.selected:
-                        kept = CappedFit(cache.capped.caps, first[i], done[1], w.fingerprint)
-                    if kept is not None:
-                        w.capped, caps[i], reused = kept, cache.capped.caps, True
-                        continue
+                # Last revision's caps, fitted to these quotes: at hand when the slice is
+                # unchanged, or made with the free fits (speculative).
+                done = w.speculative
+                at_hand: CappedFit | None = None
+                if (w.reused or w.held) and cache.capped.fingerprint == w.fit_fingerprint():
+                    at_hand = cache.capped
+                elif done is not None and done[0] is w.selected:
+                    at_hand = CappedFit(cache.capped.caps, first[i], done[1], w.fingerprint)
+                # They still hold when the fresh estimate agrees, or when their fit
+                # clears the crossing outside the quotes and they are not tighter than
+                # the estimate needs (the estimate is first order: judging the fit
+                # itself saves a refit on most revisions, docs/quant.md section 4).
+                if at_hand is not None and (
+                    _close(cache.capped.caps, cap, free)
+                    or (
+                        _not_too_tight(cache.capped.caps, cap, free)
+                        and _clears(at_hand.fit.params, totals[i + 1], grid, outside)
+                        and _atm_within_quotes(w, at_hand.fit.params, cfg)
+                    )
+                ):
+                    w.capped, caps[i], reused = at_hand, cache.capped.caps, True
+                    continue
             caps[i] = cap
             todo.append((w, cap))
         if not todo:
@@ -946,6 +994,26 @@ def _close(last: WingCaps, fresh: WingCaps, free: WingCaps) -> bool:
         elif not b * (1.0 - _CAP_KEEP_LOOSER) <= a <= b * (1.0 + _CAP_KEEP_TIGHTER):
             return False
     return True
+
+
+def _not_too_tight(last: WingCaps, fresh: WingCaps, free: WingCaps) -> bool:
+    """_close's lower half: last revision's caps flatten no wing by more than the keep
+    window beyond what the fresh estimate asks (nor one that needs no cap)."""
+    for a, b, own in ((last.put, fresh.put, free.put), (last.call, fresh.call, free.call)):
+        if math.isinf(b):
+            if not a >= own:
+                return False
+        elif not b * (1.0 - _CAP_KEEP_LOOSER) <= a:
+            return False
+    return True
+
+
+def _clears(p: RawSvi, later: Array, grid: Array, outside: BoolArray) -> bool:
+    """A slice's total variance stays below the later slice's (totals on grid) wherever
+    it lies outside its own quotes, by _order_wings' margin."""
+    row = np.array([tuple(p)], dtype=np.float64)
+    mine = _svi_w(np.repeat(row, int(outside.sum()), axis=0), grid[outside])
+    return bool(np.all(mine <= later[outside] * (1.0 - _WING_MARGIN)))
 
 
 def _corrected(fresh: float, last_first: float, last_settled: float) -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import pickle
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
@@ -199,6 +200,86 @@ def test_a_slice_whose_quotes_stay_within_their_noise_keeps_its_fit() -> None:
     assert [raw_of(s) for s in held.slices] == [raw_of(s) for s in settled.slices]
     late = revision(0.011, LATER + 10 * second_s)
     assert all(raw_of(a) != raw_of(b) for a, b in zip(settled.slices, late.slices, strict=True))
+
+
+def _settled_core() -> tuple[SurfaceCore, list[iv_pb.Smile], surface_pb.Surface, int]:
+    """A core whose last fit was made with a smoothing prior (so it may be held): the
+    smiles, that fit and its event time."""
+    smiles = truth_smiles(truth_surface([7, 30, 90]), seed=3)
+    core = SurfaceCore("deribit", "BTC", SurfaceConfig(hold_max_s=5.0))
+    for smile in smiles:
+        core.on_smile(smile)
+    assert core.fit(LATER) is not None
+    at = LATER + 1_000_000_000
+    for smile in shifted(smiles, 0.0005, at - NOW_NS):
+        core.on_smile(smile)
+    settled = core.fit(at + 1)
+    assert settled is not None
+    return core, smiles, settled, at
+
+
+def _revise(
+    core: SurfaceCore,
+    smiles: list[iv_pb.Smile],
+    at_ns: int,
+    edit: Callable[[iv_pb.SmileQuote], None],
+) -> surface_pb.Surface:
+    """The smiles as settled, `at_ns`, with `edit` applied to one mid-wing quote of each."""
+    for smile in shifted(smiles, 0.0005, at_ns - NOW_NS):
+        edit(smile.quotes[len(smile.quotes) // 4])
+        core.on_smile(smile)
+    surface = core.fit(at_ns + 1)
+    assert surface is not None
+    return surface
+
+
+def test_a_quote_that_comes_or_goes_within_the_fit_keeps_it_held() -> None:
+    core, smiles, settled, at = _settled_core()
+    second_s = 1_000_000_000
+
+    def no_iv(q: iv_pb.SmileQuote) -> None:
+        q.bid_iv = math.nan  # the venue's price with no IV (e.g. at the minimum tick)
+
+    gone = _revise(core, smiles, at + second_s, no_iv)
+    assert [raw_of(s) for s in gone.slices] == [raw_of(s) for s in settled.slices]
+    back = _revise(core, smiles, at + 2 * second_s, lambda q: None)
+    assert [raw_of(s) for s in back.slices] == [raw_of(s) for s in settled.slices]
+
+
+def test_a_new_quote_the_fit_misses_is_refitted() -> None:
+    core, smiles, settled, at = _settled_core()
+    second_s = 1_000_000_000
+
+    def no_iv(q: iv_pb.SmileQuote) -> None:
+        q.bid_iv = math.nan
+
+    _revise(core, smiles, at + second_s, no_iv)
+
+    def back_far_off(q: iv_pb.SmileQuote) -> None:
+        spread = q.ask_iv - q.bid_iv
+        q.bid_iv, q.mid_iv, q.ask_iv = (
+            q.bid_iv + 2 * spread,
+            q.mid_iv + 2 * spread,
+            q.ask_iv + 2 * spread,
+        )
+
+    moved = _revise(core, smiles, at + 2 * second_s, back_far_off)
+    assert all(raw_of(a) != raw_of(b) for a, b in zip(settled.slices, moved.slices, strict=True))
+
+
+@pytest.mark.parametrize(("spreads", "held"), [(0.75, True), (3.0, False)])
+def test_one_quote_moving_within_its_spread_is_noise_beyond_it_a_refit(
+    spreads: float, held: bool
+) -> None:
+    core, smiles, settled, at = _settled_core()
+
+    def moved(q: iv_pb.SmileQuote) -> None:
+        d = spreads * (q.ask_iv - q.bid_iv)
+        q.bid_iv, q.mid_iv, q.ask_iv = q.bid_iv + d, q.mid_iv + d, q.ask_iv + d
+
+    after = _revise(core, smiles, at + 1_000_000_000, moved)
+    same = [raw_of(a) == raw_of(b) for a, b in zip(settled.slices, after.slices, strict=True)]
+    assert same == [held] * len(same)
 
 
 def test_tenor_nodes_encoded_at_once_equal_nodes_added_one_by_one() -> None:
