@@ -871,6 +871,8 @@ _WING_AIM = 1e-2
 # Later rounds cut past the linear estimate by these factors (the refit's other
 # parameters take some of a cut back).
 _CUT_FACTORS = (1.0, 1.5, 2.0)
+# Deeper cuts fitted beside each round's estimate (multiples of it).
+_CUT_LADDER = (1.5, 2.25)
 
 
 def _order_wings(fitted: list[_Working], cfg: SurfaceConfig, now_ns: int) -> None:
@@ -901,7 +903,7 @@ def _order_wings(fitted: list[_Working], cfg: SurfaceConfig, now_ns: int) -> Non
         totals = _svi_w(np.repeat(rows, grid.size, axis=0), np.tile(grid, len(params)))
         totals = totals.reshape(len(params), grid.size)
         room = totals[1:] * (1.0 - _WING_MARGIN) - totals[:-1]
-        todo: list[tuple[_Working, WingCaps]] = []
+        todo: list[_CapTodo] = []
         reused = False
         for i in np.flatnonzero(np.any(room < 0.0, axis=1)).tolist():
             w, p = fitted[i], params[i]
@@ -919,19 +921,13 @@ def _order_wings(fitted: list[_Working], cfg: SurfaceConfig, now_ns: int) -> Non
             own, later = wing_slopes(p), wing_slopes(params[i + 1])
             put_cut = float(np.max(cut * left, initial=0.0))
             call_cut = float(np.max(cut * ~left, initial=0.0))
-            put = own.put - put_cut if put_cut > 0.0 else math.inf
-            call = own.call - call_cut if call_cut > 0.0 else math.inf
             cache = w.job.cache
-            if i not in caps:
-                put = max(put, min(later.put, own.put))
-                call = max(call, min(later.call, own.call))
-                first[i] = WingCaps(put, call)
-                if cache is not None and cache.capped is not None:
-                    last = cache.capped
-                    put = _corrected(put, last.first.put, last.caps.put)
-                    call = _corrected(call, last.first.call, last.caps.call)
             old = caps.get(i, WingCaps(math.inf, math.inf))
-            cap = WingCaps(min(old.put, max(put, 0.0)), min(old.call, max(call, 0.0)))
+            cuts = _Cuts(own, later, put_cut, call_cut, i not in caps, old)
+            last_capped = cache.capped if cache is not None else None
+            cap, estimate = _caps_for(cuts, 1.0, last_capped)
+            if i not in caps:
+                first[i] = estimate
             if i not in caps and cache is not None and cache.capped is not None:
                 free = wing_slopes(w.fit.params) if w.fit is not None else own
                 # Last revision's caps, fitted to these quotes: at hand when the slice is
@@ -956,25 +952,94 @@ def _order_wings(fitted: list[_Working], cfg: SurfaceConfig, now_ns: int) -> Non
                 ):
                     w.capped, caps[i], reused = at_hand, cache.capped.caps, True
                     continue
-            caps[i] = cap
-            todo.append((w, cap))
+            # The cut is a first-order estimate (the refit's other parameters take part of
+            # it back): deeper cuts are fitted in the same batch (rows cost little next
+            # to passes), and the shallowest that clears the crossing is taken.
+            ladder = [cap]
+            for scale in _CUT_LADDER:
+                deeper = _caps_for(cuts, scale, last_capped)[0]
+                if deeper != ladder[-1]:
+                    ladder.append(deeper)
+            todo.append(_CapTodo(w, i, ladder, totals[i + 1], outside))
         if not todo:
             if reused:
                 continue  # the next round checks the reused fits
             return
-        for w, _ in todo:
-            if w.held and w.prior is None:
+        for item in todo:
+            if item.w.held and item.w.prior is None:
                 # Fitted under caps now: its new quotes, smoothed like a refit's.
-                w.prior = _prior(w, now_ns, cfg.smoothing_half_life_s)
-        base = [_cap_start(w) for w, _ in todo]
-        refits = fit_svi_slices([w.data() for w, _ in todo], base, cfg.fit, [c for _, c in todo])
-        for (w, cap), f in zip(todo, refits, strict=True):
-            if _atm_within_quotes(w, f.params, cfg):
+                item.w.prior = _prior(item.w, now_ns, cfg.smoothing_half_life_s)
+        jobs = [(item.w, cap) for item in todo for cap in item.ladder]
+        refits = iter(
+            fit_svi_slices(
+                [w.data() for w, _ in jobs],
+                [_cap_start(w) for w, _ in jobs],
+                cfg.fit,
+                [cap for _, cap in jobs],
+            )
+        )
+        tried = {item.i: [(cap, next(refits)) for cap in item.ladder] for item in todo}
+        # Latest expiry first: a slice is judged against the later one as it now stands.
+        now_later: dict[int, Array] = {}
+        for item in sorted(todo, key=lambda item: -item.i):
+            later_w = now_later.get(item.i + 1, item.later)
+            cap, f = next(
+                (
+                    (cap, f)
+                    for cap, f in tried[item.i]
+                    if _clears(f.params, later_w, grid, item.outside)
+                ),
+                tried[item.i][-1],
+            )
+            now_later[item.i] = _grid_w(f.params, grid)
+            caps[item.i] = cap
+            if _atm_within_quotes(item.w, f.params, cfg):
                 # A held slice's capped fit goes with the fit it holds (kept while held).
-                w.capped = CappedFit(cap, first[fitted.index(w)], f, w.fit_fingerprint())
+                item.w.capped = CappedFit(cap, first[item.i], f, item.w.fit_fingerprint())
             else:
-                w.capped = None  # the repair's, with its own rules
-                refused.add(fitted.index(w))
+                item.w.capped = None  # the repair's, with its own rules
+                refused.add(item.i)
+
+
+class _Cuts(NamedTuple):
+    """One slice's wing cuts in a round of _order_wings."""
+
+    own: WingCaps  # its wing slopes
+    later: WingCaps  # the later slice's
+    put: float  # how far to lower each slope (0: that wing does not cross)
+    call: float
+    first: bool  # the slice's first round (no caps yet)
+    old: WingCaps  # its caps so far
+
+
+def _caps_for(cuts: _Cuts, scale: float, last: CappedFit | None) -> tuple[WingCaps, WingCaps]:
+    """(the caps for the cuts times scale, the first estimate before its correction).
+    A first round's caps are not below the later slice's slopes (where the wings stop
+    diverging) and are corrected by how last revision's estimate undershot (last)."""
+    own, later = cuts.own, cuts.later
+    put = own.put - scale * cuts.put if cuts.put > 0.0 else math.inf
+    call = own.call - scale * cuts.call if cuts.call > 0.0 else math.inf
+    estimate = WingCaps(put, call)
+    if cuts.first:
+        put = max(put, min(later.put, own.put))
+        call = max(call, min(later.call, own.call))
+        estimate = WingCaps(put, call)
+        if last is not None:
+            put = _corrected(put, last.first.put, last.caps.put)
+            call = _corrected(call, last.first.call, last.caps.call)
+    old = cuts.old
+    return WingCaps(min(old.put, max(put, 0.0)), min(old.call, max(call, 0.0))), estimate
+
+
+class _CapTodo(NamedTuple):
+    """A slice to refit under caps: the caps to try (shallowest first), the later slice's
+    total variance on the grid and where the grid lies outside the slice's quotes."""
+
+    w: _Working
+    i: int
+    ladder: list[WingCaps]
+    later: Array
+    outside: BoolArray
 
 
 # Last revision's caps are kept while the fresh estimate is at most this much tighter
@@ -1008,12 +1073,16 @@ def _not_too_tight(last: WingCaps, fresh: WingCaps, free: WingCaps) -> bool:
     return True
 
 
+def _grid_w(p: RawSvi, grid: Array) -> Array:
+    """A slice's total variance on the grid."""
+    return _svi_w(np.repeat(np.array([tuple(p)], dtype=np.float64), grid.size, axis=0), grid)
+
+
 def _clears(p: RawSvi, later: Array, grid: Array, outside: BoolArray) -> bool:
     """A slice's total variance stays below the later slice's (totals on grid) wherever
     it lies outside its own quotes, by _order_wings' margin."""
-    row = np.array([tuple(p)], dtype=np.float64)
-    mine = _svi_w(np.repeat(row, int(outside.sum()), axis=0), grid[outside])
-    return bool(np.all(mine <= later[outside] * (1.0 - _WING_MARGIN)))
+    mine = _grid_w(p, grid)
+    return bool(np.all(mine[outside] <= later[outside] * (1.0 - _WING_MARGIN)))
 
 
 def _corrected(fresh: float, last_first: float, last_settled: float) -> float:
