@@ -760,14 +760,18 @@ async def wait_endpoints(system: System, timeout_s: float = 120.0) -> None:
     """Until the simulator and every service's metrics endpoint answer."""
     deadline = time.monotonic() + timeout_s
     while True:
+        waiting = "the simulator"
         try:
             await system.sim_get("/control/health")
             for service in system.metrics_ports:
+                waiting = f"{service}'s metrics endpoint"
                 await system.metrics(service)
             return
-        except aiohttp.ClientError:
+        except aiohttp.ClientError as exc:
             if time.monotonic() > deadline:
-                raise
+                log = system.up.log()[-4000:]
+                message = f"{waiting} did not answer in {timeout_s:.0f} s ({exc})"
+                raise RuntimeError(f"{message}\n{log}") from exc
             await asyncio.sleep(0.5)
 
 
