@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import hashlib
 import importlib
+import itertools
 import pickle
 import sys
 from collections.abc import Awaitable, Callable
@@ -132,8 +133,9 @@ def replay(venue: str, recording: dict[str, Any], hot_path: bool) -> tuple[str, 
         ConnectorConfig(currencies=("BTC", "ETH")), MemorySink()
     )
     instruments = [md_pb.Instrument.FromString(b) for b in recording["instruments"]]
-    # The connector's shared header-sequence counter, from 1 instead of the wall clock.
-    connector._sequence = 0
+    # The connector's shared header-sequence counter, from 1 instead of the wall clock (an
+    # instance attribute: it stands in for an older checkout's next_sequence method too).
+    connector.next_sequence = itertools.count(1).__next__
     sessions: dict[str, Any] = {}
     events_hash = hashlib.sha256()
     other_hash = hashlib.sha256()

@@ -169,8 +169,8 @@ class _FrameCounts(Counter[str]):
 
     __slots__ = ()
 
-    def __init__(self) -> None:
-        pass
+    # dict's own (C) __init__: with no arguments it does nothing, without a Python frame.
+    __init__ = dict.__init__
 
 
 @dataclass(slots=True, init=False)
