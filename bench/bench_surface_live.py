@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import json
 import os
+import pickle
 import statistics
 import subprocess
 import sys
@@ -38,23 +39,6 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent.parent
-
-
-def _read(path: Path) -> list[tuple[str, bytes]]:
-    """bench.golden_stages records (kept here: the worker may run another tree's code)."""
-    import struct
-
-    head = struct.Struct("<II")
-    data = path.read_bytes()
-    out, at = [], 0
-    while at < len(data):
-        n_subject, n_payload = head.unpack_from(data, at)
-        at += head.size
-        subject = data[at : at + n_subject].decode()
-        at += n_subject
-        out.append((subject, data[at : at + n_payload]))
-        at += n_payload
-    return out
 
 
 def worker(iv_path: Path) -> dict[str, float]:
@@ -69,7 +53,9 @@ def worker(iv_path: Path) -> dict[str, float]:
 
     with contextlib.suppress(AttributeError, OSError):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-    records = _read(iv_path)
+    # A pickle, not bench.golden_stages' records: the worker may run another tree's code.
+    with iv_path.open("rb") as f:
+        records: list[tuple[str, bytes]] = pickle.load(f)
     venues = sorted({s.split(".")[1] for s, _ in records})
     currencies = sorted({s.split(".")[2].upper() for s, _ in records})
     cfg = Config(venues=tuple(venues), currencies=tuple(currencies))
@@ -112,7 +98,7 @@ def worker(iv_path: Path) -> dict[str, float]:
 
 def derive_iv(md_path: Path, iv_path: Path) -> int:
     """This checkout's book and IV stages over the MD recording: the IV messages, in order."""
-    from bench.golden_stages import CURRENCIES, VENUES, read_records, write_records
+    from bench.golden_stages import CURRENCIES, VENUES, read_records
     from replay.stages import ReplayEnv, close_stages, local_stages
     from volstream.bus.inprocess import InProcessBus, Published
     from volstream.config import Config
@@ -137,7 +123,8 @@ def derive_iv(md_path: Path, iv_path: Path) -> int:
         await close_stages(stages)
 
     asyncio.run(run())
-    write_records(iv_path, out)
+    with iv_path.open("wb") as f:
+        pickle.dump(out, f, protocol=pickle.HIGHEST_PROTOCOL)
     return len(out)
 
 

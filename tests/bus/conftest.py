@@ -12,6 +12,7 @@ from nats.aio.client import Client
 
 from volstream.bus.connection import connect
 from volstream.bus.embedded import EmbeddedNats, free_port
+from volstream.bus.stage import InMessage, Output, output_msg_id
 from volstream.bus.streams import StreamSpec, ensure_streams
 
 
@@ -31,6 +32,24 @@ def restartable_server(tmp_path: Path) -> Iterator[EmbeddedNats]:
         yield server
     finally:
         server.stop()
+
+
+class RunningSum:
+    """A stateful stage: each input (an integer) out as the sum of every input so far;
+    remembers the stream sequences it handled."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.handled: list[int] = []
+
+    async def handle(self, batch: list[InMessage]) -> list[Output]:
+        outputs = []
+        for msg in batch:
+            self.handled.append(msg.stream_seq)
+            self.total += int(msg.data)
+            payload = str(self.total).encode()
+            outputs.append(Output("out.sum", payload, output_msg_id("sum", "out.sum", msg)))
+        return outputs
 
 
 def small_stream(name: str, subjects: tuple[str, ...], dup_window_s: float = 60.0) -> StreamSpec:

@@ -10,29 +10,11 @@ from nats.aio.client import Client
 from volstream.bus.embedded import EmbeddedNats
 from volstream.bus.publisher import JetStreamPublisher
 from volstream.bus.rebuild import direct_batch, rebuild_from_input
-from volstream.bus.stage import InMessage, Output, StageInput, StageRunner, output_msg_id
+from volstream.bus.stage import StageInput, StageRunner
 from volstream.subjects import Subjects
 from volstream.telemetry import setup_telemetry
 
-from .conftest import make_stream
-
-
-class RunningSum:
-    """A stateful stage: each input (an integer) out as the sum of every input so far."""
-
-    def __init__(self) -> None:
-        self.total = 0
-        self.handled: list[int] = []
-
-    async def handle(self, batch: list[InMessage]) -> list[Output]:
-        outputs = []
-        for msg in batch:
-            self.handled.append(msg.stream_seq)
-            self.total += int(msg.data)
-            payload = str(self.total).encode()
-            outputs.append(Output("out.sum", payload, output_msg_id("sum", "out.sum", msg)))
-        return outputs
-
+from .conftest import RunningSum, make_stream
 
 INPUT = StageInput("IN", "sum-all", ["in.mine"])
 

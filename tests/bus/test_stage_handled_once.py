@@ -21,31 +21,13 @@ from volstream.bus.stage import (
     Output,
     StageInput,
     StageRunner,
-    output_msg_id,
 )
 from volstream.subjects import Subjects
 from volstream.telemetry import setup_telemetry
 
-from .conftest import make_stream, sample_value, wait_until
+from .conftest import RunningSum, make_stream, sample_value, wait_until
 
 INPUT = StageInput("IN", "sum-once", ["in.n"])
-
-
-class RunningSum:
-    """Each input (an integer) out as the sum of every input so far; remembers what it saw."""
-
-    def __init__(self) -> None:
-        self.total = 0
-        self.handled: list[int] = []
-
-    async def handle(self, batch: list[InMessage]) -> list[Output]:
-        outputs = []
-        for msg in batch:
-            self.handled.append(msg.stream_seq)
-            self.total += int(msg.data)
-            payload = str(self.total).encode()
-            outputs.append(Output("out.sum", payload, output_msg_id("sum", "out.sum", msg)))
-        return outputs
 
 
 async def publish(nc: Client, values: range) -> None:
