@@ -80,6 +80,7 @@ from volstream.bus.permissions import ADMIN_USER
 from volstream.v1 import common_pb2 as common_pb
 from volstream.v1 import surface_service_pb2 as api_pb
 from volstream.v1 import surface_service_pb2_grpc as api_grpc
+from volstream.wire import read_varint
 
 VENUES = ("deribit", "okx", "bybit", "binance")
 DEFAULT_RATES = (1000, 2000, 5000, 10000, 20000, 25000, 50000)
@@ -389,17 +390,10 @@ def header_times(payload: bytes) -> tuple[int, int] | None:
     (field 1, written first by both stages), without parsing the rest of the message."""
     if len(payload) < 2 or payload[0] != 0x0A:
         return None
-    length, at, shift = 0, 1, 0
-    while at < len(payload):
-        byte = payload[at]
-        length |= (byte & 0x7F) << shift
-        at += 1
-        if byte < 0x80:
-            break
-        shift += 7
     try:
+        length, at = read_varint(payload, 1)
         header = common_pb.EventHeader.FromString(payload[at : at + length])
-    except DecodeError:
+    except (IndexError, DecodeError):  # truncated
         return None
     return header.event_time_ns, header.publish_time_ns
 

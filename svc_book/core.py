@@ -42,7 +42,7 @@ from svc_book.book import (
 from volstream.v1 import book_pb2 as book_pb
 from volstream.v1 import common_pb2 as common_pb
 from volstream.v1 import market_data_pb2 as md_pb
-from volstream.wire import WIRE_LEN, field_key, varint
+from volstream.wire import WIRE_LEN, field_key, read_varint, varint
 
 SOURCE = "svc_book"
 
@@ -410,16 +410,8 @@ class BookCore:
         parts = self._keyframe_parts
         at = 0
         for symbol in symbols:
-            at += 1  # the frame's key (field 4, length-delimited): one byte
-            size = 0
-            shift = 0
-            while True:
-                byte = data[at]
-                at += 1
-                size |= (byte & 0x7F) << shift
-                if byte < 0x80:
-                    break
-                shift += 7
+            # The frame's key (field 4, length-delimited) is one byte, then its length.
+            size, at = read_varint(data, at + 1)
             parts[symbol] = (books[symbol].last_event_ns, data[at : at + size])
             at += size
 

@@ -51,7 +51,7 @@ from svc_surface.quotes import (
 )
 from svc_surface.ssvi import SsviParams, fit_ssvi_surface
 from svc_surface.wire import encode_quote_fits
-from volmath.svi import RawSvi, implied_vol, raw_to_jw, total_variance
+from volmath.svi import RawSvi, implied_vol, raw_to_jw, total_variance, total_variance_rows
 from volstream.v1 import common_pb2 as common_pb
 from volstream.v1 import iv_pb2 as iv_pb
 from volstream.v1 import surface_pb2 as surface_pb
@@ -717,8 +717,8 @@ def _held_selections(
     seen = ~fresh
     bid_new, ask_new = column(lambda q: q.bid_iv, True), column(lambda q: q.ask_iv, True)
     with np.errstate(invalid="ignore"):
-        fit_new = np.sqrt(_svi_w(p, k_new) / t_new)
-        fit_move = fit_new - np.sqrt(_svi_w(p, k_ref) / t_ref)
+        fit_new = np.sqrt(total_variance_rows(p, k_new) / t_new)
+        fit_move = fit_new - np.sqrt(total_variance_rows(p, k_ref) / t_ref)
         half = 0.5 * (column(lambda q: q.ask_iv, False) - column(lambda q: q.bid_iv, False))
         moved_bid = bid_new - column(lambda q: q.bid_iv, False) - fit_move
         moved_ask = ask_new - column(lambda q: q.ask_iv, False) - fit_move
@@ -760,14 +760,6 @@ def _held_selections(
             flags = c.dropped[c.new.used]
             out[i] = c.new.drop_outliers(flags) if np.any(flags) else c.new
     return out
-
-
-def _svi_w(p: Array, k: Array) -> Array:
-    """Raw SVI total variance with one parameter row (a, b, rho, m, sigma) per k."""
-    x = k - p[:, 3]
-    return np.asarray(
-        p[:, 0] + p[:, 1] * (p[:, 2] * x + np.sqrt(x * x + p[:, 4] * p[:, 4])), dtype=np.float64
-    )
 
 
 def _drop_known_repair_outliers(w: _Working, cfg: SurfaceConfig) -> None:
@@ -900,7 +892,7 @@ def _order_wings(fitted: list[_Working], cfg: SurfaceConfig, now_ns: int) -> Non
     for factor in _CUT_FACTORS:
         params = [f.params for f in (w.calibrated() for w in fitted) if f is not None]
         rows = np.array([tuple(p) for p in params]).reshape(-1, 5)
-        totals = _svi_w(np.repeat(rows, grid.size, axis=0), np.tile(grid, len(params)))
+        totals = total_variance_rows(np.repeat(rows, grid.size, axis=0), np.tile(grid, len(params)))
         totals = totals.reshape(len(params), grid.size)
         room = totals[1:] * (1.0 - _WING_MARGIN) - totals[:-1]
         todo: list[_CapTodo] = []
@@ -991,7 +983,7 @@ def _order_wings(fitted: list[_Working], cfg: SurfaceConfig, now_ns: int) -> Non
                 ),
                 tried[item.i][-1],
             )
-            now_later[item.i] = _grid_w(f.params, grid)
+            now_later[item.i] = total_variance(f.params, grid)
             caps[item.i] = cap
             if _atm_within_quotes(item.w, f.params, cfg):
                 # A held slice's capped fit goes with the fit it holds (kept while held).
@@ -1073,15 +1065,10 @@ def _not_too_tight(last: WingCaps, fresh: WingCaps, free: WingCaps) -> bool:
     return True
 
 
-def _grid_w(p: RawSvi, grid: Array) -> Array:
-    """A slice's total variance on the grid."""
-    return _svi_w(np.repeat(np.array([tuple(p)], dtype=np.float64), grid.size, axis=0), grid)
-
-
 def _clears(p: RawSvi, later: Array, grid: Array, outside: BoolArray) -> bool:
     """A slice's total variance stays below the later slice's (totals on grid) wherever
     it lies outside its own quotes, by _order_wings' margin."""
-    mine = _grid_w(p, grid)
+    mine = total_variance(p, grid)
     return bool(np.all(mine[outside] <= later[outside] * (1.0 - _WING_MARGIN)))
 
 
@@ -1321,7 +1308,7 @@ def _quote_matrices(items: Sequence[tuple[SelectedQuotes, RawSvi, float]]) -> li
     bid = np.concatenate([sel.bid_iv for sel in sels])
     ask = np.concatenate([sel.ask_iv for sel in sels])
     with np.errstate(invalid="ignore"):
-        fitted_all = np.sqrt(_svi_w(p, k) / t)
+        fitted_all = np.sqrt(total_variance_rows(p, k) / t)
     resid_all = (fitted_all - np.concatenate([sel.mid_iv for sel in sels])) * 1e4
     position_all = np.full(k.size, surface_pb.FIT_POSITION_INSIDE, dtype=np.int64)
     position_all[fitted_all < bid] = surface_pb.FIT_POSITION_BELOW_BID

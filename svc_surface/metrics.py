@@ -22,7 +22,7 @@ from numpy.typing import ArrayLike, NDArray
 from scipy.special import ndtr, ndtri
 
 from volmath import black76
-from volmath.svi import RawSvi
+from volmath.svi import RawSvi, total_variance_rows
 from volstream.v1 import common_pb2 as common_pb
 
 Array = NDArray[np.float64]
@@ -33,13 +33,6 @@ PREMIUM_ADJUSTED = common_pb.DELTA_CONVENTION_PREMIUM_ADJUSTED
 YEAR_DAYS = 365.0
 DEFAULT_TENOR_DAYS = (1, 2, 3, 7, 14, 21, 30, 60, 90, 180, 365)
 NODE_DELTAS = (0.05, 0.10, 0.15, 0.20, 0.25, 0.30, 0.35, 0.40, 0.45)
-
-
-def _svi_w(p: Array, k: Array) -> Array:
-    x = k - p[:, 3]
-    return np.asarray(
-        p[:, 0] + p[:, 1] * (p[:, 2] * x + np.sqrt(x * x + p[:, 4] * p[:, 4])), dtype=np.float64
-    )
 
 
 def _svi_dw(p: Array, k: Array) -> Array:
@@ -70,7 +63,8 @@ class SmileSet:
         return SmileSet(self.lo[idx], self.hi[idx], self.alpha[idx], self.t[idx])
 
     def w(self, k: Array) -> Array:
-        return (1.0 - self.alpha) * _svi_w(self.lo, k) + self.alpha * _svi_w(self.hi, k)
+        lo, hi = total_variance_rows(self.lo, k), total_variance_rows(self.hi, k)
+        return (1.0 - self.alpha) * lo + self.alpha * hi
 
     def dw(self, k: Array) -> Array:
         return (1.0 - self.alpha) * _svi_dw(self.lo, k) + self.alpha * _svi_dw(self.hi, k)

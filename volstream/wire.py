@@ -27,6 +27,18 @@ def varint(value: int) -> bytes:
     return bytes(out)
 
 
+def read_varint(data: bytes, at: int) -> tuple[int, int]:
+    """The varint starting at ``data[at]`` and the offset just past it."""
+    value = shift = 0
+    while True:
+        byte = data[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, at
+        shift += 7
+
+
 def field_key(field_number: int, wire_type: int) -> bytes:
     """The key of a field: its number and wire type, as a varint."""
     return varint((field_number << 3) | wire_type)
