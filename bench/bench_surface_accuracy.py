@@ -338,7 +338,7 @@ def print_sim_requotes(label: str, sim_url: str) -> None:
     parts = []
     for venue, vs in stats.get("venues", {}).items():
         requotes = sum(vs.get("requotes", {}).values())
-        waited = vs.get("counters", {}).get("requote_ticks_waited", 0) * 0.1
+        waited = vs.get("counters", {}).get("requote_ms_waited", 0) / 1e3
         parts.append(f"{venue} {requotes} requotes, {waited:.0f} requote-s waited")
     print(f"  ({label} simulator: " + "; ".join(parts) + ")")
 

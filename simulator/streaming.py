@@ -339,9 +339,9 @@ class PushVenue(VenueSim):
             "bytes_sent": 0,
             "listed": 0,
             "expired": 0,
-            # Sum over ticks of the requotes due but waiting for the budget (x the tick
-            # interval: requote-seconds of delay the gateway added).
-            "requote_ticks_waited": 0,
+            # Requote-milliseconds of delay the gateway added: each tick, the requotes due
+            # but waiting for the budget times the tick's length.
+            "requote_ms_waited": 0,
         }
         self.frames_by_kind: dict[str, int] = {k.name.lower(): 0 for k in FrameKind}
         self.faults_applied: dict[str, int] = {}
@@ -650,7 +650,7 @@ class PushVenue(VenueSim):
             due = dues[market.currency]
             quota = len(due) if sent >= wanted else round(sent * len(due) / wanted)
             self.requotes_waiting[market.currency] = len(due) - quota
-            self.counters["requote_ticks_waited"] += len(due) - quota
+            self.counters["requote_ms_waited"] += round((len(due) - quota) * dt_s * 1e3)
             due = due[:quota]
             share = len(market.open_instruments()) / total_open
             selected = market.select(filler * share)
