@@ -8,6 +8,7 @@ injected through the simulator's own API.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -94,6 +95,13 @@ async def running(**connector_changes: Any) -> AsyncIterator[Running]:
 
 def _symbols_of(sink: MemorySink, case: str) -> list[str]:
     return [getattr(e, case).symbol for e in sink.of_case(case)]
+
+
+def busiest_book(sink: MemorySink) -> str:
+    """The symbol with the most book deltas so far. A check that needs a book to change
+    again after a fault takes this one: in the simulator, as on the venues, a quiet book may
+    not change for longer than the check waits."""
+    return Counter(_symbols_of(sink, "book_delta")).most_common(1)[0][0]
 
 
 def resynced(symbol: str) -> Callable[[MemorySink], bool]:
