@@ -286,13 +286,8 @@ async def measure(
                 continue
             errs: list[SliceError] = watch.errors(key, truth_venue, MIN_DAYS, surface=surface)
             in_event = window is not None and window[0] <= t < window[1] + SETTLE_S
-            # Repair marks per expiry (R: repaired, how).
-            marks = {
-                sl.expiry_time_ns: (
-                    f" R:{sl.diagnostics.repair_method[:12]}" if sl.diagnostics.repaired else ""
-                )
-                for sl in surface.slices
-            }
+            # Per expiry: quotes used, those behind the forward (b), repair (R: how).
+            marks = {sl.expiry_time_ns: _mark(sl) for sl in surface.slices} if DUMP else {}
             for e in errs:
                 name = f"{e.currency} {e.expiry_label}"
                 if window is not None:
@@ -324,6 +319,13 @@ async def measure(
                             )
                     print(f"  {venue} {name} atm/rr, mid/fit bias puts, calls: " + " ".join(rows))
     return results, placed
+
+
+def _mark(sl: surface_pb.ExpirySlice) -> str:
+    d = sl.diagnostics
+    behind = sum(q.drop_reason == surface_pb.DROP_REASON_BEHIND_FORWARD for q in sl.quotes)
+    repaired = f" R:{d.repair_method[:12]}" if d.repaired else ""
+    return f" u{d.quotes_used}b{behind}{repaired}"
 
 
 def print_sim_requotes(label: str, sim_url: str) -> None:

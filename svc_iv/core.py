@@ -19,6 +19,17 @@ Forward policy (`IvConfig.forward_policy`, CLI `--iv-forward-policy`, docs/quant
   event time. Bid and ask share one time (a re-quote prices both sides); the mark has its
   own. A change of forward input (say parity -> venue forward) re-pins every quote to the
   new input's history: inputs may differ by a basis.
+Behind the forward (SmileQuote.behind_forward, "current" policy only): a quote whose price
+has not changed since the forward moved by enough to take its fair value outside its own
+bid/ask is flagged, and the surface leaves it out until its maker requotes. At a fixed vol
+a fair premium moves by delta x dF when the forward moves by dF; the quote's USD premium
+moves by d_usd_per_coin_d_forward x dF (the coin price for inverse options, 0 for USD
+premiums). When the two differ by more than the half spread the quote would be picked off
+at a real venue, so it is no longer the maker's view; a move that leaves the fair value
+inside the band (most moves in a quiet market, any move of a deep wing at the minimum tick)
+flags nothing, so the venues' convention stands. dF is measured from the forward in force
+`behind_forward_grace_s` after the price's change: a requote can arrive a little before the
+ticker carrying the forward it was made on.
 Either way SmileQuote.log_moneyness = log(K / the quote's forward); greeks use the current
 forward at the quote's IV; USD prices are at the quote's forward. Measured side by side
 (IV vs the venues' own IVs on the recordings): bench/bench_iv_venues.py.
@@ -67,6 +78,7 @@ from svc_iv.forward import (
 from svc_iv.normalise import (
     COIN_PER_COIN,
     USD_PER_CONTRACT,
+    d_usd_per_coin_d_forward,
     premium_usd_per_coin,
     years_to_expiry,
 )
@@ -130,6 +142,9 @@ class IvConfig:
     # forward inputs and books) must be covered: a quote is pinned once per price change.
     forward_history_s: float = 60.0
     forward_history_entries: int = 512
+    # A price counts as made on the forward in force this long after its change (module
+    # docstring: books and the tickers carrying the forward arrive on separate channels).
+    behind_forward_grace_s: float = 0.2
     # Bound on remembered events for symbols not (yet) in the InstrumentSet.
     max_pending_symbols: int = 10_000
     source: str = SOURCE
@@ -335,6 +350,7 @@ class _Plan:
 
     expiry: _Expiry
     forward: ForwardEstimate
+    history: ForwardHistory | None
     t: float
     usd: Array
     solve_idx: NDArray[np.intp]
@@ -692,7 +708,7 @@ class IvCore:
             time_update[rest[~skip]] = True
             estimate[:, rest] = updated
 
-        return _Plan(e, fwd, t, usd, np.flatnonzero(solve), time_update, skipped, estimate)
+        return _Plan(e, fwd, history, t, usd, np.flatnonzero(solve), time_update, skipped, estimate)
 
     def _finish(self, plan: _Plan, now_ns: int) -> bytes:
         e, time_update = plan.expiry, plan.time_update
@@ -704,7 +720,7 @@ class IvCore:
         e.dirty = False
         e.forward_source = plan.forward.source
         self._count(e.n, plan.solve_idx.size, int(time_update.sum()), int(plan.skipped.sum()))
-        return self._smile(e, now_ns, plan.t, plan.forward, plan.usd)
+        return self._smile(e, now_ns, plan)
 
     def _count(self, n: int, solved: int, time_update: int, skipped: int) -> None:
         st = self.stats
@@ -754,7 +770,40 @@ class IvCore:
         e.solved[idx] = True
         e.anchor_s[:, idx] = iv * math.sqrt(p.t)
 
-    def _smile(self, e: _Expiry, now_ns: int, t: float, fwd: ForwardEstimate, usd: Array) -> bytes:
+    def _behind_forward(
+        self,
+        e: _Expiry,
+        history: ForwardHistory | None,
+        forward: float,
+        usd: Array,
+        delta: Array,
+    ) -> Mask:
+        """Quotes whose price did not follow a forward move that took their fair value
+        outside their bid/ask (module docstring)."""
+        behind = np.zeros(e.n, dtype=bool)
+        if (
+            self.config.forward_policy != FORWARD_CURRENT
+            or history is None
+            or len(history) < 2
+            or not forward > 0.0
+        ):
+            return behind
+        grace_ns = int(self.config.behind_forward_grace_s * 1e9)
+        priced_ns = e.price_ns[BID] + grace_ns
+        # Only prices older than the latest forward change can be behind it.
+        old = np.flatnonzero(priced_ns < history.latest_time)
+        if not old.size:
+            return behind
+        bid, ask = e.price[BID, old], e.price[ASK, old]
+        d_forward = forward - history.at(priced_ns[old])
+        with np.errstate(invalid="ignore"):
+            follows = d_usd_per_coin_d_forward(0.5 * (bid + ask), e.unit[old])
+            mismatch = np.abs((delta[old] - follows) * d_forward)
+            behind[old] = mismatch > 0.5 * (usd[ASK, old] - usd[BID, old])
+        return behind
+
+    def _smile(self, e: _Expiry, now_ns: int, plan: _Plan) -> bytes:
+        t, fwd, usd = plan.t, plan.forward, plan.usd
         forward = fwd.value_usd
         bid_iv, ask_iv, mark_iv = e.iv
         with np.errstate(all="ignore"):
@@ -823,6 +872,7 @@ class IvCore:
         block["stale"] = e.top_stale
         block["at_min_tick"] = at_min_tick
         block["quote_time_ns"] = time_varints(e.quote_time)
+        block["behind_forward"] = self._behind_forward(e, plan.history, forward, usd, delta_fwd)
         return head.SerializeToString() + e.encoder.encode()
 
     def _next_sequence(self) -> int:

@@ -57,6 +57,7 @@ QUOTE_LAYOUT: Final[tuple[tuple[str, int, str], ...]] = (
     ("stale", 27, _SMALL),
     ("at_min_tick", 28, _SMALL),
     ("quote_time_ns", 29, _TIME),
+    ("behind_forward", 30, _SMALL),
 )
 _SMILE_QUOTES_FIELD: Final = 10
 _SMILE_BATCH_SMILES_FIELD: Final = 4

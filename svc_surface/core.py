@@ -47,6 +47,7 @@ from svc_surface.quotes import (
     flag_outliers,
     select_quotes_many,
     suspect_fit,
+    t_threshold,
     trim_worst,
 )
 from svc_surface.ssvi import SsviParams, fit_ssvi_surface
@@ -93,6 +94,14 @@ class SurfaceConfig:
     # slice is refitted.
     hold_max_s: float = 5.0
     hold_z: float = 2.0
+    # Settling after a fast forward move: for settle_s of event time after a smile's
+    # forward moved by more than fast_forward_bp since the venue's previous smile of that
+    # expiry, the slice's fits are provisional: published, never held, and not taken as
+    # the next fit's prior (docs/quant.md section 6). Makers requote a jump over a few
+    # hundred milliseconds, and a fit on half-requoted quotes made the prior would carry
+    # their error for a half life. 0 turns settling off.
+    settle_s: float = 1.0
+    fast_forward_bp: float = 10.0
     # Butterfly/calendar check range in log-moneyness.
     check_k_range: tuple[float, float] = arbitrage.K_CHECK_RANGE
     # Consolidated surface: weight multiplier per venue (default 1).
@@ -165,6 +174,9 @@ class SliceCache:
     fit_fingerprint: bytes = b""
     # The smoothing prior's weight in that fit (0: none, a first fit or one after a reset).
     fit_prior_weight: float = 0.0
+    # The fit was made while the slice was settling after a fast forward move: the prior
+    # above is an earlier, settled fit, and this one is never held.
+    provisional: bool = False
 
 
 @dataclass(frozen=True)
@@ -176,6 +188,8 @@ class SliceJob:
     forward_source: int
     smiles: tuple[SmileColumns, ...]
     cache: SliceCache | None
+    # Within settle_s of a fast forward move (SurfaceConfig.settle_s).
+    settling: bool = False
 
 
 @dataclass(frozen=True)
@@ -230,6 +244,8 @@ class SurfaceCore:
         # (venue, expiry) -> latest smile, and its quotes as columns (the fit's input).
         self._smiles: dict[tuple[str, int], iv_pb.Smile] = {}
         self._columns: dict[tuple[str, int], SmileColumns] = {}
+        # (venue, expiry) -> event time of the latest fast forward move (settle_s).
+        self._fast_move_ns: dict[tuple[str, int], int] = {}
         self._caches: dict[int, SliceCache] = {}
         self._ssvi: SsviParams | None = None
         # Inputs of the last applied job: publication is skipped while they are unchanged.
@@ -270,6 +286,8 @@ class SurfaceCore:
         if invalid is not None:
             self._reject(invalid)
             return invalid
+        if old is not None and _moved_fast(old.forward_usd, smile.forward_usd, self.config):
+            self._fast_move_ns[key] = smile.header.event_time_ns
         self._smiles[key] = smile
         self._columns[key] = columns
         return None
@@ -281,6 +299,7 @@ class SurfaceCore:
         for key in expired:
             del self._smiles[key]
             del self._columns[key]
+            self._fast_move_ns.pop(key, None)
             self._caches.pop(key[1], None)
         max_age = self.config.max_smile_age_ns
         groups: dict[int, list[iv_pb.Smile]] = {}
@@ -300,6 +319,13 @@ class SurfaceCore:
             forward_source=int(latest.forward_source),
             smiles=tuple(self._columns[(s.venue, expiry)] for s in smiles),
             cache=self._caches.get(expiry),
+            settling=self._settling(expiry, smiles, now_ns),
+        )
+
+    def _settling(self, expiry: int, smiles: list[iv_pb.Smile], now_ns: int) -> bool:
+        settle_ns = self.config.settle_s * 1e9
+        return any(
+            now_ns - self._fast_move_ns.get((s.venue, expiry), -(2**62)) < settle_ns for s in smiles
         )
 
     def prepare(self, now_ns: int) -> FitJob | None:
@@ -398,11 +424,19 @@ class ConsolidatedSurfaceCore(SurfaceCore):
             forward_source=job.forward_source,
             smiles=job.smiles,
             cache=job.cache,
+            settling=job.settling,
         )
 
 
 # ---------------------------------------------------------------------------------------
 # The pure fit job (runs anywhere, e.g. in a worker process).
+
+
+def _moved_fast(before: float, after: float, cfg: SurfaceConfig) -> bool:
+    """The forward moved by more than fast_forward_bp between two smiles."""
+    if cfg.settle_s <= 0.0 or not (before > 0.0 and after > 0.0):
+        return False
+    return abs(math.log(after / before)) > cfg.fast_forward_bp * 1e-4
 
 
 def _smile_keys(smiles: Sequence[SmileColumns]) -> tuple[SmileKey, ...]:
@@ -490,7 +524,8 @@ def _prior(w: _Working, now_ns: int, half_life_s: float) -> Prior | None:
     ):
         return None
     if prior.behind_move(sel.k[u], sel.mid_iv[u], sel.bid_iv[u], sel.ask_iv[u], sel.weight[u]):
-        return None
+        # Behind a move inside the bands: a soft reset (Prior.RESET_WEIGHT).
+        return Prior(cache.prior, cache.prior_t, min(weight, Prior.RESET_WEIGHT), reset=True)
     return prior
 
 
@@ -671,7 +706,9 @@ def _hold_candidate(w: _Working, cfg: SurfaceConfig, now_ns: int) -> _HoldCandid
     if now_ns - cache.prior_ns > cfg.hold_max_s * 1e9:
         return None  # the smoothing keeps averaging: refit now and then
     if cfg.smoothing_half_life_s > 0.0 and not cache.fit_prior_weight > 0.0:
-        return None  # a fit without a prior: the next refit averages it with new quotes
+        return None  # a first fit or one after a reset: the next refit averages it
+    if w.job.settling or cache.provisional:
+        return None  # quotes still following a fast forward move, or a fit made on them
     ref, new = cache.fitted_to, w.selected
     if new.symbol != ref.symbol or new.venue != ref.venue:
         return None
@@ -736,6 +773,9 @@ def _held_selections(
     weight = np.where(seen, column(lambda q: q.weight, False), 0.0)
     on_put = weight * (k_new < 0.0)
     sides = np.stack((weight, on_put, weight - on_put))
+    # How far the mids sit off the held fit now, weighted as in the fit.
+    gap = np.where(weight_now > 0.0, column(lambda q: q.mid_iv, True) - fit_new, 0.0)
+    w2 = weight_now * weight_now
     sums = np.add.reduceat(
         np.concatenate(
             (
@@ -743,6 +783,7 @@ def _held_selections(
                 sides * moved_mid,
                 sides * sides * (half * half),
                 np.stack((wild, weight_now * ~quiet, weight_now)),
+                np.stack((weight_now * gap, w2, w2 * gap, w2 * gap * gap, weight_now > 0.0)),
             )
         ),
         starts,
@@ -751,10 +792,26 @@ def _held_selections(
     total, shift, noise2 = sums[:3], np.abs(sums[3:6]), sums[6:9]
     n_wild, loud_weight, weight_sum = sums[9], sums[10], sums[11]
     within = (shift <= cfg.hold_z * np.sqrt(noise2)) | (total <= 0.0)
+    # The mids sit off the held fit as a whole, beyond their own scatter: the fit lags
+    # them (a vol shock's steady climb, each step well inside the spreads, or a fit the
+    # prior held back). The smoothing reset's test (quotes.mean_shift_is_real) at hold_z,
+    # with its floor.
+    s_wg, sw2, sw2g, sw2g2, n_now = sums[12], sums[13], sums[14], sums[15], sums[16]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = s_wg / weight_sum
+        resid2 = np.maximum(sw2g2 - 2.0 * mean * sw2g + mean * mean * sw2, 0.0)
+        se = np.sqrt(resid2 * n_now / np.maximum(n_now - 1.0, 1.0)) / weight_sum
+        z = np.array([t_threshold(cfg.hold_z, max(int(n) - 1, 1)) for n in n_now.tolist()])
+        together = (np.abs(mean) > np.maximum(z * se, Prior.SHIFT_FLOOR)) & (n_now >= 2.0)
     # A few quotes past their half spread (within their whole one) are the noise the
     # smoothing averages away, as long as the mean moves stay within their errors and
     # they carry little of the slice's weight (their leverage on the fit).
-    hold = np.all(within, axis=0) & (n_wild == 0.0) & (loud_weight <= _HOLD_LOUD_SHARE * weight_sum)
+    hold = (
+        np.all(within, axis=0)
+        & ~together
+        & (n_wild == 0.0)
+        & (loud_weight <= _HOLD_LOUD_SHARE * weight_sum)
+    )
     for (i, c), ok in zip(found, hold.tolist(), strict=True):
         if ok:
             flags = c.dropped[c.new.used]
@@ -1253,6 +1310,7 @@ def run_fit_job(job: FitJob) -> FitJobResult:
             fitted_to=w.fitted_to(),
             fit_fingerprint=w.fit_fingerprint(),
             fit_prior_weight=_fit_prior_weight(w),
+            provisional=_provisional(w),
         )
         for w in fitted
         if w.fit is not None
@@ -1274,7 +1332,16 @@ def _fit_prior_weight(w: _Working) -> float:
     cache = w.job.cache
     if (w.reused or w.held) and cache is not None:
         return cache.fit_prior_weight
-    return w.prior.weight if w.prior is not None else 0.0
+    return w.prior.weight if w.prior is not None and not w.prior.reset else 0.0
+
+
+def _provisional(w: _Working) -> bool:
+    """The slice's fit was made while it settled (an earlier revision's when reused or
+    held: only a settled fit is ever held)."""
+    cache = w.job.cache
+    if (w.reused or w.held) and cache is not None:
+        return cache.provisional
+    return w.job.settling
 
 
 def _prior_state(w: _Working, now_ns: int) -> tuple[RawSvi | None, float, int, float]:
@@ -1288,6 +1355,9 @@ def _prior_state(w: _Working, now_ns: int) -> tuple[RawSvi | None, float, int, f
     if w.fit is None:
         return None, math.nan, 0, 0.0
     if (w.reused or w.held) and cache is not None and cache.prior is not None:
+        return cache.prior, cache.prior_t, cache.prior_ns, cache.prior_info
+    if w.job.settling and cache is not None and cache.prior is not None:
+        # A provisional fit: the settled prior stays, ageing from its own refit.
         return cache.prior, cache.prior_t, cache.prior_ns, cache.prior_info
     return w.fit.params, w.job.t, now_ns, w.posterior_information()
 

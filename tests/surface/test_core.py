@@ -189,17 +189,23 @@ def test_a_slice_whose_quotes_stay_within_their_noise_keeps_its_fit() -> None:
     assert quiet.slices[0].quotes[0].mid_iv == pytest.approx(
         first.slices[0].quotes[0].mid_iv + 0.001
     )
-    # A vol point: beyond the noise, every slice is refitted (afresh: the prior is reset,
-    # so the next revision refits too).
+    # A vol point: beyond the noise, every slice is refitted (a soft reset: the prior keeps
+    # Prior.RESET_WEIGHT, so the fit follows halfway and the next revision refits too).
     moved = revision(0.01, LATER + 3 * second_s)
     assert all(raw_of(a) != raw_of(b) for a, b in zip(quiet.slices, moved.slices, strict=True))
     settled = revision(0.0102, LATER + 4 * second_s)
     assert all(raw_of(a) != raw_of(b) for a, b in zip(moved.slices, settled.slices, strict=True))
-    # Within the noise of that fit: held, until the hold's age runs out.
-    held = revision(0.0105, LATER + 5 * second_s)
-    assert [raw_of(s) for s in held.slices] == [raw_of(s) for s in settled.slices]
-    late = revision(0.011, LATER + 10 * second_s)
-    assert all(raw_of(a) != raw_of(b) for a, b in zip(settled.slices, late.slices, strict=True))
+    # Refitted while the fit lags its quotes as a whole, then held within their noise.
+    fits = [settled]
+    for step in range(5, 10):
+        fits.append(revision(0.0103, LATER + step * second_s))
+        if [raw_of(s) for s in fits[-1].slices] == [raw_of(s) for s in fits[-2].slices]:
+            break
+    else:
+        pytest.fail("never held after the move")
+    # Held until the hold's age runs out.
+    late = revision(0.0105, LATER + (step + 6) * second_s)
+    assert all(raw_of(a) != raw_of(b) for a, b in zip(fits[-1].slices, late.slices, strict=True))
 
 
 def _settled_core() -> tuple[SurfaceCore, list[iv_pb.Smile], surface_pb.Surface, int]:

@@ -95,6 +95,14 @@ def test_stale_by_age_when_configured() -> None:
     ]
 
 
+def test_a_quote_behind_the_forward_is_left_out_until_it_moves() -> None:
+    behind = smile(quote(120, CALL, behind_forward=True), quote(125, CALL))
+    assert select_quotes([behind], t=0.1).drop_reason.tolist() == [
+        surface_pb.DROP_REASON_BEHIND_FORWARD,
+        surface_pb.DROP_REASON_UNSPECIFIED,
+    ]
+
+
 def test_out_of_the_money_side_wins_per_strike() -> None:
     sel = select_quotes(
         [

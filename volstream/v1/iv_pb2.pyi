@@ -26,7 +26,7 @@ IV_STATUS_EXPIRED: IvStatus
 IV_STATUS_BAD_INPUT: IvStatus
 
 class SmileQuote(_message.Message):
-    __slots__ = ("symbol", "option_kind", "strike_usd", "log_moneyness", "bid_price_usd_per_coin", "ask_price_usd_per_coin", "mark_price_usd_per_coin", "bid_size_native", "ask_size_native", "bid_iv", "ask_iv", "mid_iv", "mark_iv", "bid_iv_status", "ask_iv_status", "mark_iv_status", "venue_bid_iv", "venue_ask_iv", "venue_mark_iv", "delta_forward", "delta_premium_adjusted", "gamma_per_usd", "vega_usd_per_vol", "theta_usd_per_day", "one_sided", "crossed", "stale", "at_min_tick", "quote_time_ns")
+    __slots__ = ("symbol", "option_kind", "strike_usd", "log_moneyness", "bid_price_usd_per_coin", "ask_price_usd_per_coin", "mark_price_usd_per_coin", "bid_size_native", "ask_size_native", "bid_iv", "ask_iv", "mid_iv", "mark_iv", "bid_iv_status", "ask_iv_status", "mark_iv_status", "venue_bid_iv", "venue_ask_iv", "venue_mark_iv", "delta_forward", "delta_premium_adjusted", "gamma_per_usd", "vega_usd_per_vol", "theta_usd_per_day", "one_sided", "crossed", "stale", "at_min_tick", "quote_time_ns", "behind_forward")
     SYMBOL_FIELD_NUMBER: _ClassVar[int]
     OPTION_KIND_FIELD_NUMBER: _ClassVar[int]
     STRIKE_USD_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +56,7 @@ class SmileQuote(_message.Message):
     STALE_FIELD_NUMBER: _ClassVar[int]
     AT_MIN_TICK_FIELD_NUMBER: _ClassVar[int]
     QUOTE_TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    BEHIND_FORWARD_FIELD_NUMBER: _ClassVar[int]
     symbol: str
     option_kind: _common_pb2.OptionKind
     strike_usd: float
@@ -85,7 +86,8 @@ class SmileQuote(_message.Message):
     stale: bool
     at_min_tick: bool
     quote_time_ns: int
-    def __init__(self, symbol: _Optional[str] = ..., option_kind: _Optional[_Union[_common_pb2.OptionKind, str]] = ..., strike_usd: _Optional[float] = ..., log_moneyness: _Optional[float] = ..., bid_price_usd_per_coin: _Optional[float] = ..., ask_price_usd_per_coin: _Optional[float] = ..., mark_price_usd_per_coin: _Optional[float] = ..., bid_size_native: _Optional[float] = ..., ask_size_native: _Optional[float] = ..., bid_iv: _Optional[float] = ..., ask_iv: _Optional[float] = ..., mid_iv: _Optional[float] = ..., mark_iv: _Optional[float] = ..., bid_iv_status: _Optional[_Union[IvStatus, str]] = ..., ask_iv_status: _Optional[_Union[IvStatus, str]] = ..., mark_iv_status: _Optional[_Union[IvStatus, str]] = ..., venue_bid_iv: _Optional[float] = ..., venue_ask_iv: _Optional[float] = ..., venue_mark_iv: _Optional[float] = ..., delta_forward: _Optional[float] = ..., delta_premium_adjusted: _Optional[float] = ..., gamma_per_usd: _Optional[float] = ..., vega_usd_per_vol: _Optional[float] = ..., theta_usd_per_day: _Optional[float] = ..., one_sided: _Optional[bool] = ..., crossed: _Optional[bool] = ..., stale: _Optional[bool] = ..., at_min_tick: _Optional[bool] = ..., quote_time_ns: _Optional[int] = ...) -> None: ...
+    behind_forward: bool
+    def __init__(self, symbol: _Optional[str] = ..., option_kind: _Optional[_Union[_common_pb2.OptionKind, str]] = ..., strike_usd: _Optional[float] = ..., log_moneyness: _Optional[float] = ..., bid_price_usd_per_coin: _Optional[float] = ..., ask_price_usd_per_coin: _Optional[float] = ..., mark_price_usd_per_coin: _Optional[float] = ..., bid_size_native: _Optional[float] = ..., ask_size_native: _Optional[float] = ..., bid_iv: _Optional[float] = ..., ask_iv: _Optional[float] = ..., mid_iv: _Optional[float] = ..., mark_iv: _Optional[float] = ..., bid_iv_status: _Optional[_Union[IvStatus, str]] = ..., ask_iv_status: _Optional[_Union[IvStatus, str]] = ..., mark_iv_status: _Optional[_Union[IvStatus, str]] = ..., venue_bid_iv: _Optional[float] = ..., venue_ask_iv: _Optional[float] = ..., venue_mark_iv: _Optional[float] = ..., delta_forward: _Optional[float] = ..., delta_premium_adjusted: _Optional[float] = ..., gamma_per_usd: _Optional[float] = ..., vega_usd_per_vol: _Optional[float] = ..., theta_usd_per_day: _Optional[float] = ..., one_sided: _Optional[bool] = ..., crossed: _Optional[bool] = ..., stale: _Optional[bool] = ..., at_min_tick: _Optional[bool] = ..., quote_time_ns: _Optional[int] = ..., behind_forward: _Optional[bool] = ...) -> None: ...
 
 class Smile(_message.Message):
     __slots__ = ("header", "venue", "currency", "expiry_time_ns", "expiry_label", "time_to_expiry_years", "forward_usd", "forward_source", "index_price_usd", "quotes")

@@ -27,6 +27,7 @@ class DropReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DROP_REASON_NO_IV: _ClassVar[DropReason]
     DROP_REASON_BOOK_INVALID: _ClassVar[DropReason]
     DROP_REASON_ITM_DUPLICATE: _ClassVar[DropReason]
+    DROP_REASON_BEHIND_FORWARD: _ClassVar[DropReason]
 
 class FitPosition(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -49,6 +50,7 @@ DROP_REASON_OUTLIER: DropReason
 DROP_REASON_NO_IV: DropReason
 DROP_REASON_BOOK_INVALID: DropReason
 DROP_REASON_ITM_DUPLICATE: DropReason
+DROP_REASON_BEHIND_FORWARD: DropReason
 FIT_POSITION_UNSPECIFIED: FitPosition
 FIT_POSITION_BELOW_BID: FitPosition
 FIT_POSITION_INSIDE: FitPosition
