@@ -6,31 +6,16 @@ before the forward it was made on, and the "quote" policy flag nothing."""
 from __future__ import annotations
 
 from svc_iv.core import IvConfig, IvCore
-from tests.iv.test_core import (
-    NOW,
-    NS,
-    F,
-    by_symbol,
-    coin_price,
-    inst,
-    iset,
-    name,
-    ticker,
-    top,
-)
+from tests.iv.test_core import NOW, NS, F, by_symbol, coin_price, name, ticker, top
+from tests.iv.test_quote_forward import CALL, CARRIER, K
+from tests.iv.test_quote_forward import _core as _chain
 
-K = 45_000.0
-CALL = name(K, True)
 PUT = name(K, False)
-CARRIER = name(40_000, True)  # the ticker that carries the venue forward
 CURRENT = IvConfig(forward_policy="current")
 
 
 def _core(config: IvConfig = CURRENT) -> IvCore:
-    core = IvCore("deribit", "BTC", config)
-    core.on_instruments(iset(inst(k, c) for k in (40_000.0, K) for c in (True, False)))
-    core.on_ticker(ticker(CARRIER, forward_usd=F))
-    return core
+    return _chain(config)
 
 
 def _quote_on(core: IvCore, forward: float, t_ns: int, symbol: str = CALL) -> None:
