@@ -89,8 +89,9 @@ class SurfaceConfig:
     # A slice whose quotes did not move beyond their noise since its last refit keeps that
     # fit (no quote's bid or ask moved by more than its half spread against the fit, and
     # their weighted mean, over all quotes, the puts or the calls, by less than hold_z
-    # standard errors), for at most hold_max_s of event time, and not when that fit had
-    # no smoothing prior (docs/quant.md section 6). 0 turns holding off: every changed
+    # standard errors; nor do the mids sit off the fit as a whole beyond their scatter),
+    # for at most hold_max_s of event time, and not when that fit had no smoothing prior
+    # or was provisional (docs/quant.md section 6). 0 turns holding off: every changed
     # slice is refitted.
     hold_max_s: float = 5.0
     hold_z: float = 2.0

@@ -84,8 +84,9 @@ class Prior:
     RESET_OUTSIDE_SHARE = 0.5
     # A prior the quotes moved away from as a whole, by more than SHIFT_Z standard errors
     # of their weighted mean (estimated from the quotes' own scatter around the prior) and
-    # by at least SHIFT_FLOOR in vol, is behind a real move (a jump, a vol shock): the fit
-    # starts afresh rather than lag it by the half life (docs/quant.md section 6). Groups
+    # by at least SHIFT_FLOOR in vol, is behind a real move (a jump, a vol shock): it keeps
+    # at most RESET_WEIGHT rather than lag the move by the half life (docs/quant.md
+    # section 6). Groups
     # of fewer than SHIFT_MIN_QUOTES quotes are not judged (their scatter says too little).
     SHIFT_Z = 3.5
     SHIFT_FLOOR = 0.002
@@ -94,8 +95,7 @@ class Prior:
     # on noise in a few per cent of quiet refits (about 8 quotes a third), and the fresh
     # quotes after a jump sit at other strikes, whose makers' persistent skews a snapshot
     # fit would take whole. The quotes move the fit halfway at once, and halfway again at
-    # each refit while the move stays real (a vol shock of 0.17 vol points a second,
-    # refitted every half second, is followed within 0.1 vol points).
+    # each refit while the test still fires.
     RESET_WEIGHT = 1.0
 
     @staticmethod
