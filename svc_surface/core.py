@@ -730,8 +730,10 @@ def _held_selections(
     (each quote's bid, ask and mid minus the fitted vol at its own k and T), so a forward
     move that carries the quotes along the smile is no move; a quote's noise is its half
     spread. A quote that came in since counts as quiet when the fit passes inside its
-    bid/ask band, and it is left out of the mean moves; one that went adds nothing. The
-    arithmetic runs once over every candidate slice's quotes."""
+    bid/ask band, and it is left out of the mean moves; one that went adds nothing. Nor is
+    a slice held when its mids sit off the fit as a whole beyond their own scatter (the
+    batched form of quotes.mean_shift_is_real, at hold_z). The arithmetic runs once over
+    every candidate slice's quotes."""
     out: list[SelectedQuotes | None] = [None] * len(ws)
     found = [(i, c) for i, w in enumerate(ws) if (c := _hold_candidate(w, cfg, now_ns)) is not None]
     if not found:
