@@ -292,6 +292,7 @@ async def measure(
                 name = f"{e.currency} {e.expiry_label}"
                 if window is not None:
                     series.setdefault(name, []).append((t, abs(e.atm_error)))
+                if DUMP:
                     biases.setdefault(name, []).append((t, e, marks.get(e.expiry_time_ns, "")))
                 if not in_event:
                     res.atm.setdefault(name, []).append(abs(e.atm_error))
@@ -305,20 +306,33 @@ async def measure(
                         f"{t - window[1]:+.1f}:{100 * e:.2f}" for t, e in s if t > window[0] - 2
                     ]
                     print(f"  {venue} {name} |atm err| after the move's end: " + " ".join(around))
-                    # (ATM error, RR error, put-side and call-side mean of the used quotes'
-                    # mid minus truth / fitted minus truth), vol points, about every second.
-                    rows, last = [], -math.inf
-                    for t, e, mark in biases[name]:
-                        if t > window[0] - 2 and t - last >= 0.9:
-                            last = t
-                            mp, fp, mc, fc = (100 * b for b in e.bias)
-                            rows.append(
-                                f"{t - window[1]:+.1f}:{100 * e.atm_error:+.2f}/"
-                                f"{100 * e.rr25_error:+.2f} "
-                                f"p{mp:+.2f},{fp:+.2f} c{mc:+.2f},{fc:+.2f}{mark}"
-                            )
-                    print(f"  {venue} {name} atm/rr, mid/fit bias puts, calls: " + " ".join(rows))
+        if DUMP:
+            for name, rows in biases.items():
+                _dump_biases(venue, name, rows, window)
     return results, placed
+
+
+def _dump_biases(
+    venue: str,
+    name: str,
+    rows: list[tuple[float, SliceError, str]],
+    window: tuple[float, float] | None,
+) -> None:
+    """(ATM error, RR error, put-side and call-side mean of the used quotes' mid minus truth
+    / fitted minus truth), vol points, about every second: from 2 s before the move, in
+    seconds after its end; without a move, every sample after warm-up, in seconds from the
+    start."""
+    start, origin = (window[0] - 2, window[1]) if window is not None else (WARMUP_S, 0.0)
+    out, last = [], -math.inf
+    for t, e, mark in rows:
+        if t > start and t - last >= 0.9:
+            last = t
+            mp, fp, mc, fc = (100 * b for b in e.bias)
+            out.append(
+                f"{t - origin:+.1f}:{100 * e.atm_error:+.2f}/{100 * e.rr25_error:+.2f} "
+                f"p{mp:+.2f},{fp:+.2f} c{mc:+.2f},{fc:+.2f}{mark}"
+            )
+    print(f"  {venue} {name} atm/rr, mid/fit bias puts, calls: " + " ".join(out))
 
 
 def _mark(sl: surface_pb.ExpirySlice) -> str:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache, partial
 from typing import Literal, NamedTuple
 
@@ -39,12 +39,14 @@ from svc_surface.fit import (
 )
 from svc_surface.quotes import (
     _NUMERIC_FIELDS,
+    Anchor,
     BoolArray,
     Prior,
     QuoteConfig,
     SelectedQuotes,
     SmileColumns,
     flag_outliers,
+    paired_drift,
     select_quotes_many,
     suspect_fit,
     t_threshold,
@@ -165,6 +167,9 @@ class SliceCache:
     prior_t: float = math.nan
     prior_ns: int = 0
     prior_info: float = 0.0
+    # The fit the quotes were last in line with: the prior's drift is measured against
+    # it (quotes.paired_drift).
+    anchor: Anchor | None = None
     # The slice's last fit under calendar caps on its wings (this revision's, or an
     # earlier one's while the crossing comes and goes): the next revision fits under
     # those caps too, in the free-fit batch, and starts its cap estimate from them.
@@ -517,8 +522,13 @@ def _prior(w: _Working, now_ns: int, half_life_s: float) -> Prior | None:
     weight = min(decay * cache.prior_info / info_now, Prior.MAX_WEIGHT)
     if weight <= 0.0:
         return None
-    prior = Prior(cache.prior, cache.prior_t, weight)
     sel = w.selected
+    prior = Prior(cache.prior, cache.prior_t, weight)
+    anchor = cache.anchor
+    if anchor is not None and now_ns - anchor.ns <= Prior.ANCHOR_MAX_S * 1e9:
+        level = paired_drift(prior, anchor, sel)
+        if level is not None:
+            prior = replace(prior, level=level, anchored=level == 0.0)
     u = sel.used
     if prior.outside_share(sel.k[u], sel.bid_iv[u], sel.ask_iv[u], sel.weight[u]) > (
         Prior.RESET_OUTSIDE_SHARE
@@ -526,7 +536,7 @@ def _prior(w: _Working, now_ns: int, half_life_s: float) -> Prior | None:
         return None
     if prior.behind_move(sel.k[u], sel.mid_iv[u], sel.bid_iv[u], sel.ask_iv[u], sel.weight[u]):
         # Behind a move inside the bands: a soft reset (Prior.RESET_WEIGHT).
-        return Prior(cache.prior, cache.prior_t, min(weight, Prior.RESET_WEIGHT), reset=True)
+        return replace(prior, weight=min(weight, Prior.RESET_WEIGHT), reset=True, anchored=False)
     return prior
 
 
@@ -787,6 +797,10 @@ def _held_selections(
                 sides * sides * (half * half),
                 np.stack((wild, weight_now * ~quiet, weight_now)),
                 np.stack((weight_now * gap, w2, w2 * gap, w2 * gap * gap, weight_now > 0.0)),
+                sides * sides,
+                sides * sides * moved_mid,
+                sides * sides * (moved_mid * moved_mid),
+                sides > 0.0,
             )
         ),
         starts,
@@ -806,12 +820,28 @@ def _held_selections(
         se = np.sqrt(resid2 * n_now / np.maximum(n_now - 1.0, 1.0)) / weight_sum
         z = np.array([t_threshold(cfg.hold_z, max(int(n) - 1, 1)) for n in n_now.tolist()])
         together = (np.abs(mean) > np.maximum(z * se, Prior.SHIFT_FLOOR)) & (n_now >= 2.0)
+        # The mids moved since the fit, each against itself, beyond the scatter of those
+        # moves (not of the half spreads): a maker's persistent skew cancels in a quote's
+        # own move, so a steady climb well inside the spreads shows within a second.
+        s2, s2m, s2m2, n_seen = sums[17:20], sums[20:23], sums[23:26], sums[26:29]
+        mean_move = sums[3:6] / total
+        resid2 = np.maximum(s2m2 - 2.0 * mean_move * s2m + mean_move * mean_move * s2, 0.0)
+        se_move = np.sqrt(resid2 * n_seen / np.maximum(n_seen - 1.0, 1.0)) / total
+        z_move = np.array(
+            [t_threshold(cfg.hold_z, max(int(n) - 1, 1)) for n in n_seen.ravel().tolist()]
+        ).reshape(n_seen.shape)
+        drifted = np.any(
+            (np.abs(mean_move) > np.maximum(z_move * se_move, Prior.SHIFT_FLOOR))
+            & (n_seen >= Prior.SHIFT_MIN_QUOTES),
+            axis=0,
+        )
     # A few quotes past their half spread (within their whole one) are the noise the
     # smoothing averages away, as long as the mean moves stay within their errors and
     # they carry little of the slice's weight (their leverage on the fit).
     hold = (
         np.all(within, axis=0)
         & ~together
+        & ~drifted
         & (n_wild == 0.0)
         & (loud_weight <= _HOLD_LOUD_SHARE * weight_sum)
     )
@@ -1347,8 +1377,12 @@ def _provisional(w: _Working) -> bool:
     return w.job.settling
 
 
-def _prior_state(w: _Working, now_ns: int) -> tuple[RawSvi | None, float, int, float]:
-    """(fitted params, their T, last refit time, information) for the next fit's prior.
+def _prior_state(
+    w: _Working, now_ns: int
+) -> tuple[RawSvi | None, float, int, float, Anchor | None]:
+    """(fitted params, their T, last refit time, information, anchor) for the next fit's
+    prior. The anchor moves to this fit unless its quotes were still in line with the
+    last one (Prior.anchored).
 
     The prior is the fit before any arbitrage repair: a repair is a projection of each
     publication, and feeding it back would let a repaired shape (held inside wide bands
@@ -1356,13 +1390,16 @@ def _prior_state(w: _Working, now_ns: int) -> tuple[RawSvi | None, float, int, f
     time and information: the prior's age counts from the data it saw."""
     cache = w.job.cache
     if w.fit is None:
-        return None, math.nan, 0, 0.0
-    if (w.reused or w.held) and cache is not None and cache.prior is not None:
-        return cache.prior, cache.prior_t, cache.prior_ns, cache.prior_info
-    if w.job.settling and cache is not None and cache.prior is not None:
-        # A provisional fit: the settled prior stays, ageing from its own refit.
-        return cache.prior, cache.prior_t, cache.prior_ns, cache.prior_info
-    return w.fit.params, w.job.t, now_ns, w.posterior_information()
+        return None, math.nan, 0, 0.0, None
+    if cache is not None and cache.prior is not None and (w.reused or w.held or w.job.settling):
+        # Reused or held: unfitted. Settling: a provisional fit, and the settled prior
+        # stays, ageing from its own refit.
+        return cache.prior, cache.prior_t, cache.prior_ns, cache.prior_info, cache.anchor
+    if cache is not None and cache.anchor is not None and w.prior is not None and w.prior.anchored:
+        anchor = cache.anchor
+    else:
+        anchor = Anchor(w.fit.params, w.job.t, w.selected, now_ns)
+    return w.fit.params, w.job.t, now_ns, w.posterior_information(), anchor
 
 
 def _quote_matrices(items: Sequence[tuple[SelectedQuotes, RawSvi, float]]) -> list[QuoteMatrix]:

@@ -75,6 +75,13 @@ class Prior:
     weight: float
     # Kept at RESET_WEIGHT after the quotes moved off it (behind_move): a reset.
     reset: bool = False
+    # How far the quotes moved away from the prior since the anchor, each quote against
+    # itself (paired_drift): the prior's vols are read that much higher.
+    level: float = 0.0
+    # The quotes are still in line with the anchor (paired_drift found no drift): the
+    # next prior measures against the same anchor, so a climb too slow to show between
+    # two refits shows over several.
+    anchored: bool = False
 
     # A prior never outweighs the quotes by more than this (bounds the lag after a jump
     # that stays inside the bands).
@@ -97,6 +104,17 @@ class Prior:
     # fit would take whole. The quotes move the fit halfway at once, and halfway again at
     # each refit while the test still fires.
     RESET_WEIGHT = 1.0
+    # The quotes' drift since the anchor (paired_drift) is taken when beyond DRIFT_Z
+    # standard errors and DRIFT_FLOOR in vol; an anchor is kept for ANCHOR_MAX_S at most
+    # (as its quotes churn, their redrawn skews blur the drift's noise).
+    DRIFT_Z = 3.0
+    DRIFT_FLOOR = 0.0005
+    ANCHOR_MAX_S = 5.0
+
+    def vols(self, k: Array) -> Array:
+        """The prior's vols at log-moneyness k, carried along the quotes' drift."""
+        vol = np.asarray(implied_vol(self.params, k, self.t), dtype=np.float64)
+        return vol + self.level if self.level != 0.0 else vol
 
     @staticmethod
     def decay(dt_s: float, half_life_s: float) -> float:
@@ -107,7 +125,7 @@ class Prior:
 
     def outside_share(self, k: Array, bid: Array, ask: Array, weight: Array) -> float:
         """Share of the quotes' weight whose band the prior misses."""
-        prior = np.asarray(implied_vol(self.params, k, self.t), dtype=np.float64)
+        prior = self.vols(k)
         with np.errstate(invalid="ignore"):
             outside = ~((prior >= bid) & (prior <= ask))
         total = float(weight.sum())
@@ -123,7 +141,7 @@ class Prior:
         weighted mean, from the residuals about it), not their half spreads: a maker's mid
         sits well inside its spread, and spreads double in a fast market, so a half-spread
         noise band let a prior several vol points off through right after a jump."""
-        prior = np.asarray(implied_vol(self.params, k, self.t), dtype=np.float64)
+        prior = self.vols(k)
         with np.errstate(invalid="ignore"):
             banded = np.isfinite(bid) & np.isfinite(ask)
             ok = np.isfinite(prior) & np.isfinite(mid) & banded & (weight > 0.0)
@@ -140,7 +158,7 @@ class Prior:
     def targets(self, k: Array, mid: Array, bid: Array, ask: Array) -> Array:
         """Blended targets; the prior's vols are read at its own T (a refit moves T by
         seconds, which changes nothing that matters)."""
-        prior = np.asarray(implied_vol(self.params, k, self.t), dtype=np.float64)
+        prior = self.vols(k)
         with np.errstate(invalid="ignore"):
             lo = np.where(np.isfinite(bid), bid, mid)
             hi = np.where(np.isfinite(ask), ask, mid)
@@ -166,6 +184,64 @@ def mean_shift_is_real(gap: Array, weight: Array, z: float, floor: float, min_qu
     # held by the Student-t quantile at n - 1 degrees of freedom (with 8 quotes a third
     # the normal 3.5 fired on noise in 2-7% of quiet refits).
     return abs(shift) > max(t_threshold(z, n - 1) * se, floor)
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """A fit its quotes were last in line with, the selection it was made on and its event
+    time: the prior's drift is measured against it (paired_drift)."""
+
+    params: RawSvi
+    t: float
+    selected: SelectedQuotes
+    ns: int
+
+
+def paired_drift(prior: Prior, anchor: Anchor, now: SelectedQuotes) -> float | None:
+    """How far the quotes moved away from `prior` since `anchor`, in vol, as the weighted
+    mean over the quotes used in both; 0 unless beyond its noise, None when fewer than
+    Prior.SHIFT_MIN_QUOTES quotes are in both.
+
+    Each quote is compared with itself: its mid less the prior's vol at its k now, against
+    its mid less the anchor fit's vol then. A maker's persistent skew cancels in that
+    difference, so a move far inside the spreads shows (a vol shock's steady climb) where
+    the quotes' scatter about the fit hides it (Prior.behind_move). The noise is the
+    differences' own scatter (quotes.mean_shift_is_real, at Prior.DRIFT_Z and
+    DRIFT_FLOOR); a quote's difference counts up to its half spread: beyond that it is a
+    maker redrawing its quote, and a move that large leaves the prior outside the bands
+    (Prior.outside_share). A tilt is left to behind_move: measured this way it followed
+    the quotes not yet requoted after a forward move, and raised Deribit's quiet RR25
+    from 0.07 to 0.25 vol points (docs/quant.md section 6)."""
+    ref = anchor.selected
+    if ref.venue == now.venue and ref.symbol == now.symbol:
+        i_now = i_ref = np.flatnonzero(ref.used & now.used)
+    else:
+        where = {
+            key: i for i, key in enumerate(zip(ref.venue, ref.symbol, strict=True)) if ref.used[i]
+        }
+        pairs = [
+            (i, j)
+            for i, key in enumerate(zip(now.venue, now.symbol, strict=True))
+            if now.used[i] and (j := where.get(key)) is not None
+        ]
+        if len(pairs) < Prior.SHIFT_MIN_QUOTES:
+            return None
+        i_now, i_ref = (np.array(side, dtype=np.int64) for side in zip(*pairs, strict=True))
+    if i_now.size < Prior.SHIFT_MIN_QUOTES:
+        return None
+    with np.errstate(invalid="ignore"):
+        moved = (now.mid_iv[i_now] - prior.vols(now.k[i_now])) - (
+            ref.mid_iv[i_ref] - np.asarray(implied_vol(anchor.params, ref.k[i_ref], anchor.t))
+        )
+        half = 0.5 * (now.ask_iv[i_now] - now.bid_iv[i_now])
+        moved = np.clip(moved, -half, half)
+        ok = np.isfinite(moved) & (now.weight[i_now] > 0.0)
+    w, moved = now.weight[i_now][ok], moved[ok]
+    if w.size < Prior.SHIFT_MIN_QUOTES:
+        return None
+    if not mean_shift_is_real(moved, w, Prior.DRIFT_Z, Prior.DRIFT_FLOOR, Prior.SHIFT_MIN_QUOTES):
+        return 0.0
+    return float((w * moved).sum() / w.sum())
 
 
 @functools.lru_cache(maxsize=1024)

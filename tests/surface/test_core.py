@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import statistics
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 
@@ -189,23 +190,48 @@ def test_a_slice_whose_quotes_stay_within_their_noise_keeps_its_fit() -> None:
     assert quiet.slices[0].quotes[0].mid_iv == pytest.approx(
         first.slices[0].quotes[0].mid_iv + 0.001
     )
-    # A vol point: beyond the noise, every slice is refitted (a soft reset: the prior keeps
-    # Prior.RESET_WEIGHT, so the fit follows halfway and the next revision refits too).
+    # A vol point: beyond the noise, every slice is refitted, and the prior moves with
+    # its quotes (quotes.paired_drift), so the fit follows the whole move at once.
     moved = revision(0.01, LATER + 3 * second_s)
     assert all(raw_of(a) != raw_of(b) for a, b in zip(quiet.slices, moved.slices, strict=True))
+    for before, after in zip(quiet.slices, moved.slices, strict=True):
+        lift = [
+            b.fitted_iv - a.fitted_iv
+            for a, b in zip(before.quotes, after.quotes, strict=True)
+            if a.used
+        ]
+        assert statistics.median(lift) == pytest.approx(0.009, abs=0.001)
+    # Then held within the quotes' noise, until the hold's age runs out.
     settled = revision(0.0102, LATER + 4 * second_s)
-    assert all(raw_of(a) != raw_of(b) for a, b in zip(moved.slices, settled.slices, strict=True))
-    # Refitted while the fit lags its quotes as a whole, then held within their noise.
-    fits = [settled]
-    for step in range(5, 10):
-        fits.append(revision(0.0103, LATER + step * second_s))
-        if [raw_of(s) for s in fits[-1].slices] == [raw_of(s) for s in fits[-2].slices]:
-            break
-    else:
-        pytest.fail("never held after the move")
-    # Held until the hold's age runs out.
-    late = revision(0.0105, LATER + (step + 6) * second_s)
-    assert all(raw_of(a) != raw_of(b) for a, b in zip(fits[-1].slices, late.slices, strict=True))
+    assert [raw_of(s) for s in settled.slices] == [raw_of(s) for s in moved.slices]
+    late = revision(0.0105, LATER + 10 * second_s)
+    assert all(raw_of(a) != raw_of(b) for a, b in zip(settled.slices, late.slices, strict=True))
+
+
+def test_a_climb_inside_the_spreads_and_the_makers_skews_breaks_the_hold() -> None:
+    """Quotes whose makers' offsets (0.8 vol points each) persist: a 0.25-vol climb of
+    every quote is far inside the spreads and hidden in the offsets' scatter about the fit,
+    but each quote against itself moved: the slice is refitted, not held (a vol shock)."""
+    smiles = truth_smiles(truth_surface([7, 30, 90]), seed=3, noise_vol=0.008)
+    core = SurfaceCore("deribit", "BTC", SurfaceConfig(hold_max_s=5.0))
+    for smile in smiles:
+        core.on_smile(smile)
+    assert core.fit(LATER) is not None
+    at = LATER + 1_000_000_000
+
+    def revision(shift: float, at_ns: int) -> surface_pb.Surface:
+        for smile in shifted(smiles, shift, at_ns - NOW_NS):
+            core.on_smile(smile)
+        surface = core.fit(at_ns + 1)
+        assert surface is not None
+        return surface
+
+    settled = revision(0.0005, at)
+    # A tenth of a vol point, below the drift's floor (Prior.SHIFT_FLOOR): held.
+    quiet = revision(0.0015, at + 500_000_000)
+    assert [raw_of(s) for s in quiet.slices] == [raw_of(s) for s in settled.slices]
+    climbed = revision(0.003, at + 1_000_000_000)
+    assert all(raw_of(a) != raw_of(b) for a, b in zip(quiet.slices, climbed.slices, strict=True))
 
 
 def _settled_core() -> tuple[SurfaceCore, list[iv_pb.Smile], surface_pb.Surface, int]:
