@@ -241,7 +241,17 @@ def paired_drift(prior: Prior, anchor: Anchor, now: SelectedQuotes) -> float | N
         return None
     if not mean_shift_is_real(moved, w, Prior.DRIFT_Z, Prior.DRIFT_FLOOR, Prior.SHIFT_MIN_QUOTES):
         return 0.0
-    return float((w * moved).sum() / w.sum())
+    # The move is where most of the weight moved to (the weighted median): a few makers
+    # redrawing their skews the same way can pass the mean's test now and then, but they
+    # do not move the median off 0.
+    level = _weighted_median(moved, w)
+    return level if abs(level) > Prior.DRIFT_FLOOR else 0.0
+
+
+def _weighted_median(x: Array, w: Array) -> float:
+    order = np.argsort(x, kind="stable")
+    cum = np.cumsum(w[order])
+    return float(x[order][int(np.searchsorted(cum, 0.5 * cum[-1]))])
 
 
 @functools.lru_cache(maxsize=1024)

@@ -287,6 +287,12 @@ def test_paired_drift_sees_a_move_through_the_makers_persistent_skews() -> None:
     # Against a prior that followed the climb, the quotes are in line again.
     followed = Prior(params, t, weight=10.0, level=0.003)
     assert paired_drift(followed, anchor, selection(k, mid_now, 0.02, same)) == 0.0
+    # Makers redrawing their skews the same way (their quotes jump by a half spread) are no
+    # drift either while most quotes did not move, even when their mean passes the test.
+    before = anchor.selected.mid_iv
+    redrawn = before + np.where(np.arange(k.size) % 7 < 3, 0.02, 0.0)
+    assert mean_shift_is_real(redrawn - before, anchor.selected.weight, 3.0, 0.0005, 8)
+    assert paired_drift(prior, anchor, selection(k, redrawn, 0.02, same)) == 0.0
     # Tick noise alone is no drift.
     noise = fair + skew + rng.normal(0.0, 0.0003, k.size)
     assert paired_drift(prior, anchor, selection(k, noise, 0.02, same)) == 0.0
