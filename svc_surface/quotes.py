@@ -196,6 +196,13 @@ class Anchor:
     selected: SelectedQuotes
     ns: int
 
+    @functools.cached_property
+    def where(self) -> dict[tuple[str, str], int]:
+        """(venue, symbol) -> index of each used quote (an anchor serves several refits)."""
+        sel = self.selected
+        used = sel.used.tolist()
+        return {key: i for i, key in enumerate(zip(sel.venue, sel.symbol, strict=True)) if used[i]}
+
 
 def paired_drift(prior: Prior, anchor: Anchor, now: SelectedQuotes) -> float | None:
     """How far the quotes moved away from `prior` since `anchor`, in vol, as the weighted
@@ -216,13 +223,11 @@ def paired_drift(prior: Prior, anchor: Anchor, now: SelectedQuotes) -> float | N
     if ref.venue == now.venue and ref.symbol == now.symbol:
         i_now = i_ref = np.flatnonzero(ref.used & now.used)
     else:
-        where = {
-            key: i for i, key in enumerate(zip(ref.venue, ref.symbol, strict=True)) if ref.used[i]
-        }
+        where, used = anchor.where, now.used.tolist()
         pairs = [
             (i, j)
             for i, key in enumerate(zip(now.venue, now.symbol, strict=True))
-            if now.used[i] and (j := where.get(key)) is not None
+            if used[i] and (j := where.get(key)) is not None
         ]
         if len(pairs) < Prior.SHIFT_MIN_QUOTES:
             return None
