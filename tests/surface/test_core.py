@@ -7,6 +7,7 @@ import pickle
 import statistics
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 
 import numpy as np
 import pytest
@@ -163,6 +164,17 @@ def shifted(smiles: list[iv_pb.Smile], shift: float, step: int) -> list[iv_pb.Sm
     return out
 
 
+def refit_shifted(
+    core: SurfaceCore, smiles: list[iv_pb.Smile], shift: float, at_ns: int
+) -> surface_pb.Surface:
+    """The core's surface after the smiles, shifted by `shift` in vol, came in at `at_ns`."""
+    for smile in shifted(smiles, shift, at_ns - NOW_NS):
+        core.on_smile(smile)
+    surface = core.fit(at_ns + 1)
+    assert surface is not None
+    return surface
+
+
 def test_a_slice_whose_quotes_stay_within_their_noise_keeps_its_fit() -> None:
     days = [7, 30, 90]
     smiles = truth_smiles(truth_surface(days), seed=3)
@@ -173,12 +185,7 @@ def test_a_slice_whose_quotes_stay_within_their_noise_keeps_its_fit() -> None:
     assert first is not None
     second_s = 1_000_000_000
 
-    def revision(shift: float, at_ns: int) -> surface_pb.Surface:
-        for smile in shifted(smiles, shift, at_ns - NOW_NS):
-            core.on_smile(smile)
-        surface = core.fit(at_ns + 1)
-        assert surface is not None
-        return surface
+    revision = partial(refit_shifted, core, smiles)
 
     # A fit made without a prior (the first one) is refitted: the smoothing averages it.
     second = revision(0.0005, LATER + second_s)
@@ -219,12 +226,7 @@ def test_a_climb_inside_the_spreads_and_the_makers_skews_breaks_the_hold() -> No
     assert core.fit(LATER) is not None
     at = LATER + 1_000_000_000
 
-    def revision(shift: float, at_ns: int) -> surface_pb.Surface:
-        for smile in shifted(smiles, shift, at_ns - NOW_NS):
-            core.on_smile(smile)
-        surface = core.fit(at_ns + 1)
-        assert surface is not None
-        return surface
+    revision = partial(refit_shifted, core, smiles)
 
     settled = revision(0.0005, at)
     # A tenth of a vol point, below the drift's floor (Prior.SHIFT_FLOOR): held.
