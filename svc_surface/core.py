@@ -511,7 +511,8 @@ class _Working:
 
 def _prior(w: _Working, now_ns: int, half_life_s: float) -> Prior | None:
     """The last fit as a prior, weighted by its age and by the information behind it
-    against the current quotes' (None: no smoothing)."""
+    against the current quotes', carried along the quotes' drift since the anchor
+    (quotes.paired_drift) (None: no smoothing)."""
     cache = w.job.cache
     if half_life_s <= 0.0 or cache is None or cache.prior is None:
         return None
