@@ -814,28 +814,25 @@ def _held_selections(
     # them (a vol shock's steady climb, each step well inside the spreads, or a fit the
     # prior held back). The smoothing reset's test (quotes.mean_shift_is_real) at hold_z,
     # with its floor.
-    s_wg, sw2, sw2g, sw2g2, n_now = sums[12], sums[13], sums[14], sums[15], sums[16]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = s_wg / weight_sum
-        resid2 = np.maximum(sw2g2 - 2.0 * mean * sw2g + mean * mean * sw2, 0.0)
-        se = np.sqrt(resid2 * n_now / np.maximum(n_now - 1.0, 1.0)) / weight_sum
-        z = np.array([t_threshold(cfg.hold_z, max(int(n) - 1, 1)) for n in n_now.tolist()])
-        together = (np.abs(mean) > np.maximum(z * se, Prior.SHIFT_FLOOR)) & (n_now >= 2.0)
-        # The mids moved since the fit, each against itself, beyond the scatter of those
-        # moves (not of the half spreads): a maker's persistent skew cancels in a quote's
-        # own move, so a steady climb well inside the spreads shows within a second.
-        s2, s2m, s2m2, n_seen = sums[17:20], sums[20:23], sums[23:26], sums[26:29]
-        mean_move = sums[3:6] / total
-        resid2 = np.maximum(s2m2 - 2.0 * mean_move * s2m + mean_move * mean_move * s2, 0.0)
-        se_move = np.sqrt(resid2 * n_seen / np.maximum(n_seen - 1.0, 1.0)) / total
-        z_move = np.array(
-            [t_threshold(cfg.hold_z, max(int(n) - 1, 1)) for n in n_seen.ravel().tolist()]
-        ).reshape(n_seen.shape)
-        drifted = np.any(
-            (np.abs(mean_move) > np.maximum(z_move * se_move, Prior.SHIFT_FLOOR))
-            & (n_seen >= Prior.SHIFT_MIN_QUOTES),
-            axis=0,
-        )
+    together = _mean_shifts_are_real(
+        weight_sum, sums[12], sums[13], sums[14], sums[15], sums[16], cfg.hold_z, 2
+    )
+    # The mids moved since the fit, each against itself, beyond the scatter of those moves
+    # (not of the half spreads): a maker's persistent skew cancels in a quote's own move,
+    # so a steady climb well inside the spreads shows within a second.
+    drifted = np.any(
+        _mean_shifts_are_real(
+            total,
+            sums[3:6],
+            sums[17:20],
+            sums[20:23],
+            sums[23:26],
+            sums[26:29],
+            cfg.hold_z,
+            Prior.SHIFT_MIN_QUOTES,
+        ),
+        axis=0,
+    )
     # A few quotes past their half spread (within their whole one) are the noise the
     # smoothing averages away, as long as the mean moves stay within their errors and
     # they carry little of the slice's weight (their leverage on the fit).
@@ -851,6 +848,21 @@ def _held_selections(
             flags = c.dropped[c.new.used]
             out[i] = c.new.drop_outliers(flags) if np.any(flags) else c.new
     return out
+
+
+def _mean_shifts_are_real(
+    sw: Array, swg: Array, sw2: Array, sw2g: Array, sw2g2: Array, n: Array, z: float, min_n: int
+) -> BoolArray:
+    """quotes.mean_shift_is_real (floor Prior.SHIFT_FLOOR) from per-group sums of the
+    weights w and gaps g: sum w, sum w g, sum w^2, sum w^2 g, sum w^2 g^2 and the count n
+    of quotes in the group; groups of fewer than min_n quotes are not judged."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = swg / sw
+        resid2 = np.maximum(sw2g2 - 2.0 * mean * sw2g + mean * mean * sw2, 0.0)
+        se = np.sqrt(resid2 * n / np.maximum(n - 1.0, 1.0)) / sw
+        t = np.array([t_threshold(z, max(int(k) - 1, 1)) for k in n.ravel().tolist()])
+        real = np.abs(mean) > np.maximum(t.reshape(n.shape) * se, Prior.SHIFT_FLOOR)
+    return np.asarray(real & (n >= min_n), dtype=np.bool_)
 
 
 def _drop_known_repair_outliers(w: _Working, cfg: SurfaceConfig) -> None:
